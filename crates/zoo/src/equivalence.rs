@@ -1,0 +1,272 @@
+//! Numerical proof that the block forms are one function (paper Fig. 3) and that an
+//! aggregated depth-2 block is a wider dense block (Fig. 4).
+//!
+//! Every check runs real models on a seeded random batch: form A, B and C models built from
+//! one set of converted weights must agree on logits (train and eval mode), on the gradient
+//! with respect to the input and to every weight, and on the BN running statistics after a
+//! train step. Differences are measured against the reference's largest magnitude.
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::Serialize;
+
+use crate::complexity::Complexity;
+use crate::convert::convert;
+use crate::error::Result;
+use crate::init::{init_weights, randomize_batch_norm};
+use crate::model::ResNet;
+use crate::spec::{BlockForm, BlockKind, NetSpec, StageSpec, Stem};
+use crate::StateDict;
+
+/// Allowed difference relative to the reference output's scale.
+pub const RELATIVE_TOLERANCE: f64 = 1e-5;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub check: String,
+    pub max_abs_diff: f64,
+    pub tolerance: f64,
+    pub passed: bool,
+}
+
+impl Check {
+    fn new(check: String, max_abs_diff: f64, scale: f64) -> Check {
+        // Exact quantities (counts) have scale 0 and must match exactly.
+        let tolerance = RELATIVE_TOLERANCE * scale;
+        Check {
+            check,
+            max_abs_diff,
+            tolerance,
+            passed: max_abs_diff <= tolerance,
+        }
+    }
+}
+
+fn random_tensor(rng: &mut ChaCha8Rng, shape: &[usize], device: &Device, dtype: DType) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
+    Ok(Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?)
+}
+
+fn max_abs(t: &Tensor) -> Result<f64> {
+    Ok(t.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+fn cast(state: StateDict, dtype: DType) -> Result<StateDict> {
+    state.into_iter().map(|(k, t)| Ok((k, t.to_dtype(dtype)?))).collect()
+}
+
+/// Largest absolute difference over matching tensors, and the reference's largest magnitude.
+fn compare_states(reference: &StateDict, other: &StateDict) -> Result<(f64, f64)> {
+    let (mut diff, mut scale) = (0.0f64, 0.0f64);
+    for (name, r) in reference {
+        let o = other.get(name).ok_or_else(|| crate::ZooError::InvalidSpec {
+            field: "form".into(),
+            reason: format!("converted tensors lack `{name}`"),
+        })?;
+        diff = diff.max(max_abs(&(r - o)?)?);
+        scale = scale.max(max_abs(r)?);
+    }
+    Ok((diff, scale))
+}
+
+/// Everything one form produces on the shared batch.
+struct FormRun {
+    eval_logits: Tensor,
+    train_logits: Tensor,
+    input_grad: Tensor,
+    /// Gradients of the trainable weights, converted to form C's layout.
+    weight_grads: StateDict,
+    /// Running statistics after the train step, in form C's layout.
+    running_stats: StateDict,
+}
+
+fn run_form(spec: &NetSpec, state: &StateDict, x: &Tensor, direction: &Tensor) -> Result<FormRun> {
+    let model = ResNet::new(spec, state)?;
+    let eval_logits = model.forward_t(x, false)?;
+    let input = Var::from_tensor(x)?;
+    let train_logits = model.forward_t(input.as_tensor(), true)?;
+    // A random projection of the logits, so every output contributes a distinct gradient.
+    let loss = (&train_logits * direction)?.sum_all()?;
+    let grads = loss.backward()?;
+    let input_grad = grads
+        .get(input.as_tensor())
+        .cloned()
+        .unwrap_or(x.zeros_like()?);
+    let mut weight_grads = StateDict::new();
+    for (name, var) in model.params().trainable() {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            weight_grads.insert(name.clone(), g.clone());
+        }
+    }
+    let weight_grads = convert(spec, &weight_grads, spec.form, BlockForm::C)?;
+    let running_stats: StateDict = model
+        .params()
+        .to_state()?
+        .into_iter()
+        .filter(|(k, _)| k.ends_with("running_mean") || k.ends_with("running_var"))
+        .collect();
+    let running_stats = convert(spec, &running_stats, spec.form, BlockForm::C)?;
+    Ok(FormRun {
+        eval_logits,
+        train_logits,
+        input_grad,
+        weight_grads,
+        running_stats,
+    })
+}
+
+fn with_form(spec: &NetSpec, form: BlockForm) -> NetSpec {
+    NetSpec {
+        form,
+        ..spec.clone()
+    }
+}
+
+/// Forms A and B against form C for one model, on a batch of `batch_size`, computed in
+/// `dtype`. Deep nets in train mode amplify rounding: a BN channel that ReLU left nearly
+/// constant divides by a tiny deviation, so f32 differences of 1e-7 in the sum over paths
+/// can grow past 1e-5 in a 50-layer gradient. f64 separates the identity of the functions
+/// from that conditioning; small nets pass in f32 too.
+pub fn block_forms(spec: &NetSpec, seed: u64, batch_size: usize, dtype: DType) -> Result<Vec<Check>> {
+    let device = Device::Cpu;
+    let grouped = with_form(spec, BlockForm::C);
+    let mut state = init_weights(&grouped, seed, &device)?;
+    randomize_batch_norm(&mut state, seed)?;
+    let state = cast(state, dtype)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(1));
+    let x = random_tensor(&mut rng, &[batch_size, spec.in_channels, spec.input_size, spec.input_size], &device, dtype)?;
+    let direction = random_tensor(&mut rng, &[batch_size, spec.classes], &device, dtype)?;
+
+    let reference = run_form(&grouped, &state, &x, &direction)?;
+    let mut checks = Vec::new();
+    for form in [BlockForm::A, BlockForm::B] {
+        let spec_f = with_form(spec, form);
+        let state_f = convert(&grouped, &state, BlockForm::C, form)?;
+        let run = run_form(&spec_f, &state_f, &x, &direction)?;
+        let label = |what: &str| format!("form {form} vs C: {what}");
+        checks.push(Check::new(
+            label("logits (eval)"),
+            max_abs(&(&run.eval_logits - &reference.eval_logits)?)?,
+            max_abs(&reference.eval_logits)?,
+        ));
+        checks.push(Check::new(
+            label("logits (train)"),
+            max_abs(&(&run.train_logits - &reference.train_logits)?)?,
+            max_abs(&reference.train_logits)?,
+        ));
+        checks.push(Check::new(
+            label("input gradient"),
+            max_abs(&(&run.input_grad - &reference.input_grad)?)?,
+            max_abs(&reference.input_grad)?,
+        ));
+        let (diff, scale) = compare_states(&reference.weight_grads, &run.weight_grads)?;
+        checks.push(Check::new(label("weight gradients"), diff, scale));
+        let (diff, scale) = compare_states(&reference.running_stats, &run.running_stats)?;
+        checks.push(Check::new(label("BN running statistics after a train step"), diff, scale));
+    }
+    Ok(checks)
+}
+
+/// The depth-2 pair of Fig. 4: a block of C paths (3x3 to d, 3x3 back to `channels`),
+/// summed, and the dense block of width C*d. Both share stem and classifier.
+pub fn depth2_pair(cardinality: usize, path_width: usize, channels: usize, input_size: usize) -> (NetSpec, NetSpec) {
+    let aggregated = NetSpec {
+        stem: Stem::Cifar {
+            channels,
+            stride: 1,
+        },
+        stages: vec![StageSpec {
+            blocks: 1,
+            stride: 1,
+            planes: channels,
+        }],
+        block: BlockKind::Basic,
+        cardinality,
+        bottleneck_width: path_width,
+        expansion: 1,
+        form: BlockForm::A,
+        in_channels: 3,
+        input_size,
+        classes: 10,
+        zero_init_last_bn: false,
+        aggregated_depth2: true,
+    };
+    let wide = NetSpec {
+        cardinality: 1,
+        bottleneck_width: cardinality * path_width,
+        form: BlockForm::C,
+        aggregated_depth2: false,
+        ..aggregated.clone()
+    };
+    (aggregated, wide)
+}
+
+/// Aggregated depth-2 block against its wide dense twin: outputs, gradients, complexity.
+pub fn depth2(cardinality: usize, path_width: usize, channels: usize, seed: u64, dtype: DType) -> Result<Vec<Check>> {
+    let device = Device::Cpu;
+    let (aggregated, wide) = depth2_pair(cardinality, path_width, channels, 8);
+    let mut state = init_weights(&wide, seed, &device)?;
+    randomize_batch_norm(&mut state, seed)?;
+    let state = cast(state, dtype)?;
+    // The wide block's tensors are exactly the aggregated block's form-C layout.
+    let state_agg = convert(&aggregated, &state, BlockForm::C, BlockForm::A)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(2));
+    let x = random_tensor(&mut rng, &[4, 3, 8, 8], &device, dtype)?;
+    let direction = random_tensor(&mut rng, &[4, 10], &device, dtype)?;
+    let reference = run_form(&wide, &state, &x, &direction)?;
+    let run = run_form(&aggregated, &state_agg, &x, &direction)?;
+    let label = |what: &str| format!("depth-2 aggregated {cardinality}x{path_width}d vs wide {}: {what}", cardinality * path_width);
+    let mut checks = vec![
+        Check::new(
+            label("logits (eval)"),
+            max_abs(&(&run.eval_logits - &reference.eval_logits)?)?,
+            max_abs(&reference.eval_logits)?,
+        ),
+        Check::new(
+            label("logits (train)"),
+            max_abs(&(&run.train_logits - &reference.train_logits)?)?,
+            max_abs(&reference.train_logits)?,
+        ),
+        Check::new(
+            label("input gradient"),
+            max_abs(&(&run.input_grad - &reference.input_grad)?)?,
+            max_abs(&reference.input_grad)?,
+        ),
+    ];
+    let (diff, scale) = compare_states(&reference.weight_grads, &run.weight_grads)?;
+    checks.push(Check::new(label("weight gradients"), diff, scale));
+    let (agg, dense) = (Complexity::of(&aggregated)?, Complexity::of(&wide)?);
+    checks.push(Check::new(label("params"), agg.params.abs_diff(dense.params) as f64, 0.0));
+    checks.push(Check::new(label("MACs"), agg.macs.abs_diff(dense.macs) as f64, 0.0));
+    Ok(checks)
+}
+
+/// All checks for one model: its block forms, then the depth-2 pair at the model's first
+/// stage (C and d of the model when C > 1, else the paper's Fig. 4 setting, 32x4d on 64).
+pub fn run_all(spec: &NetSpec, seed: u64, batch_size: usize, dtype: DType) -> Result<Vec<Check>> {
+    run_all_with_progress(spec, seed, batch_size, dtype, &mut |_| {})
+}
+
+/// [`run_all`], calling `progress` with the name of each step as it starts.
+pub fn run_all_with_progress(
+    spec: &NetSpec,
+    seed: u64,
+    batch_size: usize,
+    dtype: DType,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<Check>> {
+    spec.validate()?;
+    progress("forms A, B and C: forward and backward");
+    let mut checks = block_forms(spec, seed, batch_size, dtype)?;
+    progress("depth-2 aggregated block vs wide block");
+    let (cardinality, path_width, channels) = if spec.cardinality > 1 {
+        (spec.cardinality, spec.path_width(0), spec.stage_out_channels(0))
+    } else {
+        (32, 4, 64)
+    };
+    checks.extend(depth2(cardinality, path_width, channels, seed, dtype)?);
+    Ok(checks)
+}

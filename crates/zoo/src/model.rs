@@ -1,0 +1,464 @@
+//! candle modules instantiated from a spec and a set of weights.
+
+use std::collections::BTreeMap;
+
+use candle_core::{Device, Tensor, Var};
+use candle_nn::{BatchNorm, Module, ModuleT};
+
+use crate::error::{Result, ZooError};
+use crate::layout::{self, block_prefix};
+use crate::spec::{BlockForm, BlockKind, BlockShape, NetSpec, Stem};
+use crate::StateDict;
+
+/// A model's tensors as candle `Var`s: gradients flow to them and the trainer updates them
+/// in place. Running statistics are `Var`s too (BN updates them), but are not trained.
+#[derive(Debug, Clone, Default)]
+pub struct Params {
+    vars: BTreeMap<String, Var>,
+}
+
+impl Params {
+    pub fn from_state(state: &StateDict) -> Result<Params> {
+        let vars = state
+            .iter()
+            .map(|(k, t)| Ok((k.clone(), Var::from_tensor(t)?)))
+            .collect::<Result<_>>()?;
+        Ok(Params { vars })
+    }
+
+    pub fn get(&self, name: &str) -> Result<Tensor> {
+        self.vars
+            .get(name)
+            .map(|v| v.as_tensor().clone())
+            .ok_or_else(|| ZooError::InvalidSpec {
+                field: "weights".into(),
+                reason: format!("tensor `{name}` is missing"),
+            })
+    }
+
+    pub fn var(&self, name: &str) -> Option<&Var> {
+        self.vars.get(name)
+    }
+
+    /// A snapshot of the current values (detached copies of the tensors' storage).
+    pub fn to_state(&self) -> Result<StateDict> {
+        self.vars
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().copy()?)))
+            .collect()
+    }
+
+    /// Trainable tensors: everything but BN running statistics.
+    pub fn trainable(&self) -> impl Iterator<Item = (&String, &Var)> {
+        self.vars
+            .iter()
+            .filter(|(k, _)| !(k.ends_with("running_mean") || k.ends_with("running_var")))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.vars.keys()
+    }
+
+    /// Number of trainable scalars (the paper's "# params").
+    pub fn count(&self) -> usize {
+        self.trainable().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    pub fn len(&self) -> usize {
+        self.vars.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vars.is_empty()
+    }
+}
+
+const BN_EPS: f64 = 1e-5;
+
+#[derive(Debug, Clone)]
+struct Conv {
+    weight: Tensor,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+}
+
+impl Conv {
+    fn new(p: &Params, name: &str, stride: usize, groups: usize) -> Result<Conv> {
+        let weight = p.get(&format!("{name}.weight"))?;
+        let kernel = weight.dim(3)?;
+        Ok(Conv {
+            weight,
+            stride,
+            padding: kernel / 2,
+            groups,
+        })
+    }
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)
+    }
+}
+
+fn batch_norm(p: &Params, name: &str) -> Result<BatchNorm> {
+    let weight = p.get(&format!("{name}.weight"))?;
+    Ok(BatchNorm::new(
+        weight.dim(0)?,
+        p.get(&format!("{name}.running_mean"))?,
+        p.get(&format!("{name}.running_var"))?,
+        weight,
+        p.get(&format!("{name}.bias"))?,
+        BN_EPS,
+    )?)
+}
+
+/// conv -> BN, optionally followed by ReLU.
+fn conv_bn(conv: &Conv, bn: &BatchNorm, x: &Tensor, train: bool, relu: bool) -> candle_core::Result<Tensor> {
+    let y = bn.forward_t(&conv.forward(x)?, train)?;
+    if relu {
+        y.relu()
+    } else {
+        Ok(y)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Path {
+    conv1: Conv,
+    bn1: BatchNorm,
+    /// Bottlenecks only: the 3x3 of the path and its BN.
+    middle: Option<(Conv, BatchNorm)>,
+    last: Conv,
+}
+
+#[derive(Debug, Clone)]
+enum Body {
+    /// Bottleneck in form C (grouped 3x3) or form B (`split` holds the per-path 3x3s).
+    Bottleneck {
+        conv1: Conv,
+        bn1: BatchNorm,
+        conv2: Conv,
+        split: Vec<Conv>,
+        bn2: BatchNorm,
+        conv3: Conv,
+        bn3: BatchNorm,
+    },
+    /// Depth-2 block with a dense first layer (forms B and C).
+    Basic {
+        conv1: Conv,
+        bn1: BatchNorm,
+        conv2: Conv,
+        bn2: BatchNorm,
+    },
+    /// Form A: C paths summed, BN after the aggregation.
+    Paths { paths: Vec<Path>, bn: BatchNorm },
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    body: Body,
+    downsample: Option<(Conv, BatchNorm)>,
+}
+
+impl Block {
+    fn new(p: &Params, spec: &NetSpec, prefix: &str, shape: &BlockShape) -> Result<Block> {
+        let n = |s: &str| format!("{prefix}.{s}");
+        let stride = shape.stride;
+        let body = match (spec.block, spec.form) {
+            (BlockKind::Bottleneck, BlockForm::C | BlockForm::B) => {
+                let split = if spec.form == BlockForm::B {
+                    (0..shape.cardinality)
+                        .map(|k| Conv::new(p, &n(&format!("conv2.{k}")), stride, 1))
+                        .collect::<Result<_>>()?
+                } else {
+                    Vec::new()
+                };
+                let conv2 = if split.is_empty() {
+                    Conv::new(p, &n("conv2"), stride, shape.cardinality)?
+                } else {
+                    split[0].clone()
+                };
+                Body::Bottleneck {
+                    conv1: Conv::new(p, &n("conv1"), 1, 1)?,
+                    bn1: batch_norm(p, &n("bn1"))?,
+                    conv2,
+                    split,
+                    bn2: batch_norm(p, &n("bn2"))?,
+                    conv3: Conv::new(p, &n("conv3"), 1, 1)?,
+                    bn3: batch_norm(p, &n("bn3"))?,
+                }
+            }
+            (BlockKind::Basic, BlockForm::C | BlockForm::B) => Body::Basic {
+                conv1: Conv::new(p, &n("conv1"), stride, 1)?,
+                bn1: batch_norm(p, &n("bn1"))?,
+                conv2: Conv::new(p, &n("conv2"), 1, 1)?,
+                bn2: batch_norm(p, &n("bn2"))?,
+            },
+            (kind, BlockForm::A) => {
+                let mut paths = Vec::with_capacity(shape.cardinality);
+                for k in 0..shape.cardinality {
+                    let q = |s: &str| n(&format!("paths.{k}.{s}"));
+                    paths.push(match kind {
+                        BlockKind::Bottleneck => Path {
+                            conv1: Conv::new(p, &q("conv1"), 1, 1)?,
+                            bn1: batch_norm(p, &q("bn1"))?,
+                            middle: Some((Conv::new(p, &q("conv2"), stride, 1)?, batch_norm(p, &q("bn2"))?)),
+                            last: Conv::new(p, &q("conv3"), 1, 1)?,
+                        },
+                        BlockKind::Basic => Path {
+                            conv1: Conv::new(p, &q("conv1"), stride, 1)?,
+                            bn1: batch_norm(p, &q("bn1"))?,
+                            middle: None,
+                            last: Conv::new(p, &q("conv2"), 1, 1)?,
+                        },
+                    });
+                }
+                let bn_name = match kind {
+                    BlockKind::Bottleneck => n("bn3"),
+                    BlockKind::Basic => n("bn2"),
+                };
+                Body::Paths {
+                    paths,
+                    bn: batch_norm(p, &bn_name)?,
+                }
+            }
+        };
+        let downsample = if shape.has_projection() {
+            Some((
+                Conv::new(p, &n("downsample.0"), stride, 1)?,
+                batch_norm(p, &n("downsample.1"))?,
+            ))
+        } else {
+            None
+        };
+        Ok(Block { body, downsample })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let residual = match &self.body {
+            Body::Bottleneck {
+                conv1,
+                bn1,
+                conv2,
+                split,
+                bn2,
+                conv3,
+                bn3,
+            } => {
+                let h = conv_bn(conv1, bn1, x, train, true)?;
+                let h = if split.is_empty() {
+                    conv2.forward(&h)?
+                } else {
+                    let width = h.dim(1)? / split.len();
+                    let parts = split
+                        .iter()
+                        .enumerate()
+                        .map(|(k, conv)| conv.forward(&h.narrow(1, k * width, width)?))
+                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    Tensor::cat(&parts, 1)?
+                };
+                let h = bn2.forward_t(&h, train)?.relu()?;
+                bn3.forward_t(&conv3.forward(&h)?, train)?
+            }
+            Body::Basic { conv1, bn1, conv2, bn2 } => {
+                let h = conv_bn(conv1, bn1, x, train, true)?;
+                conv_bn(conv2, bn2, &h, train, false)?
+            }
+            Body::Paths { paths, bn } => {
+                let mut sum: Option<Tensor> = None;
+                for path in paths {
+                    let mut h = conv_bn(&path.conv1, &path.bn1, x, train, true)?;
+                    if let Some((conv, bn)) = &path.middle {
+                        h = conv_bn(conv, bn, &h, train, true)?;
+                    }
+                    let out = path.last.forward(&h)?;
+                    sum = Some(match sum {
+                        None => out,
+                        Some(s) => (s + out)?,
+                    });
+                }
+                bn.forward_t(&sum.expect("a block has at least one path"), train)?
+            }
+        };
+        let shortcut = match &self.downsample {
+            Some((conv, bn)) => conv_bn(conv, bn, x, train, false)?,
+            None => x.clone(),
+        };
+        (residual + shortcut)?.relu()
+    }
+}
+
+/// 3x3 max-pool, stride 2, padding 1, written with strided views so that it has a backward
+/// pass (candle's max-pool backward requires kernel == stride). It always follows a ReLU,
+/// so zero padding gives the same result as -inf padding.
+fn max_pool_3x3_s2(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (out_h, out_w) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+    // Pad to 2 * out + 2 so that every window offset 0..3 has 2 * out rows to stride over.
+    let x = x
+        .pad_with_zeros(2, 1, 2 * out_h + 1 - h)?
+        .pad_with_zeros(3, 1, 2 * out_w + 1 - w)?;
+    let mut pooled: Option<Tensor> = None;
+    for dy in 0..3 {
+        for dx in 0..3 {
+            let view = x
+                .narrow(2, dy, 2 * out_h)?
+                .narrow(3, dx, 2 * out_w)?
+                .reshape((n, c, out_h, 2, out_w, 2))?
+                .narrow(3, 0, 1)?
+                .narrow(5, 0, 1)?
+                .reshape((n, c, out_h, out_w))?;
+            pooled = Some(match pooled {
+                None => view,
+                Some(p) => p.maximum(&view)?,
+            });
+        }
+    }
+    Ok(pooled.expect("nine windows"))
+}
+
+/// A ResNet/ResNeXt built from a spec; `forward_t(x, train)` switches BN mode.
+#[derive(Debug, Clone)]
+pub struct ResNet {
+    spec: NetSpec,
+    params: Params,
+    stem_conv: Conv,
+    stem_bn: BatchNorm,
+    stages: Vec<Vec<Block>>,
+    fc: candle_nn::Linear,
+}
+
+impl ResNet {
+    /// Builds the model from weights laid out in the spec's form (see `init_weights` and
+    /// `load_safetensors`); the weights are checked against the spec first.
+    pub fn new(spec: &NetSpec, state: &StateDict) -> Result<ResNet> {
+        spec.validate()?;
+        let expected = layout::tensor_shapes(spec);
+        for (key, shape, _) in &expected {
+            match state.get(key) {
+                None => {
+                    return Err(ZooError::MissingWeight {
+                        file: "<weights>".into(),
+                        key: key.clone(),
+                        expected: shape.clone(),
+                    })
+                }
+                Some(t) if t.dims() != shape.as_slice() => {
+                    return Err(ZooError::ShapeMismatch {
+                        file: "<weights>".into(),
+                        key: key.clone(),
+                        expected: shape.clone(),
+                        found: t.dims().to_vec(),
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        let p = Params::from_state(state)?;
+        let stem_stride = match spec.stem {
+            Stem::Imagenet { .. } => 2,
+            Stem::Cifar { stride, .. } => stride,
+        };
+        let stem_conv = Conv::new(&p, "conv1", stem_stride, 1)?;
+        let stem_bn = batch_norm(&p, "bn1")?;
+        let stages = spec
+            .block_shapes()
+            .iter()
+            .enumerate()
+            .map(|(s, stage)| {
+                stage
+                    .iter()
+                    .enumerate()
+                    .map(|(b, shape)| Block::new(&p, spec, &block_prefix(s, b), shape))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let fc = candle_nn::Linear::new(p.get("fc.weight")?, Some(p.get("fc.bias")?));
+        Ok(ResNet {
+            spec: spec.clone(),
+            params: p,
+            stem_conv,
+            stem_bn,
+            stages,
+            fc,
+        })
+    }
+
+    pub fn spec(&self) -> &NetSpec {
+        &self.spec
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    pub fn device(&self) -> Device {
+        self.fc.weight().device().clone()
+    }
+
+    /// Checks an input batch against the spec before it reaches a convolution.
+    pub fn check_input(&self, x: &Tensor) -> Result<()> {
+        if x.rank() != 4 {
+            return Err(ZooError::InputRank {
+                shape: x.dims().to_vec(),
+            });
+        }
+        let channels = x.dim(1)?;
+        if channels != self.spec.in_channels {
+            return Err(ZooError::InputChannels {
+                expected: self.spec.in_channels,
+                found: channels,
+                shape: x.dims().to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Stem and residual stages: the feature map before pooling.
+    pub fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.check_input(x)?;
+        let mut h = conv_bn(&self.stem_conv, &self.stem_bn, x, train, true)?;
+        if matches!(self.spec.stem, Stem::Imagenet { .. }) {
+            h = max_pool_3x3_s2(&h)?;
+        }
+        for stage in &self.stages {
+            for block in stage {
+                h = block.forward_t(&h, train)?;
+            }
+        }
+        Ok(h)
+    }
+
+    /// Global average pool and the classifier.
+    pub fn forward_head(&self, features: &Tensor) -> Result<Tensor> {
+        let pooled = features.mean((2, 3))?;
+        Ok(self.fc.forward(&pooled)?)
+    }
+
+    /// Logits [N, classes].
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let features = self.forward_features(x, train)?;
+        self.forward_head(&features)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strided_max_pool_equals_candle_pool_on_zero_padded_input() {
+        for (h, w) in [(16, 16), (15, 17), (7, 8), (1, 2)] {
+            // Post-ReLU inputs: non-negative, so zero padding equals -inf padding.
+            let x = Tensor::rand(0f32, 1., (2, 3, h, w), &Device::Cpu).unwrap();
+            let ours = max_pool_3x3_s2(&x).unwrap();
+            let padded = x.pad_with_zeros(2, 1, 1).unwrap().pad_with_zeros(3, 1, 1).unwrap();
+            let reference = padded.max_pool2d_with_stride(3, 2).unwrap();
+            assert_eq!(ours.dims(), reference.dims(), "{h}x{w}");
+            let diff = (ours - reference).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{h}x{w}");
+        }
+    }
+}
