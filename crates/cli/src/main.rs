@@ -318,8 +318,8 @@ fn complexity_table(rows: &[ComplexityRow], with_layers: bool) -> String {
     let mut macs = vec!["FLOPs (multiply-adds)".to_string()];
     let mut paper = vec!["paper (Table 1)".to_string()];
     for r in rows {
-        params.extend([format!("{} ({})", thousands(r.params), scientific(r.params, 6)), String::new(), String::new()]);
-        macs.extend([format!("{} ({})", thousands(r.macs), scientific(r.macs, 9)), String::new(), String::new()]);
+        params.extend([format!("{} ({})", thousands(r.params), scientific(r.params)), String::new(), String::new()]);
+        macs.extend([format!("{} ({})", thousands(r.macs), scientific(r.macs)), String::new(), String::new()]);
         paper.extend([paper_table_1(&r.model).unwrap_or("").to_string(), String::new(), String::new()]);
     }
     t.row(params);

@@ -73,12 +73,13 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-/// 4089184256 with exponent 9 -> "4.1×10⁹".
-pub fn scientific(n: u64, exponent: i32) -> String {
-    let sup = match exponent {
-        6 => "⁶",
-        9 => "⁹",
-        _ => "?",
+/// 4089184256 -> "4.1×10⁹", 25557032 -> "25.6×10⁶": the paper's notation, with the
+/// exponent chosen so that small CPU models do not print as 0.0×10⁹.
+pub fn scientific(n: u64) -> String {
+    let (exponent, sup) = match n {
+        n if n >= 1_000_000_000 => (9, "⁹"),
+        n if n >= 1_000_000 => (6, "⁶"),
+        _ => (3, "³"),
     };
     format!("{:.1}×10{sup}", n as f64 / 10f64.powi(exponent))
 }

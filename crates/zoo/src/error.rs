@@ -41,7 +41,7 @@ pub enum ZooError {
         found: usize,
         shape: Vec<usize>,
     },
-    #[error("input must be a 4-d tensor [N, C, H, W], got shape {shape:?}")]
+    #[error("input must be a non-empty 4-d tensor [N, C, H, W], got shape {shape:?}")]
     InputRank { shape: Vec<usize> },
     #[error("{file}: {source}")]
     File {

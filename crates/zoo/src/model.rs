@@ -335,27 +335,8 @@ impl ResNet {
     /// `load_safetensors`); the weights are checked against the spec first.
     pub fn new(spec: &NetSpec, state: &StateDict) -> Result<ResNet> {
         spec.validate()?;
-        let expected = layout::tensor_shapes(spec);
-        for (key, shape, _) in &expected {
-            match state.get(key) {
-                None => {
-                    return Err(ZooError::MissingWeight {
-                        file: "<weights>".into(),
-                        key: key.clone(),
-                        expected: shape.clone(),
-                    })
-                }
-                Some(t) if t.dims() != shape.as_slice() => {
-                    return Err(ZooError::ShapeMismatch {
-                        file: "<weights>".into(),
-                        key: key.clone(),
-                        expected: shape.clone(),
-                        found: t.dims().to_vec(),
-                    })
-                }
-                Some(_) => {}
-            }
-        }
+        let model = format!("{} {}", spec.depth(), spec.template());
+        crate::weights::check_tensors(&layout::tensor_shapes(spec), state, "<weights>", &model)?;
         let p = Params::from_state(state)?;
         let stem_stride = match spec.stem {
             Stem::Imagenet { .. } => 2,
@@ -406,6 +387,11 @@ impl ResNet {
             });
         }
         let channels = x.dim(1)?;
+        if x.dim(0)? == 0 || x.dim(2)? == 0 || x.dim(3)? == 0 {
+            return Err(ZooError::InputRank {
+                shape: x.dims().to_vec(),
+            });
+        }
         if channels != self.spec.in_channels {
             return Err(ZooError::InputChannels {
                 expected: self.spec.in_channels,

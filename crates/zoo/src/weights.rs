@@ -24,8 +24,17 @@ pub fn check_state(spec: &NetSpec, state: &BTreeMap<String, Tensor>, file: &str,
         form: BlockForm::C,
         ..spec.clone()
     };
-    let expected = layout::tensor_shapes(&grouped);
-    for (key, shape, _) in &expected {
+    check_tensors(&layout::tensor_shapes(&grouped), state, file, model)
+}
+
+/// Checks named tensors against the expected names and shapes, naming the first problem.
+pub(crate) fn check_tensors(
+    expected: &[(String, Vec<usize>, layout::TensorRole)],
+    state: &BTreeMap<String, Tensor>,
+    file: &str,
+    model: &str,
+) -> Result<()> {
+    for (key, shape, _) in expected {
         match state.get(key) {
             None => {
                 return Err(ZooError::MissingWeight {

@@ -1,0 +1,200 @@
+//! The command-line contract, run as a user runs it.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+fn cardinal() -> Command {
+    Command::cargo_bin("cardinal").unwrap()
+}
+
+fn zoo_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../zoo/tests/fixtures").join(name)
+}
+
+fn json(args: &[&str]) -> Value {
+    let out = cardinal().args(args).assert().success().get_output().stdout.clone();
+    serde_json::from_slice(&out).unwrap()
+}
+
+#[test]
+fn complexity_json_matches_torchvision_for_every_published_model() {
+    let expected = [
+        ("resnet18", 11_689_512u64, 1_814_073_344u64),
+        ("resnet34", 21_797_672, 3_663_761_408),
+        ("resnet50", 25_557_032, 4_089_184_256),
+        ("resnet101", 44_549_160, 7_801_405_440),
+        ("resnet152", 60_192_808, 11_513_626_624),
+        ("resnext50_32x4d", 25_028_904, 4_230_479_872),
+        ("resnext101_32x8d", 88_791_336, 16_414_015_488),
+        ("resnext101_64x4d", 83_455_272, 15_460_270_080),
+        ("wide_resnet50_2", 68_883_240, 11_398_021_120),
+        ("wide_resnet101_2", 126_886_696, 22_753_050_624),
+    ];
+    let mut args = vec!["complexity", "--format", "json"];
+    args.extend(expected.iter().map(|e| e.0));
+    let rows = json(&args);
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), expected.len());
+    for (row, (model, params, macs)) in rows.iter().zip(expected) {
+        assert_eq!(row["model"], model);
+        assert_eq!(row["params"].as_u64(), Some(params), "{model}");
+        assert_eq!(row["macs"].as_u64(), Some(macs), "{model}");
+        assert_eq!(row["input_size"].as_u64(), Some(224));
+    }
+}
+
+#[test]
+fn complexity_table_prints_table_1_side_by_side() {
+    let out = cardinal().args(["complexity", "resnet50", "resnext50_32x4d"]).assert().success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    for needle in ["conv2", "[1x1, 128; 3x3, 128, C=32; 1x1, 256] x3", "25,557,032", "25,028,904", "4,230,479,872", "paper (Table 1)", "4.1×10⁹", "4.2×10⁹"] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+}
+
+#[test]
+fn complexity_at_another_input_size() {
+    let rows = json(&["complexity", "cpu_resnet20", "--input-size", "32", "--format", "json"]);
+    assert_eq!(rows[0]["input_size"].as_u64(), Some(32));
+    let rows28 = json(&["complexity", "cpu_resnet20", "--format", "json"]);
+    assert!(rows[0]["macs"].as_u64() > rows28[0]["macs"].as_u64());
+}
+
+#[test]
+fn preserve_prints_paper_table_2() {
+    let rows = json(&["complexity", "--preserve", "resnet50", "--cardinality", "1,2,4,8,32", "--format", "json"]);
+    let got: Vec<(u64, u64, u64, u64)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["cardinality"].as_u64().unwrap(),
+                r["bottleneck_width"].as_u64().unwrap(),
+                r["group_width"].as_u64().unwrap(),
+                r["block_params"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![(1, 64, 64, 69_632), (2, 40, 80, 69_760), (4, 24, 96, 69_888), (8, 14, 112, 71_456), (32, 4, 128, 70_144)]
+    );
+    let out = cardinal().args(["complexity", "--preserve", "resnet50"]).assert().success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(text.contains("69,632") && text.contains("71,456"), "{text}");
+}
+
+#[test]
+fn equivalence_json_reports_every_check() {
+    let out = cardinal()
+        .args(["equivalence", "cpu_resnext11_4x12d", "--dtype", "f32", "--input-size", "28", "--format", "json"])
+        .assert()
+        .success();
+    let checks: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let checks = checks.as_array().unwrap();
+    assert_eq!(checks.len(), 16);
+    for c in checks {
+        assert_eq!(c["passed"], true, "{c}");
+        assert!(c["max_abs_diff"].as_f64().unwrap() <= c["tolerance"].as_f64().unwrap());
+    }
+    let names: Vec<&str> = checks.iter().map(|c| c["check"].as_str().unwrap()).collect();
+    for needle in ["form A vs C: input gradient", "form B vs C: weight gradients", "depth-2 aggregated 4x12d vs wide 48: logits (train)"] {
+        assert!(names.contains(&needle), "{names:?}");
+    }
+}
+
+#[test]
+fn infer_reproduces_torchvision_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("logits.safetensors");
+    cardinal()
+        .args(["infer", "--model"])
+        .arg(zoo_fixture("resnext_tiny.yaml"))
+        .arg("--weights")
+        .arg(zoo_fixture("resnext_tiny_bf16.safetensors"))
+        .arg("--input")
+        .arg(zoo_fixture("io.safetensors"))
+        .arg("--output")
+        .arg(&output)
+        .assert()
+        .success();
+    let device = candle_core::Device::Cpu;
+    let ours = candle_core::safetensors::load(&output, &device).unwrap();
+    let reference = candle_core::safetensors::load(zoo_fixture("io.safetensors"), &device).unwrap();
+    let diff = (&ours["logits"] - &reference["logits_bf16"]).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(diff.to_scalar::<f32>().unwrap() <= 1e-4);
+}
+
+#[test]
+fn infer_with_a_grayscale_input_says_what_was_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("gray.safetensors");
+    let x = candle_core::Tensor::zeros((1, 1, 32, 32), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    candle_core::safetensors::save(&[("input".to_string(), x)].into_iter().collect(), &input).unwrap();
+    let out = cardinal()
+        .args(["infer", "--model"])
+        .arg(zoo_fixture("resnext_tiny.yaml"))
+        .arg("--weights")
+        .arg(zoo_fixture("resnext_tiny_f16.safetensors"))
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(dir.path().join("out.safetensors"))
+        .assert()
+        .failure();
+    let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(err.contains("1 channels but the model expects 3"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn infer_with_weights_for_another_model_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cardinal()
+        .args(["infer", "--model", "resnext50_32x4d", "--weights"])
+        .arg(zoo_fixture("resnext_tiny_f16.safetensors"))
+        .arg("--input")
+        .arg(zoo_fixture("io.safetensors"))
+        .arg("--output")
+        .arg(dir.path().join("out.safetensors"))
+        .assert()
+        .code(2);
+    let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(err.contains("layer1.0.conv1.weight") && err.contains("[128, 64, 1, 1]") && err.contains("[16, 64, 1, 1]"), "{err}");
+}
+
+#[test]
+fn unknown_model_suggests_close_names() {
+    let out = cardinal().args(["complexity", "resnet5"]).assert().code(2);
+    let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(err.contains("unknown model 'resnet5'") && err.contains("'resnet50'"), "{err}");
+}
+
+#[test]
+fn a_spec_file_with_an_impossible_field_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    let text = std::fs::read_to_string(zoo_fixture("resnext_tiny.yaml")).unwrap().replace("cardinality: 4", "cardinality: 0");
+    std::fs::write(&path, text).unwrap();
+    let out = cardinal().arg("complexity").arg(&path).assert().code(2);
+    let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(err.contains("bad.yaml") && err.contains("`cardinality`"), "{err}");
+}
+
+#[test]
+fn models_lists_every_required_preset() {
+    let rows = json(&["models", "--format", "json"]);
+    let names: Vec<&str> = rows.as_array().unwrap().iter().map(|r| r["model"].as_str().unwrap()).collect();
+    for name in [
+        "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200", "resnext50_32x4d",
+        "resnext101_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
+        "resnext50_2x40d", "resnext50_4x24d", "resnext50_8x14d", "resnext101_2x40d", "resnext101_4x24d",
+        "resnext101_8x14d", "resnext101_2x64d", "resnet101_1x100d", "resnext29_8x64d", "resnext29_16x64d",
+        "cpu_resnet20",
+    ] {
+        assert!(names.contains(&name), "{name} missing");
+    }
+}
