@@ -320,11 +320,13 @@ fn complexity_table(rows: &[ComplexityRow], with_layers: bool) -> String {
     for r in rows {
         params.extend([format!("{} ({})", thousands(r.params), scientific(r.params)), String::new(), String::new()]);
         macs.extend([format!("{} ({})", thousands(r.macs), scientific(r.macs)), String::new(), String::new()]);
-        paper.extend([paper_table_1(&r.model).unwrap_or("").to_string(), String::new(), String::new()]);
+        let published = if r.input_size == 224 { paper_table_1(&r.model) } else { None };
+        paper.extend([published.unwrap_or("").to_string(), String::new(), String::new()]);
     }
     t.row(params);
     t.row(macs);
-    if rows.iter().any(|r| paper_table_1(&r.model).is_some()) {
+    // The paper's figures are for 224x224 inputs only.
+    if rows.iter().any(|r| r.input_size == 224 && paper_table_1(&r.model).is_some()) {
         t.row(paper);
     }
     let mut out = t.render();

@@ -198,3 +198,19 @@ fn models_lists_every_required_preset() {
         assert!(names.contains(&name), "{name} missing");
     }
 }
+
+#[test]
+fn per_layer_csv_adds_up_to_the_total() {
+    let out = cardinal().args(["complexity", "resnext50_32x4d", "--layers", "--format", "csv"]).assert().success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("model,input_size,layer,output_size,params,macs"));
+    let (mut params, mut macs) = (0u64, 0u64);
+    for line in lines {
+        let cells: Vec<&str> = line.split(',').collect();
+        params += cells[4].parse::<u64>().unwrap();
+        macs += cells[5].parse::<u64>().unwrap();
+    }
+    assert_eq!((params, macs), (25_028_904, 4_230_479_872));
+    assert!(text.contains("resnext50_32x4d,224,layer1.0.conv2,56,4608,14450688"), "grouped conv: 128*4*9 weights");
+}
