@@ -195,12 +195,28 @@ fn models(args: ModelsArgs) -> Result<()> {
             for r in rows {
                 println!(
                     "{},{},{},{},{},{},{},{}",
-                    r.model, r.family, r.depth, r.cardinality, r.bottleneck_width, r.input_size, r.params, r.macs
+                    r.model,
+                    r.family,
+                    r.depth,
+                    r.cardinality,
+                    r.bottleneck_width,
+                    r.input_size,
+                    r.params,
+                    r.macs
                 );
             }
         }
         Format::Table => {
-            let mut t = Table::new(["model", "family", "C x d", "depth", "input", "params", "MACs", "description"]);
+            let mut t = Table::new([
+                "model",
+                "family",
+                "C x d",
+                "depth",
+                "input",
+                "params",
+                "MACs",
+                "description",
+            ]);
             for r in rows {
                 t.row([
                     r.model,
@@ -259,7 +275,11 @@ fn complexity(args: ComplexityArgs) -> Result<()> {
             params: c.params,
             macs: c.macs,
             stages: c.stages,
-            layers: if args.layers || !matches!(args.format, Format::Json) { Some(c.layers) } else { None },
+            layers: if args.layers || !matches!(args.format, Format::Json) {
+                Some(c.layers)
+            } else {
+                None
+            },
         });
     }
     match args.format {
@@ -268,7 +288,10 @@ fn complexity(args: ComplexityArgs) -> Result<()> {
             println!("model,input_size,layer,output_size,params,macs");
             for r in &rows {
                 for l in r.layers.iter().flatten() {
-                    println!("{},{},{},{},{},{}", r.model, r.input_size, l.name, l.output_size, l.params, l.macs);
+                    println!(
+                        "{},{},{},{},{},{}",
+                        r.model, r.input_size, l.name, l.output_size, l.params, l.macs
+                    );
                 }
             }
         }
@@ -295,7 +318,10 @@ fn complexity_table(rows: &[ComplexityRow], with_layers: bool) -> String {
     }
     let mut headers = vec!["stage".to_string()];
     for r in rows {
-        headers.push(format!("{} (output, {}x{} input)", r.model, r.input_size, r.input_size));
+        headers.push(format!(
+            "{} (output, {}x{} input)",
+            r.model, r.input_size, r.input_size
+        ));
         headers.push("params".into());
         headers.push("MACs".into());
     }
@@ -305,7 +331,10 @@ fn complexity_table(rows: &[ComplexityRow], with_layers: bool) -> String {
         for r in rows {
             match r.stages.iter().find(|s| &s.stage == stage) {
                 Some(s) => {
-                    cells.push(format!("{}x{}  {}", s.output_size, s.output_size, s.structure));
+                    cells.push(format!(
+                        "{}x{}  {}",
+                        s.output_size, s.output_size, s.structure
+                    ));
                     cells.push(short(s.params));
                     cells.push(short(s.macs));
                 }
@@ -318,15 +347,34 @@ fn complexity_table(rows: &[ComplexityRow], with_layers: bool) -> String {
     let mut macs = vec!["FLOPs (multiply-adds)".to_string()];
     let mut paper = vec!["paper (Table 1)".to_string()];
     for r in rows {
-        params.extend([format!("{} ({})", thousands(r.params), scientific(r.params)), String::new(), String::new()]);
-        macs.extend([format!("{} ({})", thousands(r.macs), scientific(r.macs)), String::new(), String::new()]);
-        let published = if r.input_size == 224 { paper_table_1(&r.model) } else { None };
-        paper.extend([published.unwrap_or("").to_string(), String::new(), String::new()]);
+        params.extend([
+            format!("{} ({})", thousands(r.params), scientific(r.params)),
+            String::new(),
+            String::new(),
+        ]);
+        macs.extend([
+            format!("{} ({})", thousands(r.macs), scientific(r.macs)),
+            String::new(),
+            String::new(),
+        ]);
+        let published = if r.input_size == 224 {
+            paper_table_1(&r.model)
+        } else {
+            None
+        };
+        paper.extend([
+            published.unwrap_or("").to_string(),
+            String::new(),
+            String::new(),
+        ]);
     }
     t.row(params);
     t.row(macs);
     // The paper's figures are for 224x224 inputs only.
-    if rows.iter().any(|r| r.input_size == 224 && paper_table_1(&r.model).is_some()) {
+    if rows
+        .iter()
+        .any(|r| r.input_size == 224 && paper_table_1(&r.model).is_some())
+    {
         t.row(paper);
     }
     let mut out = t.render();
@@ -361,7 +409,10 @@ fn preserve(template: &str, args: &ComplexityArgs) -> Result<()> {
         Format::Csv => {
             println!("cardinality,bottleneck_width,group_width,block_params");
             for r in &rows {
-                println!("{},{},{},{}", r.cardinality, r.bottleneck_width, r.group_width, r.block_params);
+                println!(
+                    "{},{},{},{}",
+                    r.cardinality, r.bottleneck_width, r.group_width, r.block_params
+                );
             }
         }
         Format::Table => {
@@ -382,14 +433,23 @@ fn preserve(template: &str, args: &ComplexityArgs) -> Result<()> {
                 args.stage + 1,
                 thousands(target)
             );
-            let mut t = Table::new(["cardinality C", "bottleneck width d", "width of group conv", "block params", "vs template"]);
+            let mut t = Table::new([
+                "cardinality C",
+                "bottleneck width d",
+                "width of group conv",
+                "block params",
+                "vs template",
+            ]);
             for r in &rows {
                 t.row([
                     r.cardinality.to_string(),
                     r.bottleneck_width.to_string(),
                     r.group_width.to_string(),
                     thousands(r.block_params),
-                    format!("{:+.1}%", 100.0 * (r.block_params as f64 / target as f64 - 1.0)),
+                    format!(
+                        "{:+.1}%",
+                        100.0 * (r.block_params as f64 / target as f64 - 1.0)
+                    ),
                 ]);
             }
             print!("{}", t.render());
@@ -427,7 +487,10 @@ fn equivalence(args: EquivalenceArgs) -> Result<bool> {
         Format::Csv => {
             println!("check,max_abs_diff,tolerance,passed");
             for c in &checks {
-                println!("\"{}\",{:e},{:e},{}", c.check, c.max_abs_diff, c.tolerance, c.passed);
+                println!(
+                    "\"{}\",{:e},{:e},{}",
+                    c.check, c.max_abs_diff, c.tolerance, c.passed
+                );
             }
         }
         Format::Table => {
@@ -448,12 +511,19 @@ fn equivalence(args: EquivalenceArgs) -> Result<bool> {
                     c.check.clone(),
                     format!("{:.2e}", c.max_abs_diff),
                     format!("{:.2e}", c.tolerance),
-                    if c.passed { "ok".to_string() } else { "FAILED".to_string() },
+                    if c.passed {
+                        "ok".to_string()
+                    } else {
+                        "FAILED".to_string()
+                    },
                 ]);
             }
             print!("{}", t.render());
             if failed == 0 {
-                println!("\nall {} checks agree: the forms compute one function", checks.len());
+                println!(
+                    "\nall {} checks agree: the forms compute one function",
+                    checks.len()
+                );
             } else {
                 println!("\n{failed} of {} checks FAILED", checks.len());
             }

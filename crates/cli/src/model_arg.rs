@@ -12,7 +12,9 @@ pub struct ModelArg {
 }
 
 pub fn resolve(arg: &str) -> Result<ModelArg> {
-    let looks_like_file = [".yaml", ".yml", ".json"].iter().any(|ext| arg.ends_with(ext));
+    let looks_like_file = [".yaml", ".yml", ".json"]
+        .iter()
+        .any(|ext| arg.ends_with(ext));
     if !looks_like_file {
         let spec = cardinal_zoo::preset(arg)?;
         return Ok(ModelArg {
@@ -21,11 +23,13 @@ pub fn resolve(arg: &str) -> Result<ModelArg> {
         });
     }
     let path = Path::new(arg);
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read model spec {arg}"))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read model spec {arg}"))?;
     let spec: NetSpec = if arg.ends_with(".json") {
         serde_json::from_str(&text).with_context(|| format!("{arg}: not a valid model spec"))?
     } else {
-        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{arg}: not a valid model spec:\n{e}"))?
+        serde_saphyr::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{arg}: not a valid model spec:\n{e}"))?
     };
     if let Err(e) = spec.validate() {
         bail!("{arg}: {e}");

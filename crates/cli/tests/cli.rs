@@ -10,11 +10,19 @@ fn cardinal() -> Command {
 }
 
 fn zoo_fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../zoo/tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../zoo/tests/fixtures")
+        .join(name)
 }
 
 fn json(args: &[&str]) -> Value {
-    let out = cardinal().args(args).assert().success().get_output().stdout.clone();
+    let out = cardinal()
+        .args(args)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     serde_json::from_slice(&out).unwrap()
 }
 
@@ -47,16 +55,35 @@ fn complexity_json_matches_torchvision_for_every_published_model() {
 
 #[test]
 fn complexity_table_prints_table_1_side_by_side() {
-    let out = cardinal().args(["complexity", "resnet50", "resnext50_32x4d"]).assert().success();
+    let out = cardinal()
+        .args(["complexity", "resnet50", "resnext50_32x4d"])
+        .assert()
+        .success();
     let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
-    for needle in ["conv2", "[1x1, 128; 3x3, 128, C=32; 1x1, 256] x3", "25,557,032", "25,028,904", "4,230,479,872", "paper (Table 1)", "4.1×10⁹", "4.2×10⁹"] {
+    for needle in [
+        "conv2",
+        "[1x1, 128; 3x3, 128, C=32; 1x1, 256] x3",
+        "25,557,032",
+        "25,028,904",
+        "4,230,479,872",
+        "paper (Table 1)",
+        "4.1×10⁹",
+        "4.2×10⁹",
+    ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
 }
 
 #[test]
 fn complexity_at_another_input_size() {
-    let rows = json(&["complexity", "cpu_resnet20", "--input-size", "32", "--format", "json"]);
+    let rows = json(&[
+        "complexity",
+        "cpu_resnet20",
+        "--input-size",
+        "32",
+        "--format",
+        "json",
+    ]);
     assert_eq!(rows[0]["input_size"].as_u64(), Some(32));
     let rows28 = json(&["complexity", "cpu_resnet20", "--format", "json"]);
     assert!(rows[0]["macs"].as_u64() > rows28[0]["macs"].as_u64());
@@ -64,7 +91,15 @@ fn complexity_at_another_input_size() {
 
 #[test]
 fn preserve_prints_paper_table_2() {
-    let rows = json(&["complexity", "--preserve", "resnet50", "--cardinality", "1,2,4,8,32", "--format", "json"]);
+    let rows = json(&[
+        "complexity",
+        "--preserve",
+        "resnet50",
+        "--cardinality",
+        "1,2,4,8,32",
+        "--format",
+        "json",
+    ]);
     let got: Vec<(u64, u64, u64, u64)> = rows
         .as_array()
         .unwrap()
@@ -80,9 +115,18 @@ fn preserve_prints_paper_table_2() {
         .collect();
     assert_eq!(
         got,
-        vec![(1, 64, 64, 69_632), (2, 40, 80, 69_760), (4, 24, 96, 69_888), (8, 14, 112, 71_456), (32, 4, 128, 70_144)]
+        vec![
+            (1, 64, 64, 69_632),
+            (2, 40, 80, 69_760),
+            (4, 24, 96, 69_888),
+            (8, 14, 112, 71_456),
+            (32, 4, 128, 70_144)
+        ]
     );
-    let out = cardinal().args(["complexity", "--preserve", "resnet50"]).assert().success();
+    let out = cardinal()
+        .args(["complexity", "--preserve", "resnet50"])
+        .assert()
+        .success();
     let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     assert!(text.contains("69,632") && text.contains("71,456"), "{text}");
 }
@@ -90,7 +134,16 @@ fn preserve_prints_paper_table_2() {
 #[test]
 fn equivalence_json_reports_every_check() {
     let out = cardinal()
-        .args(["equivalence", "cpu_resnext11_4x12d", "--dtype", "f32", "--input-size", "28", "--format", "json"])
+        .args([
+            "equivalence",
+            "cpu_resnext11_4x12d",
+            "--dtype",
+            "f32",
+            "--input-size",
+            "28",
+            "--format",
+            "json",
+        ])
         .assert()
         .success();
     let checks: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
@@ -100,8 +153,15 @@ fn equivalence_json_reports_every_check() {
         assert_eq!(c["passed"], true, "{c}");
         assert!(c["max_abs_diff"].as_f64().unwrap() <= c["tolerance"].as_f64().unwrap());
     }
-    let names: Vec<&str> = checks.iter().map(|c| c["check"].as_str().unwrap()).collect();
-    for needle in ["form A vs C: input gradient", "form B vs C: weight gradients", "depth-2 aggregated 4x12d vs wide 48: logits (train)"] {
+    let names: Vec<&str> = checks
+        .iter()
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    for needle in [
+        "form A vs C: input gradient",
+        "form B vs C: weight gradients",
+        "depth-2 aggregated 4x12d vs wide 48: logits (train)",
+    ] {
         assert!(names.contains(&needle), "{names:?}");
     }
 }
@@ -124,7 +184,12 @@ fn infer_reproduces_torchvision_logits() {
     let device = candle_core::Device::Cpu;
     let ours = candle_core::safetensors::load(&output, &device).unwrap();
     let reference = candle_core::safetensors::load(zoo_fixture("io.safetensors"), &device).unwrap();
-    let diff = (&ours["logits"] - &reference["logits_bf16"]).unwrap().abs().unwrap().max_all().unwrap();
+    let diff = (&ours["logits"] - &reference["logits_bf16"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
     assert!(diff.to_scalar::<f32>().unwrap() <= 1e-4);
 }
 
@@ -132,8 +197,14 @@ fn infer_reproduces_torchvision_logits() {
 fn infer_with_a_grayscale_input_says_what_was_expected() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("gray.safetensors");
-    let x = candle_core::Tensor::zeros((1, 1, 32, 32), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
-    candle_core::safetensors::save(&[("input".to_string(), x)].into_iter().collect(), &input).unwrap();
+    let x = candle_core::Tensor::zeros(
+        (1, 1, 32, 32),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    candle_core::safetensors::save(&[("input".to_string(), x)].into_iter().collect(), &input)
+        .unwrap();
     let out = cardinal()
         .args(["infer", "--model"])
         .arg(zoo_fixture("resnext_tiny.yaml"))
@@ -163,36 +234,72 @@ fn infer_with_weights_for_another_model_names_the_key() {
         .assert()
         .code(2);
     let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
-    assert!(err.contains("layer1.0.conv1.weight") && err.contains("[128, 64, 1, 1]") && err.contains("[16, 64, 1, 1]"), "{err}");
+    assert!(
+        err.contains("layer1.0.conv1.weight")
+            && err.contains("[128, 64, 1, 1]")
+            && err.contains("[16, 64, 1, 1]"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unknown_model_suggests_close_names() {
     let out = cardinal().args(["complexity", "resnet5"]).assert().code(2);
     let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
-    assert!(err.contains("unknown model 'resnet5'") && err.contains("'resnet50'"), "{err}");
+    assert!(
+        err.contains("unknown model 'resnet5'") && err.contains("'resnet50'"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_spec_file_with_an_impossible_field_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");
-    let text = std::fs::read_to_string(zoo_fixture("resnext_tiny.yaml")).unwrap().replace("cardinality: 4", "cardinality: 0");
+    let text = std::fs::read_to_string(zoo_fixture("resnext_tiny.yaml"))
+        .unwrap()
+        .replace("cardinality: 4", "cardinality: 0");
     std::fs::write(&path, text).unwrap();
     let out = cardinal().arg("complexity").arg(&path).assert().code(2);
     let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
-    assert!(err.contains("bad.yaml") && err.contains("`cardinality`"), "{err}");
+    assert!(
+        err.contains("bad.yaml") && err.contains("`cardinality`"),
+        "{err}"
+    );
 }
 
 #[test]
 fn models_lists_every_required_preset() {
     let rows = json(&["models", "--format", "json"]);
-    let names: Vec<&str> = rows.as_array().unwrap().iter().map(|r| r["model"].as_str().unwrap()).collect();
+    let names: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["model"].as_str().unwrap())
+        .collect();
     for name in [
-        "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200", "resnext50_32x4d",
-        "resnext101_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
-        "resnext50_2x40d", "resnext50_4x24d", "resnext50_8x14d", "resnext101_2x40d", "resnext101_4x24d",
-        "resnext101_8x14d", "resnext101_2x64d", "resnet101_1x100d", "resnext29_8x64d", "resnext29_16x64d",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+        "resnet200",
+        "resnext50_32x4d",
+        "resnext101_32x4d",
+        "resnext101_32x8d",
+        "resnext101_64x4d",
+        "wide_resnet50_2",
+        "wide_resnet101_2",
+        "resnext50_2x40d",
+        "resnext50_4x24d",
+        "resnext50_8x14d",
+        "resnext101_2x40d",
+        "resnext101_4x24d",
+        "resnext101_8x14d",
+        "resnext101_2x64d",
+        "resnet101_1x100d",
+        "resnext29_8x64d",
+        "resnext29_16x64d",
         "cpu_resnet20",
     ] {
         assert!(names.contains(&name), "{name} missing");
@@ -201,10 +308,22 @@ fn models_lists_every_required_preset() {
 
 #[test]
 fn per_layer_csv_adds_up_to_the_total() {
-    let out = cardinal().args(["complexity", "resnext50_32x4d", "--layers", "--format", "csv"]).assert().success();
+    let out = cardinal()
+        .args([
+            "complexity",
+            "resnext50_32x4d",
+            "--layers",
+            "--format",
+            "csv",
+        ])
+        .assert()
+        .success();
     let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("model,input_size,layer,output_size,params,macs"));
+    assert_eq!(
+        lines.next(),
+        Some("model,input_size,layer,output_size,params,macs")
+    );
     let (mut params, mut macs) = (0u64, 0u64);
     for line in lines {
         let cells: Vec<&str> = line.split(',').collect();
@@ -212,5 +331,8 @@ fn per_layer_csv_adds_up_to_the_total() {
         macs += cells[5].parse::<u64>().unwrap();
     }
     assert_eq!((params, macs), (25_028_904, 4_230_479_872));
-    assert!(text.contains("resnext50_32x4d,224,layer1.0.conv2,56,4608,14450688"), "grouped conv: 128*4*9 weights");
+    assert!(
+        text.contains("resnext50_32x4d,224,layer1.0.conv2,56,4608,14450688"),
+        "grouped conv: 128*4*9 weights"
+    );
 }

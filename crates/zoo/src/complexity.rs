@@ -41,7 +41,11 @@ pub struct Complexity {
 fn stage_of(layer: &Layer) -> String {
     match layer.name.strip_prefix("layer") {
         Some(rest) => {
-            let n: usize = rest.split('.').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let n: usize = rest
+                .split('.')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             format!("conv{}", n + 1)
         }
         None if layer.name == "fc" => "fc".to_string(),

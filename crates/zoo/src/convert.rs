@@ -36,7 +36,13 @@ const BN_FIELDS: [&str; 4] = ["weight", "bias", "running_mean", "running_var"];
 fn bn_rules(grouped_bn: &str, path_bn: &str) -> Vec<SplitRule> {
     BN_FIELDS
         .iter()
-        .map(|field| rule(&format!("{grouped_bn}.{field}"), &format!("{path_bn}.{field}"), 0))
+        .map(|field| {
+            rule(
+                &format!("{grouped_bn}.{field}"),
+                &format!("{path_bn}.{field}"),
+                0,
+            )
+        })
         .collect()
 }
 
@@ -71,7 +77,12 @@ fn take(state: &mut StateDict, name: &str) -> Result<Tensor> {
 /// Converts `state`, laid out in form `from` for `spec`'s shapes, to form `to`.
 /// Tensors the spec does not know pass through; tensors the state lacks (running statistics
 /// in a set of gradients) are skipped.
-pub fn convert(spec: &NetSpec, state: &StateDict, from: BlockForm, to: BlockForm) -> Result<StateDict> {
+pub fn convert(
+    spec: &NetSpec,
+    state: &StateDict,
+    from: BlockForm,
+    to: BlockForm,
+) -> Result<StateDict> {
     let mut out = state.clone();
     if from == to {
         return Ok(out);
@@ -88,9 +99,17 @@ pub fn convert(spec: &NetSpec, state: &StateDict, from: BlockForm, to: BlockForm
                     continue;
                 }
                 let slices = (0..paths)
-                    .map(|k| take(&mut out, &format!("{prefix}.{}", r.per_path.replace("{k}", &k.to_string()))))
+                    .map(|k| {
+                        take(
+                            &mut out,
+                            &format!("{prefix}.{}", r.per_path.replace("{k}", &k.to_string())),
+                        )
+                    })
                     .collect::<Result<Vec<_>>>()?;
-                out.insert(format!("{prefix}.{}", r.grouped), Tensor::cat(&slices, r.axis)?);
+                out.insert(
+                    format!("{prefix}.{}", r.grouped),
+                    Tensor::cat(&slices, r.axis)?,
+                );
             }
             // C -> to: slice per path.
             for r in rules(spec.block, to) {
@@ -100,7 +119,10 @@ pub fn convert(spec: &NetSpec, state: &StateDict, from: BlockForm, to: BlockForm
                 let width = grouped.dim(r.axis)? / paths;
                 for k in 0..paths {
                     let name = format!("{prefix}.{}", r.per_path.replace("{k}", &k.to_string()));
-                    out.insert(name, grouped.narrow(r.axis, k * width, width)?.contiguous()?);
+                    out.insert(
+                        name,
+                        grouped.narrow(r.axis, k * width, width)?.contiguous()?,
+                    );
                 }
             }
         }

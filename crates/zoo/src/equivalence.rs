@@ -44,28 +44,42 @@ impl Check {
     }
 }
 
-fn random_tensor(rng: &mut ChaCha8Rng, shape: &[usize], device: &Device, dtype: DType) -> Result<Tensor> {
+fn random_tensor(
+    rng: &mut ChaCha8Rng,
+    shape: &[usize],
+    device: &Device,
+    dtype: DType,
+) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let values: Vec<f32> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
     Ok(Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?)
 }
 
 fn max_abs(t: &Tensor) -> Result<f64> {
-    Ok(t.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+    Ok(t.abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()?)
 }
 
 fn cast(state: StateDict, dtype: DType) -> Result<StateDict> {
-    state.into_iter().map(|(k, t)| Ok((k, t.to_dtype(dtype)?))).collect()
+    state
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.to_dtype(dtype)?)))
+        .collect()
 }
 
 /// Largest absolute difference over matching tensors, and the reference's largest magnitude.
 fn compare_states(reference: &StateDict, other: &StateDict) -> Result<(f64, f64)> {
     let (mut diff, mut scale) = (0.0f64, 0.0f64);
     for (name, r) in reference {
-        let o = other.get(name).ok_or_else(|| crate::ZooError::InvalidSpec {
-            field: "form".into(),
-            reason: format!("converted tensors lack `{name}`"),
-        })?;
+        let o = other
+            .get(name)
+            .ok_or_else(|| crate::ZooError::InvalidSpec {
+                field: "form".into(),
+                reason: format!("converted tensors lack `{name}`"),
+            })?;
         diff = diff.max(max_abs(&(r - o)?)?);
         scale = scale.max(max_abs(r)?);
     }
@@ -130,14 +144,29 @@ fn with_form(spec: &NetSpec, form: BlockForm) -> NetSpec {
 /// constant divides by a tiny deviation, so f32 differences of 1e-7 in the sum over paths
 /// can grow past 1e-5 in a 50-layer gradient. f64 separates the identity of the functions
 /// from that conditioning; small nets pass in f32 too.
-pub fn block_forms(spec: &NetSpec, seed: u64, batch_size: usize, dtype: DType) -> Result<Vec<Check>> {
+pub fn block_forms(
+    spec: &NetSpec,
+    seed: u64,
+    batch_size: usize,
+    dtype: DType,
+) -> Result<Vec<Check>> {
     let device = Device::Cpu;
     let grouped = with_form(spec, BlockForm::C);
     let mut state = init_weights(&grouped, seed, &device)?;
     randomize_batch_norm(&mut state, seed)?;
     let state = cast(state, dtype)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(1));
-    let x = random_tensor(&mut rng, &[batch_size, spec.in_channels, spec.input_size, spec.input_size], &device, dtype)?;
+    let x = random_tensor(
+        &mut rng,
+        &[
+            batch_size,
+            spec.in_channels,
+            spec.input_size,
+            spec.input_size,
+        ],
+        &device,
+        dtype,
+    )?;
     let direction = random_tensor(&mut rng, &[batch_size, spec.classes], &device, dtype)?;
 
     let reference = run_form(&grouped, &state, &x, &direction)?;
@@ -165,14 +194,23 @@ pub fn block_forms(spec: &NetSpec, seed: u64, batch_size: usize, dtype: DType) -
         let (diff, scale) = compare_states(&reference.weight_grads, &run.weight_grads)?;
         checks.push(Check::new(label("weight gradients"), diff, scale));
         let (diff, scale) = compare_states(&reference.running_stats, &run.running_stats)?;
-        checks.push(Check::new(label("BN running statistics after a train step"), diff, scale));
+        checks.push(Check::new(
+            label("BN running statistics after a train step"),
+            diff,
+            scale,
+        ));
     }
     Ok(checks)
 }
 
 /// The depth-2 pair of Fig. 4: a block of C paths (3x3 to d, 3x3 back to `channels`),
 /// summed, and the dense block of width C*d. Both share stem and classifier.
-pub fn depth2_pair(cardinality: usize, path_width: usize, channels: usize, input_size: usize) -> (NetSpec, NetSpec) {
+pub fn depth2_pair(
+    cardinality: usize,
+    path_width: usize,
+    channels: usize,
+    input_size: usize,
+) -> (NetSpec, NetSpec) {
     let aggregated = NetSpec {
         stem: Stem::Cifar {
             channels,
@@ -205,7 +243,13 @@ pub fn depth2_pair(cardinality: usize, path_width: usize, channels: usize, input
 }
 
 /// Aggregated depth-2 block against its wide dense twin: outputs, gradients, complexity.
-pub fn depth2(cardinality: usize, path_width: usize, channels: usize, seed: u64, dtype: DType) -> Result<Vec<Check>> {
+pub fn depth2(
+    cardinality: usize,
+    path_width: usize,
+    channels: usize,
+    seed: u64,
+    dtype: DType,
+) -> Result<Vec<Check>> {
     let device = Device::Cpu;
     let (aggregated, wide) = depth2_pair(cardinality, path_width, channels, 8);
     let mut state = init_weights(&wide, seed, &device)?;
@@ -218,7 +262,12 @@ pub fn depth2(cardinality: usize, path_width: usize, channels: usize, seed: u64,
     let direction = random_tensor(&mut rng, &[4, 10], &device, dtype)?;
     let reference = run_form(&wide, &state, &x, &direction)?;
     let run = run_form(&aggregated, &state_agg, &x, &direction)?;
-    let label = |what: &str| format!("depth-2 aggregated {cardinality}x{path_width}d vs wide {}: {what}", cardinality * path_width);
+    let label = |what: &str| {
+        format!(
+            "depth-2 aggregated {cardinality}x{path_width}d vs wide {}: {what}",
+            cardinality * path_width
+        )
+    };
     let mut checks = vec![
         Check::new(
             label("logits (eval)"),
@@ -239,8 +288,16 @@ pub fn depth2(cardinality: usize, path_width: usize, channels: usize, seed: u64,
     let (diff, scale) = compare_states(&reference.weight_grads, &run.weight_grads)?;
     checks.push(Check::new(label("weight gradients"), diff, scale));
     let (agg, dense) = (Complexity::of(&aggregated)?, Complexity::of(&wide)?);
-    checks.push(Check::new(label("params"), agg.params.abs_diff(dense.params) as f64, 0.0));
-    checks.push(Check::new(label("MACs"), agg.macs.abs_diff(dense.macs) as f64, 0.0));
+    checks.push(Check::new(
+        label("params"),
+        agg.params.abs_diff(dense.params) as f64,
+        0.0,
+    ));
+    checks.push(Check::new(
+        label("MACs"),
+        agg.macs.abs_diff(dense.macs) as f64,
+        0.0,
+    ));
     Ok(checks)
 }
 
@@ -263,7 +320,11 @@ pub fn run_all_with_progress(
     let mut checks = block_forms(spec, seed, batch_size, dtype)?;
     progress("depth-2 aggregated block vs wide block");
     let (cardinality, path_width, channels) = if spec.cardinality > 1 {
-        (spec.cardinality, spec.path_width(0), spec.stage_out_channels(0))
+        (
+            spec.cardinality,
+            spec.path_width(0),
+            spec.stage_out_channels(0),
+        )
     } else {
         (32, 4, 64)
     };

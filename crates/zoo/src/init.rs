@@ -46,7 +46,11 @@ pub fn init_weights(spec: &NetSpec, seed: u64, device: &Device) -> Result<StateD
                     (0..numel).map(|_| uniform.sample(&mut rng)).collect()
                 }
                 TensorRole::BnWeight => {
-                    let gamma = if layer.last_bn_of_block && spec.zero_init_last_bn { 0.0 } else { 1.0 };
+                    let gamma = if layer.last_bn_of_block && spec.zero_init_last_bn {
+                        0.0
+                    } else {
+                        1.0
+                    };
                     vec![gamma; numel]
                 }
                 TensorRole::BnBias | TensorRole::RunningMean => vec![0.0; numel],
@@ -71,10 +75,14 @@ pub fn randomize_batch_norm(state: &mut StateDict, seed: u64) -> Result<()> {
         } else {
             continue;
         };
-        let prefix = name.rsplit_once('.').map(|(p, _)| p.to_string()).unwrap_or_default();
+        let prefix = name
+            .rsplit_once('.')
+            .map(|(p, _)| p.to_string())
+            .unwrap_or_default();
         let tensor = &state[&name];
         let (n, device) = (tensor.elem_count(), tensor.device().clone());
-        let mut draw = |lo: f32, hi: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(lo..hi)).collect() };
+        let mut draw =
+            |lo: f32, hi: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(lo..hi)).collect() };
         let stat = match role {
             TensorRole::RunningMean => draw(-0.2, 0.2),
             _ => draw(0.5, 1.5),
@@ -84,8 +92,14 @@ pub fn randomize_batch_norm(state: &mut StateDict, seed: u64) -> Result<()> {
         state.insert(name, Tensor::from_vec(stat, n, &device)?);
         // gamma and beta are drawn once per BN (when its running_mean is visited).
         if role == TensorRole::RunningMean {
-            state.insert(format!("{prefix}.weight"), Tensor::from_vec(gamma, n, &device)?);
-            state.insert(format!("{prefix}.bias"), Tensor::from_vec(beta, n, &device)?);
+            state.insert(
+                format!("{prefix}.weight"),
+                Tensor::from_vec(gamma, n, &device)?,
+            );
+            state.insert(
+                format!("{prefix}.bias"),
+                Tensor::from_vec(beta, n, &device)?,
+            );
         }
     }
     Ok(())

@@ -119,7 +119,11 @@ impl Layer {
                 in_features,
                 out_features,
             } => vec![
-                (n("weight"), vec![out_features, in_features], TensorRole::LinearWeight),
+                (
+                    n("weight"),
+                    vec![out_features, in_features],
+                    TensorRole::LinearWeight,
+                ),
                 (n("bias"), vec![out_features], TensorRole::LinearBias),
             ],
         }
@@ -190,7 +194,15 @@ pub fn block_layers(kind: BlockKind, form: BlockForm, prefix: &str, b: &BlockSha
             layers.push(conv(p("conv1"), b.in_channels, width, 1, 1, 1, size_in));
             layers.push(bn(p("bn1"), width, size_in));
             for k in 0..c {
-                layers.push(conv(p(&format!("conv2.{k}")), d, d, 3, b.stride, 1, size_out));
+                layers.push(conv(
+                    p(&format!("conv2.{k}")),
+                    d,
+                    d,
+                    3,
+                    b.stride,
+                    1,
+                    size_out,
+                ));
             }
             layers.push(bn(p("bn2"), width, size_out));
             layers.push(conv(p("conv3"), width, b.out_channels, 1, 1, 1, size_out));
@@ -209,7 +221,15 @@ pub fn block_layers(kind: BlockKind, form: BlockForm, prefix: &str, b: &BlockSha
         }
         // A depth-2 block has no grouped layer: its form B is its form C (Fig. 4).
         (BlockKind::Basic, BlockForm::B | BlockForm::C) => {
-            layers.push(conv(p("conv1"), b.in_channels, width, 3, b.stride, 1, size_out));
+            layers.push(conv(
+                p("conv1"),
+                b.in_channels,
+                width,
+                3,
+                b.stride,
+                1,
+                size_out,
+            ));
             layers.push(bn(p("bn1"), width, size_out));
             layers.push(conv(p("conv2"), width, b.out_channels, 3, 1, 1, size_out));
             layers.push(last_bn(p("bn2"), b.out_channels, size_out));
@@ -246,7 +266,15 @@ pub fn layers(spec: &NetSpec) -> Vec<Layer> {
     match spec.stem {
         Stem::Imagenet { .. } => {
             let size = crate::spec::conv_output_size(spec.input_size, 7, 2, 3);
-            let mut c = conv("conv1".into(), spec.in_channels, stem_channels, 7, 2, 1, size);
+            let mut c = conv(
+                "conv1".into(),
+                spec.in_channels,
+                stem_channels,
+                7,
+                2,
+                1,
+                size,
+            );
             if let LayerKind::Conv { padding, .. } = &mut c.kind {
                 *padding = 3;
             }
@@ -255,13 +283,26 @@ pub fn layers(spec: &NetSpec) -> Vec<Layer> {
         }
         Stem::Cifar { stride, .. } => {
             let size = spec.stem_output_size();
-            layers.push(conv("conv1".into(), spec.in_channels, stem_channels, 3, stride, 1, size));
+            layers.push(conv(
+                "conv1".into(),
+                spec.in_channels,
+                stem_channels,
+                3,
+                stride,
+                1,
+                size,
+            ));
             layers.push(bn("bn1".into(), stem_channels, size));
         }
     }
     for (s, stage) in spec.block_shapes().iter().enumerate() {
         for (b, shape) in stage.iter().enumerate() {
-            layers.extend(block_layers(spec.block, spec.form, &block_prefix(s, b), shape));
+            layers.extend(block_layers(
+                spec.block,
+                spec.form,
+                &block_prefix(s, b),
+                shape,
+            ));
         }
     }
     layers.push(Layer {

@@ -115,7 +115,13 @@ fn batch_norm(p: &Params, name: &str) -> Result<BatchNorm> {
 }
 
 /// conv -> BN, optionally followed by ReLU.
-fn conv_bn(conv: &Conv, bn: &BatchNorm, x: &Tensor, train: bool, relu: bool) -> candle_core::Result<Tensor> {
+fn conv_bn(
+    conv: &Conv,
+    bn: &BatchNorm,
+    x: &Tensor,
+    train: bool,
+    relu: bool,
+) -> candle_core::Result<Tensor> {
     let y = bn.forward_t(&conv.forward(x)?, train)?;
     if relu {
         y.relu()
@@ -204,7 +210,10 @@ impl Block {
                         BlockKind::Bottleneck => Path {
                             conv1: Conv::new(p, &q("conv1"), 1, 1)?,
                             bn1: batch_norm(p, &q("bn1"))?,
-                            middle: Some((Conv::new(p, &q("conv2"), stride, 1)?, batch_norm(p, &q("bn2"))?)),
+                            middle: Some((
+                                Conv::new(p, &q("conv2"), stride, 1)?,
+                                batch_norm(p, &q("bn2"))?,
+                            )),
                             last: Conv::new(p, &q("conv3"), 1, 1)?,
                         },
                         BlockKind::Basic => Path {
@@ -262,7 +271,12 @@ impl Block {
                 let h = bn2.forward_t(&h, train)?.relu()?;
                 bn3.forward_t(&conv3.forward(&h)?, train)?
             }
-            Body::Basic { conv1, bn1, conv2, bn2 } => {
+            Body::Basic {
+                conv1,
+                bn1,
+                conv2,
+                bn2,
+            } => {
                 let h = conv_bn(conv1, bn1, x, train, true)?;
                 conv_bn(conv2, bn2, &h, train, false)?
             }
@@ -440,10 +454,19 @@ mod tests {
             // Post-ReLU inputs: non-negative, so zero padding equals -inf padding.
             let x = Tensor::rand(0f32, 1., (2, 3, h, w), &Device::Cpu).unwrap();
             let ours = max_pool_3x3_s2(&x).unwrap();
-            let padded = x.pad_with_zeros(2, 1, 1).unwrap().pad_with_zeros(3, 1, 1).unwrap();
+            let padded = x
+                .pad_with_zeros(2, 1, 1)
+                .unwrap()
+                .pad_with_zeros(3, 1, 1)
+                .unwrap();
             let reference = padded.max_pool2d_with_stride(3, 2).unwrap();
             assert_eq!(ours.dims(), reference.dims(), "{h}x{w}");
-            let diff = (ours - reference).unwrap().abs().unwrap().max_all().unwrap();
+            let diff = (ours - reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
             assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{h}x{w}");
         }
     }

@@ -19,7 +19,12 @@ pub struct PreservedWidth {
 }
 
 /// Conv weights of an identity-shortcut block with `channels` in and out.
-pub fn block_params(kind: BlockKind, channels: usize, cardinality: usize, path_width: usize) -> u64 {
+pub fn block_params(
+    kind: BlockKind,
+    channels: usize,
+    cardinality: usize,
+    path_width: usize,
+) -> u64 {
     let (c, d, io) = (cardinality as u64, path_width as u64, channels as u64);
     match kind {
         // C * (io*d + 9*d^2 + d*io): 1x1 reduce, grouped 3x3, 1x1 expand.

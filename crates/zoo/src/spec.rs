@@ -163,17 +163,29 @@ impl NetSpec {
             }
         }
         if self.stages.is_empty() {
-            return Err(Self::invalid("stages", "a network needs at least one stage"));
+            return Err(Self::invalid(
+                "stages",
+                "a network needs at least one stage",
+            ));
         }
         for (i, stage) in self.stages.iter().enumerate() {
             if stage.blocks == 0 {
-                return Err(Self::invalid(&format!("stages[{i}].blocks"), "must be at least 1"));
+                return Err(Self::invalid(
+                    &format!("stages[{i}].blocks"),
+                    "must be at least 1",
+                ));
             }
             if stage.stride == 0 {
-                return Err(Self::invalid(&format!("stages[{i}].stride"), "must be at least 1"));
+                return Err(Self::invalid(
+                    &format!("stages[{i}].stride"),
+                    "must be at least 1",
+                ));
             }
             if stage.planes == 0 {
-                return Err(Self::invalid(&format!("stages[{i}].planes"), "must be at least 1"));
+                return Err(Self::invalid(
+                    &format!("stages[{i}].planes"),
+                    "must be at least 1",
+                ));
             }
             let base = self.stages[0].planes;
             if (self.bottleneck_width * stage.planes) % base != 0 {
@@ -204,7 +216,10 @@ impl NetSpec {
             if size == 0 {
                 return Err(Self::invalid(
                     "input_size",
-                    format!("{} is too small: nothing is left after stage {i}", self.input_size),
+                    format!(
+                        "{} is too small: nothing is left after stage {i}",
+                        self.input_size
+                    ),
                 ));
             }
         }

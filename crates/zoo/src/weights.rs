@@ -19,7 +19,12 @@ const IGNORED_SUFFIX: &str = "num_batches_tracked";
 
 /// Checks `state` (form C) against the spec: every expected tensor present with its shape,
 /// nothing extra. The first problem is reported with the key and both shapes.
-pub fn check_state(spec: &NetSpec, state: &BTreeMap<String, Tensor>, file: &str, model: &str) -> Result<()> {
+pub fn check_state(
+    spec: &NetSpec,
+    state: &BTreeMap<String, Tensor>,
+    file: &str,
+    model: &str,
+) -> Result<()> {
     let grouped = NetSpec {
         form: BlockForm::C,
         ..spec.clone()
@@ -55,7 +60,8 @@ pub(crate) fn check_tensors(
         }
     }
     if state.len() != expected.len() {
-        let known: std::collections::HashSet<&str> = expected.iter().map(|(k, _, _)| k.as_str()).collect();
+        let known: std::collections::HashSet<&str> =
+            expected.iter().map(|(k, _, _)| k.as_str()).collect();
         if let Some((key, t)) = state.iter().find(|(k, _)| !known.contains(k.as_str())) {
             return Err(ZooError::UnexpectedWeight {
                 file: file.into(),
@@ -70,7 +76,12 @@ pub(crate) fn check_tensors(
 
 /// Loads a safetensors file (f32, f16, bf16 or f64) for `spec`, validates every key and
 /// shape before anything is used, and returns the weights as f32 in the spec's form.
-pub fn load_safetensors(path: &Path, spec: &NetSpec, model: &str, device: &Device) -> Result<StateDict> {
+pub fn load_safetensors(
+    path: &Path,
+    spec: &NetSpec,
+    model: &str,
+    device: &Device,
+) -> Result<StateDict> {
     spec.validate()?;
     let file = path.display().to_string();
     let raw = candle_core::safetensors::load(path, device).map_err(|source| ZooError::File {

@@ -28,7 +28,11 @@ fn spec_complexity_equals_torchvision_published_figures() {
         assert_eq!(c.macs, macs, "{name} MACs");
         assert_eq!(c.input_size, 224);
         // The per-layer and per-stage breakdowns add up to the totals.
-        assert_eq!(c.layers.iter().map(|l| l.params).sum::<u64>(), params, "{name}");
+        assert_eq!(
+            c.layers.iter().map(|l| l.params).sum::<u64>(),
+            params,
+            "{name}"
+        );
         assert_eq!(c.stages.iter().map(|s| s.macs).sum::<u64>(), macs, "{name}");
     }
 }
@@ -74,7 +78,14 @@ fn paper_table_2_preserved_complexity() {
     let rows = preserve_complexity(&preset("resnet50").unwrap(), 0, &[1, 2, 4, 8, 32]).unwrap();
     let got: Vec<(usize, usize, usize, u64)> = rows
         .iter()
-        .map(|r| (r.cardinality, r.bottleneck_width, r.group_width, r.block_params))
+        .map(|r| {
+            (
+                r.cardinality,
+                r.bottleneck_width,
+                r.group_width,
+                r.block_params,
+            )
+        })
         .collect();
     assert_eq!(
         got,
@@ -90,7 +101,10 @@ fn paper_table_2_preserved_complexity() {
     for r in &rows[1..4] {
         let name = format!("resnext50_{}x{}d", r.cardinality, r.bottleneck_width);
         let spec = preset(&name).unwrap();
-        assert_eq!((spec.cardinality, spec.bottleneck_width), (r.cardinality, r.bottleneck_width));
+        assert_eq!(
+            (spec.cardinality, spec.bottleneck_width),
+            (r.cardinality, r.bottleneck_width)
+        );
     }
 }
 
@@ -120,10 +134,18 @@ fn single_block_stages_drift_further_from_the_block_solution() {
     // With one block per stage every block is a projection block whose 1x1 reduce runs at
     // the pre-stride resolution; the block-level solution then over-shoots the network's
     // MACs by more (8x7d: +5.2%). This is why the cardinality grid uses cpu_resnet20.
-    let base = Complexity::of(&preset("cpu_resnet11").unwrap()).unwrap().macs as f64;
-    let c8 = Complexity::of(&preset("cpu_resnext11_8x7d").unwrap()).unwrap().macs as f64;
-    let c20 = Complexity::of(&preset("cpu_resnet20").unwrap()).unwrap().macs as f64;
-    let c20_8 = Complexity::of(&preset("cpu_resnext20_8x7d").unwrap()).unwrap().macs as f64;
+    let base = Complexity::of(&preset("cpu_resnet11").unwrap())
+        .unwrap()
+        .macs as f64;
+    let c8 = Complexity::of(&preset("cpu_resnext11_8x7d").unwrap())
+        .unwrap()
+        .macs as f64;
+    let c20 = Complexity::of(&preset("cpu_resnet20").unwrap())
+        .unwrap()
+        .macs as f64;
+    let c20_8 = Complexity::of(&preset("cpu_resnext20_8x7d").unwrap())
+        .unwrap()
+        .macs as f64;
     assert!(c8 / base - 1.0 > c20_8 / c20 - 1.0);
 }
 
@@ -131,8 +153,14 @@ fn single_block_stages_drift_further_from_the_block_solution() {
 fn solver_works_on_later_stages_and_rejects_missing_ones() {
     let spec = preset("resnet50").unwrap();
     let rows = preserve_complexity(&spec, 2, &[1, 32]).unwrap();
-    assert_eq!(rows[0].bottleneck_width, 256, "conv4 of ResNet-50 is 256 wide");
-    assert_eq!(rows[1].bottleneck_width, 16, "ResNeXt-50 32x4d has d = 16 at conv4");
+    assert_eq!(
+        rows[0].bottleneck_width, 256,
+        "conv4 of ResNet-50 is 256 wide"
+    );
+    assert_eq!(
+        rows[1].bottleneck_width, 16,
+        "ResNeXt-50 32x4d has d = 16 at conv4"
+    );
     let err = preserve_complexity(&spec, 4, &[2]).unwrap_err().to_string();
     assert!(err.contains("stage 5 does not exist"), "{err}");
 }
@@ -147,7 +175,12 @@ fn instantiated_models_have_the_spec_parameter_count() {
         let names: Vec<String> = tensor_shapes(&p.spec).into_iter().map(|t| t.0).collect();
         let mut sorted = names.clone();
         sorted.sort();
-        assert_eq!(model.params().names().cloned().collect::<Vec<_>>(), sorted, "{}", p.name);
+        assert_eq!(
+            model.params().names().cloned().collect::<Vec<_>>(),
+            sorted,
+            "{}",
+            p.name
+        );
     }
 }
 
@@ -157,12 +190,23 @@ fn every_form_has_the_same_complexity_and_parameter_count() {
         let spec = preset(name).unwrap();
         let reference = Complexity::of(&spec).unwrap();
         for form in BlockForm::ALL {
-            let spec_f = cardinal_zoo::NetSpec { form, ..spec.clone() };
+            let spec_f = cardinal_zoo::NetSpec {
+                form,
+                ..spec.clone()
+            };
             let c = Complexity::of(&spec_f).unwrap();
-            assert_eq!((c.params, c.macs), (reference.params, reference.macs), "{name} form {form}");
+            assert_eq!(
+                (c.params, c.macs),
+                (reference.params, reference.macs),
+                "{name} form {form}"
+            );
             let state = init_weights(&spec_f, 3, &Device::Cpu).unwrap();
             let model = ResNet::new(&spec_f, &state).unwrap();
-            assert_eq!(model.params().count() as u64, c.params, "{name} form {form}");
+            assert_eq!(
+                model.params().count() as u64,
+                c.params,
+                "{name} form {form}"
+            );
         }
     }
 }

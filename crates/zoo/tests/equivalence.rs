@@ -7,8 +7,15 @@ use cardinal_zoo::preset;
 fn assert_all_pass(checks: &[cardinal_zoo::equivalence::Check], expected: usize) {
     assert_eq!(checks.len(), expected);
     for c in checks {
-        assert!(c.passed, "{}: {} > {}", c.check, c.max_abs_diff, c.tolerance);
-        assert!(c.tolerance <= RELATIVE_TOLERANCE * 1e12, "tolerance is relative to a sane scale");
+        assert!(
+            c.passed,
+            "{}: {} > {}",
+            c.check, c.max_abs_diff, c.tolerance
+        );
+        assert!(
+            c.tolerance <= RELATIVE_TOLERANCE * 1e12,
+            "tolerance is relative to a sane scale"
+        );
     }
 }
 
@@ -49,7 +56,10 @@ fn a_wrong_conversion_is_caught() {
     use candle_core::{Device, Tensor};
     use cardinal_zoo::{convert::convert, init_weights, spec::BlockForm, NetSpec, ResNet};
     let spec = preset("cpu_resnext11_4x12d").unwrap();
-    let a = NetSpec { form: BlockForm::A, ..spec.clone() };
+    let a = NetSpec {
+        form: BlockForm::A,
+        ..spec.clone()
+    };
     let state_c = init_weights(&spec, 0, &Device::Cpu).unwrap();
     let mut state_a = convert(&spec, &state_c, BlockForm::C, BlockForm::A).unwrap();
     // Swap two paths' first convs: still a valid model, but no longer the same function.
@@ -59,8 +69,24 @@ fn a_wrong_conversion_is_caught() {
     state_a.insert(k0, w1);
     state_a.insert(k1, w0);
     let x = Tensor::randn(0f32, 1., (2, 1, 28, 28), &Device::Cpu).unwrap();
-    let yc = ResNet::new(&spec, &state_c).unwrap().forward_t(&x, false).unwrap();
-    let ya = ResNet::new(&a, &state_a).unwrap().forward_t(&x, false).unwrap();
-    let diff = (yc - ya).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    assert!(diff > 1e-3, "swapped paths must change the output, diff {diff}");
+    let yc = ResNet::new(&spec, &state_c)
+        .unwrap()
+        .forward_t(&x, false)
+        .unwrap();
+    let ya = ResNet::new(&a, &state_a)
+        .unwrap()
+        .forward_t(&x, false)
+        .unwrap();
+    let diff = (yc - ya)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        diff > 1e-3,
+        "swapped paths must change the output, diff {diff}"
+    );
 }

@@ -8,7 +8,9 @@ fn err(spec: &NetSpec) -> String {
 
 #[test]
 fn unknown_preset_lists_the_closest_names() {
-    let msg = cardinal_zoo::preset("resnext50_32x4").unwrap_err().to_string();
+    let msg = cardinal_zoo::preset("resnext50_32x4")
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("unknown model 'resnext50_32x4'"), "{msg}");
     assert!(msg.contains("'resnext50_32x4d'"), "{msg}");
     let msg = cardinal_zoo::preset("zzzz").unwrap_err().to_string();
@@ -21,7 +23,10 @@ fn aggregated_basic_block_is_refused_outside_depth2() {
     spec.cardinality = 4;
     spec.bottleneck_width = 16;
     let msg = err(&spec);
-    assert!(msg.contains("`cardinality`") && msg.contains("Fig. 4"), "{msg}");
+    assert!(
+        msg.contains("`cardinality`") && msg.contains("Fig. 4"),
+        "{msg}"
+    );
     spec.aggregated_depth2 = true;
     spec.validate().unwrap();
 }
@@ -45,7 +50,10 @@ fn a_width_that_does_not_scale_to_later_stages_is_refused() {
     spec.stages[1].planes = 48; // d * 48 / 32 is fractional for odd d
     spec.bottleneck_width = 7;
     let msg = err(&spec);
-    assert!(msg.contains("`bottleneck_width`") && msg.contains("stage 1"), "{msg}");
+    assert!(
+        msg.contains("`bottleneck_width`") && msg.contains("stage 1"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -65,7 +73,9 @@ fn specs_round_trip_through_json_and_reject_unknown_keys() {
     let bad = r#"{"stem":{"kind":"cifar","channels":16,"stride":1},"stages":[{"blocks":1,"stride":1,"planes":16}],
         "block":"bottleneck","cardinality":1,"bottleneck_width":16,"expansion":4,"in_channels":1,
         "input_size":28,"classes":10,"groups":3}"#;
-    let msg = serde_json::from_str::<NetSpec>(bad).unwrap_err().to_string();
+    let msg = serde_json::from_str::<NetSpec>(bad)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("unknown field `groups`"), "{msg}");
     assert_eq!(preset("resnet18").unwrap().block, BlockKind::Basic);
 }

@@ -9,7 +9,9 @@ use cardinal_zoo::spec::BlockForm;
 use cardinal_zoo::{load_safetensors, save_safetensors, NetSpec, ResNet, ZooError};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn tiny_spec() -> NetSpec {
@@ -28,7 +30,16 @@ fn io() -> HashMap<String, Tensor> {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn logits_for(weights: &Path, spec: &NetSpec) -> Tensor {
@@ -40,7 +51,10 @@ fn logits_for(weights: &Path, spec: &NetSpec) -> Tensor {
 #[test]
 fn f16_and_bf16_torchvision_weights_give_torchvision_logits() {
     let spec = tiny_spec();
-    for (file, key) in [("resnext_tiny_f16.safetensors", "logits_f16"), ("resnext_tiny_bf16.safetensors", "logits_bf16")] {
+    for (file, key) in [
+        ("resnext_tiny_f16.safetensors", "logits_f16"),
+        ("resnext_tiny_bf16.safetensors", "logits_bf16"),
+    ] {
         let logits = logits_for(&fixture(file), &spec);
         let diff = max_abs_diff(&logits, &io()[key]);
         assert!(diff <= 1e-4, "{file}: max |diff| {diff}");
@@ -51,12 +65,21 @@ fn f16_and_bf16_torchvision_weights_give_torchvision_logits() {
 fn f32_weights_load_in_every_block_form() {
     let spec = tiny_spec();
     // An f32 file made from the f16 one holds the same values, so the f16 logits apply.
-    let state = load_safetensors(&fixture("resnext_tiny_f16.safetensors"), &spec, "t", &Device::Cpu).unwrap();
+    let state = load_safetensors(
+        &fixture("resnext_tiny_f16.safetensors"),
+        &spec,
+        "t",
+        &Device::Cpu,
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let f32_file = dir.path().join("resnext_tiny_f32.safetensors");
     save_safetensors(&f32_file, &spec, &state).unwrap();
     for form in BlockForm::ALL {
-        let spec_f = NetSpec { form, ..spec.clone() };
+        let spec_f = NetSpec {
+            form,
+            ..spec.clone()
+        };
         let logits = logits_for(&f32_file, &spec_f);
         let diff = max_abs_diff(&logits, &io()["logits_f16"]);
         assert!(diff <= 1e-4, "form {form}: max |diff| {diff}");
@@ -65,7 +88,9 @@ fn f32_weights_load_in_every_block_form() {
 
 /// Writes the fixture's weights, edited by `edit`, to a temporary file.
 fn edited_weights(edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> (tempfile::TempDir, PathBuf) {
-    let mut tensors = candle_core::safetensors::load(fixture("resnext_tiny_f16.safetensors"), &Device::Cpu).unwrap();
+    let mut tensors =
+        candle_core::safetensors::load(fixture("resnext_tiny_f16.safetensors"), &Device::Cpu)
+            .unwrap();
     edit(&mut tensors);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("edited.safetensors");
@@ -83,7 +108,10 @@ fn a_missing_key_is_named_with_its_shape() {
         t.remove("layer2.0.conv2.weight");
     });
     let msg = load_error(&path).to_string();
-    assert!(msg.contains("missing weight `layer2.0.conv2.weight`"), "{msg}");
+    assert!(
+        msg.contains("missing weight `layer2.0.conv2.weight`"),
+        "{msg}"
+    );
     assert!(msg.contains("[32, 8, 3, 3]"), "{msg}");
     assert!(msg.contains("edited.safetensors"), "{msg}");
 }
@@ -91,7 +119,10 @@ fn a_missing_key_is_named_with_its_shape() {
 #[test]
 fn an_extra_key_is_named() {
     let (_dir, path) = edited_weights(|t| {
-        t.insert("head.weight".into(), Tensor::zeros((3, 3), DType::F16, &Device::Cpu).unwrap());
+        t.insert(
+            "head.weight".into(),
+            Tensor::zeros((3, 3), DType::F16, &Device::Cpu).unwrap(),
+        );
     });
     let msg = load_error(&path).to_string();
     assert!(msg.contains("unexpected weight `head.weight`"), "{msg}");
@@ -100,17 +131,26 @@ fn an_extra_key_is_named() {
 #[test]
 fn a_wrong_shape_names_the_key_and_both_shapes() {
     let (_dir, path) = edited_weights(|t| {
-        t.insert("fc.weight".into(), Tensor::zeros((1000, 2048), DType::F16, &Device::Cpu).unwrap());
+        t.insert(
+            "fc.weight".into(),
+            Tensor::zeros((1000, 2048), DType::F16, &Device::Cpu).unwrap(),
+        );
     });
     let msg = load_error(&path).to_string();
     assert!(msg.contains("`fc.weight`"), "{msg}");
-    assert!(msg.contains("[1000, 2048]") && msg.contains("[10, 2048]"), "{msg}");
+    assert!(
+        msg.contains("[1000, 2048]") && msg.contains("[10, 2048]"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn an_integer_weight_is_refused() {
     let (_dir, path) = edited_weights(|t| {
-        t.insert("fc.bias".into(), Tensor::zeros(10, DType::I64, &Device::Cpu).unwrap());
+        t.insert(
+            "fc.bias".into(),
+            Tensor::zeros(10, DType::I64, &Device::Cpu).unwrap(),
+        );
     });
     let msg = load_error(&path).to_string();
     assert!(msg.contains("`fc.bias` has dtype I64"), "{msg}");
@@ -128,7 +168,13 @@ fn a_file_that_is_not_safetensors_is_an_error_naming_it() {
 #[test]
 fn an_input_with_the_wrong_channel_count_says_what_was_expected() {
     let spec = tiny_spec();
-    let state = load_safetensors(&fixture("resnext_tiny_f16.safetensors"), &spec, "t", &Device::Cpu).unwrap();
+    let state = load_safetensors(
+        &fixture("resnext_tiny_f16.safetensors"),
+        &spec,
+        "t",
+        &Device::Cpu,
+    )
+    .unwrap();
     let model = ResNet::new(&spec, &state).unwrap();
     let gray = Tensor::zeros((2, 1, 32, 32), DType::F32, &Device::Cpu).unwrap();
     let msg = model.forward_t(&gray, false).unwrap_err().to_string();
