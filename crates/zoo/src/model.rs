@@ -141,12 +141,11 @@ struct Path {
 
 #[derive(Debug, Clone)]
 enum Body {
-    /// Bottleneck in form C (grouped 3x3) or form B (`split` holds the per-path 3x3s).
+    /// Bottleneck in form C (one grouped 3x3) or form B (one 3x3 per path).
     Bottleneck {
         conv1: Conv,
         bn1: BatchNorm,
-        conv2: Conv,
-        split: Vec<Conv>,
+        conv2: Vec<Conv>,
         bn2: BatchNorm,
         conv3: Conv,
         bn3: BatchNorm,
@@ -174,23 +173,17 @@ impl Block {
         let stride = shape.stride;
         let body = match (spec.block, spec.form) {
             (BlockKind::Bottleneck, BlockForm::C | BlockForm::B) => {
-                let split = if spec.form == BlockForm::B {
+                let conv2 = if spec.form == BlockForm::B {
                     (0..shape.cardinality)
                         .map(|k| Conv::new(p, &n(&format!("conv2.{k}")), stride, 1))
                         .collect::<Result<_>>()?
                 } else {
-                    Vec::new()
-                };
-                let conv2 = if split.is_empty() {
-                    Conv::new(p, &n("conv2"), stride, shape.cardinality)?
-                } else {
-                    split[0].clone()
+                    vec![Conv::new(p, &n("conv2"), stride, shape.cardinality)?]
                 };
                 Body::Bottleneck {
                     conv1: Conv::new(p, &n("conv1"), 1, 1)?,
                     bn1: batch_norm(p, &n("bn1"))?,
                     conv2,
-                    split,
                     bn2: batch_norm(p, &n("bn2"))?,
                     conv3: Conv::new(p, &n("conv3"), 1, 1)?,
                     bn3: batch_norm(p, &n("bn3"))?,
@@ -251,22 +244,22 @@ impl Block {
                 conv1,
                 bn1,
                 conv2,
-                split,
                 bn2,
                 conv3,
                 bn3,
             } => {
                 let h = conv_bn(conv1, bn1, x, train, true)?;
-                let h = if split.is_empty() {
-                    conv2.forward(&h)?
-                } else {
-                    let width = h.dim(1)? / split.len();
-                    let parts = split
-                        .iter()
-                        .enumerate()
-                        .map(|(k, conv)| conv.forward(&h.narrow(1, k * width, width)?))
-                        .collect::<candle_core::Result<Vec<_>>>()?;
-                    Tensor::cat(&parts, 1)?
+                let h = match conv2.as_slice() {
+                    [grouped] => grouped.forward(&h)?,
+                    split => {
+                        let width = h.dim(1)? / split.len();
+                        let parts = split
+                            .iter()
+                            .enumerate()
+                            .map(|(k, conv)| conv.forward(&h.narrow(1, k * width, width)?))
+                            .collect::<candle_core::Result<Vec<_>>>()?;
+                        Tensor::cat(&parts, 1)?
+                    }
                 };
                 let h = bn2.forward_t(&h, train)?.relu()?;
                 bn3.forward_t(&conv3.forward(&h)?, train)?

@@ -16,13 +16,7 @@ fn fixture(name: &str) -> PathBuf {
 
 fn tiny_spec() -> NetSpec {
     let text = std::fs::read_to_string(fixture("resnext_tiny.yaml")).unwrap();
-    serde_json::from_value(yaml_to_json(&text)).unwrap()
-}
-
-/// The fixture spec is YAML for people; tests read it through the same serde types.
-fn yaml_to_json(text: &str) -> serde_json::Value {
-    // A tiny YAML subset is enough here, but the real parser is what users get.
-    serde_saphyr::from_str(text).unwrap()
+    serde_saphyr::from_str(&text).unwrap()
 }
 
 fn io() -> HashMap<String, Tensor> {
