@@ -19,6 +19,17 @@ fn tiny_spec() -> NetSpec {
     serde_saphyr::from_str(&text).unwrap()
 }
 
+/// The fixture's f16 weights, loaded as f32 for `spec`.
+fn f16_state(spec: &NetSpec) -> cardinal_zoo::StateDict {
+    load_safetensors(
+        &fixture("resnext_tiny_f16.safetensors"),
+        spec,
+        "t",
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
 fn io() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture("io.safetensors"), &Device::Cpu).unwrap()
 }
@@ -59,13 +70,7 @@ fn f16_and_bf16_torchvision_weights_give_torchvision_logits() {
 fn f32_weights_load_in_every_block_form() {
     let spec = tiny_spec();
     // An f32 file made from the f16 one holds the same values, so the f16 logits apply.
-    let state = load_safetensors(
-        &fixture("resnext_tiny_f16.safetensors"),
-        &spec,
-        "t",
-        &Device::Cpu,
-    )
-    .unwrap();
+    let state = f16_state(&spec);
     let dir = tempfile::tempdir().unwrap();
     let f32_file = dir.path().join("resnext_tiny_f32.safetensors");
     save_safetensors(&f32_file, &spec, &state).unwrap();
@@ -162,13 +167,7 @@ fn a_file_that_is_not_safetensors_is_an_error_naming_it() {
 #[test]
 fn an_input_with_the_wrong_channel_count_says_what_was_expected() {
     let spec = tiny_spec();
-    let state = load_safetensors(
-        &fixture("resnext_tiny_f16.safetensors"),
-        &spec,
-        "t",
-        &Device::Cpu,
-    )
-    .unwrap();
+    let state = f16_state(&spec);
     let model = ResNet::new(&spec, &state).unwrap();
     let gray = Tensor::zeros((2, 1, 32, 32), DType::F32, &Device::Cpu).unwrap();
     let msg = model.forward_t(&gray, false).unwrap_err().to_string();
