@@ -16,6 +16,43 @@ run: build
 build:
     cargo build --release -p cardinal-cli
 
+# Install Fashion-MNIST and verify its SHA-256: Debian's package `dataset-fashion-mnist` where
+# apt-get exists, else the official files downloaded into data/fashion-mnist.
+data: build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! {{cardinal}} data verify fashion-mnist >/dev/null 2>&1; then
+        sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        if command -v apt-get >/dev/null && { $sudo apt-get install -y dataset-fashion-mnist || { $sudo apt-get update && $sudo apt-get install -y dataset-fashion-mnist; }; }; then
+            echo "installed Debian's dataset-fashion-mnist"
+        else
+            echo "apt-get cannot install dataset-fashion-mnist here; downloading the official files into data/fashion-mnist"
+            mkdir -p data/fashion-mnist
+            for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
+                curl -fL --retry 3 -o "data/fashion-mnist/$f.gz" "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/$f.gz"
+            done
+        fi
+    fi
+    {{cardinal}} data verify fashion-mnist
+
+# Size, classes and the measured mean/std of a dataset.
+data-stats NAME="fashion-mnist": build
+    {{cardinal}} data stats {{NAME}}
+
+# Write a grid of training samples, as augmented for the network, to OUT.
+data-show NAME="fashion-mnist" OUT="grid.png": build
+    {{cardinal}} data show {{NAME}} --augmented --out {{OUT}}
+
+# Speed benchmarks (median of repeated runs).
+bench: build
+    {{cardinal}} bench data fashion-mnist --model cpu_resnext20_4x12d
+
+# Fuzz the IDX and CIFAR parsers for SECONDS each (needs nightly and cargo-fuzz).
+fuzz SECONDS="300":
+    cd fuzz && mkdir -p corpus-work/idx corpus-work/cifar
+    cd fuzz && cargo +nightly fuzz run idx corpus-work/idx corpus/idx -- -max_total_time={{SECONDS}}
+    cd fuzz && cargo +nightly fuzz run cifar corpus-work/cifar corpus/cifar -- -max_total_time={{SECONDS}}
+
 # The whole test suite (numeric dependencies are optimised even in the test profile).
 test:
     cargo test --workspace

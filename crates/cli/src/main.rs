@@ -1,6 +1,8 @@
 //! `cardinal`: one command per architecture question. The binary only parses and prints;
 //! the work happens in the library crates.
 
+mod bench;
+mod data_cmd;
 mod model_arg;
 mod table;
 
@@ -47,10 +49,16 @@ enum Command {
     /// Run a model in eval mode on a batch: reads tensor `input` [N,C,H,W] from a
     /// safetensors file and writes tensor `logits` [N,classes].
     Infer(InferArgs),
+    /// Datasets: where they are, their statistics, a look at their images.
+    #[command(subcommand)]
+    Data(data_cmd::DataCommand),
+    /// Measure speed (median of repeated runs; JSON with --format json).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 #[derive(Clone, Copy, Default, ValueEnum)]
-enum Format {
+pub(crate) enum Format {
     #[default]
     Table,
     Json,
@@ -141,6 +149,8 @@ fn main() -> ExitCode {
         Command::Complexity(args) => complexity(args).map(|_| true),
         Command::Equivalence(args) => equivalence(args),
         Command::Infer(args) => infer(args).map(|_| true),
+        Command::Data(command) => data_cmd::run(command).map(|_| true),
+        Command::Bench(command) => bench::run(command).map(|_| true),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
@@ -152,7 +162,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn print_json<T: Serialize>(value: &T) -> Result<()> {
+pub(crate) fn print_json<T: Serialize>(value: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

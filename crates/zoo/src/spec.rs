@@ -188,7 +188,7 @@ impl NetSpec {
                 ));
             }
             let base = self.stages[0].planes;
-            if (self.bottleneck_width * stage.planes) % base != 0 {
+            if !(self.bottleneck_width * stage.planes).is_multiple_of(base) {
                 return Err(Self::invalid(
                     "bottleneck_width",
                     format!(

@@ -1,0 +1,213 @@
+//! `cardinal bench ...`: speed measured, never asserted. Each case warms up, then reports
+//! the median of repeated runs.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use cardinal_data::{Loader, LoaderConfig, Transform};
+use cardinal_zoo::{init_weights, ResNet};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use crate::data_cmd::DatasetArgs;
+use crate::model_arg;
+use crate::table::{thousands, Table};
+use crate::{print_json, Format};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Loading plus augmentation throughput of a dataset on one core (no prefetch thread),
+    /// and through the prefetching loader; with --model, its share of a training step.
+    Data(BenchDataArgs),
+}
+
+#[derive(Args)]
+pub struct BenchDataArgs {
+    #[command(flatten)]
+    dataset: DatasetArgs,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Timed passes over the training split (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Stop each pass after this many images (default: the whole training split).
+    #[arg(long)]
+    images: Option<usize>,
+    /// Also time a training step (forward, loss, backward) of this model at the same batch
+    /// size, and report the data's share of it.
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+#[derive(Serialize)]
+struct DataBench {
+    dataset: String,
+    batch_size: usize,
+    images_per_pass: usize,
+    repeats: usize,
+    /// One thread builds batches (augmentation, normalization, tensor) in the caller.
+    images_per_sec: f64,
+    ms_per_batch: f64,
+    /// The background loader consumed as fast as it produces.
+    prefetch_images_per_sec: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    train_step_ms: Option<f64>,
+    /// ms_per_batch / train_step_ms: the cost of data if it were not prefetched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_share_of_step: Option<f64>,
+    threads: usize,
+    peak_rss_bytes: Option<u64>,
+}
+
+pub fn run(command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Data(args) => data(args),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Peak resident set size of this process (Linux), for memory targets.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn data(args: BenchDataArgs) -> Result<()> {
+    let dataset = args.dataset.open()?;
+    let transform = Transform::train(&dataset, &Default::default());
+    let mut config = LoaderConfig::new(args.batch_size);
+    config.drop_last = true;
+    config.prefetch = 0;
+    let sync_loader = Loader::new(dataset.train.clone(), transform.clone(), config.clone())?;
+    let limit = args
+        .images
+        .unwrap_or(usize::MAX)
+        .min(sync_loader.images_per_epoch());
+    let batches = (limit / args.batch_size).max(1);
+    let images = batches * args.batch_size;
+    let repeats = args.repeats.max(1);
+
+    let pass = |loader: &Loader, epoch: u64| -> Result<f64> {
+        let start = Instant::now();
+        for batch in loader.epoch(epoch).take(batches) {
+            std::hint::black_box(batch?);
+        }
+        Ok(images as f64 / start.elapsed().as_secs_f64())
+    };
+    let progress = indicatif::ProgressBar::new((2 * (repeats + 1)) as u64).with_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} passes [{eta}]")
+            .unwrap(),
+    );
+    progress.set_message("data bench");
+    // Epoch 0 warms up caches and the allocator; the timed passes use fresh epochs so
+    // that every pass draws new augmentations.
+    let timed = |loader: &Loader| -> Result<Vec<f64>> {
+        (0..=repeats as u64)
+            .map(|epoch| {
+                let rate = pass(loader, epoch);
+                progress.inc(1);
+                rate
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(|mut rates| rates.split_off(1))
+    };
+    let sync = timed(&sync_loader)?;
+    config.prefetch = 4;
+    let prefetched = timed(&Loader::new(dataset.train.clone(), transform, config)?)?;
+    progress.finish_and_clear();
+    let images_per_sec = median(sync);
+    let ms_per_batch = args.batch_size as f64 / images_per_sec * 1e3;
+
+    let train_step_ms = match &args.model {
+        Some(model) => Some(train_step_ms(model, &sync_loader, repeats)?),
+        None => None,
+    };
+    let result = DataBench {
+        dataset: dataset.name.clone(),
+        batch_size: args.batch_size,
+        images_per_pass: images,
+        repeats,
+        images_per_sec,
+        ms_per_batch,
+        prefetch_images_per_sec: median(prefetched),
+        model: args.model.clone(),
+        train_step_ms,
+        data_share_of_step: train_step_ms.map(|t| ms_per_batch / t),
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        peak_rss_bytes: peak_rss_bytes(),
+    };
+    match args.format {
+        Format::Json => print_json(&result),
+        _ => {
+            let mut t = Table::new(["measure", "value"]);
+            t.row(["dataset".into(), result.dataset.clone()]);
+            t.row(["batch size".into(), result.batch_size.to_string()]);
+            t.row([
+                "images per pass".into(),
+                thousands(result.images_per_pass as u64),
+            ]);
+            t.row([
+                "one core: images/s".into(),
+                thousands(result.images_per_sec.round() as u64),
+            ]);
+            t.row([
+                "one core: ms per batch".into(),
+                format!("{ms_per_batch:.2}"),
+            ]);
+            t.row([
+                "prefetching loader: images/s".into(),
+                thousands(result.prefetch_images_per_sec.round() as u64),
+            ]);
+            if let (Some(model), Some(step)) = (&result.model, result.train_step_ms) {
+                t.row([format!("{model} train step (ms)"), format!("{step:.1}")]);
+                t.row([
+                    "data / train step".into(),
+                    format!("{:.2}%", 100.0 * ms_per_batch / step),
+                ]);
+            }
+            print!("{}", t.render());
+            Ok(())
+        }
+    }
+}
+
+/// Median wall time of forward (train mode), cross-entropy and backward on one batch.
+fn train_step_ms(model: &str, loader: &Loader, repeats: usize) -> Result<f64> {
+    let spec = model_arg::resolve(model)?.spec;
+    let state = init_weights(&spec, 0, &Device::Cpu)?;
+    let net = ResNet::new(&spec, &state)?;
+    let batch = loader.batch(0, 0)?;
+    net.check_input(&batch.images)
+        .with_context(|| format!("model {model} does not take this dataset's images"))?;
+    let step = || -> Result<f64> {
+        let start = Instant::now();
+        let logits = net.forward_t(&batch.images, true)?;
+        let loss = cross_entropy(&logits, &batch.labels)?;
+        std::hint::black_box(loss.backward()?);
+        Ok(start.elapsed().as_secs_f64() * 1e3)
+    };
+    step()?;
+    let times = (0..repeats).map(|_| step()).collect::<Result<Vec<_>>>()?;
+    Ok(median(times))
+}
+
+fn cross_entropy(logits: &Tensor, labels: &Tensor) -> candle_core::Result<Tensor> {
+    let log_probs = candle_core::D::Minus1;
+    let max = logits.max_keepdim(log_probs)?;
+    let shifted = logits.broadcast_sub(&max)?;
+    let log_sum = shifted.exp()?.sum_keepdim(log_probs)?.log()?;
+    let log_softmax = shifted.broadcast_sub(&log_sum)?;
+    let picked = log_softmax.gather(&labels.unsqueeze(1)?, 1)?;
+    picked.mean_all()?.neg()
+}
