@@ -43,6 +43,15 @@ data-stats NAME="fashion-mnist": build
 data-show NAME="fashion-mnist" OUT="grid.png": build
     {{cardinal}} data show {{NAME}} --augmented --out {{OUT}}
 
+# Train an experiment's sweep (experiments/NAME.yaml); re-running skips finished cells and
+# resumes interrupted ones. Extra arguments: --preset quick, key=value overrides, --dry-run.
+ablate NAME *ARGS: build
+    {{cardinal}} ablate {{NAME}} {{ARGS}}
+
+# Train one run of an experiment file.
+train CONFIG *ARGS: build
+    {{cardinal}} train {{CONFIG}} {{ARGS}}
+
 # Speed benchmarks (median of repeated runs).
 bench: build
     {{cardinal}} bench data fashion-mnist --model cpu_resnext20_4x12d

@@ -5,6 +5,7 @@ mod bench;
 mod data_cmd;
 mod model_arg;
 mod table;
+mod train_cmd;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -49,6 +50,11 @@ enum Command {
     /// Run a model in eval mode on a batch: reads tensor `input` [N,C,H,W] from a
     /// safetensors file and writes tensor `logits` [N,classes].
     Infer(InferArgs),
+    /// Train one run of an experiment file (resumes it if it was interrupted).
+    Train(train_cmd::TrainArgs),
+    /// Run an experiment's sweep (experiments/NAME.yaml): finished cells are skipped,
+    /// interrupted ones resume, diverged ones are recorded. Exits with 1 if a run diverged.
+    Ablate(train_cmd::AblateArgs),
     /// Datasets: where they are, their statistics, a look at their images.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
@@ -57,7 +63,7 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
-#[derive(Clone, Copy, Default, ValueEnum)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Format {
     #[default]
     Table,
@@ -144,11 +150,22 @@ struct InferArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Progress bars show training; CARDINAL_LOG=info (or debug) adds the log lines.
+    let level = std::env::var("CARDINAL_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::WARN);
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .init();
     let outcome = match cli.command {
         Command::Models(args) => models(args).map(|_| true),
         Command::Complexity(args) => complexity(args).map(|_| true),
         Command::Equivalence(args) => equivalence(args),
         Command::Infer(args) => infer(args).map(|_| true),
+        Command::Train(args) => train_cmd::train(args),
+        Command::Ablate(args) => train_cmd::ablate(args),
         Command::Data(command) => data_cmd::run(command).map(|_| true),
         Command::Bench(command) => bench::run(command).map(|_| true),
     };

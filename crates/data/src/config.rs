@@ -15,7 +15,7 @@ pub struct DataConfig {
     /// like the others, or a path).
     pub name: String,
     /// Searched before `$CARDINAL_DATA`, `data/<name>` and `/usr/share/datasets/<name>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub dir: Option<PathBuf>,
     /// Number of training images held out as a validation split (0: none).
     #[serde(default)]
@@ -27,11 +27,11 @@ pub struct DataConfig {
     #[serde(default)]
     pub augment: AugmentConfig,
     /// Image folders: side of the square images fed to the network (default 224).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub image_size: Option<usize>,
     /// Image folders: shorter side before the evaluation center crop (default
     /// image_size * 256 / 224, the ImageNet ratio).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub resize: Option<usize>,
     /// Image folders without `train/` and `test/` (or `val/`) sub-folders: share of each
     /// class held out as the test split, drawn with `validation_seed`.
@@ -52,10 +52,8 @@ pub struct AugmentConfig {
     pub enabled: bool,
     /// Zero padding before the random crop back to the original size (IDX and CIFAR);
     /// default 2 for 28x28 images, 4 for 32x32.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub padding: Option<usize>,
     /// Random horizontal flip; default on, except for MNIST digits.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub hflip: Option<bool>,
     /// Image folders: smallest share of the image area a random-resized crop keeps.
     pub min_scale: f64,

@@ -132,6 +132,19 @@ impl Split {
         }
     }
 
+    /// A seeded random subset of `n` samples (all of them if `n` >= len), in file order:
+    /// quick runs train on a fixed, class-mixed share of the data.
+    pub fn sample(&self, n: usize, seed: u64) -> Split {
+        if n >= self.len() {
+            return self.clone();
+        }
+        let mut order: Vec<u32> = self.indices.to_vec();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        order.truncate(n);
+        order.sort_unstable();
+        self.subset(order)
+    }
+
     fn subset(&self, indices: Vec<u32>) -> Split {
         Split {
             samples: self.samples.clone(),

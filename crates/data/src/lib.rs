@@ -19,6 +19,7 @@ pub mod grid;
 pub mod idx;
 pub mod loader;
 pub mod locate;
+pub mod synthetic;
 pub mod transform;
 
 pub use config::{AugmentConfig, DataConfig, LoaderConfig};

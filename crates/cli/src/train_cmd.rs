@@ -1,0 +1,305 @@
+//! `cardinal train` (one run) and `cardinal ablate` (an experiment's sweep).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+use cardinal_train::experiment::{self, parse_overrides};
+use cardinal_train::{RunContext, RunSpec, State};
+use clap::Args;
+use indicatif::MultiProgress;
+use serde::Serialize;
+
+use crate::table::{thousands, Table};
+use crate::{print_json, Format};
+
+/// What both `train` and `ablate` take besides the experiment.
+#[derive(Args)]
+pub struct RunArgs {
+    /// dotted key=value overrides, e.g. train.epochs=3 seeds=[0,1,2] model.form=A
+    pub overrides: Vec<String>,
+    /// Named preset of the experiment (e.g. quick, full; default: its default_preset).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Only this cell of the sweep (0-based, as `ablate --dry-run` lists them); finished
+    /// cells are skipped, interrupted ones resume.
+    #[arg(long)]
+    pub cell: Option<usize>,
+    /// Where runs are written (runs/<experiment>/<run-id>/).
+    #[arg(long, default_value = "runs")]
+    pub runs_dir: PathBuf,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Experiment YAML file (see experiments/). It must describe one run, or pick one with
+    /// --cell.
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Args)]
+pub struct AblateArgs {
+    /// Experiment name (experiments/NAME.yaml) or a YAML file.
+    pub name: String,
+    /// List the cells (run id, model, C, d, params, MACs, seed) without training.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+fn experiment_path(name: &str) -> PathBuf {
+    if name.ends_with(".yaml") || name.ends_with(".yml") || name.contains('/') {
+        PathBuf::from(name)
+    } else {
+        Path::new("experiments").join(format!("{name}.yaml"))
+    }
+}
+
+fn experiment_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "experiment".into())
+}
+
+fn cells(
+    path: &Path,
+    preset: Option<&str>,
+    overrides: &[String],
+) -> Result<(Vec<RunSpec>, Option<String>)> {
+    if !path.is_file() {
+        let known: Vec<String> = std::fs::read_dir("experiments")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let p = e.path();
+                (p.extension()? == "yaml").then(|| experiment_name(&p))
+            })
+            .collect();
+        bail!(
+            "no experiment file {}{}",
+            path.display(),
+            if known.is_empty() {
+                String::new()
+            } else {
+                format!("; experiments: {}", known.join(", "))
+            }
+        );
+    }
+    let experiment = experiment::load(path)?;
+    let overrides = parse_overrides(overrides)?;
+    let (resolved, preset) = experiment
+        .resolve(preset, &overrides)
+        .map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
+    let cells = resolved
+        .cells(&experiment_name(path))
+        .map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
+    Ok((cells, preset))
+}
+
+fn pick(cells: Vec<RunSpec>, cell: Option<usize>) -> Result<Vec<RunSpec>> {
+    match cell {
+        None => Ok(cells),
+        Some(i) if i < cells.len() => Ok(vec![cells[i].clone()]),
+        Some(i) => bail!(
+            "cell {i} is out of range: this experiment has cells 0..={}",
+            cells.len() - 1
+        ),
+    }
+}
+
+#[derive(Serialize)]
+struct CellRow {
+    cell: usize,
+    run_id: String,
+    model: String,
+    cardinality: usize,
+    bottleneck_width: usize,
+    form: String,
+    params: u64,
+    macs: u64,
+    seed: u64,
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+fn dry_run(cells: &[RunSpec], format: Format) -> Result<()> {
+    let rows: Vec<CellRow> = cells
+        .iter()
+        .enumerate()
+        .map(|(i, c)| CellRow {
+            cell: i,
+            run_id: c.run_id(),
+            model: c.model.clone(),
+            cardinality: c.spec.cardinality,
+            bottleneck_width: c.spec.bottleneck_width,
+            form: format!("{:?}", c.spec.form),
+            params: c.params,
+            macs: c.macs,
+            seed: c.seed,
+            labels: c.labels.clone(),
+        })
+        .collect();
+    match format {
+        Format::Json => print_json(&rows),
+        _ => {
+            let mut t = Table::new([
+                "cell", "run id", "model", "C x d", "form", "params", "MACs", "seed",
+            ]);
+            for r in &rows {
+                t.row([
+                    r.cell.to_string(),
+                    r.run_id.clone(),
+                    r.model.clone(),
+                    format!("{}x{}d", r.cardinality, r.bottleneck_width),
+                    r.form.clone(),
+                    thousands(r.params),
+                    thousands(r.macs),
+                    r.seed.to_string(),
+                ]);
+            }
+            print!("{}", t.render());
+            Ok(())
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ResultRow {
+    run_id: String,
+    model: String,
+    cardinality: usize,
+    bottleneck_width: usize,
+    seed: u64,
+    state: State,
+    epochs: usize,
+    final_test_top1_err: Option<f64>,
+    best_test_top1_err: Option<f64>,
+    final_test_top5_err: Option<f64>,
+    train_images_per_sec: Option<f64>,
+    wall_seconds: Option<f64>,
+    dir: PathBuf,
+}
+
+fn run_cells(cells: &[RunSpec], runs_dir: &Path, format: Format) -> Result<bool> {
+    let progress = MultiProgress::new();
+    let ctx = RunContext {
+        runs_dir: runs_dir.to_path_buf(),
+        progress: &progress,
+        stop_after_epochs: None,
+    };
+    let outcomes = cardinal_train::sweep(cells, &ctx)?;
+    let rows: Vec<ResultRow> = outcomes
+        .iter()
+        .zip(cells)
+        .map(|(o, c)| {
+            let tests: Vec<_> = o.rows.iter().filter(|r| r.split == "test").collect();
+            let trains: Vec<_> = o.rows.iter().filter(|r| r.split == "train").collect();
+            ResultRow {
+                run_id: o.run_id.clone(),
+                model: c.model.clone(),
+                cardinality: c.spec.cardinality,
+                bottleneck_width: c.spec.bottleneck_width,
+                seed: c.seed,
+                state: o.state,
+                epochs: tests.len(),
+                final_test_top1_err: tests.last().map(|r| r.top1_err),
+                best_test_top1_err: tests
+                    .iter()
+                    .map(|r| r.top1_err)
+                    .min_by(|a, b| a.total_cmp(b)),
+                final_test_top5_err: tests.last().map(|r| r.top5_err),
+                train_images_per_sec: (!trains.is_empty()).then(|| {
+                    trains.iter().map(|r| r.images_per_sec).sum::<f64>() / trains.len() as f64
+                }),
+                wall_seconds: o.rows.last().map(|r| r.wall_seconds),
+                dir: o.dir.clone(),
+            }
+        })
+        .collect();
+    let all_finished = rows.iter().all(|r| r.state == State::Finished);
+    match format {
+        Format::Json => print_json(&rows)?,
+        _ => {
+            let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.2}", 100.0 * v));
+            let mut t = Table::new([
+                "run id",
+                "model",
+                "C x d",
+                "seed",
+                "state",
+                "epochs",
+                "test top-1 err %",
+                "best %",
+                "top-5 %",
+                "train img/s",
+                "minutes",
+            ]);
+            for r in &rows {
+                t.row([
+                    r.run_id.clone(),
+                    r.model.clone(),
+                    format!("{}x{}d", r.cardinality, r.bottleneck_width),
+                    r.seed.to_string(),
+                    format!("{:?}", r.state).to_lowercase(),
+                    r.epochs.to_string(),
+                    pct(r.final_test_top1_err),
+                    pct(r.best_test_top1_err),
+                    pct(r.final_test_top5_err),
+                    r.train_images_per_sec
+                        .map_or("-".into(), |v| format!("{v:.0}")),
+                    r.wall_seconds
+                        .map_or("-".into(), |v| format!("{:.1}", v / 60.0)),
+                ]);
+            }
+            print!("{}", t.render());
+            if let Some(first) = rows.first() {
+                println!(
+                    "results: {}/<run-id>/metrics.csv",
+                    first.dir.parent().unwrap_or(Path::new(".")).display()
+                );
+            }
+        }
+    }
+    Ok(all_finished)
+}
+
+/// Exit status: true when every run finished (a diverged run makes it false).
+pub fn train(args: TrainArgs) -> Result<bool> {
+    let run = &args.run;
+    let (cells, _) = cells(&args.config, run.preset.as_deref(), &run.overrides)?;
+    if cells.len() > 1 && run.cell.is_none() {
+        bail!(
+            "{} describes {} runs (a sweep); pick one with --cell N (0..={}) or run them all with `cardinal ablate {}`",
+            args.config.display(),
+            cells.len(),
+            cells.len() - 1,
+            args.config.display()
+        );
+    }
+    let cells = pick(cells, run.cell)?;
+    run_cells(&cells, &run.runs_dir, run.format)
+}
+
+pub fn ablate(args: AblateArgs) -> Result<bool> {
+    let path = experiment_path(&args.name);
+    let run = &args.run;
+    let (cells, preset) = cells(&path, run.preset.as_deref(), &run.overrides)?;
+    let cells = pick(cells, run.cell)?;
+    if args.dry_run {
+        dry_run(&cells, run.format)?;
+        return Ok(true);
+    }
+    if run.format != Format::Json {
+        eprintln!(
+            "{}: {} runs{}",
+            path.display(),
+            cells.len(),
+            preset.map(|p| format!(" (preset {p})")).unwrap_or_default()
+        );
+    }
+    run_cells(&cells, &run.runs_dir, run.format)
+}

@@ -1,0 +1,298 @@
+//! Experiments as YAML: a question, a dataset, a model, a recipe, a sweep, seeds and named
+//! presets; dotted `key=value` overrides on top. An experiment expands into cells, each one
+//! fully resolved run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use cardinal_data::DataConfig;
+use cardinal_zoo::{preserve_complexity, Complexity, NetSpec};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::config::TrainConfig;
+use crate::run::RunSpec;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// The question the experiment answers, in a sentence (it heads the report).
+    pub question: String,
+    pub dataset: DataConfig,
+    /// `preset:` a model preset (see `cardinal models`), then any NetSpec field to override.
+    pub model: Map<String, Value>,
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub sweep: Sweep,
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// Named sets of dotted overrides, e.g. `quick: {train.epochs: 1}`.
+    #[serde(default)]
+    pub presets: BTreeMap<String, BTreeMap<String, Value>>,
+    /// The preset used when none is named (`--preset`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_preset: Option<String>,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sweep {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cardinality: Option<CardinalitySweep>,
+    /// Any other dotted key and its values, e.g. `model.form: [A, B, C]`; cells are the
+    /// Cartesian product.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub grid: BTreeMap<String, Vec<Value>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CardinalitySweep {
+    pub values: Vec<usize>,
+    /// Solve the bottleneck width d that keeps the template block's complexity (Table 2).
+    #[serde(default = "yes")]
+    pub preserve_complexity: bool,
+    /// Stage whose block is matched: 1 is the first residual stage (the paper's conv2).
+    #[serde(default = "one")]
+    pub stage: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> usize {
+    1
+}
+
+/// Reads an experiment file; errors name the file, line and key.
+pub fn load(path: &Path) -> Result<Experiment> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read experiment {}", path.display()))?;
+    parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+pub fn parse(text: &str) -> Result<Experiment> {
+    let experiment: Experiment = serde_saphyr::from_str(text).map_err(|e| anyhow!("{e}"))?;
+    Ok(experiment)
+}
+
+/// Parses the value of a command-line override as YAML (`10`, `0.1`, `true`, `[1, 2]`,
+/// `cosine`).
+pub fn parse_value(text: &str) -> Result<Value> {
+    if text.trim().is_empty() {
+        return Ok(Value::String(String::new()));
+    }
+    serde_saphyr::from_str::<Value>(text).map_err(|e| anyhow!("value `{text}`: {e}"))
+}
+
+/// Splits `key=value` arguments.
+pub fn parse_overrides(args: &[String]) -> Result<Vec<(String, Value)>> {
+    args.iter()
+        .map(|arg| {
+            let (key, value) = arg.split_once('=').ok_or_else(|| {
+                anyhow!("override `{arg}` is not key=value (e.g. train.epochs=3)")
+            })?;
+            Ok((key.trim().to_string(), parse_value(value)?))
+        })
+        .collect()
+}
+
+/// Sets a dotted key in a value tree. Keys must exist, except inside maps that are open by
+/// design (`model.*`, `presets.*`, `sweep.grid.*`), so that a typo is an error that suggests
+/// the key it resembles.
+fn set_dotted(root: &mut Value, key: &str, value: Value) -> Result<()> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let open = |path: &[&str]| matches!(path, ["model"] | ["presets", ..] | ["sweep", ..]);
+    let mut node = root;
+    for (i, part) in parts.iter().enumerate() {
+        let object = node
+            .as_object_mut()
+            .ok_or_else(|| anyhow!("`{key}`: `{}` is not a section", parts[..i].join(".")))?;
+        let last = i == parts.len() - 1;
+        if !object.contains_key(*part) && !open(&parts[..i]) {
+            let close: Vec<String> = object
+                .keys()
+                .filter(|k| strsim::jaro_winkler(k, part) > 0.8)
+                .map(|k| {
+                    format!(
+                        "{}{k}",
+                        parts[..i]
+                            .iter()
+                            .map(|p| format!("{p}."))
+                            .collect::<String>()
+                    )
+                })
+                .collect();
+            bail!(
+                "unknown key `{key}`{}",
+                if close.is_empty() {
+                    format!(
+                        "; `{}` has: {}",
+                        parts[..i].join("."),
+                        object.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                } else {
+                    format!(" (did you mean `{}`?)", close.join("`, `"))
+                }
+            );
+        }
+        if last {
+            object.insert(part.to_string(), value);
+            return Ok(());
+        }
+        node = object
+            .entry(part.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+    unreachable!("split yields at least one part")
+}
+
+impl Experiment {
+    /// Applies a named preset (or the default one), then command-line overrides.
+    pub fn resolve(
+        &self,
+        preset: Option<&str>,
+        overrides: &[(String, Value)],
+    ) -> Result<(Experiment, Option<String>)> {
+        let preset = preset
+            .map(String::from)
+            .or_else(|| self.default_preset.clone());
+        let mut tree = serde_json::to_value(self)?;
+        if let Some(name) = &preset {
+            let sets = self.presets.get(name).ok_or_else(|| {
+                anyhow!(
+                    "unknown preset `{name}`; this experiment has: {}",
+                    self.presets.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })?;
+            for (key, value) in sets {
+                set_dotted(&mut tree, key, value.clone())
+                    .with_context(|| format!("preset `{name}`"))?;
+            }
+        }
+        for (key, value) in overrides {
+            set_dotted(&mut tree, key, value.clone())?;
+        }
+        let resolved: Experiment = serde_json::from_value(tree)
+            .map_err(|e| anyhow!("after presets and overrides: {e}"))?;
+        resolved.train.validate()?;
+        if resolved.seeds.is_empty() {
+            bail!("`seeds`: give at least one seed");
+        }
+        Ok((resolved, preset))
+    }
+
+    /// The model spec before the sweep: the preset with the listed fields overridden.
+    pub fn base_spec(&self) -> Result<(String, NetSpec)> {
+        let preset = self
+            .model
+            .get("preset")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| {
+                anyhow!("`model.preset`: name a model preset (see `cardinal models`)")
+            })?;
+        let spec = cardinal_zoo::preset(preset).map_err(|e| anyhow!("`model.preset`: {e}"))?;
+        let mut tree = serde_json::to_value(&spec)?;
+        for (key, value) in self.model.iter().filter(|(k, _)| *k != "preset") {
+            let object = tree.as_object_mut().expect("a spec is an object");
+            if !object.contains_key(key) {
+                bail!(
+                    "`model.{key}` is not a model spec field; fields: {}",
+                    object.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+            object.insert(key.clone(), value.clone());
+        }
+        let spec: NetSpec = serde_json::from_value(tree).map_err(|e| anyhow!("`model`: {e}"))?;
+        spec.validate().map_err(|e| anyhow!("`model`: {e}"))?;
+        Ok((preset.to_string(), spec))
+    }
+
+    /// Every cell of the sweep, for every seed, fully resolved.
+    pub fn cells(&self, name: &str) -> Result<Vec<RunSpec>> {
+        let grid: Vec<(String, Vec<Value>)> = self.sweep.grid.clone().into_iter().collect();
+        let mut combos: Vec<Vec<(String, Value)>> = vec![vec![]];
+        for (key, values) in &grid {
+            if values.is_empty() {
+                bail!("`sweep.grid.{key}` has no values");
+            }
+            combos = combos
+                .into_iter()
+                .flat_map(|c| {
+                    values.iter().map(move |v| {
+                        let mut c = c.clone();
+                        c.push((key.clone(), v.clone()));
+                        c
+                    })
+                })
+                .collect();
+        }
+        let cardinalities: Vec<Option<usize>> = match &self.sweep.cardinality {
+            Some(c) if c.values.is_empty() => bail!("`sweep.cardinality.values` is empty"),
+            Some(c) => c.values.iter().map(|&v| Some(v)).collect(),
+            None => vec![None],
+        };
+        let mut cells = Vec::new();
+        for cardinality in &cardinalities {
+            for combo in &combos {
+                let mut tree = serde_json::to_value(self)?;
+                for (key, value) in combo {
+                    set_dotted(&mut tree, key, value.clone())
+                        .with_context(|| format!("`sweep.grid.{key}`"))?;
+                }
+                let variant: Experiment = serde_json::from_value(tree)
+                    .map_err(|e| anyhow!("sweep cell {combo:?}: {e}"))?;
+                variant.train.validate()?;
+                let (preset, mut spec) = variant.base_spec()?;
+                let mut model = preset.clone();
+                if let (Some(c), Some(sweep)) = (cardinality, &self.sweep.cardinality) {
+                    if sweep.preserve_complexity {
+                        if sweep.stage == 0 {
+                            bail!("`sweep.cardinality.stage`: stages count from 1");
+                        }
+                        let solved = preserve_complexity(&spec, sweep.stage - 1, &[*c])
+                            .map_err(|e| anyhow!("`sweep.cardinality`: {e}"))?;
+                        spec.bottleneck_width = solved[0].bottleneck_width;
+                    }
+                    spec.cardinality = *c;
+                    spec.validate()
+                        .map_err(|e| anyhow!("`sweep.cardinality` = {c}: {e}"))?;
+                    model = format!("{preset}@{c}x{}d", spec.bottleneck_width);
+                }
+                let complexity = Complexity::of(&spec)?;
+                let mut labels: BTreeMap<String, String> = combo
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.as_str()
+                                .map(String::from)
+                                .unwrap_or_else(|| v.to_string()),
+                        )
+                    })
+                    .collect();
+                labels.insert("cardinality".into(), spec.cardinality.to_string());
+                labels.insert("bottleneck_width".into(), spec.bottleneck_width.to_string());
+                for &seed in &variant.seeds {
+                    cells.push(RunSpec {
+                        experiment: name.to_string(),
+                        model: model.clone(),
+                        spec: spec.clone(),
+                        dataset: variant.dataset.clone(),
+                        train: variant.train.clone(),
+                        seed,
+                        labels: labels.clone(),
+                        params: complexity.params,
+                        macs: complexity.macs,
+                    });
+                }
+            }
+        }
+        Ok(cells)
+    }
+}

@@ -1,0 +1,691 @@
+//! One training run: `runs/<experiment>/<run-id>/` with the resolved config, meta, metrics,
+//! an atomic checkpoint per epoch and a log. A run killed at any point resumes from its last
+//! checkpoint and ends with exactly the metrics of an uninterrupted run, because every
+//! random draw is a function of (seed, epoch, sample index) and the checkpoint holds
+//! everything else (weights, BN statistics, momentum buffers, epoch, metrics).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use cardinal_data::{DataConfig, Dataset, Loader, LoaderConfig, Split, Transform};
+use cardinal_zoo::{init_weights, NetSpec, ResNet};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::TrainConfig;
+use crate::optim::Sgd;
+use crate::schedule::Schedule;
+
+/// A fully resolved run: everything that decides its result, plus names for tables.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    pub experiment: String,
+    /// Display name of the model (preset, and the solved C x d in a cardinality sweep).
+    pub model: String,
+    pub spec: NetSpec,
+    pub dataset: DataConfig,
+    pub train: TrainConfig,
+    pub seed: u64,
+    /// The sweep values of this cell, for tables (`cardinality`, `model.form`, ...).
+    pub labels: BTreeMap<String, String>,
+    pub params: u64,
+    pub macs: u64,
+}
+
+impl RunSpec {
+    /// Stable for a config: a readable prefix and a hash of everything that changes the
+    /// result (spec, dataset, recipe, seed), so an interrupted sweep finds its runs again.
+    pub fn run_id(&self) -> String {
+        let key = serde_json::to_string(&(&self.spec, &self.dataset, &self.train, self.seed))
+            .expect("a run spec serializes");
+        let hash: String = Sha256::digest(key.as_bytes())
+            .iter()
+            .take(5)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let form = match self.spec.form {
+            cardinal_zoo::BlockForm::C => String::new(),
+            other => format!("-form{other:?}"),
+        };
+        format!(
+            "c{}x{}d{form}-s{}-{hash}",
+            self.spec.cardinality, self.spec.bottleneck_width, self.seed
+        )
+    }
+
+    pub fn dir(&self, runs_dir: &Path) -> PathBuf {
+        runs_dir.join(&self.experiment).join(self.run_id())
+    }
+}
+
+/// One row of the results store: one (run, epoch, split).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricRow {
+    pub experiment: String,
+    pub run_id: String,
+    pub model: String,
+    pub cardinality: usize,
+    pub bottleneck_width: usize,
+    pub form: String,
+    pub params: u64,
+    pub macs: u64,
+    pub seed: u64,
+    pub epoch: usize,
+    pub split: String,
+    pub loss: f64,
+    pub top1_err: f64,
+    pub top5_err: f64,
+    pub lr: f64,
+    pub images_per_sec: f64,
+    pub wall_seconds: f64,
+}
+
+pub const CSV_HEADER: &str = "experiment,run_id,model,cardinality,bottleneck_width,form,params,macs,seed,epoch,split,loss,top1_err,top5_err,lr,images_per_sec,wall_seconds";
+
+impl MetricRow {
+    fn csv(&self) -> String {
+        format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{:e},{:e},{:e},{:e},{:.3},{:.3}",
+            self.experiment,
+            self.run_id,
+            self.model,
+            self.cardinality,
+            self.bottleneck_width,
+            self.form,
+            self.params,
+            self.macs,
+            self.seed,
+            self.epoch,
+            self.split,
+            self.loss,
+            self.top1_err,
+            self.top5_err,
+            self.lr,
+            self.images_per_sec,
+            self.wall_seconds
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Running,
+    Finished,
+    /// The loss became NaN or infinite; the run stopped and the sweep went on.
+    Diverged,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub state: State,
+    pub epochs_done: usize,
+    pub epochs: usize,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+impl Status {
+    pub fn read(dir: &Path) -> Option<Status> {
+        let text = std::fs::read_to_string(dir.join("status.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub run_id: String,
+    pub dir: PathBuf,
+    pub state: State,
+    /// The run was already finished (or diverged) and was not trained again.
+    pub skipped: bool,
+    pub rows: Vec<MetricRow>,
+}
+
+impl Outcome {
+    /// The last test row (final test error).
+    pub fn final_test(&self) -> Option<&MetricRow> {
+        self.rows.iter().rev().find(|r| r.split == "test")
+    }
+}
+
+/// Writes a file so that a crash leaves either the old or the new contents, never half.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    {
+        let mut file = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+pub fn read_metrics_csv(path: &Path) -> Result<Vec<MetricRow>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut lines = text.lines();
+    if lines.next() != Some(CSV_HEADER) {
+        bail!(
+            "{}: not a cardinal metrics file (header differs)",
+            path.display()
+        );
+    }
+    lines
+        .enumerate()
+        .map(|(i, line)| {
+            let f: Vec<&str> = line.split(',').collect();
+            if f.len() != 17 {
+                bail!("{}: line {}: expected 17 fields", path.display(), i + 2);
+            }
+            let num = |k: usize| -> Result<f64> {
+                f[k].parse::<f64>().map_err(|_| {
+                    anyhow!(
+                        "{}: line {}: field {} is not a number",
+                        path.display(),
+                        i + 2,
+                        k + 1
+                    )
+                })
+            };
+            Ok(MetricRow {
+                experiment: f[0].into(),
+                run_id: f[1].into(),
+                model: f[2].into(),
+                cardinality: num(3)? as usize,
+                bottleneck_width: num(4)? as usize,
+                form: f[5].into(),
+                params: num(6)? as u64,
+                macs: num(7)? as u64,
+                seed: num(8)? as u64,
+                epoch: num(9)? as usize,
+                split: f[10].into(),
+                loss: num(11)?,
+                top1_err: num(12)?,
+                top5_err: num(13)?,
+                lr: num(14)?,
+                images_per_sec: num(15)?,
+                wall_seconds: num(16)?,
+            })
+        })
+        .collect()
+}
+
+fn write_metrics(dir: &Path, rows: &[MetricRow]) -> Result<()> {
+    let mut text = String::from(CSV_HEADER);
+    text.push('\n');
+    for row in rows {
+        text.push_str(&row.csv());
+        text.push('\n');
+    }
+    write_atomic(&dir.join("metrics.csv"), text.as_bytes())
+}
+
+fn write_status(dir: &Path, status: &Status) -> Result<()> {
+    write_atomic(
+        &dir.join("status.json"),
+        serde_json::to_string_pretty(status)?.as_bytes(),
+    )
+}
+
+fn log_line(dir: &Path, line: &str) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("log.txt"))
+    {
+        let _ = writeln!(f, "{} {line}", utc_now());
+    }
+}
+
+/// UTC time as ISO 8601 (civil-from-days, so no date crate is needed for a timestamp).
+pub fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git").args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Threads candle's CPU kernels use.
+pub fn threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+fn write_meta(dir: &Path, spec: &RunSpec, started: &str, ended: Option<&str>) -> Result<()> {
+    let path = dir.join("meta.json");
+    let mut meta: serde_json::Value = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_else(|| serde_json::json!({ "sessions": [] }));
+    let commit = git(&["rev-parse", "HEAD"]);
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    meta["run_id"] = spec.run_id().into();
+    meta["experiment"] = spec.experiment.clone().into();
+    meta["cardinal_version"] = env!("CARGO_PKG_VERSION").into();
+    meta["candle_version"] = "0.11.1".into();
+    meta["host"] = host.into();
+    meta["threads"] = threads().into();
+    let sessions = meta["sessions"].as_array_mut().expect("sessions is a list");
+    match sessions.last_mut() {
+        Some(last) if last["start"] == started => {
+            last["end"] = ended.into();
+        }
+        _ => sessions.push(serde_json::json!({
+            "start": started,
+            "end": ended,
+            "git_commit": commit,
+            "git_dirty": dirty,
+        })),
+    }
+    write_atomic(&path, serde_json::to_string_pretty(&meta)?.as_bytes())
+}
+
+struct Checkpoint {
+    epochs_done: usize,
+    state: BTreeMap<String, Tensor>,
+    momentum: BTreeMap<String, Tensor>,
+    rows: Vec<MetricRow>,
+}
+
+fn save_checkpoint(dir: &Path, checkpoint: &Checkpoint) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    for (k, t) in &checkpoint.state {
+        tensors.push((format!("model/{k}"), t.contiguous()?));
+    }
+    for (k, t) in &checkpoint.momentum {
+        tensors.push((format!("momentum/{k}"), t.contiguous()?));
+    }
+    let metadata = HashMap::from([
+        (
+            "epochs_done".to_string(),
+            checkpoint.epochs_done.to_string(),
+        ),
+        ("rows".to_string(), serde_json::to_string(&checkpoint.rows)?),
+        (
+            "rng".to_string(),
+            "every draw is a function of (seed, epoch, sample index); the seed is in config.yaml"
+                .to_string(),
+        ),
+    ]);
+    let bytes =
+        safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(metadata))
+            .map_err(|e| anyhow!("serializing the checkpoint: {e}"))?;
+    write_atomic(&dir.join("checkpoint.safetensors"), &bytes)
+}
+
+fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow!("{}: damaged checkpoint ({e})", path.display()))?;
+    let info = metadata
+        .metadata()
+        .clone()
+        .ok_or_else(|| anyhow!("{}: checkpoint has no metadata", path.display()))?;
+    let epochs_done: usize = info
+        .get("epochs_done")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("{}: checkpoint lacks epochs_done", path.display()))?;
+    let rows: Vec<MetricRow> = serde_json::from_str(
+        info.get("rows")
+            .ok_or_else(|| anyhow!("{}: checkpoint lacks rows", path.display()))?,
+    )?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
+    let mut state = BTreeMap::new();
+    let mut momentum = BTreeMap::new();
+    for (k, t) in tensors {
+        if let Some(name) = k.strip_prefix("model/") {
+            state.insert(name.to_string(), t);
+        } else if let Some(name) = k.strip_prefix("momentum/") {
+            momentum.insert(name.to_string(), t);
+        }
+    }
+    Ok(Checkpoint {
+        epochs_done,
+        state,
+        momentum,
+        rows,
+    })
+}
+
+/// Mean cross-entropy of logits [N, K] against labels [N] (u32).
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> candle_core::Result<Tensor> {
+    candle_nn::loss::cross_entropy(logits, labels)
+}
+
+/// Counts of top-1 and top-5 mistakes in a batch: a label is within top-k when fewer than k
+/// classes score strictly higher.
+pub fn topk_mistakes(logits: &Tensor, labels: &Tensor) -> Result<(usize, usize)> {
+    let logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+    let labels: Vec<u32> = labels.to_vec1()?;
+    let mut top1 = 0;
+    let mut top5 = 0;
+    for (row, &label) in logits.iter().zip(&labels) {
+        let target = row[label as usize];
+        let higher = row.iter().filter(|&&v| v > target).count();
+        top1 += usize::from(higher >= 1);
+        top5 += usize::from(higher >= 5);
+    }
+    Ok((top1, top5))
+}
+
+struct Totals {
+    loss: f64,
+    top1: usize,
+    top5: usize,
+    images: usize,
+}
+
+fn evaluate(net: &ResNet, loader: &Loader) -> Result<(Totals, f64)> {
+    let start = Instant::now();
+    let mut t = Totals {
+        loss: 0.0,
+        top1: 0,
+        top5: 0,
+        images: 0,
+    };
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        let logits = net.forward_t(&batch.images, false)?.detach();
+        let loss: f32 = cross_entropy(&logits, &batch.labels)?.to_scalar()?;
+        let (m1, m5) = topk_mistakes(&logits, &batch.labels)?;
+        t.loss += loss as f64 * batch.len() as f64;
+        t.top1 += m1;
+        t.top5 += m5;
+        t.images += batch.len();
+    }
+    Ok((t, start.elapsed().as_secs_f64()))
+}
+
+/// Where and how runs are written and shown.
+pub struct RunContext<'a> {
+    pub runs_dir: PathBuf,
+    pub progress: &'a MultiProgress,
+    /// Stop (resumably) after this many epochs in this session: a time budget.
+    pub stop_after_epochs: Option<usize>,
+}
+
+/// Trains one run to the end, resuming from its checkpoint if one exists; a finished or
+/// diverged run is not trained again.
+pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
+    let run_id = spec.run_id();
+    let dir = spec.dir(&ctx.runs_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if let Some(status) = Status::read(&dir) {
+        if status.state != State::Running {
+            let rows = read_metrics_csv(&dir.join("metrics.csv")).unwrap_or_default();
+            return Ok(Outcome {
+                run_id,
+                dir,
+                state: status.state,
+                skipped: true,
+                rows,
+            });
+        }
+    }
+    let config_yaml = serde_saphyr::to_string(spec).map_err(|e| anyhow!("config.yaml: {e}"))?;
+    write_atomic(&dir.join("config.yaml"), config_yaml.as_bytes())?;
+    let started = utc_now();
+    write_meta(&dir, spec, &started, None)?;
+
+    let device = Device::Cpu;
+    let dataset = Dataset::open(&spec.dataset)?;
+    let subset = |split: &Split, n: Option<usize>| match n {
+        Some(n) => split.sample(n, spec.dataset.validation_seed),
+        None => split.clone(),
+    };
+    let train_split = subset(&dataset.train, spec.train.train_images);
+    let test_split = subset(&dataset.test, spec.train.test_images);
+    let mut loader_config = LoaderConfig::new(spec.train.batch_size);
+    loader_config.seed = spec.seed;
+    loader_config.drop_last = train_split.len() > spec.train.batch_size;
+    let train_loader = Loader::new(
+        train_split,
+        Transform::train(&dataset, &spec.dataset.augment),
+        loader_config,
+    )?;
+    let mut eval_config = LoaderConfig::new(spec.train.eval_batch_size);
+    eval_config.shuffle = false;
+    let test_loader = Loader::new(test_split, Transform::eval(&dataset), eval_config)?;
+
+    let checkpoint_path = dir.join("checkpoint.safetensors");
+    let resumed = if checkpoint_path.exists() {
+        Some(load_checkpoint(&checkpoint_path)?)
+    } else {
+        None
+    };
+    let state = match &resumed {
+        Some(c) => c.state.clone(),
+        None => init_weights(&spec.spec, spec.seed, &device)?,
+    };
+    let net = ResNet::new(&spec.spec, &state)?;
+    let mut sgd = Sgd::new(
+        net.params().trainable(),
+        spec.train.momentum,
+        spec.train.nesterov,
+        spec.train.weight_decay,
+        spec.train.decay_bn_and_bias,
+    );
+    let (start_epoch, mut rows) = match resumed {
+        Some(c) => {
+            sgd.load_buffers(c.momentum)?;
+            log_line(&dir, &format!("resumed after epoch {}", c.epochs_done));
+            (c.epochs_done, c.rows)
+        }
+        None => {
+            log_line(&dir, &format!("started run {run_id}"));
+            (0, Vec::new())
+        }
+    };
+    // Rewritten from the checkpoint, the source of truth, in case a crash fell between the
+    // checkpoint and the metrics file.
+    write_metrics(&dir, &rows)?;
+    let steps_per_epoch = train_loader.batches_per_epoch();
+    let schedule = Schedule::new(&spec.train, steps_per_epoch);
+    let epochs = spec.train.epochs;
+    let mut wall = rows.last().map_or(0.0, |r| r.wall_seconds);
+
+    let bar = ctx.progress.add(
+        ProgressBar::new((epochs * steps_per_epoch) as u64).with_style(
+            ProgressStyle::with_template(
+                "{prefix:>28} {bar:25.cyan/blue} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
+            )
+            .expect("valid template"),
+        ),
+    );
+    bar.set_prefix(format!("{} s{}", spec.model, spec.seed));
+    bar.set_position((start_epoch * steps_per_epoch) as u64);
+
+    let row = |epoch: usize, split: &str, t: &Totals, lr: f64, ips: f64, wall: f64| MetricRow {
+        experiment: spec.experiment.clone(),
+        run_id: run_id.clone(),
+        model: spec.model.clone(),
+        cardinality: spec.spec.cardinality,
+        bottleneck_width: spec.spec.bottleneck_width,
+        form: format!("{:?}", spec.spec.form),
+        params: spec.params,
+        macs: spec.macs,
+        seed: spec.seed,
+        epoch,
+        split: split.to_string(),
+        loss: t.loss / t.images.max(1) as f64,
+        top1_err: t.top1 as f64 / t.images.max(1) as f64,
+        top5_err: t.top5 as f64 / t.images.max(1) as f64,
+        lr,
+        images_per_sec: ips,
+        wall_seconds: wall,
+    };
+
+    let last_epoch = ctx
+        .stop_after_epochs
+        .map_or(epochs, |n| (start_epoch + n).min(epochs));
+    for epoch in start_epoch..last_epoch {
+        let started_epoch = Instant::now();
+        let mut totals = Totals {
+            loss: 0.0,
+            top1: 0,
+            top5: 0,
+            images: 0,
+        };
+        let mut lr = 0.0;
+        for (b, batch) in train_loader.epoch(epoch as u64).enumerate() {
+            let batch = batch?;
+            lr = schedule.lr(epoch * steps_per_epoch + b);
+            let logits = net.forward_t(&batch.images, true)?;
+            let loss = cross_entropy(&logits, &batch.labels)?;
+            let value: f32 = loss.to_scalar()?;
+            if !value.is_finite() {
+                let message = format!("loss {value} at epoch {epoch}, step {b}: the run diverged");
+                log_line(&dir, &message);
+                tracing::warn!(run = %run_id, "{message}");
+                write_status(
+                    &dir,
+                    &Status {
+                        state: State::Diverged,
+                        epochs_done: epoch,
+                        epochs,
+                        message: Some(message),
+                    },
+                )?;
+                write_meta(&dir, spec, &started, Some(&utc_now()))?;
+                bar.abandon_with_message("diverged");
+                return Ok(Outcome {
+                    run_id,
+                    dir,
+                    state: State::Diverged,
+                    skipped: false,
+                    rows,
+                });
+            }
+            let grads = loss.backward()?;
+            sgd.step(&grads, lr)?;
+            let (m1, m5) = topk_mistakes(&logits.detach(), &batch.labels)?;
+            totals.loss += value as f64 * batch.len() as f64;
+            totals.top1 += m1;
+            totals.top5 += m5;
+            totals.images += batch.len();
+            bar.inc(1);
+            bar.set_message(format!(
+                "epoch {}/{epochs} loss {:.3}",
+                epoch + 1,
+                totals.loss / totals.images as f64
+            ));
+        }
+        let train_seconds = started_epoch.elapsed().as_secs_f64();
+        let (test, test_seconds) = evaluate(&net, &test_loader)?;
+        wall += started_epoch.elapsed().as_secs_f64();
+        let train_row = row(
+            epoch + 1,
+            "train",
+            &totals,
+            lr,
+            totals.images as f64 / train_seconds,
+            wall,
+        );
+        let test_row = row(
+            epoch + 1,
+            "test",
+            &test,
+            lr,
+            test.images as f64 / test_seconds,
+            wall,
+        );
+        let line = format!(
+            "epoch {}/{epochs}: train loss {:.4} top-1 err {:.2}%, test loss {:.4} top-1 err {:.2}% top-5 err {:.2}%, {:.0} img/s",
+            epoch + 1,
+            train_row.loss,
+            100.0 * train_row.top1_err,
+            test_row.loss,
+            100.0 * test_row.top1_err,
+            100.0 * test_row.top5_err,
+            train_row.images_per_sec
+        );
+        rows.push(train_row);
+        rows.push(test_row);
+        save_checkpoint(
+            &dir,
+            &Checkpoint {
+                epochs_done: epoch + 1,
+                state: net.params().to_state()?,
+                momentum: sgd.buffers(),
+                rows: rows.clone(),
+            },
+        )?;
+        write_metrics(&dir, &rows)?;
+        write_status(
+            &dir,
+            &Status {
+                state: State::Running,
+                epochs_done: epoch + 1,
+                epochs,
+                message: None,
+            },
+        )?;
+        log_line(&dir, &line);
+        tracing::info!(run = %run_id, "{line}");
+    }
+    if last_epoch < epochs {
+        bar.abandon_with_message(format!("stopped after epoch {last_epoch}, resumable"));
+        return Ok(Outcome {
+            run_id,
+            dir,
+            state: State::Running,
+            skipped: false,
+            rows,
+        });
+    }
+    write_status(
+        &dir,
+        &Status {
+            state: State::Finished,
+            epochs_done: epochs,
+            epochs,
+            message: None,
+        },
+    )?;
+    write_meta(&dir, spec, &started, Some(&utc_now()))?;
+    log_line(&dir, "finished");
+    bar.finish_and_clear();
+    Ok(Outcome {
+        run_id,
+        dir,
+        state: State::Finished,
+        skipped: false,
+        rows,
+    })
+}

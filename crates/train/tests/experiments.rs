@@ -1,0 +1,139 @@
+//! Experiment files: errors name line and key, presets and overrides apply, sweeps expand.
+
+use std::path::Path;
+
+use cardinal_train::experiment::{self, parse_overrides};
+
+fn repo_experiment(name: &str) -> cardinal_train::Experiment {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../experiments")
+        .join(format!("{name}.yaml"));
+    experiment::load(&path).unwrap()
+}
+
+const MINIMAL: &str = "\
+question: q
+dataset:
+  name: mnist
+model:
+  preset: cpu_resnet11
+train:
+  epochs: 2
+  batch_size: 16
+  lr: 0.1
+";
+
+#[test]
+fn every_committed_experiment_expands() {
+    for (name, cells) in [
+        ("cardinality", 5),
+        ("resnet-vs-resnext", 2),
+        ("block-forms", 3),
+        ("depth2", 2),
+    ] {
+        let e = repo_experiment(name);
+        for preset in [None, Some("quick"), Some("full")] {
+            let (resolved, _) = e.resolve(preset, &[]).unwrap();
+            let seeds = resolved.seeds.len();
+            assert_eq!(
+                resolved.cells(name).unwrap().len(),
+                cells * seeds,
+                "{name} {preset:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn cardinality_grid_preserves_complexity_within_5_percent() {
+    let (e, _) = repo_experiment("cardinality").resolve(None, &[]).unwrap();
+    let cells = e.cells("cardinality").unwrap();
+    let c: Vec<usize> = cells.iter().map(|c| c.spec.cardinality).collect();
+    assert_eq!(c, vec![1, 2, 4, 8, 32]);
+    let d: Vec<usize> = cells.iter().map(|c| c.spec.bottleneck_width).collect();
+    assert_eq!(d, vec![32, 20, 12, 7, 2]);
+    let macs: Vec<f64> = cells.iter().map(|c| c.macs as f64).collect();
+    let (lo, hi) = macs
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(lo, hi), &m| (lo.min(m), hi.max(m)));
+    assert!(hi / lo <= 1.05, "MACs range {lo}..{hi}");
+    // Run ids are stable and distinct.
+    let ids: std::collections::BTreeSet<String> = cells.iter().map(|c| c.run_id()).collect();
+    assert_eq!(ids.len(), 5);
+    assert_eq!(
+        cells[0].run_id(),
+        e.cells("cardinality").unwrap()[0].run_id()
+    );
+}
+
+#[test]
+fn unknown_key_names_the_line() {
+    let text = MINIMAL.replace("  lr: 0.1", "  lr: 0.1\n  epochz: 3");
+    let err = experiment::parse(&text).unwrap_err().to_string();
+    assert!(err.contains("epochz"), "{err}");
+    assert!(err.contains("line 10") || err.contains("10:"), "{err}");
+    let text = MINIMAL.replace("epochs: 2", "epochs: two");
+    let err = experiment::parse(&text).unwrap_err().to_string();
+    assert!(err.contains("line 7") || err.contains("7:"), "{err}");
+}
+
+#[test]
+fn overrides_and_presets_apply_and_typos_are_caught() {
+    let text = format!("{MINIMAL}presets:\n  quick:\n    train.epochs: 1\n");
+    let e = experiment::parse(&text).unwrap();
+    let (r, _) = e.resolve(Some("quick"), &[]).unwrap();
+    assert_eq!(r.train.epochs, 1);
+    let overrides = parse_overrides(&[
+        "train.lr=0.05".into(),
+        "seeds=[1, 2]".into(),
+        "model.form=A".into(),
+    ])
+    .unwrap();
+    let (r, _) = e.resolve(None, &overrides).unwrap();
+    assert_eq!(r.train.lr, 0.05);
+    assert_eq!(r.seeds, vec![1, 2]);
+    assert_eq!(
+        r.cells("x").unwrap()[0].spec.form,
+        cardinal_zoo::BlockForm::A
+    );
+    let err = e
+        .resolve(None, &parse_overrides(&["train.epoch=3".into()]).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("train.epochs"), "{err}");
+    let err = e.resolve(Some("slow"), &[]).unwrap_err().to_string();
+    assert!(err.contains("quick"), "{err}");
+    let err = e
+        .resolve(
+            None,
+            &parse_overrides(&["train.momentum=1.5".into()]).unwrap(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("train.momentum"), "{err}");
+}
+
+#[test]
+fn impossible_specs_are_refused() {
+    // C > 1 on a basic block outside the depth-2 experiment.
+    let text = MINIMAL.replace(
+        "  preset: cpu_resnet11",
+        "  preset: cpu_resnet11\n  block: basic\n  cardinality: 4",
+    );
+    let e = experiment::parse(&text).unwrap();
+    let err = format!(
+        "{:#}",
+        e.resolve(None, &[]).unwrap().0.cells("x").unwrap_err()
+    );
+    assert!(err.contains("Fig. 4"), "{err}");
+    let text = MINIMAL.replace(
+        "  preset: cpu_resnet11",
+        "  preset: cpu_resnet11\n  widht: 3",
+    );
+    let e = experiment::parse(&text).unwrap();
+    let err = format!(
+        "{:#}",
+        e.resolve(None, &[]).unwrap().0.cells("x").unwrap_err()
+    );
+    assert!(err.contains("model.widht"), "{err}");
+}

@@ -1,0 +1,145 @@
+//! Real training on a small learnable dataset: learning happens, runs are bit-for-bit
+//! deterministic, a resumed run ends where an uninterrupted one does, divergence is recorded.
+
+use std::path::Path;
+
+use cardinal_train::experiment::{self, parse_overrides};
+use cardinal_train::run::read_metrics_csv;
+use cardinal_train::{MetricRow, RunContext, RunSpec, State};
+use indicatif::{MultiProgress, ProgressDrawTarget};
+
+/// A learnable 16x16 dataset in MNIST's file layout.
+fn write_dataset(dir: &Path) {
+    cardinal_data::synthetic::write_squares(dir, 320, 100).unwrap();
+}
+
+fn spec(data: &Path, overrides: &[&str]) -> RunSpec {
+    let text = format!(
+        "question: q\ndataset:\n  name: mnist\n  dir: {}\nmodel:\n  preset: cpu_resnet11\n  input_size: 16\ntrain:\n  epochs: 3\n  batch_size: 32\n  lr: 0.1\n  schedule: cosine\n  warmup_epochs: 0.5\n",
+        data.display()
+    );
+    let e = experiment::parse(&text).unwrap();
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    let (e, _) = e
+        .resolve(None, &parse_overrides(&overrides).unwrap())
+        .unwrap();
+    e.cells("tiny").unwrap().remove(0)
+}
+
+fn hidden() -> MultiProgress {
+    MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+}
+
+/// Metrics without the timing columns, which differ from run to run by nature.
+fn results(rows: &[MetricRow]) -> Vec<(usize, String, f64, f64, f64, f64)> {
+    rows.iter()
+        .map(|r| {
+            (
+                r.epoch,
+                r.split.clone(),
+                r.loss,
+                r.top1_err,
+                r.top5_err,
+                r.lr,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn learns_and_is_deterministic() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dataset(&tmp.path().join("mnist"));
+    let run = spec(tmp.path(), &[]);
+    let progress = hidden();
+    let ctx = |dir: &str| RunContext {
+        runs_dir: tmp.path().join(dir),
+        progress: &progress,
+        stop_after_epochs: None,
+    };
+    let a = cardinal_train::train(&run, &ctx("a")).unwrap();
+    assert_eq!(a.state, State::Finished);
+    assert_eq!(a.rows.len(), 6);
+    let test = a.final_test().unwrap();
+    assert!(
+        test.top1_err < 0.5,
+        "test top-1 error {} after 3 epochs",
+        test.top1_err
+    );
+    assert!(a.rows[4].loss < a.rows[0].loss, "train loss must fall");
+    // The files of the run.
+    for file in [
+        "config.yaml",
+        "meta.json",
+        "metrics.csv",
+        "checkpoint.safetensors",
+        "status.json",
+        "log.txt",
+    ] {
+        assert!(a.dir.join(file).is_file(), "{file} missing");
+    }
+    assert_eq!(
+        results(&read_metrics_csv(&a.dir.join("metrics.csv")).unwrap()),
+        results(&a.rows)
+    );
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.dir.join("meta.json")).unwrap()).unwrap();
+    assert!(meta["threads"].as_u64().unwrap() >= 1);
+    // The same config and seed, in another directory: bit-identical metrics.
+    let b = cardinal_train::train(&run, &ctx("b")).unwrap();
+    assert_eq!(results(&a.rows), results(&b.rows));
+    // Another seed differs.
+    let c = cardinal_train::train(&spec(tmp.path(), &["seeds=[1]"]), &ctx("b")).unwrap();
+    assert_ne!(results(&a.rows), results(&c.rows));
+    // A finished run is skipped when asked again.
+    let again = cardinal_train::train(&run, &ctx("a")).unwrap();
+    assert!(again.skipped);
+    assert_eq!(results(&again.rows), results(&a.rows));
+}
+
+#[test]
+fn resuming_from_a_checkpoint_ends_where_an_uninterrupted_run_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dataset(&tmp.path().join("mnist"));
+    let progress = hidden();
+    let run = spec(tmp.path(), &[]);
+    let ctx = |dir: &str, stop: Option<usize>| RunContext {
+        runs_dir: tmp.path().join(dir),
+        progress: &progress,
+        stop_after_epochs: stop,
+    };
+    let straight = cardinal_train::train(&run, &ctx("straight", None)).unwrap();
+    // Stopped after each epoch, then resumed from the checkpoint each time.
+    for epochs in 1..=2 {
+        let stopped = cardinal_train::train(&run, &ctx("resumed", Some(1))).unwrap();
+        assert_eq!(stopped.state, State::Running);
+        assert_eq!(stopped.rows.len(), 2 * epochs);
+    }
+    let resumed = cardinal_train::train(&run, &ctx("resumed", None)).unwrap();
+    assert_eq!(resumed.state, State::Finished);
+    assert_eq!(results(&straight.rows), results(&resumed.rows));
+    let log = std::fs::read_to_string(resumed.dir.join("log.txt")).unwrap();
+    assert_eq!(log.matches("resumed after epoch").count(), 2, "{log}");
+}
+
+#[test]
+fn a_diverging_run_is_marked_and_the_sweep_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dataset(&tmp.path().join("mnist"));
+    let progress = hidden();
+    let ctx = RunContext {
+        runs_dir: tmp.path().join("runs"),
+        progress: &progress,
+        stop_after_epochs: None,
+    };
+    let bad = spec(tmp.path(), &["train.lr=1.0e30", "train.warmup_epochs=0"]);
+    let good = spec(tmp.path(), &["train.epochs=1"]);
+    let outcomes = cardinal_train::sweep(&[bad.clone(), good], &ctx).unwrap();
+    assert_eq!(outcomes[0].state, State::Diverged);
+    assert_eq!(outcomes[1].state, State::Finished);
+    let status = cardinal_train::Status::read(&bad.dir(&ctx.runs_dir)).unwrap();
+    assert_eq!(status.state, State::Diverged);
+    assert!(status.message.unwrap().contains("diverged"));
+    // A diverged run is not retried on the next pass of the sweep.
+    assert!(cardinal_train::train(&bad, &ctx).unwrap().skipped);
+}
