@@ -55,6 +55,7 @@ train CONFIG *ARGS: build
 # Speed benchmarks (median of repeated runs).
 bench: build
     {{cardinal}} bench data fashion-mnist --model cpu_resnext20_4x12d
+    {{cardinal}} bench conv
 
 # Fuzz the IDX and CIFAR parsers for SECONDS each (needs nightly and cargo-fuzz).
 fuzz SECONDS="300":

@@ -20,6 +20,29 @@ pub enum BenchCommand {
     /// Loading plus augmentation throughput of a dataset on one core (no prefetch thread),
     /// and through the prefetching loader; with --model, its share of a training step.
     Data(BenchDataArgs),
+    /// Convolution forward and forward+backward times, cardinal's CPU kernel beside
+    /// candle's conv2d, for the shapes of the speed table (batch 8) and the CPU models.
+    Conv(BenchConvArgs),
+}
+
+#[derive(Args)]
+pub struct BenchConvArgs {
+    /// Timed repetitions per case (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+#[derive(Serialize)]
+struct ConvCase {
+    case: String,
+    cardinal_forward_ms: f64,
+    cardinal_train_ms: f64,
+    /// None where candle's conv2d backward fails (stride 2 on even sizes).
+    candle_forward_ms: f64,
+    candle_train_ms: Option<f64>,
+    train_speedup: Option<f64>,
 }
 
 #[derive(Args)]
@@ -67,6 +90,7 @@ struct DataBench {
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Data(args) => data(args),
+        BenchCommand::Conv(args) => conv(args),
     }
 }
 
@@ -210,4 +234,148 @@ fn cross_entropy(logits: &Tensor, labels: &Tensor) -> candle_core::Result<Tensor
     let log_softmax = shifted.broadcast_sub(&log_sum)?;
     let picked = log_softmax.gather(&labels.unsqueeze(1)?, 1)?;
     picked.mean_all()?.neg()
+}
+
+/// Median milliseconds of `f` over `repeats` runs after one warm-up; None if it fails.
+fn time_ms(repeats: usize, f: impl Fn() -> candle_core::Result<()>) -> Option<f64> {
+    f().ok()?;
+    let times = (0..repeats.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            f().map(|_| start.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()
+        .ok()?;
+    Some(median(times))
+}
+
+fn conv(args: BenchConvArgs) -> Result<()> {
+    // (name, batch, channels in, channels out, side, kernel, stride, groups)
+    let cases = [
+        (
+            "grouped 3x3, C=32, 128 ch, 28x28",
+            8,
+            128,
+            128,
+            28,
+            3,
+            1,
+            32,
+        ),
+        ("dense 3x3, 128 ch, 28x28", 8, 128, 128, 28, 3, 1, 1),
+        (
+            "grouped 3x3 stride 2, C=32, 256 ch, 56x56",
+            8,
+            256,
+            256,
+            56,
+            3,
+            2,
+            32,
+        ),
+        ("1x1, 256->128, 28x28", 8, 256, 128, 28, 1, 1, 1),
+        (
+            "cpu_resnext20_4x12d stage 1 3x3 (4x12d), batch 128",
+            128,
+            48,
+            48,
+            14,
+            3,
+            1,
+            4,
+        ),
+        (
+            "cpu_resnext20_32x2d stage 1 3x3 (32x2d), batch 128",
+            128,
+            64,
+            64,
+            14,
+            3,
+            1,
+            32,
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (name, n, c_in, c_out, side, k, stride, groups) in cases {
+        let x = candle_core::Var::from_tensor(&Tensor::randn(
+            0f32,
+            1.0,
+            (n, c_in, side, side),
+            &Device::Cpu,
+        )?)?;
+        let w = candle_core::Var::from_tensor(&Tensor::randn(
+            0f32,
+            0.1,
+            (c_out, c_in / groups, k, k),
+            &Device::Cpu,
+        )?)?;
+        let padding = k / 2;
+        let ours = |train: bool| {
+            let y = cardinal_zoo::kernels::conv2d(
+                x.as_tensor(),
+                w.as_tensor(),
+                padding,
+                stride,
+                groups,
+            )?;
+            if train {
+                y.sum_all()?.backward()?;
+            }
+            Ok(())
+        };
+        let theirs = |train: bool| {
+            let y = x
+                .as_tensor()
+                .conv2d(w.as_tensor(), padding, stride, 1, groups)?;
+            if train {
+                y.sum_all()?.backward()?;
+            }
+            Ok(())
+        };
+        let cardinal_forward_ms =
+            time_ms(args.repeats, || ours(false)).context("cardinal conv failed")?;
+        let cardinal_train_ms =
+            time_ms(args.repeats, || ours(true)).context("cardinal conv backward failed")?;
+        let candle_forward_ms =
+            time_ms(args.repeats, || theirs(false)).context("candle conv failed")?;
+        let candle_train_ms = time_ms(args.repeats, || theirs(true));
+        rows.push(ConvCase {
+            case: name.to_string(),
+            cardinal_forward_ms,
+            cardinal_train_ms,
+            candle_forward_ms,
+            candle_train_ms,
+            train_speedup: candle_train_ms.map(|t| t / cardinal_train_ms),
+        });
+    }
+    match args.format {
+        Format::Json => print_json(&rows),
+        _ => {
+            let mut t = Table::new([
+                "case",
+                "cardinal fwd / fwd+bwd ms",
+                "candle fwd / fwd+bwd ms",
+                "train speed-up",
+            ]);
+            for r in &rows {
+                t.row([
+                    r.case.clone(),
+                    format!("{:.1} / {:.1}", r.cardinal_forward_ms, r.cardinal_train_ms),
+                    format!(
+                        "{:.1} / {}",
+                        r.candle_forward_ms,
+                        r.candle_train_ms
+                            .map_or("fails".into(), |v| format!("{v:.1}"))
+                    ),
+                    r.train_speedup.map_or("-".into(), |v| format!("{v:.1}x")),
+                ]);
+            }
+            print!("{}", t.render());
+            println!(
+                "threads: {}",
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            );
+            Ok(())
+        }
+    }
 }

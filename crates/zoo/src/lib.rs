@@ -10,6 +10,7 @@ pub mod convert;
 pub mod equivalence;
 pub mod error;
 pub mod init;
+pub mod kernels;
 pub mod layout;
 pub mod model;
 pub mod presets;
