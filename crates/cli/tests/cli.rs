@@ -137,8 +137,6 @@ fn equivalence_json_reports_every_check() {
         .args([
             "equivalence",
             "cpu_resnext11_4x12d",
-            "--dtype",
-            "f32",
             "--input-size",
             "28",
             "--format",
