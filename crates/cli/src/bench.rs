@@ -168,7 +168,7 @@ fn data(args: BenchDataArgs) -> Result<()> {
         model: args.model.clone(),
         train_step_ms,
         data_share_of_step: train_step_ms.map(|t| ms_per_batch / t),
-        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        threads: cardinal_train::run::threads(),
         peak_rss_bytes: peak_rss_bytes(),
     };
     match args.format {
@@ -217,23 +217,13 @@ fn train_step_ms(model: &str, loader: &Loader, repeats: usize) -> Result<f64> {
     let step = || -> Result<f64> {
         let start = Instant::now();
         let logits = net.forward_t(&batch.images, true)?;
-        let loss = cross_entropy(&logits, &batch.labels)?;
+        let loss = cardinal_train::run::cross_entropy(&logits, &batch.labels)?;
         std::hint::black_box(loss.backward()?);
         Ok(start.elapsed().as_secs_f64() * 1e3)
     };
     step()?;
     let times = (0..repeats).map(|_| step()).collect::<Result<Vec<_>>>()?;
     Ok(median(times))
-}
-
-fn cross_entropy(logits: &Tensor, labels: &Tensor) -> candle_core::Result<Tensor> {
-    let log_probs = candle_core::D::Minus1;
-    let max = logits.max_keepdim(log_probs)?;
-    let shifted = logits.broadcast_sub(&max)?;
-    let log_sum = shifted.exp()?.sum_keepdim(log_probs)?.log()?;
-    let log_softmax = shifted.broadcast_sub(&log_sum)?;
-    let picked = log_softmax.gather(&labels.unsqueeze(1)?, 1)?;
-    picked.mean_all()?.neg()
 }
 
 /// Median milliseconds of `f` over `repeats` runs after one warm-up; None if it fails.
@@ -371,10 +361,7 @@ fn conv(args: BenchConvArgs) -> Result<()> {
                 ]);
             }
             print!("{}", t.render());
-            println!(
-                "threads: {}",
-                std::thread::available_parallelism().map_or(1, |n| n.get())
-            );
+            println!("threads: {}", cardinal_train::run::threads());
             Ok(())
         }
     }

@@ -169,14 +169,6 @@ pub fn labels_from(bytes: &[u8], path: &Path, classes: usize) -> Result<Vec<u32>
     check_labels(path, idx.data.iter().map(|&l| l as u32), classes)
 }
 
-pub fn read_images(path: &Path) -> Result<Idx> {
-    images_from(&read_maybe_gzip(path)?, path)
-}
-
-pub fn read_labels(path: &Path, classes: usize) -> Result<Vec<u32>> {
-    labels_from(&read_maybe_gzip(path)?, path, classes)
-}
-
 pub(crate) fn check_labels(
     path: &Path,
     labels: impl Iterator<Item = u32>,

@@ -228,10 +228,22 @@ fn write_metrics(dir: &Path, rows: &[MetricRow]) -> Result<()> {
     write_atomic(&dir.join("metrics.csv"), text.as_bytes())
 }
 
-fn write_status(dir: &Path, status: &Status) -> Result<()> {
+fn write_status(
+    dir: &Path,
+    state: State,
+    epochs_done: usize,
+    epochs: usize,
+    message: Option<String>,
+) -> Result<()> {
+    let status = Status {
+        state,
+        epochs_done,
+        epochs,
+        message,
+    };
     write_atomic(
         &dir.join("status.json"),
-        serde_json::to_string_pretty(status)?.as_bytes(),
+        serde_json::to_string_pretty(&status)?.as_bytes(),
     )
 }
 
@@ -404,6 +416,8 @@ pub fn topk_mistakes(logits: &Tensor, labels: &Tensor) -> Result<(usize, usize)>
     Ok((top1, top5))
 }
 
+/// Sums over the batches of an epoch: loss (weighted by batch size) and mistakes.
+#[derive(Default)]
 struct Totals {
     loss: f64,
     top1: usize,
@@ -411,23 +425,26 @@ struct Totals {
     images: usize,
 }
 
+impl Totals {
+    fn add(&mut self, logits: &Tensor, labels: &Tensor, loss: f32) -> Result<()> {
+        let (m1, m5) = topk_mistakes(logits, labels)?;
+        let n = labels.dim(0)?;
+        self.loss += loss as f64 * n as f64;
+        self.top1 += m1;
+        self.top5 += m5;
+        self.images += n;
+        Ok(())
+    }
+}
+
 fn evaluate(net: &ResNet, loader: &Loader) -> Result<(Totals, f64)> {
     let start = Instant::now();
-    let mut t = Totals {
-        loss: 0.0,
-        top1: 0,
-        top5: 0,
-        images: 0,
-    };
+    let mut t = Totals::default();
     for batch in loader.epoch(0) {
         let batch = batch?;
         let logits = net.forward_t(&batch.images, false)?.detach();
         let loss: f32 = cross_entropy(&logits, &batch.labels)?.to_scalar()?;
-        let (m1, m5) = topk_mistakes(&logits, &batch.labels)?;
-        t.loss += loss as f64 * batch.len() as f64;
-        t.top1 += m1;
-        t.top5 += m5;
-        t.images += batch.len();
+        t.add(&logits, &batch.labels, loss)?;
     }
     Ok((t, start.elapsed().as_secs_f64()))
 }
@@ -556,12 +573,7 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
         .map_or(epochs, |n| (start_epoch + n).min(epochs));
     for epoch in start_epoch..last_epoch {
         let started_epoch = Instant::now();
-        let mut totals = Totals {
-            loss: 0.0,
-            top1: 0,
-            top5: 0,
-            images: 0,
-        };
+        let mut totals = Totals::default();
         let mut lr = 0.0;
         for (b, batch) in train_loader.epoch(epoch as u64).enumerate() {
             let batch = batch?;
@@ -573,15 +585,7 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
                 let message = format!("loss {value} at epoch {epoch}, step {b}: the run diverged");
                 log_line(&dir, &message);
                 tracing::warn!(run = %run_id, "{message}");
-                write_status(
-                    &dir,
-                    &Status {
-                        state: State::Diverged,
-                        epochs_done: epoch,
-                        epochs,
-                        message: Some(message),
-                    },
-                )?;
+                write_status(&dir, State::Diverged, epoch, epochs, Some(message))?;
                 write_meta(&dir, spec, &started, Some(&utc_now()))?;
                 bar.abandon_with_message("diverged");
                 return Ok(Outcome {
@@ -594,11 +598,7 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
             }
             let grads = loss.backward()?;
             sgd.step(&grads, lr)?;
-            let (m1, m5) = topk_mistakes(&logits.detach(), &batch.labels)?;
-            totals.loss += value as f64 * batch.len() as f64;
-            totals.top1 += m1;
-            totals.top5 += m5;
-            totals.images += batch.len();
+            totals.add(&logits.detach(), &batch.labels, value)?;
             bar.inc(1);
             bar.set_message(format!(
                 "epoch {}/{epochs} loss {:.3}",
@@ -647,15 +647,7 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
             },
         )?;
         write_metrics(&dir, &rows)?;
-        write_status(
-            &dir,
-            &Status {
-                state: State::Running,
-                epochs_done: epoch + 1,
-                epochs,
-                message: None,
-            },
-        )?;
+        write_status(&dir, State::Running, epoch + 1, epochs, None)?;
         log_line(&dir, &line);
         tracing::info!(run = %run_id, "{line}");
     }
@@ -669,15 +661,7 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
             rows,
         });
     }
-    write_status(
-        &dir,
-        &Status {
-            state: State::Finished,
-            epochs_done: epochs,
-            epochs,
-            message: None,
-        },
-    )?;
+    write_status(&dir, State::Finished, epochs, epochs, None)?;
     write_meta(&dir, spec, &started, Some(&utc_now()))?;
     log_line(&dir, "finished");
     bar.finish_and_clear();

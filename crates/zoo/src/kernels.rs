@@ -118,6 +118,21 @@ fn col2im<T: Copy + Default + Send + Sync + std::ops::AddAssign>(
     out
 }
 
+/// Runs a kernel on f32 or f64 storage (the dtypes the models train and check in).
+macro_rules! on_float_storage {
+    ($storage:expr, $layout:expr, $name:expr, $kernel:ident, $dims:expr, $op:expr) => {
+        match $storage {
+            CpuStorage::F32(v) => {
+                CpuStorage::F32($kernel(contiguous(v, $layout, $name)?, $dims, $op))
+            }
+            CpuStorage::F64(v) => {
+                CpuStorage::F64($kernel(contiguous(v, $layout, $name)?, $dims, $op))
+            }
+            other => candle_core::bail!("{}: dtype {:?} is not supported", $name, other.dtype()),
+        }
+    };
+}
+
 impl CustomOp1 for Im2Col {
     fn name(&self) -> &'static str {
         "im2col"
@@ -131,15 +146,7 @@ impl CustomOp1 for Im2Col {
             out_size(w, self.kernel, self.stride, self.padding),
         );
         let shape = Shape::from((n, c * self.kernel * self.kernel, ho * wo));
-        let out = match storage {
-            CpuStorage::F32(v) => {
-                CpuStorage::F32(im2col(contiguous(v, layout, "im2col")?, dims, *self))
-            }
-            CpuStorage::F64(v) => {
-                CpuStorage::F64(im2col(contiguous(v, layout, "im2col")?, dims, *self))
-            }
-            other => candle_core::bail!("im2col: dtype {:?} is not supported", other.dtype()),
-        };
+        let out = on_float_storage!(storage, layout, "im2col", im2col, dims, *self);
         Ok((out, shape))
     }
 
@@ -165,15 +172,7 @@ impl CustomOp1 for Col2Im {
         let dims = layout.shape().dims3()?;
         let c = dims.1 / (self.kernel * self.kernel);
         let shape = Shape::from((dims.0, c, self.height, self.width));
-        let out = match storage {
-            CpuStorage::F32(v) => {
-                CpuStorage::F32(col2im(contiguous(v, layout, "col2im")?, dims, *self))
-            }
-            CpuStorage::F64(v) => {
-                CpuStorage::F64(col2im(contiguous(v, layout, "col2im")?, dims, *self))
-            }
-            other => candle_core::bail!("col2im: dtype {:?} is not supported", other.dtype()),
-        };
+        let out = on_float_storage!(storage, layout, "col2im", col2im, dims, *self);
         Ok((out, shape))
     }
 
