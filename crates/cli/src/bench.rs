@@ -6,7 +6,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use cardinal_data::{Loader, LoaderConfig, Transform};
-use cardinal_zoo::{init_weights, ResNet};
+use cardinal_train::optim::Sgd;
+use cardinal_zoo::{init_weights, BlockForm, Kernels, NetSpec, ResNet, Stem};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
@@ -23,6 +24,84 @@ pub enum BenchCommand {
     /// Convolution forward and forward+backward times, cardinal's CPU kernel beside
     /// candle's conv2d, for the shapes of the speed table (batch 8) and the CPU models.
     Conv(BenchConvArgs),
+    /// Whole training steps (forward, cross-entropy, backward, SGD with momentum) of
+    /// networks on random inputs: images/s and peak memory per model. With --kernels both,
+    /// cardinal's CPU kernels and candle's own ops side by side.
+    Train(BenchTrainArgs),
+}
+
+/// The cardinality grid of `experiments/cardinality.yaml`: its template and its C values.
+const GRID_TEMPLATE: &str = "cpu_resnet20";
+const GRID_CARDINALITIES: [usize; 5] = [1, 2, 4, 8, 32];
+
+/// The CPU ablation models: what `bench train` times when no --model is given.
+pub const CPU_MODELS: [&str; 3] = ["cpu_resnet20", "cpu_resnext20_4x12d", "cpu_resnext20_32x2d"];
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelChoice {
+    /// cardinal's fused CPU kernels (what training uses).
+    Cardinal,
+    /// candle's own convolution, batch norm and element-wise ops (the reference).
+    Candle,
+    /// Both, side by side, with the speed-up.
+    Both,
+}
+
+#[derive(Args)]
+pub struct BenchTrainArgs {
+    /// A preset (see `cardinal models`) or spec file; repeat for several. Default: the CPU
+    /// ablation models (cpu_resnet20, cpu_resnext20_4x12d, cpu_resnext20_32x2d).
+    #[arg(long = "model")]
+    models: Vec<String>,
+    /// Images per step. Default: 128 for CIFAR-stem models, 16 for ImageNet models.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Input side in pixels. Default: the model's own (28 for the CPU models, 224).
+    #[arg(long)]
+    input_size: Option<usize>,
+    /// Timed steps; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Untimed steps first (allocations, thread pools, caches).
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    #[arg(long, value_enum, default_value_t = KernelChoice::Cardinal)]
+    kernels: KernelChoice,
+    /// Build every model in this block form (A: paths, B: early concatenation, C: grouped
+    /// convolution); default: each model's own.
+    #[arg(long, value_parser = parse_form)]
+    form: Option<BlockForm>,
+    /// json: one object for one case, an array for several.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+#[derive(Serialize)]
+struct TrainCase {
+    model: String,
+    kernels: &'static str,
+    batch_size: usize,
+    input_size: usize,
+    steps: usize,
+    ms_per_step: f64,
+    images_per_sec: f64,
+    /// Peak resident memory of the process during this case (reset before it where the
+    /// kernel allows, so earlier cases do not count).
+    peak_rss_bytes: Option<u64>,
+    params: u64,
+    macs: u64,
+    threads: usize,
+    /// The network timed, as data: what `benches/pytorch_reference.py` rebuilds in PyTorch.
+    spec: NetSpec,
+}
+
+fn parse_form(s: &str) -> std::result::Result<BlockForm, String> {
+    match s {
+        "A" | "a" => Ok(BlockForm::A),
+        "B" | "b" => Ok(BlockForm::B),
+        "C" | "c" => Ok(BlockForm::C),
+        other => Err(format!("unknown block form `{other}` (expected A, B or C)")),
+    }
 }
 
 #[derive(Args)]
@@ -37,6 +116,14 @@ pub struct BenchConvArgs {
 #[derive(Serialize)]
 struct ConvCase {
     case: String,
+    /// The shape, for `benches/pytorch_reference.py` to time the same layer.
+    batch: usize,
+    in_channels: usize,
+    out_channels: usize,
+    side: usize,
+    kernel: usize,
+    stride: usize,
+    groups: usize,
     cardinal_forward_ms: f64,
     cardinal_train_ms: f64,
     /// None where candle's conv2d backward fails (stride 2 on even sizes).
@@ -91,6 +178,168 @@ pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Data(args) => data(args),
         BenchCommand::Conv(args) => conv(args),
+        BenchCommand::Train(args) => train(args),
+    }
+}
+
+/// Resets the peak-RSS counter (VmHWM) of this process; false where Linux does not allow it.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn train(args: BenchTrainArgs) -> Result<()> {
+    let models = if args.models.is_empty() {
+        CPU_MODELS.iter().map(|m| m.to_string()).collect()
+    } else {
+        args.models.clone()
+    };
+    let kernels: &[Kernels] = match args.kernels {
+        KernelChoice::Cardinal => &[Kernels::Cardinal],
+        KernelChoice::Candle => &[Kernels::Candle],
+        KernelChoice::Both => &[Kernels::Cardinal, Kernels::Candle],
+    };
+    if args.steps == 0 {
+        anyhow::bail!("--steps must be at least 1");
+    }
+    let mut cases = Vec::new();
+    for model in &models {
+        let mut spec = model_arg::resolve(model)?.spec;
+        if let Some(size) = args.input_size {
+            spec.input_size = size;
+        }
+        if let Some(form) = args.form {
+            spec.form = form;
+        }
+        let complexity = cardinal_zoo::Complexity::of(&spec)
+            .with_context(|| format!("model {model} at input size {}", spec.input_size))?;
+        let batch_size = args.batch_size.unwrap_or(match spec.stem {
+            Stem::Imagenet { .. } => 16,
+            Stem::Cifar { .. } => 128,
+        });
+        for &k in kernels {
+            let name = match args.form {
+                Some(form) => format!("{model} form {form}"),
+                None => model.clone(),
+            };
+            let case = train_case(&name, &spec, batch_size, k, &args)?;
+            cases.push(TrainCase {
+                params: complexity.params,
+                macs: complexity.macs,
+                ..case
+            });
+        }
+    }
+    match args.format {
+        Format::Json if cases.len() == 1 => print_json(&cases[0]),
+        Format::Json => print_json(&cases),
+        _ => {
+            let mut t = Table::new([
+                "model",
+                "kernels",
+                "batch",
+                "input",
+                "ms / step",
+                "img/s",
+                "peak RSS MiB",
+                "MMACs",
+            ]);
+            for c in &cases {
+                t.row([
+                    c.model.clone(),
+                    c.kernels.to_string(),
+                    c.batch_size.to_string(),
+                    c.input_size.to_string(),
+                    format!("{:.0}", c.ms_per_step),
+                    format!("{:.1}", c.images_per_sec),
+                    c.peak_rss_bytes.map_or("-".into(), |b| {
+                        format!("{:.0}", b as f64 / (1 << 20) as f64)
+                    }),
+                    format!("{:.1}", c.macs as f64 / 1e6),
+                ]);
+            }
+            print!("{}", t.render());
+            if args.kernels == KernelChoice::Both {
+                for pair in cases.chunks(2) {
+                    println!(
+                        "{}: cardinal kernels {:.2}x candle's ops",
+                        pair[0].model,
+                        pair[0].images_per_sec / pair[1].images_per_sec
+                    );
+                }
+            }
+            println!("threads: {}", cardinal_train::run::threads());
+            Ok(())
+        }
+    }
+}
+
+/// Times `args.steps` full SGD steps of one model with one kernel choice.
+fn train_case(
+    model: &str,
+    spec: &cardinal_zoo::NetSpec,
+    batch_size: usize,
+    kernels: Kernels,
+    args: &BenchTrainArgs,
+) -> Result<TrainCase> {
+    let state = init_weights(spec, 0, &Device::Cpu)?;
+    let mut net = ResNet::new(spec, &state)?;
+    net.set_kernels(kernels);
+    let x = Tensor::randn(
+        0f32,
+        1.0,
+        (
+            batch_size,
+            spec.in_channels,
+            spec.input_size,
+            spec.input_size,
+        ),
+        &Device::Cpu,
+    )?;
+    let labels: Vec<u32> = (0..batch_size)
+        .map(|i| (i * 7919 % spec.classes) as u32)
+        .collect();
+    let labels = Tensor::new(labels.as_slice(), &Device::Cpu)?;
+    let mut sgd = Sgd::new(net.params().trainable(), 0.9, false, 5e-4, false);
+    let reset = reset_peak_rss();
+    let progress = indicatif::ProgressBar::new((args.warmup + args.steps) as u64).with_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} steps, ETA {eta}")
+            .expect("valid template"),
+    );
+    progress.set_message(format!("{model} ({})", kernel_name(kernels)));
+    let mut times = Vec::new();
+    for step in 0..args.warmup + args.steps {
+        let start = Instant::now();
+        let logits = net.forward_t(&x, true)?;
+        let loss = cardinal_train::run::cross_entropy(&logits, &labels)?;
+        let grads = loss.backward()?;
+        sgd.step(&grads, 0.01)?;
+        if step >= args.warmup {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    let ms_per_step = median(times);
+    Ok(TrainCase {
+        model: model.to_string(),
+        kernels: kernel_name(kernels),
+        batch_size,
+        input_size: spec.input_size,
+        steps: args.steps,
+        ms_per_step,
+        images_per_sec: batch_size as f64 / ms_per_step * 1e3,
+        peak_rss_bytes: if reset { peak_rss_bytes() } else { None },
+        params: 0,
+        macs: 0,
+        threads: cardinal_train::run::threads(),
+        spec: spec.clone(),
+    })
+}
+
+fn kernel_name(kernels: Kernels) -> &'static str {
+    match kernels {
+        Kernels::Cardinal => "cardinal",
+        Kernels::Candle => "candle",
     }
 }
 
@@ -239,54 +488,43 @@ fn time_ms(repeats: usize, f: impl Fn() -> candle_core::Result<()>) -> Option<f6
     Some(median(times))
 }
 
+/// One convolution layer to time: batch, channels in and out, square side, kernel, stride,
+/// groups.
+type ConvShape = (usize, usize, usize, usize, usize, usize, usize);
+
 fn conv(args: BenchConvArgs) -> Result<()> {
-    // (name, batch, channels in, channels out, side, kernel, stride, groups)
-    let cases = [
+    // The shapes of the speed table in the performance issue, batch 8.
+    let mut cases: Vec<(String, ConvShape)> = [
         (
             "grouped 3x3, C=32, 128 ch, 28x28",
-            8,
-            128,
-            128,
-            28,
-            3,
-            1,
-            32,
+            (8, 128, 128, 28, 3, 1, 32),
         ),
-        ("dense 3x3, 128 ch, 28x28", 8, 128, 128, 28, 3, 1, 1),
+        ("dense 3x3, 128 ch, 28x28", (8, 128, 128, 28, 3, 1, 1)),
         (
             "grouped 3x3 stride 2, C=32, 256 ch, 56x56",
-            8,
-            256,
-            256,
-            56,
-            3,
-            2,
-            32,
+            (8, 256, 256, 56, 3, 2, 32),
         ),
-        ("1x1, 256->128, 28x28", 8, 256, 128, 28, 1, 1, 1),
-        (
-            "cpu_resnext20_4x12d stage 1 3x3 (4x12d), batch 128",
-            128,
-            48,
-            48,
-            14,
-            3,
-            1,
-            4,
-        ),
-        (
-            "cpu_resnext20_32x2d stage 1 3x3 (32x2d), batch 128",
-            128,
-            64,
-            64,
-            14,
-            3,
-            1,
-            32,
-        ),
-    ];
+        ("1x1, 256->128, 28x28", (8, 256, 128, 28, 1, 1, 1)),
+    ]
+    .into_iter()
+    .map(|(name, shape)| (name.to_string(), shape))
+    .collect();
+    // The grouped 3x3 layer of every cell of the cardinality grid (stage 1 of the template,
+    // d solved to preserve complexity), at the training batch size.
+    let template = cardinal_zoo::preset(GRID_TEMPLATE)?;
+    let side = template.block_shapes()[0][0].input_size;
+    for cell in cardinal_zoo::preserve_complexity(&template, 0, &GRID_CARDINALITIES)? {
+        let (c, width) = (cell.cardinality, cell.group_width);
+        cases.push((
+            format!(
+                "grid {c}x{}d: {GRID_TEMPLATE} stage 1 3x3, batch 128",
+                cell.bottleneck_width
+            ),
+            (128, width, width, side, 3, 1, c),
+        ));
+    }
     let mut rows = Vec::new();
-    for (name, n, c_in, c_out, side, k, stride, groups) in cases {
+    for (name, (n, c_in, c_out, side, k, stride, groups)) in cases {
         let x = candle_core::Var::from_tensor(&Tensor::randn(
             0f32,
             1.0,
@@ -330,7 +568,14 @@ fn conv(args: BenchConvArgs) -> Result<()> {
             time_ms(args.repeats, || theirs(false)).context("candle conv failed")?;
         let candle_train_ms = time_ms(args.repeats, || theirs(true));
         rows.push(ConvCase {
-            case: name.to_string(),
+            case: name,
+            batch: n,
+            in_channels: c_in,
+            out_channels: c_out,
+            side,
+            kernel: k,
+            stride,
+            groups,
             cardinal_forward_ms,
             cardinal_train_ms,
             candle_forward_ms,

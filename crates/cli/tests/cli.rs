@@ -334,3 +334,83 @@ fn per_layer_csv_adds_up_to_the_total() {
         "grouped conv: 128*4*9 weights"
     );
 }
+
+/// The JSON contract of `cardinal bench train`: one case is one object, the kernel choice
+/// `both` gives two cases (cardinal's kernels, then candle's ops) with the spec attached.
+#[test]
+fn bench_train_reports_images_per_second_and_memory_as_json() {
+    let out = cardinal()
+        .args([
+            "bench",
+            "train",
+            "--model",
+            "cpu_resnext11_4x12d",
+            "--batch-size",
+            "4",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let case: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(case["model"], "cpu_resnext11_4x12d");
+    assert_eq!(case["batch_size"], 4);
+    assert_eq!(case["input_size"], 28);
+    assert!(case["images_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(case["peak_rss_bytes"].as_u64().unwrap() > 1 << 20);
+    assert_eq!(case["spec"]["cardinality"], 4);
+
+    let out = cardinal()
+        .args([
+            "bench",
+            "train",
+            "--model",
+            "cpu_resnet11",
+            "--batch-size",
+            "2",
+            "--input-size",
+            "20",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--kernels",
+            "both",
+            "--form",
+            "A",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cases: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let kernels: Vec<&str> = cases
+        .iter()
+        .map(|c| c["kernels"].as_str().unwrap())
+        .collect();
+    assert_eq!(kernels, ["cardinal", "candle"]);
+    assert!(cases
+        .iter()
+        .all(|c| c["input_size"] == 20 && c["spec"]["form"] == "A"));
+
+    let out = cardinal()
+        .args(["bench", "train", "--model", "cpu_resnet11", "--form", "D"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected A, B or C"));
+}

@@ -1,193 +1,478 @@
-//! Convolution on the CPU as im2col + one batched matrix product per group, with backward
-//! passes: candle's own conv2d runs grouped convolutions one group at a time and computes its
-//! input and weight gradients with direct loops, which makes training several times slower
-//! than inference. Here the forward, the input gradient and the weight gradient are all gemm
-//! products (candle's matmul and its backward); only the cheap unfold (im2col) and its
-//! adjoint (col2im) are written by hand, as custom ops that are each other's gradient.
+//! Convolution on the CPU as one custom op: im2col + gemm per image and group, with a
+//! backward pass that computes the input gradient (gemm + col2im) and the weight gradient
+//! (gemm over im2col columns) directly.
 //!
-//! Used by `ResNet` on the CPU. Side by side in whole training steps (forward, loss,
-//! backward at batch 128, `cardinal bench data --model M`), it makes cpu_resnet20 1.3-1.5x,
-//! cpu_resnext20_4x12d 1.4x and cpu_resnext20_32x2d 1.3-1.8x faster than candle's conv2d;
-//! `cardinal bench conv` compares single layers.
+//! candle's own conv2d runs grouped convolutions one group at a time and computes its input
+//! and weight gradients with direct loops. Expressing im2col + matmul with candle tensor ops
+//! instead (an earlier version of this file) is faster, but every reshape, permute and copy
+//! around the matmul becomes a node of candle's backward graph, and each node costs a
+//! zeroed buffer and an add as large as the column matrix (9x the activation for a 3x3
+//! kernel). As one op, the backward graph has one node per convolution, and the columns of
+//! one image live only in a per-thread buffer.
+//!
+//! Work is split over images (each image's columns, products and col2im are independent),
+//! so with a batch of at least one image per thread every core runs single-threaded gemm
+//! on cache-sized matrices. The weight gradient sums over images in fixed chunks, in a
+//! fixed order: the result does not depend on how threads were scheduled.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-/// Unfolds [N, C, H, W] into columns [N, C*k*k, Ho*Wo] (rows ordered c, ky, kx: the layout
-/// of a conv weight [Cout, C, k, k] flattened), zero outside the padded input.
+use crate::cpu::{contiguous, cpu_slice, float_dispatch};
+
+/// The geometry of one convolution: square kernel, stride, zero padding, groups.
 #[derive(Debug, Clone, Copy)]
-struct Im2Col {
-    kernel: usize,
+struct Conv2d {
     stride: usize,
     padding: usize,
+    groups: usize,
 }
 
-/// The adjoint of `Im2Col`: sums columns back into an image of `height` x `width`.
+/// The sizes every pass needs, derived once from x [N, C, H, W] and weight [Cout, C/G, k, k].
 #[derive(Debug, Clone, Copy)]
-struct Col2Im {
-    kernel: usize,
+struct Dims {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    k: usize,
+    ho: usize,
+    wo: usize,
     stride: usize,
     padding: usize,
-    height: usize,
-    width: usize,
+    groups: usize,
+}
+
+impl Dims {
+    fn new(x: &[usize], weight: &[usize], op: Conv2d) -> Result<Dims> {
+        let (&[n, c, h, w], &[c_out, c_group, kh, kw]) = (x, weight) else {
+            candle_core::bail!("conv2d: expected 4-d input and weight, got {x:?} and {weight:?}");
+        };
+        if kh != kw || c_group * op.groups != c || c_out % op.groups != 0 {
+            candle_core::bail!(
+                "conv2d: weight {weight:?} does not fit input {x:?} in {} groups",
+                op.groups
+            );
+        }
+        if h + 2 * op.padding < kh || w + 2 * op.padding < kw {
+            candle_core::bail!("conv2d: input {x:?} is smaller than the kernel {kh}x{kw}");
+        }
+        Ok(Dims {
+            n,
+            c,
+            h,
+            w,
+            c_out,
+            k: kh,
+            ho: out_size(h, kh, op.stride, op.padding),
+            wo: out_size(w, kw, op.stride, op.padding),
+            stride: op.stride,
+            padding: op.padding,
+            groups: op.groups,
+        })
+    }
+
+    /// Output positions per image.
+    fn l(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    /// Rows of one group's column matrix (and columns of its weight matrix).
+    fn depth(&self) -> usize {
+        self.c / self.groups * self.k * self.k
+    }
+
+    fn c_out_group(&self) -> usize {
+        self.c_out / self.groups
+    }
+
+    /// A 1x1 stride-1 convolution needs no unfolding: an image is its own column matrix.
+    fn direct(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.padding == 0
+    }
 }
 
 fn out_size(size: usize, kernel: usize, stride: usize, padding: usize) -> usize {
     (size + 2 * padding - kernel) / stride + 1
 }
 
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: input must be contiguous"),
-    }
-}
-
-fn im2col<T: Copy + Default + Send + Sync>(
-    src: &[T],
-    (n, c, h, w): (usize, usize, usize, usize),
-    op: Im2Col,
-) -> Vec<T> {
-    let (k, s, p) = (op.kernel, op.stride, op.padding);
-    let (ho, wo) = (out_size(h, k, s, p), out_size(w, k, s, p));
-    let l = ho * wo;
-    let mut out = vec![T::default(); n * c * k * k * l];
-    // One (image, channel) pair per task: k*k rows of the column matrix.
-    out.par_chunks_mut(k * k * l)
-        .enumerate()
-        .for_each(|(nc, rows)| {
-            let plane = &src[nc * h * w..(nc + 1) * h * w];
-            for ky in 0..k {
-                for kx in 0..k {
-                    let row = &mut rows[(ky * k + kx) * l..(ky * k + kx + 1) * l];
-                    for oy in 0..ho {
-                        let y = (oy * s + ky) as isize - p as isize;
-                        let dst = &mut row[oy * wo..(oy + 1) * wo];
-                        if y < 0 || y >= h as isize {
-                            continue; // stays zero
-                        }
-                        let line = &plane[y as usize * w..(y as usize + 1) * w];
-                        for (ox, d) in dst.iter_mut().enumerate() {
-                            let x = (ox * s + kx) as isize - p as isize;
-                            if x >= 0 && x < w as isize {
-                                *d = line[x as usize];
-                            }
-                        }
-                    }
-                }
-            }
-        });
-    out
-}
-
-fn col2im<T: Copy + Default + Send + Sync + std::ops::AddAssign>(
-    cols: &[T],
-    (n, ckk, _l): (usize, usize, usize),
-    op: Col2Im,
-) -> Vec<T> {
-    let (k, s, p) = (op.kernel, op.stride, op.padding);
-    let (h, w) = (op.height, op.width);
-    let (ho, wo) = (out_size(h, k, s, p), out_size(w, k, s, p));
-    let l = ho * wo;
-    let c = ckk / (k * k);
-    let mut out = vec![T::default(); n * c * h * w];
-    out.par_chunks_mut(h * w)
-        .enumerate()
-        .for_each(|(nc, plane)| {
-            let rows = &cols[nc * k * k * l..(nc + 1) * k * k * l];
-            for ky in 0..k {
-                for kx in 0..k {
-                    let row = &rows[(ky * k + kx) * l..(ky * k + kx + 1) * l];
-                    for oy in 0..ho {
-                        let y = (oy * s + ky) as isize - p as isize;
-                        if y < 0 || y >= h as isize {
-                            continue;
-                        }
-                        let line = &mut plane[y as usize * w..(y as usize + 1) * w];
-                        for (ox, v) in row[oy * wo..(oy + 1) * wo].iter().enumerate() {
-                            let x = (ox * s + kx) as isize - p as isize;
-                            if x >= 0 && x < w as isize {
-                                line[x as usize] += *v;
-                            }
-                        }
-                    }
-                }
-            }
-        });
-    out
-}
-
-/// Runs a kernel on f32 or f64 storage (the dtypes the models train and check in).
-macro_rules! on_float_storage {
-    ($storage:expr, $layout:expr, $name:expr, $kernel:ident, $dims:expr, $op:expr) => {
-        match $storage {
-            CpuStorage::F32(v) => {
-                CpuStorage::F32($kernel(contiguous(v, $layout, $name)?, $dims, $op))
-            }
-            CpuStorage::F64(v) => {
-                CpuStorage::F64($kernel(contiguous(v, $layout, $name)?, $dims, $op))
-            }
-            other => candle_core::bail!("{}: dtype {:?} is not supported", $name, other.dtype()),
-        }
+/// The output columns `lo..hi` whose input column `ox * stride + offset` lies in the image
+/// (`offset` is kx - padding), so the inner loops need no bounds test.
+fn inside(out: usize, size: usize, stride: usize, offset: isize) -> (usize, usize) {
+    let lo = if offset >= 0 {
+        0
+    } else {
+        offset.unsigned_abs().div_ceil(stride)
     };
+    let hi = if offset >= size as isize {
+        0
+    } else {
+        ((size as isize - offset) as usize)
+            .div_ceil(stride)
+            .min(out)
+    };
+    (lo.min(hi), hi)
 }
 
-impl CustomOp1 for Im2Col {
-    fn name(&self) -> &'static str {
-        "im2col"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dims = layout.shape().dims4()?;
-        let (n, c, h, w) = dims;
-        let (ho, wo) = (
-            out_size(h, self.kernel, self.stride, self.padding),
-            out_size(w, self.kernel, self.stride, self.padding),
-        );
-        let shape = Shape::from((n, c * self.kernel * self.kernel, ho * wo));
-        let out = on_float_storage!(storage, layout, "im2col", im2col, dims, *self);
-        Ok((out, shape))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let (_, _, height, width) = arg.dims4()?;
-        let op = Col2Im {
-            kernel: self.kernel,
-            stride: self.stride,
-            padding: self.padding,
-            height,
-            width,
-        };
-        Ok(Some(grad_res.contiguous()?.apply_op1(op)?))
+/// Unfolds one image [C, H, W] into columns [C*k*k, Ho*Wo] (rows ordered c, ky, kx: the
+/// layout of a conv weight [Cout, C, k, k] flattened), zero outside the padded image.
+fn im2col<T: WithDType>(image: &[T], d: &Dims, cols: &mut [T]) {
+    let (k, s, l) = (d.k, d.stride, d.l());
+    for (ch, plane) in image.chunks_exact(d.h * d.w).enumerate() {
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut cols[((ch * k + ky) * k + kx) * l..][..l];
+                let offset = kx as isize - d.padding as isize;
+                let (lo, hi) = inside(d.wo, d.w, s, offset);
+                for (oy, dst) in row.chunks_exact_mut(d.wo).enumerate() {
+                    let y = (oy * s + ky) as isize - d.padding as isize;
+                    if y < 0 || y >= d.h as isize || lo == hi {
+                        dst.fill(T::zero());
+                        continue;
+                    }
+                    dst[..lo].fill(T::zero());
+                    dst[hi..].fill(T::zero());
+                    let first = (lo * s) as isize + offset;
+                    let line = &plane[y as usize * d.w + first as usize..(y as usize + 1) * d.w];
+                    if s == 1 {
+                        dst[lo..hi].copy_from_slice(&line[..hi - lo]);
+                    } else {
+                        for (v, src) in dst[lo..hi].iter_mut().zip(line.iter().step_by(s)) {
+                            *v = *src;
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
-impl CustomOp1 for Col2Im {
+/// The adjoint of `im2col`: adds columns [C*k*k, Ho*Wo] back into one image [C, H, W].
+fn col2im<T: WithDType>(cols: &[T], d: &Dims, image: &mut [T]) {
+    let (k, s, l) = (d.k, d.stride, d.l());
+    for (ch, plane) in image.chunks_exact_mut(d.h * d.w).enumerate() {
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &cols[((ch * k + ky) * k + kx) * l..][..l];
+                let offset = kx as isize - d.padding as isize;
+                let (lo, hi) = inside(d.wo, d.w, s, offset);
+                for (oy, src) in row.chunks_exact(d.wo).enumerate() {
+                    let y = (oy * s + ky) as isize - d.padding as isize;
+                    if y < 0 || y >= d.h as isize || lo == hi {
+                        continue;
+                    }
+                    let first = (lo * s) as isize + offset;
+                    let line =
+                        &mut plane[y as usize * d.w + first as usize..(y as usize + 1) * d.w];
+                    for (dst, v) in line.iter_mut().step_by(s).zip(&src[lo..hi]) {
+                        *dst += *v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A matrix view for gemm inside a slice: element (i, j) at offset + i * row + j * col.
+#[derive(Clone, Copy)]
+struct Mat<'a, T> {
+    data: &'a [T],
+    offset: usize,
+    row: usize,
+    col: usize,
+}
+
+impl<'a, T: Copy> Mat<'a, T> {
+    /// A row-major matrix with `row` elements per row, starting at `offset`.
+    fn rows(data: &'a [T], offset: usize, row: usize) -> Mat<'a, T> {
+        Mat {
+            data,
+            offset,
+            row,
+            col: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix with `row` elements per row.
+    fn transposed(data: &'a [T], offset: usize, row: usize) -> Mat<'a, T> {
+        Mat {
+            data,
+            offset,
+            row: 1,
+            col: row,
+        }
+    }
+
+    fn at(&self, i: usize, j: usize) -> T {
+        self.data[self.offset + i * self.row + j * self.col]
+    }
+
+    /// The `len` elements from (i, j) along a row, which must be contiguous (col == 1).
+    fn row_from(&self, i: usize, len: usize) -> &'a [T] {
+        &self.data[self.offset + i * self.row..][..len]
+    }
+}
+
+/// Output rows up to which a product is computed by the plain loops below instead of
+/// gemm: the one-row-per-path products of high cardinality (C = 32 with d = 2 has two
+/// output channels per group), where gemm's packing costs more than the arithmetic.
+const SMALL_ROWS: usize = 8;
+
+/// Dot product in independent lanes, so that it vectorizes; lanes combine in a fixed order.
+fn dot<T: WithDType>(a: &[T], b: &[T]) -> T {
+    const LANES: usize = 8;
+    let mut acc = [T::zero(); LANES];
+    let whole = a.len() / LANES * LANES;
+    for (x, y) in a[..whole]
+        .chunks_exact(LANES)
+        .zip(b[..whole].chunks_exact(LANES))
+    {
+        for lane in 0..LANES {
+            acc[lane] += x[lane] * y[lane];
+        }
+    }
+    let mut total = acc.iter().fold(T::zero(), |t, &v| t + v);
+    for (x, y) in a[whole..].iter().zip(&b[whole..]) {
+        total += *x * *y;
+    }
+    total
+}
+
+/// dst [m, n] (row-major, `dst_row` apart) = lhs [m, depth] x rhs [depth, n], added to dst
+/// when `accumulate`. Single-threaded: the callers already split work over images.
+fn gemm<T: WithDType>(
+    (m, n, depth): (usize, usize, usize),
+    dst: &mut [T],
+    dst_row: usize,
+    accumulate: bool,
+    lhs: Mat<T>,
+    rhs: Mat<T>,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        dst.len() >= (m - 1) * dst_row + n,
+        "gemm: destination too small"
+    );
+    if m <= SMALL_ROWS && rhs.col == 1 {
+        // Each output row is a sum of rhs rows scaled by lhs entries (axpy).
+        for i in 0..m {
+            let out = &mut dst[i * dst_row..i * dst_row + n];
+            if !accumulate {
+                out.fill(T::zero());
+            }
+            for k in 0..depth {
+                let a = lhs.at(i, k);
+                for (o, &v) in out.iter_mut().zip(rhs.row_from(k, n)) {
+                    *o += a * v;
+                }
+            }
+        }
+        return;
+    }
+    if m <= SMALL_ROWS && lhs.col == 1 && rhs.row == 1 {
+        // rhs is a transposed row-major matrix: every output is a dot product of two rows.
+        let columns = Mat::rows(rhs.data, rhs.offset, rhs.col);
+        for i in 0..m {
+            let a = lhs.row_from(i, depth);
+            for j in 0..n {
+                let v = dot(a, columns.row_from(j, depth));
+                let o = &mut dst[i * dst_row + j];
+                *o = if accumulate { *o + v } else { v };
+            }
+        }
+        return;
+    }
+    let lhs_end = lhs.offset + (m - 1) * lhs.row + depth.saturating_sub(1) * lhs.col;
+    let rhs_end = rhs.offset + depth.saturating_sub(1) * rhs.row + (n - 1) * rhs.col;
+    assert!(
+        depth == 0 || (lhs_end < lhs.data.len() && rhs_end < rhs.data.len()),
+        "gemm: operand view out of bounds"
+    );
+    // SAFETY: dst holds m rows of n elements `dst_row` apart, and the last element of each
+    // operand view lies inside its slice (both checked above); strides are positive, so
+    // every element gemm reads or writes lies inside the slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            depth,
+            dst.as_mut_ptr(),
+            1,
+            dst_row as isize,
+            accumulate,
+            lhs.data.as_ptr().add(lhs.offset),
+            lhs.col as isize,
+            lhs.row as isize,
+            rhs.data.as_ptr().add(rhs.offset),
+            rhs.col as isize,
+            rhs.row as isize,
+            T::from_f64(1.0),
+            T::from_f64(1.0),
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// y[n] = W_g x cols_g(x[n]) for every image and group.
+fn forward<T: WithDType>(x: &[T], weight: &[T], d: &Dims) -> Vec<T> {
+    let (l, depth, cog) = (d.l(), d.depth(), d.c_out_group());
+    let mut y = vec![T::zero(); d.n * d.c_out * l];
+    y.par_chunks_mut(d.c_out * l).enumerate().for_each_init(
+        Vec::new,
+        |buf: &mut Vec<T>, (img, out)| {
+            let image = &x[img * d.c * d.h * d.w..(img + 1) * d.c * d.h * d.w];
+            let cols: &[T] = if d.direct() {
+                image
+            } else {
+                buf.resize(d.c * d.k * d.k * l, T::zero());
+                im2col(image, d, buf);
+                buf
+            };
+            for g in 0..d.groups {
+                gemm(
+                    (cog, l, depth),
+                    &mut out[g * cog * l..],
+                    l,
+                    false,
+                    Mat::rows(weight, g * cog * depth, depth),
+                    Mat::rows(cols, g * depth * l, l),
+                );
+            }
+        },
+    );
+    y
+}
+
+/// dx[n] = col2im(W_g^T x dy_g[n]).
+fn input_grad<T: WithDType>(dy: &[T], weight: &[T], d: &Dims) -> Vec<T> {
+    let (l, depth, cog) = (d.l(), d.depth(), d.c_out_group());
+    let mut dx = vec![T::zero(); d.n * d.c * d.h * d.w];
+    dx.par_chunks_mut(d.c * d.h * d.w)
+        .enumerate()
+        .for_each_init(Vec::new, |buf: &mut Vec<T>, (img, image)| {
+            let grad = &dy[img * d.c_out * l..(img + 1) * d.c_out * l];
+            let direct = d.direct();
+            if !direct {
+                buf.resize(d.c * d.k * d.k * l, T::zero());
+            }
+            let cols: &mut [T] = if direct { image } else { buf };
+            for g in 0..d.groups {
+                gemm(
+                    (depth, l, cog),
+                    &mut cols[g * depth * l..],
+                    l,
+                    false,
+                    Mat::transposed(weight, g * cog * depth, depth),
+                    Mat::rows(grad, g * cog * l, l),
+                );
+            }
+            if !direct {
+                col2im(buf, d, image);
+            }
+        });
+    dx
+}
+
+/// Images per partial sum of the weight gradient: a fixed split, so that the sum's order,
+/// and thus its rounding, is the same on every run and thread count.
+const IMAGES_PER_PARTIAL: usize = 8;
+
+/// dW_g = sum over images of dy_g[n] x cols_g(x[n])^T.
+fn weight_grad<T: WithDType>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
+    let (l, depth, cog) = (d.l(), d.depth(), d.c_out_group());
+    let size = d.c_out * depth;
+    let image_len = d.c * d.h * d.w;
+    let partials: Vec<Vec<T>> = (0..d.n.div_ceil(IMAGES_PER_PARTIAL))
+        .into_par_iter()
+        .map(|chunk| {
+            let mut acc = vec![T::zero(); size];
+            let mut buf = Vec::new();
+            let images = chunk * IMAGES_PER_PARTIAL..((chunk + 1) * IMAGES_PER_PARTIAL).min(d.n);
+            for (i, img) in images.enumerate() {
+                let image = &x[img * image_len..(img + 1) * image_len];
+                let cols: &[T] = if d.direct() {
+                    image
+                } else {
+                    buf.resize(d.c * d.k * d.k * l, T::zero());
+                    im2col(image, d, &mut buf);
+                    &buf
+                };
+                let grad = &dy[img * d.c_out * l..(img + 1) * d.c_out * l];
+                for g in 0..d.groups {
+                    gemm(
+                        (cog, depth, l),
+                        &mut acc[g * cog * depth..],
+                        depth,
+                        i > 0,
+                        Mat::rows(grad, g * cog * l, l),
+                        Mat::transposed(cols, g * depth * l, l),
+                    );
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![T::zero(); size];
+    for partial in &partials {
+        for (t, p) in total.iter_mut().zip(partial) {
+            *t += *p;
+        }
+    }
+    total
+}
+
+impl CustomOp2 for Conv2d {
     fn name(&self) -> &'static str {
-        "col2im"
+        "conv2d-gemm"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dims = layout.shape().dims3()?;
-        let c = dims.1 / (self.kernel * self.kernel);
-        let shape = Shape::from((dims.0, c, self.height, self.width));
-        let out = on_float_storage!(storage, layout, "col2im", col2im, dims, *self);
-        Ok((out, shape))
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::new(l1.dims(), l2.dims(), *self)?;
+        let y = float_dispatch!(s1.dtype(), "conv2d", T => T::to_cpu_storage_owned(forward::<T>(
+            contiguous(s1.as_slice::<T>()?, l1, "conv2d")?,
+            contiguous(s2.as_slice::<T>()?, l2, "conv2d")?,
+            &d,
+        )));
+        Ok((y, Shape::from((d.n, d.c_out, d.ho, d.wo))))
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let op = Im2Col {
-            kernel: self.kernel,
-            stride: self.stride,
-            padding: self.padding,
-        };
-        Ok(Some(grad_res.contiguous()?.apply_op1(op)?))
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = Dims::new(x.dims(), weight.dims(), *self)?;
+        let grad = grad_res.contiguous()?;
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = weight.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        float_dispatch!(x.dtype(), "conv2d", T => {
+            let (xv, wv, gv) = (cpu_slice::<T>(&xs, xl, "conv2d")?, cpu_slice::<T>(&ws, wl, "conv2d")?, cpu_slice::<T>(&gs, gl, "conv2d")?);
+            let dx = Tensor::from_vec(input_grad(gv, wv, &d), x.shape(), x.device())?;
+            let dw = Tensor::from_vec(weight_grad(xv, gv, &d), weight.shape(), weight.device())?;
+            Ok((Some(dx), Some(dw)))
+        })
     }
 }
 
 /// conv2d(x [N, C, H, W], weight [Cout, C/groups, k, k]) with square kernels, any stride,
-/// padding and groups, as im2col + batched matmul. Differentiable in x and weight.
+/// padding and groups, on the CPU in f32 or f64. Differentiable in x and weight. Shapes
+/// and devices it does not cover go to candle's conv2d.
 pub fn conv2d(
     x: &Tensor,
     weight: &Tensor,
@@ -195,45 +480,19 @@ pub fn conv2d(
     stride: usize,
     groups: usize,
 ) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    let (c_out, c_group, kh, kw) = weight.dims4()?;
-    if kh != kw || c_group * groups != c || c_out % groups != 0 {
-        // Shapes this path does not cover go to candle's reference.
+    let op = Conv2d {
+        stride,
+        padding,
+        groups,
+    };
+    let supported = x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && x.dtype() == weight.dtype()
+        && Dims::new(x.dims(), weight.dims(), op).is_ok();
+    if !supported {
         return x.conv2d(weight, padding, stride, 1, groups);
     }
-    let k = kh;
-    let (ho, wo) = (
-        out_size(h, k, stride, padding),
-        out_size(w, k, stride, padding),
-    );
-    let l = ho * wo;
-    // A 1x1 stride-1 convolution needs no unfolding: its columns are the image.
-    let cols = if k == 1 && stride == 1 && padding == 0 {
-        x.reshape((n, c, l))?
-    } else {
-        x.contiguous()?.apply_op1(Im2Col {
-            kernel: k,
-            stride,
-            padding,
-        })?
-    };
-    let depth = c_group * k * k;
-    let c_group_out = c_out / groups;
-    // One gemm per group over the whole batch: columns [G, depth, N*L] against weights
-    // [G, Cout/G, depth]. Batching over images instead would make the weight gradient a sum
-    // of N small products (a broadcast reduction), which is far slower.
-    let cols = cols
-        .reshape((n, groups, depth, l))?
-        .permute((1, 2, 0, 3))?
-        .contiguous()?
-        .reshape((groups, depth, n * l))?;
-    let wmat = weight.reshape((groups, c_group_out, depth))?;
-    let out = wmat
-        .matmul(&cols)?
-        .reshape((groups, c_group_out, n, l))?
-        .permute((2, 0, 1, 3))?
-        .contiguous()?;
-    out.reshape((n, c_out, ho, wo))
+    x.contiguous()?.apply_op2(&weight.contiguous()?, op)
 }
 
 #[cfg(test)]
@@ -254,6 +513,9 @@ mod tests {
             (2, 6, 7, 7, 10, 1, 2, 0, 1),
             (2, 6, 7, 7, 10, 1, 1, 0, 2),
             (1, 3, 11, 11, 4, 7, 2, 3, 1),
+            // More than SMALL_ROWS output channels per group: the gemm path.
+            (2, 12, 7, 7, 12, 3, 1, 1, 1),
+            (2, 16, 9, 11, 24, 3, 2, 1, 2),
         ];
         for dtype in [DType::F64, DType::F32] {
             for (i, &(n, c, h, w, c_out, k, s, p, g)) in cases.iter().enumerate() {
@@ -342,6 +604,7 @@ mod tests {
             (2, 3, 8, 8, 4, 3, 2, 1, 1),
             (2, 8, 6, 10, 8, 3, 2, 1, 4),
             (1, 4, 8, 6, 6, 1, 2, 0, 2),
+            (2, 16, 8, 8, 24, 3, 2, 1, 2),
         ];
         for &(n, c, h, w, c_out, k, s, p, g) in &cases {
             let rand = |shape: &[usize]| {

@@ -7,12 +7,14 @@
 
 pub mod complexity;
 pub mod convert;
+mod cpu;
 pub mod equivalence;
 pub mod error;
 pub mod init;
 pub mod kernels;
 pub mod layout;
 pub mod model;
+pub mod norm;
 pub mod presets;
 pub mod solver;
 pub mod spec;
@@ -24,7 +26,7 @@ pub type StateDict = std::collections::BTreeMap<String, candle_core::Tensor>;
 pub use complexity::Complexity;
 pub use error::{Result, ZooError};
 pub use init::init_weights;
-pub use model::{Params, ResNet};
+pub use model::{Kernels, Params, ResNet};
 pub use presets::{preset, presets, Preset};
 pub use solver::{preserve_complexity, PreservedWidth};
 pub use spec::{BlockForm, BlockKind, NetSpec, StageSpec, Stem};

@@ -75,6 +75,24 @@ impl Params {
 
 const BN_EPS: f64 = 1e-5;
 
+/// Which implementation of convolution, batch norm and the residual add a model runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Kernels {
+    /// cardinal's fused CPU kernels ([`crate::kernels`], [`crate::norm`]) on the CPU,
+    /// candle's own ops on other devices.
+    #[default]
+    Cardinal,
+    /// candle's own ops everywhere: the reference the kernels are tested and timed against.
+    Candle,
+}
+
+/// One forward pass: BN mode, and whether the fused CPU kernels run.
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    train: bool,
+    fused: bool,
+}
+
 #[derive(Debug, Clone)]
 struct Conv {
     weight: Tensor,
@@ -96,12 +114,12 @@ impl Conv {
     }
 }
 
-impl Module for Conv {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+impl Conv {
+    fn forward(&self, x: &Tensor, pass: Pass) -> candle_core::Result<Tensor> {
         // On the CPU every convolution is im2col + one gemm per group, with gemm backward
         // passes (1.3-1.8x faster train steps of the CPU models than candle's conv2d, which
         // stays the reference and serves other devices).
-        if x.device().is_cpu() {
+        if pass.fused {
             crate::kernels::conv2d(x, &self.weight, self.padding, self.stride, self.groups)
         } else {
             x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)
@@ -109,40 +127,99 @@ impl Module for Conv {
     }
 }
 
-fn batch_norm(p: &Params, name: &str) -> Result<BatchNorm> {
-    let weight = p.get(&format!("{name}.weight"))?;
-    Ok(BatchNorm::new(
+/// Batch norm with an optional ReLU folded in. On the CPU it runs the fused kernels of
+/// [`crate::norm`]; elsewhere candle-nn's `BatchNorm`, which is also their reference.
+#[derive(Debug, Clone)]
+struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    reference: BatchNorm,
+}
+
+/// PyTorch's default: running = (1 - momentum) * running + momentum * batch statistic.
+const BN_MOMENTUM: f64 = 0.1;
+
+impl Norm {
+    fn forward(&self, x: &Tensor, pass: Pass, relu: bool) -> candle_core::Result<Tensor> {
+        if !pass.fused {
+            let y = self.reference.forward_t(x, pass.train)?;
+            return if relu { y.relu() } else { Ok(y) };
+        }
+        if !pass.train {
+            return crate::norm::batch_norm_eval(
+                x,
+                &self.weight,
+                &self.bias,
+                self.running_mean.as_tensor(),
+                self.running_var.as_tensor(),
+                BN_EPS,
+                relu,
+            );
+        }
+        let (y, stats) = crate::norm::batch_norm_train(x, &self.weight, &self.bias, BN_EPS, relu)?;
+        // The running variance is unbiased, as in PyTorch (and candle-nn).
+        let unbiased = stats.count as f64 / (stats.count.max(2) - 1) as f64;
+        let update = |running: &Var, batch: Vec<f64>| -> candle_core::Result<()> {
+            let old = running.as_tensor().detach();
+            let batch = Tensor::from_vec(batch, old.dims(), old.device())?.to_dtype(old.dtype())?;
+            running.set(&((old * (1.0 - BN_MOMENTUM))? + (batch * BN_MOMENTUM)?)?)
+        };
+        update(&self.running_mean, stats.mean)?;
+        update(
+            &self.running_var,
+            stats.var.iter().map(|v| v * unbiased).collect(),
+        )?;
+        Ok(y)
+    }
+}
+
+fn batch_norm(p: &Params, name: &str) -> Result<Norm> {
+    let tensor = |field: &str| p.get(&format!("{name}.{field}"));
+    let var = |field: &str| {
+        p.var(&format!("{name}.{field}"))
+            .cloned()
+            .ok_or_else(|| ZooError::InvalidSpec {
+                field: "weights".into(),
+                reason: format!("tensor `{name}.{field}` is missing"),
+            })
+    };
+    let weight = tensor("weight")?;
+    let reference = BatchNorm::new(
         weight.dim(0)?,
-        p.get(&format!("{name}.running_mean"))?,
-        p.get(&format!("{name}.running_var"))?,
-        weight,
-        p.get(&format!("{name}.bias"))?,
+        tensor("running_mean")?,
+        tensor("running_var")?,
+        weight.clone(),
+        tensor("bias")?,
         BN_EPS,
-    )?)
+    )?;
+    Ok(Norm {
+        bias: tensor("bias")?,
+        weight,
+        running_mean: var("running_mean")?,
+        running_var: var("running_var")?,
+        reference,
+    })
 }
 
 /// conv -> BN, optionally followed by ReLU.
 fn conv_bn(
     conv: &Conv,
-    bn: &BatchNorm,
+    bn: &Norm,
     x: &Tensor,
-    train: bool,
+    pass: Pass,
     relu: bool,
 ) -> candle_core::Result<Tensor> {
-    let y = bn.forward_t(&conv.forward(x)?, train)?;
-    if relu {
-        y.relu()
-    } else {
-        Ok(y)
-    }
+    bn.forward(&conv.forward(x, pass)?, pass, relu)
 }
 
 #[derive(Debug, Clone)]
 struct Path {
     conv1: Conv,
-    bn1: BatchNorm,
+    bn1: Norm,
     /// Bottlenecks only: the 3x3 of the path and its BN.
-    middle: Option<(Conv, BatchNorm)>,
+    middle: Option<(Conv, Norm)>,
     last: Conv,
 }
 
@@ -151,27 +228,27 @@ enum Body {
     /// Bottleneck in form C (one grouped 3x3) or form B (one 3x3 per path).
     Bottleneck {
         conv1: Conv,
-        bn1: BatchNorm,
+        bn1: Norm,
         conv2: Vec<Conv>,
-        bn2: BatchNorm,
+        bn2: Norm,
         conv3: Conv,
-        bn3: BatchNorm,
+        bn3: Norm,
     },
     /// Depth-2 block with a dense first layer (forms B and C).
     Basic {
         conv1: Conv,
-        bn1: BatchNorm,
+        bn1: Norm,
         conv2: Conv,
-        bn2: BatchNorm,
+        bn2: Norm,
     },
     /// Form A: C paths summed, BN after the aggregation.
-    Paths { paths: Vec<Path>, bn: BatchNorm },
+    Paths { paths: Vec<Path>, bn: Norm },
 }
 
 #[derive(Debug, Clone)]
 struct Block {
     body: Body,
-    downsample: Option<(Conv, BatchNorm)>,
+    downsample: Option<(Conv, Norm)>,
 }
 
 impl Block {
@@ -245,7 +322,7 @@ impl Block {
         Ok(Block { body, downsample })
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, pass: Pass) -> candle_core::Result<Tensor> {
         let residual = match &self.body {
             Body::Bottleneck {
                 conv1,
@@ -255,21 +332,21 @@ impl Block {
                 conv3,
                 bn3,
             } => {
-                let h = conv_bn(conv1, bn1, x, train, true)?;
+                let h = conv_bn(conv1, bn1, x, pass, true)?;
                 let h = match conv2.as_slice() {
-                    [grouped] => grouped.forward(&h)?,
+                    [grouped] => grouped.forward(&h, pass)?,
                     split => {
                         let width = h.dim(1)? / split.len();
                         let parts = split
                             .iter()
                             .enumerate()
-                            .map(|(k, conv)| conv.forward(&h.narrow(1, k * width, width)?))
+                            .map(|(k, conv)| conv.forward(&h.narrow(1, k * width, width)?, pass))
                             .collect::<candle_core::Result<Vec<_>>>()?;
                         Tensor::cat(&parts, 1)?
                     }
                 };
-                let h = bn2.forward_t(&h, train)?.relu()?;
-                bn3.forward_t(&conv3.forward(&h)?, train)?
+                let h = bn2.forward(&h, pass, true)?;
+                bn3.forward(&conv3.forward(&h, pass)?, pass, false)?
             }
             Body::Basic {
                 conv1,
@@ -277,30 +354,34 @@ impl Block {
                 conv2,
                 bn2,
             } => {
-                let h = conv_bn(conv1, bn1, x, train, true)?;
-                conv_bn(conv2, bn2, &h, train, false)?
+                let h = conv_bn(conv1, bn1, x, pass, true)?;
+                conv_bn(conv2, bn2, &h, pass, false)?
             }
             Body::Paths { paths, bn } => {
                 let mut sum: Option<Tensor> = None;
                 for path in paths {
-                    let mut h = conv_bn(&path.conv1, &path.bn1, x, train, true)?;
+                    let mut h = conv_bn(&path.conv1, &path.bn1, x, pass, true)?;
                     if let Some((conv, bn)) = &path.middle {
-                        h = conv_bn(conv, bn, &h, train, true)?;
+                        h = conv_bn(conv, bn, &h, pass, true)?;
                     }
-                    let out = path.last.forward(&h)?;
+                    let out = path.last.forward(&h, pass)?;
                     sum = Some(match sum {
                         None => out,
                         Some(s) => (s + out)?,
                     });
                 }
-                bn.forward_t(&sum.expect("a block has at least one path"), train)?
+                bn.forward(&sum.expect("a block has at least one path"), pass, false)?
             }
         };
         let shortcut = match &self.downsample {
-            Some((conv, bn)) => conv_bn(conv, bn, x, train, false)?,
+            Some((conv, bn)) => conv_bn(conv, bn, x, pass, false)?,
             None => x.clone(),
         };
-        (residual + shortcut)?.relu()
+        if pass.fused {
+            crate::norm::add_relu_op(&residual, &shortcut)
+        } else {
+            (residual + shortcut)?.relu()
+        }
     }
 }
 
@@ -339,9 +420,10 @@ pub struct ResNet {
     spec: NetSpec,
     params: Params,
     stem_conv: Conv,
-    stem_bn: BatchNorm,
+    stem_bn: Norm,
     stages: Vec<Vec<Block>>,
     fc: candle_nn::Linear,
+    kernels: Kernels,
 }
 
 impl ResNet {
@@ -378,7 +460,17 @@ impl ResNet {
             stem_bn,
             stages,
             fc,
+            kernels: Kernels::default(),
         })
+    }
+
+    /// Switches between cardinal's CPU kernels and candle's reference ops.
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
+    }
+
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     pub fn spec(&self) -> &NetSpec {
@@ -419,13 +511,17 @@ impl ResNet {
     /// Stem and residual stages: the feature map before pooling.
     pub fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(x)?;
-        let mut h = conv_bn(&self.stem_conv, &self.stem_bn, x, train, true)?;
+        let pass = Pass {
+            train,
+            fused: x.device().is_cpu() && self.kernels == Kernels::Cardinal,
+        };
+        let mut h = conv_bn(&self.stem_conv, &self.stem_bn, x, pass, true)?;
         if matches!(self.spec.stem, Stem::Imagenet { .. }) {
             h = max_pool_3x3_s2(&h)?;
         }
         for stage in &self.stages {
             for block in stage {
-                h = block.forward_t(&h, train)?;
+                h = block.forward(&h, pass)?;
             }
         }
         Ok(h)

@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""PyTorch beside cardinal: the same networks and convolution shapes, timed the same way.
+
+Reads the JSON that `cardinal bench train --format json` and `cardinal bench conv --format
+json` print, rebuilds every case in PyTorch (networks from the `spec` cardinal reports, so
+the architecture cannot drift; parameter counts are checked against cardinal's), times it
+with the same batch, input size, warm-up and step count on the same number of threads, and
+prints one table with the ratio cardinal / PyTorch per case.
+
+    cardinal bench train --format json > train.json
+    cardinal bench conv --format json > conv.json
+    python3 benches/pytorch_reference.py --train train.json --conv conv.json
+
+`just bench-compare` does all three. PyTorch is a reference here, never a dependency of
+cardinal: without torch the script says how to install it and exits with status 3.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def load_cases(paths):
+    cases = []
+    for path in paths or []:
+        with open(path) as f:
+            data = json.load(f)
+        cases.extend(data if isinstance(data, list) else [data])
+    return cases
+
+
+def reset_peak_rss():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def build(spec):
+    """A torchvision-style ResNet/ResNeXt from a cardinal NetSpec (forms A, B and C)."""
+    import torch.nn as nn
+
+    def bn(ch):
+        return nn.BatchNorm2d(ch)
+
+    class Bottleneck(nn.Module):
+        def __init__(self, cin, cout, width, groups, stride, form):
+            super().__init__()
+            self.form = form
+            d = width // groups
+            if form == "A":
+                # C paths of 1x1 -> 3x3 -> 1x1, summed, then one BN (paper footnote).
+                self.paths = nn.ModuleList(
+                    nn.Sequential(
+                        nn.Conv2d(cin, d, 1, bias=False), bn(d), nn.ReLU(inplace=True),
+                        nn.Conv2d(d, d, 3, stride, 1, bias=False), bn(d), nn.ReLU(inplace=True),
+                        nn.Conv2d(d, cout, 1, bias=False),
+                    )
+                    for _ in range(groups)
+                )
+                self.bn_sum = bn(cout)
+            else:
+                self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+                self.bn1 = bn(width)
+                if form == "B":
+                    self.split = nn.ModuleList(
+                        nn.Conv2d(d, d, 3, stride, 1, bias=False) for _ in range(groups)
+                    )
+                else:
+                    self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+                self.bn2 = bn(width)
+                self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+                self.bn3 = bn(cout)
+            self.relu = nn.ReLU(inplace=True)
+            self.downsample = None
+            if stride != 1 or cin != cout:
+                self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), bn(cout))
+            self.groups = groups
+            self.d = d
+
+        def forward(self, x):
+            import torch
+
+            if self.form == "A":
+                out = self.bn_sum(sum(p(x) for p in self.paths))
+            else:
+                h = self.relu(self.bn1(self.conv1(x)))
+                if self.form == "B":
+                    parts = torch.split(h, self.d, dim=1)
+                    h = torch.cat([conv(p) for conv, p in zip(self.split, parts)], dim=1)
+                else:
+                    h = self.conv2(h)
+                h = self.relu(self.bn2(h))
+                out = self.bn3(self.conv3(h))
+            shortcut = x if self.downsample is None else self.downsample(x)
+            return self.relu(out + shortcut)
+
+    class Basic(nn.Module):
+        def __init__(self, cin, cout, width, groups, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, width, 3, stride, 1, groups=1, bias=False)
+            self.bn1 = bn(width)
+            self.conv2 = nn.Conv2d(width, cout, 3, 1, 1, groups=groups, bias=False)
+            self.bn2 = bn(cout)
+            self.relu = nn.ReLU(inplace=True)
+            self.downsample = None
+            if stride != 1 or cin != cout:
+                self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), bn(cout))
+
+        def forward(self, x):
+            h = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(h))
+            shortcut = x if self.downsample is None else self.downsample(x)
+            return self.relu(out + shortcut)
+
+    stem = spec["stem"]
+    ch = stem["channels"]
+    if stem["kind"] == "imagenet":
+        layers = [
+            nn.Conv2d(spec["in_channels"], ch, 7, 2, 3, bias=False), bn(ch), nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        ]
+    else:
+        layers = [
+            nn.Conv2d(spec["in_channels"], ch, 3, stem["stride"], 1, bias=False), bn(ch),
+            nn.ReLU(inplace=True),
+        ]
+    cin = ch
+    first_planes = spec["stages"][0]["planes"]
+    groups = spec["cardinality"]
+    for stage in spec["stages"]:
+        cout = stage["planes"] * spec["expansion"]
+        path_width = spec["bottleneck_width"] * stage["planes"] // first_planes
+        for b in range(stage["blocks"]):
+            stride = stage["stride"] if b == 0 else 1
+            if spec["block"] == "bottleneck":
+                layers.append(Bottleneck(cin, cout, groups * path_width, groups, stride, spec["form"]))
+            else:
+                layers.append(Basic(cin, cout, cout, groups, stride))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, spec["classes"])]
+    return nn.Sequential(*layers)
+
+
+def median_ms(fn, warmup, steps):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def train_case(torch, case):
+    spec = case["spec"]
+    model = build(spec)
+    params = sum(p.numel() for p in model.parameters())
+    if params != case["params"]:
+        raise SystemExit(
+            f"{case['model']}: PyTorch rebuild has {params} parameters, cardinal {case['params']}"
+        )
+    n, size = case["batch_size"], case["input_size"]
+    x = torch.randn(n, spec["in_channels"], size, size)
+    labels = torch.arange(n) * 7919 % spec["classes"]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    model.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), labels).backward()
+        opt.step()
+
+    reset = reset_peak_rss()
+    ms = median_ms(step, 1, case["steps"])
+    return {
+        "ms_per_step": ms,
+        "images_per_sec": n / ms * 1e3,
+        "peak_rss_bytes": peak_rss_bytes() if reset else None,
+    }
+
+
+def conv_case(torch, case, repeats):
+    import torch.nn.functional as F
+
+    x = torch.randn(case["batch"], case["in_channels"], case["side"], case["side"], requires_grad=True)
+    w = torch.randn(
+        case["out_channels"], case["in_channels"] // case["groups"], case["kernel"], case["kernel"],
+        requires_grad=True,
+    )
+    pad = case["kernel"] // 2
+
+    def forward():
+        with torch.no_grad():
+            F.conv2d(x, w, stride=case["stride"], padding=pad, groups=case["groups"])
+
+    def train():
+        F.conv2d(x, w, stride=case["stride"], padding=pad, groups=case["groups"]).sum().backward()
+
+    return median_ms(forward, 1, repeats), median_ms(train, 1, repeats)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train", action="append", help="JSON from `cardinal bench train`")
+    parser.add_argument("--conv", action="append", help="JSON from `cardinal bench conv`")
+    parser.add_argument("--conv-repeats", type=int, default=5)
+    parser.add_argument("--json", help="also write every row here")
+    args = parser.parse_args()
+    try:
+        import torch
+    except ImportError:
+        print(
+            "PyTorch is not installed: the side-by-side needs it as a reference.\n"
+            "  python3 -m venv .venv-torch && .venv-torch/bin/pip install torch "
+            "--index-url https://download.pytorch.org/whl/cpu\n"
+            "then: CARDINAL_TORCH_PYTHON=.venv-torch/bin/python just bench-compare",
+            file=sys.stderr,
+        )
+        return 3
+    train_cases, conv_cases = load_cases(args.train), load_cases(args.conv)
+    threads = (train_cases or [{}])[0].get("threads") or os.cpu_count()
+    torch.set_num_threads(threads)
+    rows = []
+    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    if train_cases:
+        header = "| train step | batch | input | cardinal img/s | PyTorch img/s | ratio | cardinal / PyTorch peak RSS |"
+        print(header)
+        print("|---|---|---|---|---|---|---|")
+        by_model = {}
+        for case in train_cases:
+            theirs = train_case(torch, case)
+            ratio = case["images_per_sec"] / theirs["images_per_sec"]
+            mem = None
+            if case.get("peak_rss_bytes") and theirs["peak_rss_bytes"]:
+                mem = case["peak_rss_bytes"] / theirs["peak_rss_bytes"]
+            label = case["model"] + ("" if case.get("kernels", "cardinal") == "cardinal" else f" ({case['kernels']} ops)")
+            print(
+                f"| {label} | {case['batch_size']} | {case['input_size']} | "
+                f"{case['images_per_sec']:.1f} | {theirs['images_per_sec']:.1f} | {ratio:.2f}x | "
+                + (f"{mem:.2f}x ({case['peak_rss_bytes'] / 2**20:.0f} / {theirs['peak_rss_bytes'] / 2**20:.0f} MiB)" if mem else "-")
+                + " |",
+                flush=True,
+            )
+            by_model[case["model"]] = (case["ms_per_step"], theirs["ms_per_step"])
+            rows.append({"kind": "train", "case": label, "cardinal": case, "pytorch": theirs, "ratio": ratio, "memory_ratio": mem})
+        if "resnet50" in by_model and "resnext50_32x4d" in by_model:
+            ours = by_model["resnext50_32x4d"][0] / by_model["resnet50"][0]
+            theirs = by_model["resnext50_32x4d"][1] / by_model["resnet50"][1]
+            print(f"\nresnext50_32x4d / resnet50 train time at equal FLOPs: cardinal {ours:.2f}, PyTorch {theirs:.2f}")
+            rows.append({"kind": "ratio", "case": "resnext50_32x4d / resnet50", "cardinal": ours, "pytorch": theirs})
+        print()
+    if conv_cases:
+        print("| convolution | cardinal fwd / fwd+bwd ms | PyTorch fwd / fwd+bwd ms | train ratio (PyTorch time / cardinal time) |")
+        print("|---|---|---|---|")
+        for case in conv_cases:
+            fwd, train = conv_case(torch, case, args.conv_repeats)
+            ratio = train / case["cardinal_train_ms"]
+            print(
+                f"| {case['case']} | {case['cardinal_forward_ms']:.1f} / {case['cardinal_train_ms']:.1f} | "
+                f"{fwd:.1f} / {train:.1f} | {ratio:.2f}x |",
+                flush=True,
+            )
+            rows.append({"kind": "conv", "case": case["case"], "cardinal": case, "pytorch": {"forward_ms": fwd, "train_ms": train}, "ratio": ratio})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,680 @@
+//! Batch norm and the residual add on the CPU as fused custom ops with backward passes.
+//!
+//! candle-nn's `BatchNorm` is a chain of about ten tensor ops (a transpose to channels-first,
+//! a copy, single-threaded reductions, broadcast ops, a transpose back that leaves the
+//! output strided), each a full pass over the activation, and its backward doubles that.
+//! Here a training-mode BN is one pass for the statistics and one for the output, its
+//! backward one pass for the two channel sums and one for the input gradient, all split
+//! over channels or planes across threads, with an optional ReLU folded in. The residual
+//! add and its ReLU are one pass too. `ResNet` uses them on the CPU; candle-nn's
+//! `BatchNorm` stays the reference (see the tests) and serves other devices.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+use crate::cpu::{contiguous, cpu_slice, float_dispatch};
+
+/// Per-channel statistics of one training batch: saved by the forward for the backward and
+/// for the running-statistics update.
+#[derive(Debug, Clone)]
+pub struct BatchStats {
+    pub mean: Vec<f64>,
+    /// Biased (divided by the count), as used to normalize.
+    pub var: Vec<f64>,
+    /// Values per channel (N * H * W): the unbiased variance is var * count / (count - 1).
+    pub count: usize,
+    invstd: Vec<f64>,
+}
+
+type SavedStats = Arc<Mutex<Option<BatchStats>>>;
+
+/// Training-mode BN of x [N, C, H, W] with weight and bias [C], ReLU optional.
+#[derive(Debug, Clone)]
+struct BatchNormTrain {
+    eps: f64,
+    relu: bool,
+    saved: SavedStats,
+}
+
+/// y = x * scale[c] + shift[c], ReLU optional: evaluation-mode BN once the running
+/// statistics are folded into scale and shift.
+#[derive(Debug, Clone, Copy)]
+struct ChannelAffine {
+    relu: bool,
+}
+
+/// max(a + b, 0): the end of every residual block.
+#[derive(Debug, Clone, Copy)]
+struct AddRelu;
+
+fn planes(layout: &Layout, op: &str) -> Result<(usize, usize, usize)> {
+    let dims = layout.dims();
+    if dims.len() < 2 {
+        candle_core::bail!("{op}: expected [N, C, ...], got {dims:?}");
+    }
+    Ok((dims[0], dims[1], dims[2..].iter().product()))
+}
+
+/// Per-channel pairs of sums: `f(channel, start)` sums over one plane (the `hw` values
+/// from `start`), and the planes of a channel are added in image order. Channels run in
+/// parallel; each channel's order is fixed, so the sums are reproducible.
+fn per_channel<F>((n, c, hw): (usize, usize, usize), f: F) -> Vec<(f64, f64)>
+where
+    F: Fn(usize, usize) -> (f64, f64) + Sync,
+{
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mut acc = (0.0, 0.0);
+            for img in 0..n {
+                let (a, b) = f(ch, (img * c + ch) * hw);
+                acc.0 += a;
+                acc.1 += b;
+            }
+            acc
+        })
+        .collect()
+}
+
+/// Sums of f over the values of one plane, accumulated in f64 in independent lanes so that
+/// the loop vectorizes (a single running sum would serialize on the add's latency); the
+/// lanes are combined in a fixed order.
+fn plane_sums<T: WithDType>(values: &[T], f: impl Fn(usize, f64) -> (f64, f64)) -> (f64, f64) {
+    const LANES: usize = 8;
+    let (mut a, mut b) = ([0.0; LANES], [0.0; LANES]);
+    let whole = values.len() / LANES * LANES;
+    for (block, chunk) in values[..whole].chunks_exact(LANES).enumerate() {
+        for lane in 0..LANES {
+            let (p, q) = f(block * LANES + lane, chunk[lane].to_f64());
+            a[lane] += p;
+            b[lane] += q;
+        }
+    }
+    for (i, v) in values.iter().enumerate().skip(whole) {
+        let (p, q) = f(i, v.to_f64());
+        a[0] += p;
+        b[0] += q;
+    }
+    (a.iter().sum(), b.iter().sum())
+}
+
+fn relu_if<T: WithDType>(relu: bool, v: T) -> T {
+    // `v < 0` rather than `max`: a NaN stays NaN, so divergence is still seen by the loss.
+    if relu && v < T::zero() {
+        T::zero()
+    } else {
+        v
+    }
+}
+
+fn train_forward<T: WithDType>(
+    x: &[T],
+    weight: &[T],
+    bias: &[T],
+    dims: (usize, usize, usize),
+    op: &BatchNormTrain,
+) -> (Vec<T>, BatchStats) {
+    let (n, c, hw) = dims;
+    let count = n * hw;
+    // One pass, shifted by a value of the channel so that the sum of squares does not
+    // cancel catastrophically when the mean is large against the spread.
+    let shift: Vec<f64> = (0..c).map(|ch| x[ch * hw].to_f64()).collect();
+    let sums = per_channel(dims, |ch, start| {
+        let k = shift[ch];
+        plane_sums(&x[start..start + hw], |_, v| ((v - k), (v - k) * (v - k)))
+    });
+    let mut mean = Vec::with_capacity(c);
+    let mut var = Vec::with_capacity(c);
+    for (ch, &(s, ss)) in sums.iter().enumerate() {
+        let centred = s / count as f64;
+        mean.push(shift[ch] + centred);
+        var.push((ss / count as f64 - centred * centred).max(0.0));
+    }
+    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + op.eps).sqrt()).collect();
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(hw).enumerate().for_each(|(plane, o)| {
+        let ch = plane % c;
+        let scale = weight[ch].to_f64() * invstd[ch];
+        let offset = bias[ch].to_f64() - mean[ch] * scale;
+        let (scale, offset) = (T::from_f64(scale), T::from_f64(offset));
+        for (o, &v) in o.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
+            *o = relu_if(op.relu, v * scale + offset);
+        }
+    });
+    let stats = BatchStats {
+        mean,
+        var,
+        count,
+        invstd,
+    };
+    (out, stats)
+}
+
+/// The upstream gradient through the folded ReLU: zero where the output was clamped.
+fn masked<T: WithDType>(relu: bool, y: T, dy: T) -> T {
+    if relu && y <= T::zero() {
+        T::zero()
+    } else {
+        dy
+    }
+}
+
+/// Input, weight and bias gradients of training-mode BN.
+fn train_backward<T: WithDType>(
+    x: &[T],
+    y: &[T],
+    dy: &[T],
+    weight: &[T],
+    dims: (usize, usize, usize),
+    relu: bool,
+    stats: &BatchStats,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (_, c, hw) = dims;
+    let m = stats.count as f64;
+    let sums = per_channel(dims, |ch, start| {
+        let (x, y) = (&x[start..start + hw], &y[start..start + hw]);
+        let mean = stats.mean[ch];
+        plane_sums(&dy[start..start + hw], |i, g| {
+            let g = if relu && y[i] <= T::zero() { 0.0 } else { g };
+            (g, g * (x[i].to_f64() - mean))
+        })
+    });
+    // dx = w * invstd * (g - mean(g) - xhat * mean(g * xhat)), folded per channel into
+    // dx = g * p + x * q + r so that the pass over the planes is a multiply-add.
+    let coefficients: Vec<(T, T, T)> = (0..c)
+        .map(|ch| {
+            let (sum_g, sum_g_xmu) = sums[ch];
+            let invstd = stats.invstd[ch];
+            let k = weight[ch].to_f64() * invstd;
+            let a = sum_g / m;
+            let b = sum_g_xmu * invstd * invstd / m;
+            (
+                T::from_f64(k),
+                T::from_f64(-k * b),
+                T::from_f64(k * (b * stats.mean[ch] - a)),
+            )
+        })
+        .collect();
+    let mut dx = vec![T::zero(); x.len()];
+    dx.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
+        let (p, q, r) = coefficients[plane % c];
+        let range = plane * hw..(plane + 1) * hw;
+        for ((o, &xv), (&yv, &g)) in out
+            .iter_mut()
+            .zip(&x[range.clone()])
+            .zip(y[range.clone()].iter().zip(&dy[range]))
+        {
+            *o = masked(relu, yv, g) * p + xv * q + r;
+        }
+    });
+    let dweight = (0..c)
+        .map(|ch| T::from_f64(sums[ch].1 * stats.invstd[ch]))
+        .collect();
+    let dbias = sums.iter().map(|s| T::from_f64(s.0)).collect();
+    (dx, dweight, dbias)
+}
+
+fn affine_forward<T: WithDType>(
+    x: &[T],
+    scale: &[T],
+    shift: &[T],
+    (_, c, hw): (usize, usize, usize),
+    relu: bool,
+) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(hw).enumerate().for_each(|(plane, o)| {
+        let (s, t) = (scale[plane % c], shift[plane % c]);
+        for (o, &v) in o.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
+            *o = relu_if(relu, v * s + t);
+        }
+    });
+    out
+}
+
+fn affine_backward<T: WithDType>(
+    x: &[T],
+    y: &[T],
+    dy: &[T],
+    scale: &[T],
+    dims: (usize, usize, usize),
+    relu: bool,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (_, c, hw) = dims;
+    let sums = per_channel(dims, |_, start| {
+        let (x, y) = (&x[start..start + hw], &y[start..start + hw]);
+        plane_sums(&dy[start..start + hw], |i, g| {
+            let g = if relu && y[i] <= T::zero() { 0.0 } else { g };
+            (g * x[i].to_f64(), g)
+        })
+    });
+    let mut dx = vec![T::zero(); x.len()];
+    dx.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
+        let s = scale[plane % c];
+        let range = plane * hw..(plane + 1) * hw;
+        for (o, (&yv, &g)) in out.iter_mut().zip(y[range.clone()].iter().zip(&dy[range])) {
+            *o = masked(relu, yv, g) * s;
+        }
+    });
+    let dscale = sums.iter().map(|s| T::from_f64(s.0)).collect();
+    let dshift = sums.iter().map(|s| T::from_f64(s.1)).collect();
+    (dx, dscale, dshift)
+}
+
+/// Elements per task of the element-wise passes: large enough to amortize scheduling.
+const CHUNK: usize = 1 << 14;
+
+fn add_relu<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {
+    let mut out = vec![T::zero(); a.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| {
+            for (o, (&a, &b)) in o.iter_mut().zip(a.iter().zip(b)) {
+                *o = relu_if(true, a + b);
+            }
+        });
+    out
+}
+
+fn relu_grad<T: WithDType>(y: &[T], dy: &[T]) -> Vec<T> {
+    let mut out = vec![T::zero(); y.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+        .for_each(|(o, (y, dy))| {
+            for (o, (&y, &g)) in o.iter_mut().zip(y.iter().zip(dy)) {
+                *o = masked(true, y, g);
+            }
+        });
+    out
+}
+
+fn storage<T: WithDType>(v: Vec<T>) -> CpuStorage {
+    T::to_cpu_storage_owned(v)
+}
+
+impl CustomOp3 for BatchNormTrain {
+    fn name(&self) -> &'static str {
+        "batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = planes(l1, self.name())?;
+        let (out, stats) = float_dispatch!(s1.dtype(), self.name(), T => {
+            let (out, stats) = train_forward::<T>(
+                contiguous(s1.as_slice::<T>()?, l1, self.name())?,
+                contiguous(s2.as_slice::<T>()?, l2, self.name())?,
+                contiguous(s3.as_slice::<T>()?, l3, self.name())?,
+                dims,
+                self,
+            );
+            (storage(out), stats)
+        });
+        *self.saved.lock().expect("stats lock") = Some(stats);
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let stats = self
+            .saved
+            .lock()
+            .expect("stats lock")
+            .clone()
+            .ok_or_else(|| candle_core::Error::Msg("batch-norm: backward before forward".into()))?;
+        let grad = grad_res.contiguous()?;
+        let (xs, xl) = x.storage_and_layout();
+        let (ys, yl) = res.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let (ws, wl) = weight.storage_and_layout();
+        let dims = planes(xl, self.name())?;
+        let c = dims.1;
+        let device = x.device();
+        float_dispatch!(x.dtype(), self.name(), T => {
+            let (dx, dw, db) = train_backward::<T>(
+                cpu_slice(&xs, xl, self.name())?,
+                cpu_slice(&ys, yl, self.name())?,
+                cpu_slice(&gs, gl, self.name())?,
+                cpu_slice(&ws, wl, self.name())?,
+                dims,
+                self.relu,
+                &stats,
+            );
+            Ok((
+                Some(Tensor::from_vec(dx, x.shape(), device)?),
+                Some(Tensor::from_vec(dw, c, device)?),
+                Some(Tensor::from_vec(db, c, device)?),
+            ))
+        })
+    }
+}
+
+impl CustomOp3 for ChannelAffine {
+    fn name(&self) -> &'static str {
+        "channel-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = planes(l1, self.name())?;
+        let out = float_dispatch!(s1.dtype(), self.name(), T => storage(affine_forward::<T>(
+            contiguous(s1.as_slice::<T>()?, l1, self.name())?,
+            contiguous(s2.as_slice::<T>()?, l2, self.name())?,
+            contiguous(s3.as_slice::<T>()?, l3, self.name())?,
+            dims,
+            self.relu,
+        )));
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        _shift: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad_res.contiguous()?;
+        let (xs, xl) = x.storage_and_layout();
+        let (ys, yl) = res.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let (ss, sl) = scale.storage_and_layout();
+        let dims = planes(xl, self.name())?;
+        let device = x.device();
+        float_dispatch!(x.dtype(), self.name(), T => {
+            let (dx, dscale, dshift) = affine_backward::<T>(
+                cpu_slice(&xs, xl, self.name())?,
+                cpu_slice(&ys, yl, self.name())?,
+                cpu_slice(&gs, gl, self.name())?,
+                cpu_slice(&ss, sl, self.name())?,
+                dims,
+                self.relu,
+            );
+            Ok((
+                Some(Tensor::from_vec(dx, x.shape(), device)?),
+                Some(Tensor::from_vec(dscale, dims.1, device)?),
+                Some(Tensor::from_vec(dshift, dims.1, device)?),
+            ))
+        })
+    }
+}
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!(
+                "add-relu: shapes {:?} and {:?} differ",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let out = float_dispatch!(s1.dtype(), self.name(), T => storage(add_relu::<T>(
+            contiguous(s1.as_slice::<T>()?, l1, self.name())?,
+            contiguous(s2.as_slice::<T>()?, l2, self.name())?,
+        )));
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad_res.contiguous()?;
+        let (ys, yl) = res.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let g = float_dispatch!(a.dtype(), self.name(), T => Tensor::from_vec(
+            relu_grad::<T>(cpu_slice(&ys, yl, self.name())?, cpu_slice(&gs, gl, self.name())?),
+            a.shape(),
+            a.device(),
+        )?);
+        Ok((Some(g.clone()), Some(g)))
+    }
+}
+
+/// Training-mode batch norm of x [N, C, ...] (ReLU optional); returns the output and the
+/// batch statistics (for the running averages).
+pub fn batch_norm_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, BatchStats)> {
+    let saved = SavedStats::default();
+    let op = BatchNormTrain {
+        eps,
+        relu,
+        saved: saved.clone(),
+    };
+    let y = x.contiguous()?.apply_op3(weight, bias, op)?;
+    let stats = saved
+        .lock()
+        .expect("stats lock")
+        .clone()
+        .ok_or_else(|| candle_core::Error::Msg("batch-norm: no statistics".into()))?;
+    Ok((y, stats))
+}
+
+/// Evaluation-mode batch norm (ReLU optional): differentiable in x, weight, bias and the
+/// running statistics, since scale and shift are computed from them by tensor ops.
+pub fn batch_norm_eval(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<Tensor> {
+    let scale = (weight / (running_var + eps)?.sqrt()?)?;
+    let shift = (bias - (running_mean * &scale)?)?;
+    x.contiguous()?
+        .apply_op3(&scale, &shift, ChannelAffine { relu })
+}
+
+/// max(a + b, 0) in one pass.
+pub fn add_relu_op(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::backprop::GradStore;
+    use candle_core::{DType, Device, ModuleT, Var};
+
+    /// Gradients of sum(out * up): a fixed random upstream gradient weights every output
+    /// differently.
+    fn grads(out: &Tensor, up: &Tensor) -> GradStore {
+        (out * up).unwrap().sum_all().unwrap().backward().unwrap()
+    }
+
+    fn rand(shape: &[usize], dtype: DType, offset: f64) -> Tensor {
+        (Tensor::randn(0f32, 1.0, shape, &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+            + offset)
+            .unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    fn assert_close(a: &Tensor, b: &Tensor, tol: f64, what: &str) {
+        let scale = max_diff(b, &b.zeros_like().unwrap()).max(1.0);
+        let diff = max_diff(a, b);
+        assert!(diff <= tol * scale, "{what}: diff {diff} (scale {scale})");
+    }
+
+    /// Values, running statistics and gradients (x, weight, bias) of both modes against
+    /// candle-nn's BatchNorm followed by candle's relu, on odd shapes, a single channel,
+    /// one image, and a large mean that would break a naive sum of squares.
+    #[test]
+    fn matches_candle_nn_batch_norm_in_both_modes() {
+        let shapes: [(&[usize], f64); 5] = [
+            (&[4, 3, 5, 7], 0.0),
+            (&[2, 1, 9, 9], 0.5),
+            (&[1, 6, 3, 3], -1.0),
+            (&[3, 5, 1, 1], 0.0),
+            (&[2, 4, 6, 6], 1000.0),
+        ];
+        for dtype in [DType::F64, DType::F32] {
+            let tol = if dtype == DType::F64 { 1e-9 } else { 2e-4 };
+            for &(shape, offset) in &shapes {
+                for relu in [false, true] {
+                    for train in [true, false] {
+                        let c = shape[1];
+                        let what =
+                            format!("{dtype:?} {shape:?} +{offset} relu={relu} train={train}");
+                        let x = Var::from_tensor(&rand(shape, dtype, offset)).unwrap();
+                        let weight = Var::from_tensor(&rand(&[c], dtype, 1.0)).unwrap();
+                        let bias = Var::from_tensor(&rand(&[c], dtype, 0.0)).unwrap();
+                        let rm = rand(&[c], dtype, offset);
+                        let rv = (rand(&[c], dtype, 0.0).abs().unwrap() + 0.5).unwrap();
+                        let reference = candle_nn::BatchNorm::new(
+                            c,
+                            rm.copy().unwrap(),
+                            rv.copy().unwrap(),
+                            weight.as_tensor().clone(),
+                            bias.as_tensor().clone(),
+                            1e-5,
+                        )
+                        .unwrap();
+                        let expected = reference.forward_t(x.as_tensor(), train).unwrap();
+                        let expected = if relu {
+                            expected.relu().unwrap()
+                        } else {
+                            expected
+                        };
+                        let ours = if train {
+                            let (y, stats) = batch_norm_train(
+                                x.as_tensor(),
+                                weight.as_tensor(),
+                                bias.as_tensor(),
+                                1e-5,
+                                relu,
+                            )
+                            .unwrap();
+                            let mean = Tensor::new(stats.mean.as_slice(), &Device::Cpu).unwrap();
+                            let updated = ((&rm.to_dtype(DType::F64).unwrap() * 0.9).unwrap()
+                                + (mean * 0.1).unwrap())
+                            .unwrap();
+                            assert_close(
+                                &updated,
+                                &reference.running_mean().to_dtype(DType::F64).unwrap(),
+                                tol,
+                                &format!("{what} running mean"),
+                            );
+                            y
+                        } else {
+                            batch_norm_eval(
+                                x.as_tensor(),
+                                weight.as_tensor(),
+                                bias.as_tensor(),
+                                &rm,
+                                &rv,
+                                1e-5,
+                                relu,
+                            )
+                            .unwrap()
+                        };
+                        assert_close(&ours, &expected, tol, &format!("{what} output"));
+                        let up = rand(expected.dims(), dtype, 0.0);
+                        let (g_ours, g_ref) = (grads(&ours, &up), grads(&expected, &up));
+                        for (var, name) in [(&x, "x"), (&weight, "weight"), (&bias, "bias")] {
+                            assert_close(
+                                g_ours.get(var.as_tensor()).unwrap(),
+                                g_ref.get(var.as_tensor()).unwrap(),
+                                tol * 10.0,
+                                &format!("{what} gradient of {name}"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn add_relu_matches_candle_ops_with_gradients() {
+        for dtype in [DType::F64, DType::F32] {
+            let a = Var::from_tensor(&rand(&[3, 4, 5, 5], dtype, 0.0)).unwrap();
+            let b = Var::from_tensor(&rand(&[3, 4, 5, 5], dtype, 0.0)).unwrap();
+            let ours = add_relu_op(a.as_tensor(), b.as_tensor()).unwrap();
+            let expected = (a.as_tensor() + b.as_tensor()).unwrap().relu().unwrap();
+            assert_close(&ours, &expected, 0.0, "add-relu output");
+            let up = rand(ours.dims(), dtype, 0.0);
+            let (g_ours, g_ref) = (grads(&ours, &up), grads(&expected, &up));
+            for var in [&a, &b] {
+                assert_close(
+                    g_ours.get(var.as_tensor()).unwrap(),
+                    g_ref.get(var.as_tensor()).unwrap(),
+                    0.0,
+                    "add-relu gradient",
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn nan_inputs_stay_nan_through_the_relu() {
+        let x = Tensor::new(&[[[[f32::NAN, 1.0]]], [[[2.0, 3.0]]]], &Device::Cpu).unwrap();
+        let w = Tensor::new(&[1f32], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[0f32], &Device::Cpu).unwrap();
+        let (y, _) = batch_norm_train(&x, &w, &b, 1e-5, true).unwrap();
+        let values: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(values.iter().any(|v| v.is_nan()), "{values:?}");
+        let z = add_relu_op(&x, &x).unwrap();
+        let values: Vec<f32> = z.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(values[0].is_nan(), "{values:?}");
+    }
+}
