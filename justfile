@@ -2,7 +2,7 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-cardinal := "target/release/cardinal"
+cardinal := env_var_or_default("CARGO_TARGET_DIR", "target") / "release/cardinal"
 torch_python := env_var_or_default("CARDINAL_TORCH_PYTHON", "python3")
 
 # Build, then answer the analytic questions: Table 1, Table 2, and the block-form equivalence.
@@ -79,6 +79,12 @@ fuzz SECONDS="300":
 # The whole test suite (numeric dependencies are optimised even in the test profile).
 test:
     cargo test --workspace
+
+# A one-node Slurm cluster on loopback (Debian's slurm-wlm and munge; root): a 4-cell grid
+# submitted as a job array, 2 at a time, then its summary job; stops its daemons.
+slurm-test:
+    cargo build -p cardinal-cli
+    if [ "$(id -u)" = 0 ]; then sudo=""; else sudo=sudo; fi; $sudo scripts/slurm-test.sh {{env_var_or_default("CARGO_TARGET_DIR", "target")}}/debug/cardinal
 
 # List the model presets with params and MACs.
 models: build

@@ -4,6 +4,7 @@
 mod bench;
 mod data_cmd;
 mod model_arg;
+mod slurm;
 mod table;
 mod train_cmd;
 

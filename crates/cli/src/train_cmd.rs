@@ -9,6 +9,7 @@ use clap::Args;
 use indicatif::MultiProgress;
 use serde::Serialize;
 
+use crate::slurm::{self, Launcher, SlurmArgs, Sweep};
 use crate::table::{thousands, Table};
 use crate::{print_json, Format};
 
@@ -49,6 +50,8 @@ pub struct AblateArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub slurm: SlurmArgs,
 }
 
 fn experiment_path(name: &str) -> PathBuf {
@@ -288,6 +291,21 @@ pub fn ablate(args: AblateArgs) -> Result<bool> {
     let path = experiment_path(&args.name);
     let run = &args.run;
     let (cells, preset) = cells(&path, run.preset.as_deref(), &run.overrides)?;
+    if args.slurm.launcher == Launcher::Slurm && !args.dry_run {
+        if run.cell.is_some() {
+            bail!("--cell picks one cell to run here; --launcher slurm submits them all");
+        }
+        let sweep = Sweep {
+            name: &experiment_name(&path),
+            experiment: &path,
+            preset: preset.as_deref(),
+            overrides: &run.overrides,
+            runs_dir: &run.runs_dir,
+            cells: cells.len(),
+        };
+        slurm::launch(&sweep, &args.slurm)?;
+        return Ok(true);
+    }
     let cells = pick(cells, run.cell)?;
     if args.dry_run {
         dry_run(&cells, run.format)?;

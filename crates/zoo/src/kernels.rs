@@ -485,8 +485,13 @@ pub fn conv2d(
         padding,
         groups,
     };
+    // Empty tensors and degenerate geometry go to candle, which reports them.
     let supported = x.device().is_cpu()
         && matches!(x.dtype(), DType::F32 | DType::F64)
+        && x.elem_count() > 0
+        && weight.elem_count() > 0
+        && stride > 0
+        && groups > 0
         && x.dtype() == weight.dtype()
         && Dims::new(x.dims(), weight.dims(), op).is_ok();
     if !supported {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{BatchNorm, Module, ModuleT};
 
 use crate::error::{Result, ZooError};
@@ -159,8 +159,9 @@ impl Norm {
             );
         }
         let (y, stats) = crate::norm::batch_norm_train(x, &self.weight, &self.bias, BN_EPS, relu)?;
-        // The running variance is unbiased, as in PyTorch (and candle-nn).
-        let unbiased = stats.count as f64 / (stats.count.max(2) - 1) as f64;
+        // The running variance is unbiased, as in PyTorch (and candle-nn); count >= 2 is
+        // checked by the kernel.
+        let unbiased = stats.count as f64 / (stats.count - 1) as f64;
         let update = |running: &Var, batch: Vec<f64>| -> candle_core::Result<()> {
             let old = running.as_tensor().detach();
             let batch = Tensor::from_vec(batch, old.dims(), old.device())?.to_dtype(old.dtype())?;
@@ -513,7 +514,10 @@ impl ResNet {
         self.check_input(x)?;
         let pass = Pass {
             train,
-            fused: x.device().is_cpu() && self.kernels == Kernels::Cardinal,
+            // The kernels cover f32 and f64 (what models train and are checked in).
+            fused: x.device().is_cpu()
+                && matches!(x.dtype(), DType::F32 | DType::F64)
+                && self.kernels == Kernels::Cardinal,
         };
         let mut h = conv_bn(&self.stem_conv, &self.stem_bn, x, pass, true)?;
         if matches!(self.spec.stem, Stem::Imagenet { .. }) {

@@ -131,7 +131,10 @@ fn train_forward<T: WithDType>(
     for (ch, &(s, ss)) in sums.iter().enumerate() {
         let centred = s / count as f64;
         mean.push(shift[ch] + centred);
-        var.push((ss / count as f64 - centred * centred).max(0.0));
+        // Clamp rounding below zero, but keep a NaN (from an infinite input) a NaN: `max`
+        // would turn it into 0 and hide the divergence in the running statistics.
+        let v = ss / count as f64 - centred * centred;
+        var.push(if v < 0.0 { 0.0 } else { v });
     }
     let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + op.eps).sqrt()).collect();
     let mut out = vec![T::zero(); x.len()];
@@ -476,6 +479,14 @@ pub fn batch_norm_train(
     eps: f64,
     relu: bool,
 ) -> Result<(Tensor, BatchStats)> {
+    let (n, _, hw) = check_channels(x, &[weight, bias], "batch-norm")?;
+    if n * hw < 2 {
+        // PyTorch refuses this too: one value per channel has no variance to normalize by.
+        candle_core::bail!(
+            "batch-norm: training needs more than one value per channel, got input {:?}",
+            x.dims()
+        );
+    }
     let saved = SavedStats::default();
     let op = BatchNormTrain {
         eps,
@@ -502,14 +513,37 @@ pub fn batch_norm_eval(
     eps: f64,
     relu: bool,
 ) -> Result<Tensor> {
+    check_channels(x, &[weight, bias, running_mean, running_var], "batch-norm")?;
     let scale = (weight / (running_var + eps)?.sqrt()?)?;
     let shift = (bias - (running_mean * &scale)?)?;
     x.contiguous()?
         .apply_op3(&scale, &shift, ChannelAffine { relu })
 }
 
+/// (N, C, values per channel) of x [N, C, ...], after checking that every per-channel
+/// tensor has C entries and that nothing is empty.
+fn check_channels(x: &Tensor, per_channel: &[&Tensor], op: &str) -> Result<(usize, usize, usize)> {
+    let dims = x.dims();
+    if dims.len() < 2 || x.elem_count() == 0 {
+        candle_core::bail!("{op}: expected a non-empty [N, C, ...] input, got {dims:?}");
+    }
+    for t in per_channel {
+        if t.dims() != [dims[1]] {
+            candle_core::bail!(
+                "{op}: {} channels in the input {dims:?} but a parameter of shape {:?}",
+                dims[1],
+                t.dims()
+            );
+        }
+    }
+    Ok((dims[0], dims[1], dims[2..].iter().product()))
+}
+
 /// max(a + b, 0) in one pass.
 pub fn add_relu_op(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.elem_count() == 0 {
+        return (a + b)?.relu();
+    }
     a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
 }
 
@@ -663,6 +697,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn refuses_one_value_per_channel_and_mismatched_parameters() {
+        let w = Tensor::ones(3, DType::F32, &Device::Cpu).unwrap();
+        let one = Tensor::ones((1, 3, 1, 1), DType::F32, &Device::Cpu).unwrap();
+        let err = batch_norm_train(&one, &w, &w, 1e-5, false).unwrap_err();
+        assert!(
+            err.to_string().contains("more than one value per channel"),
+            "{err}"
+        );
+        let x = Tensor::ones((2, 4, 3, 3), DType::F32, &Device::Cpu).unwrap();
+        let err = batch_norm_train(&x, &w, &w, 1e-5, false).unwrap_err();
+        assert!(err.to_string().contains("4 channels"), "{err}");
+        let err = batch_norm_eval(&x, &w, &w, &w, &w, 1e-5, false).unwrap_err();
+        assert!(err.to_string().contains("4 channels"), "{err}");
     }
 
     #[test]
