@@ -67,6 +67,9 @@ pub struct BenchTrainArgs {
     warmup: usize,
     #[arg(long, value_enum, default_value_t = KernelChoice::Cardinal)]
     kernels: KernelChoice,
+    /// Where the steps run: cpu, cuda or cuda:N (a build with `--features cuda`).
+    #[arg(long, value_parser = crate::device_arg::parse, default_value = "cpu")]
+    device: crate::device_arg::DeviceArg,
     /// Build every model in this block form (A: paths, B: early concatenation, C: grouped
     /// convolution); default: each model's own.
     #[arg(long, value_parser = parse_form)]
@@ -80,6 +83,7 @@ pub struct BenchTrainArgs {
 struct TrainCase {
     model: String,
     kernels: &'static str,
+    device: String,
     batch_size: usize,
     input_size: usize,
     steps: usize,
@@ -281,7 +285,8 @@ fn train_case(
     kernels: Kernels,
     args: &BenchTrainArgs,
 ) -> Result<TrainCase> {
-    let state = init_weights(spec, 0, &Device::Cpu)?;
+    let device = args.device.open()?;
+    let state = init_weights(spec, 0, &device)?;
     let mut net = ResNet::new(spec, &state)?;
     net.set_kernels(kernels);
     let x = Tensor::randn(
@@ -293,12 +298,12 @@ fn train_case(
             spec.input_size,
             spec.input_size,
         ),
-        &Device::Cpu,
+        &device,
     )?;
     let labels: Vec<u32> = (0..batch_size)
         .map(|i| (i * 7919 % spec.classes) as u32)
         .collect();
-    let labels = Tensor::new(labels.as_slice(), &Device::Cpu)?;
+    let labels = Tensor::new(labels.as_slice(), &device)?;
     let mut sgd = Sgd::new(net.params().trainable(), 0.9, false, 5e-4, false);
     let reset = reset_peak_rss();
     let progress = indicatif::ProgressBar::new((args.warmup + args.steps) as u64).with_style(
@@ -323,6 +328,7 @@ fn train_case(
     Ok(TrainCase {
         model: model.to_string(),
         kernels: kernel_name(kernels),
+        device: args.device.to_string(),
         batch_size,
         input_size: spec.input_size,
         steps: args.steps,

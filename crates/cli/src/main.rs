@@ -3,6 +3,7 @@
 
 mod bench;
 mod data_cmd;
+mod device_arg;
 mod model_arg;
 mod slurm;
 mod table;

@@ -53,6 +53,7 @@ pub struct Sweep<'a> {
     pub preset: Option<&'a str>,
     pub overrides: &'a [String],
     pub runs_dir: &'a Path,
+    pub device: crate::device_arg::DeviceArg,
     pub cells: usize,
 }
 
@@ -82,6 +83,10 @@ fn ablate_command(sweep: &Sweep, binary: &Path) -> Result<String> {
         "--runs-dir".into(),
         quote(&absolute(sweep.runs_dir)?.display().to_string()),
     ];
+    if sweep.device != crate::device_arg::DeviceArg::Cpu {
+        words.push("--device".into());
+        words.push(sweep.device.to_string());
+    }
     if let Some(preset) = sweep.preset {
         words.push("--preset".into());
         words.push(quote(preset));

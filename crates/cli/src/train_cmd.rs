@@ -9,6 +9,7 @@ use clap::Args;
 use indicatif::MultiProgress;
 use serde::Serialize;
 
+use crate::device_arg::DeviceArg;
 use crate::slurm::{self, Launcher, SlurmArgs, Sweep};
 use crate::table::{thousands, Table};
 use crate::{print_json, Format};
@@ -28,6 +29,10 @@ pub struct RunArgs {
     /// Where runs are written (runs/<experiment>/<run-id>/).
     #[arg(long, default_value = "runs")]
     pub runs_dir: PathBuf,
+    /// Train on cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`; the fused
+    /// CPU kernels fall back to candle's own ops there).
+    #[arg(long, value_parser = crate::device_arg::parse, default_value = "cpu")]
+    pub device: DeviceArg,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
 }
@@ -187,12 +192,14 @@ struct ResultRow {
     dir: PathBuf,
 }
 
-fn run_cells(cells: &[RunSpec], runs_dir: &Path, format: Format) -> Result<bool> {
+fn run_cells(cells: &[RunSpec], run: &RunArgs) -> Result<bool> {
+    let (runs_dir, format) = (&run.runs_dir, run.format);
     let progress = MultiProgress::new();
     let ctx = RunContext {
         runs_dir: runs_dir.to_path_buf(),
         progress: &progress,
         stop_after_epochs: None,
+        device: run.device.open()?,
     };
     let outcomes = cardinal_train::sweep(cells, &ctx)?;
     let rows: Vec<ResultRow> = outcomes
@@ -284,7 +291,7 @@ pub fn train(args: TrainArgs) -> Result<bool> {
         );
     }
     let cells = pick(cells, run.cell)?;
-    run_cells(&cells, &run.runs_dir, run.format)
+    run_cells(&cells, run)
 }
 
 pub fn ablate(args: AblateArgs) -> Result<bool> {
@@ -301,6 +308,7 @@ pub fn ablate(args: AblateArgs) -> Result<bool> {
             preset: preset.as_deref(),
             overrides: &run.overrides,
             runs_dir: &run.runs_dir,
+            device: run.device,
             cells: cells.len(),
         };
         slurm::launch(&sweep, &args.slurm)?;
@@ -319,5 +327,5 @@ pub fn ablate(args: AblateArgs) -> Result<bool> {
             preset.map(|p| format!(" (preset {p})")).unwrap_or_default()
         );
     }
-    run_cells(&cells, &run.runs_dir, run.format)
+    run_cells(&cells, run)
 }

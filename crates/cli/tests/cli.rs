@@ -413,4 +413,12 @@ fn bench_train_reports_images_per_second_and_memory_as_json() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected A, B or C"));
+
+    // The test build has no CUDA backend: the error says how to get one.
+    let out = cardinal()
+        .args(["bench", "train", "--model", "cpu_resnet11", "--device", "cuda:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--features cuda"));
 }

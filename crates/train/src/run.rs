@@ -337,11 +337,18 @@ struct Checkpoint {
 
 fn save_checkpoint(dir: &Path, checkpoint: &Checkpoint) -> Result<()> {
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    // Checkpoints hold CPU tensors whatever device trained, so any device can resume them.
     for (k, t) in &checkpoint.state {
-        tensors.push((format!("model/{k}"), t.contiguous()?));
+        tensors.push((
+            format!("model/{k}"),
+            t.to_device(&Device::Cpu)?.contiguous()?,
+        ));
     }
     for (k, t) in &checkpoint.momentum {
-        tensors.push((format!("momentum/{k}"), t.contiguous()?));
+        tensors.push((
+            format!("momentum/{k}"),
+            t.to_device(&Device::Cpu)?.contiguous()?,
+        ));
     }
     let metadata = HashMap::from([
         (
@@ -359,6 +366,18 @@ fn save_checkpoint(dir: &Path, checkpoint: &Checkpoint) -> Result<()> {
         safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(metadata))
             .map_err(|e| anyhow!("serializing the checkpoint: {e}"))?;
     write_atomic(&dir.join("checkpoint.safetensors"), &bytes)
+}
+
+fn load_checkpoint_on(path: &Path, device: &Device) -> Result<Checkpoint> {
+    let mut c = load_checkpoint(path)?;
+    let move_all = |m: BTreeMap<String, Tensor>| -> Result<BTreeMap<String, Tensor>> {
+        m.into_iter()
+            .map(|(k, t)| Ok((k, t.to_device(device)?)))
+            .collect()
+    };
+    c.state = move_all(c.state)?;
+    c.momentum = move_all(c.momentum)?;
+    Ok(c)
 }
 
 fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
@@ -437,14 +456,17 @@ impl Totals {
     }
 }
 
-fn evaluate(net: &ResNet, loader: &Loader) -> Result<(Totals, f64)> {
+fn evaluate(net: &ResNet, loader: &Loader, device: &Device) -> Result<(Totals, f64)> {
     let start = Instant::now();
     let mut t = Totals::default();
     for batch in loader.epoch(0) {
         let batch = batch?;
-        let logits = net.forward_t(&batch.images, false)?.detach();
-        let loss: f32 = cross_entropy(&logits, &batch.labels)?.to_scalar()?;
-        t.add(&logits, &batch.labels, loss)?;
+        let labels = batch.labels.to_device(device)?;
+        let logits = net
+            .forward_t(&batch.images.to_device(device)?, false)?
+            .detach();
+        let loss: f32 = cross_entropy(&logits, &labels)?.to_scalar()?;
+        t.add(&logits, &labels, loss)?;
     }
     Ok((t, start.elapsed().as_secs_f64()))
 }
@@ -455,6 +477,8 @@ pub struct RunContext<'a> {
     pub progress: &'a MultiProgress,
     /// Stop (resumably) after this many epochs in this session: a time budget.
     pub stop_after_epochs: Option<usize>,
+    /// Where the model trains; batches are built on the CPU and moved there.
+    pub device: Device,
 }
 
 /// Trains one run to the end, resuming from its checkpoint if one exists; a finished or
@@ -480,7 +504,7 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
     let started = utc_now();
     write_meta(&dir, spec, &started, None)?;
 
-    let device = Device::Cpu;
+    let device = ctx.device.clone();
     let dataset = Dataset::open(&spec.dataset)?;
     let subset = |split: &Split, n: Option<usize>| match n {
         Some(n) => split.sample(n, spec.dataset.validation_seed),
@@ -502,7 +526,7 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
 
     let checkpoint_path = dir.join("checkpoint.safetensors");
     let resumed = if checkpoint_path.exists() {
-        Some(load_checkpoint(&checkpoint_path)?)
+        Some(load_checkpoint_on(&checkpoint_path, &device)?)
     } else {
         None
     };
@@ -577,9 +601,13 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
         let mut lr = 0.0;
         for (b, batch) in train_loader.epoch(epoch as u64).enumerate() {
             let batch = batch?;
+            let (images, labels) = (
+                batch.images.to_device(&device)?,
+                batch.labels.to_device(&device)?,
+            );
             lr = schedule.lr(epoch * steps_per_epoch + b);
-            let logits = net.forward_t(&batch.images, true)?;
-            let loss = cross_entropy(&logits, &batch.labels)?;
+            let logits = net.forward_t(&images, true)?;
+            let loss = cross_entropy(&logits, &labels)?;
             let value: f32 = loss.to_scalar()?;
             if !value.is_finite() {
                 let message = format!("loss {value} at epoch {epoch}, step {b}: the run diverged");
@@ -598,7 +626,7 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
             }
             let grads = loss.backward()?;
             sgd.step(&grads, lr)?;
-            totals.add(&logits.detach(), &batch.labels, value)?;
+            totals.add(&logits.detach(), &labels, value)?;
             bar.inc(1);
             bar.set_message(format!(
                 "epoch {}/{epochs} loss {:.3}",
@@ -607,7 +635,7 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
             ));
         }
         let train_seconds = started_epoch.elapsed().as_secs_f64();
-        let (test, test_seconds) = evaluate(&net, &test_loader)?;
+        let (test, test_seconds) = evaluate(&net, &test_loader, &device)?;
         wall += started_epoch.elapsed().as_secs_f64();
         let train_row = row(
             epoch + 1,

@@ -56,6 +56,7 @@ fn learns_and_is_deterministic() {
         runs_dir: tmp.path().join(dir),
         progress: &progress,
         stop_after_epochs: None,
+        device: candle_core::Device::Cpu,
     };
     let a = cardinal_train::train(&run, &ctx("a")).unwrap();
     assert_eq!(a.state, State::Finished);
@@ -107,6 +108,7 @@ fn resuming_from_a_checkpoint_ends_where_an_uninterrupted_run_does() {
         runs_dir: tmp.path().join(dir),
         progress: &progress,
         stop_after_epochs: stop,
+        device: candle_core::Device::Cpu,
     };
     let straight = cardinal_train::train(&run, &ctx("straight", None)).unwrap();
     // Stopped after each epoch, then resumed from the checkpoint each time.
@@ -131,6 +133,7 @@ fn a_diverging_run_is_marked_and_the_sweep_goes_on() {
         runs_dir: tmp.path().join("runs"),
         progress: &progress,
         stop_after_epochs: None,
+        device: candle_core::Device::Cpu,
     };
     let bad = spec(tmp.path(), &["train.lr=1.0e30", "train.warmup_epochs=0"]);
     let good = spec(tmp.path(), &["train.epochs=1"]);
