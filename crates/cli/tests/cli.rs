@@ -416,7 +416,14 @@ fn bench_train_reports_images_per_second_and_memory_as_json() {
 
     // The test build has no CUDA backend: the error says how to get one.
     let out = cardinal()
-        .args(["bench", "train", "--model", "cpu_resnet11", "--device", "cuda:1"])
+        .args([
+            "bench",
+            "train",
+            "--model",
+            "cpu_resnet11",
+            "--device",
+            "cuda:1",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
