@@ -320,6 +320,17 @@ fn gemm<T: WithDType>(
     }
 }
 
+/// The column matrix [C*k*k, Ho*Wo] of one image: the image itself for a direct 1x1
+/// convolution, else its im2col in `buf` (reused across images by the caller's thread).
+fn columns<'a, T: WithDType>(image: &'a [T], d: &Dims, buf: &'a mut Vec<T>) -> &'a [T] {
+    if d.direct() {
+        return image;
+    }
+    buf.resize(d.c * d.k * d.k * d.l(), T::zero());
+    im2col(image, d, buf);
+    buf
+}
+
 /// y[n] = W_g x cols_g(x[n]) for every image and group.
 fn forward<T: WithDType>(x: &[T], weight: &[T], d: &Dims) -> Vec<T> {
     let (l, depth, cog) = (d.l(), d.depth(), d.c_out_group());
@@ -328,13 +339,7 @@ fn forward<T: WithDType>(x: &[T], weight: &[T], d: &Dims) -> Vec<T> {
         Vec::new,
         |buf: &mut Vec<T>, (img, out)| {
             let image = &x[img * d.c * d.h * d.w..(img + 1) * d.c * d.h * d.w];
-            let cols: &[T] = if d.direct() {
-                image
-            } else {
-                buf.resize(d.c * d.k * d.k * l, T::zero());
-                im2col(image, d, buf);
-                buf
-            };
+            let cols = columns(image, d, buf);
             for g in 0..d.groups {
                 gemm(
                     (cog, l, depth),
@@ -397,13 +402,7 @@ fn weight_grad<T: WithDType>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
             let images = chunk * IMAGES_PER_PARTIAL..((chunk + 1) * IMAGES_PER_PARTIAL).min(d.n);
             for (i, img) in images.enumerate() {
                 let image = &x[img * image_len..(img + 1) * image_len];
-                let cols: &[T] = if d.direct() {
-                    image
-                } else {
-                    buf.resize(d.c * d.k * d.k * l, T::zero());
-                    im2col(image, d, &mut buf);
-                    &buf
-                };
+                let cols = columns(image, d, &mut buf);
                 let grad = &dy[img * d.c_out * l..(img + 1) * d.c_out * l];
                 for g in 0..d.groups {
                     gemm(
