@@ -44,10 +44,20 @@ data-stats NAME="fashion-mnist": build
 data-show NAME="fashion-mnist" OUT="grid.png": build
     {{cardinal}} data show {{NAME}} --augmented --out {{OUT}}
 
-# Train an experiment's sweep (experiments/NAME.yaml); re-running skips finished cells and
-# resumes interrupted ones. Extra arguments: --preset quick, key=value overrides, --dry-run.
+# Train an experiment's sweep (experiments/NAME.yaml), then write its report (reports/NAME/);
+# re-running skips finished cells and resumes interrupted ones. Extra arguments:
+# --preset quick, key=value overrides, --dry-run.
 ablate NAME *ARGS: build
     {{cardinal}} ablate {{NAME}} {{ARGS}}
+
+# Write reports/NAME/README.md (tables beside the paper's, figures, conclusion) from the runs
+# of an experiment; `just ablate NAME` ends with it. Extra arguments: --preset, overrides.
+report NAME *ARGS: build
+    {{cardinal}} report {{NAME}} {{ARGS}}
+
+# Runs side by side on the terminal: experiment names, run directories or run ids.
+compare +TARGETS: build
+    {{cardinal}} compare {{TARGETS}}
 
 # Train one run of an experiment file.
 train CONFIG *ARGS: build
@@ -81,7 +91,7 @@ test:
     cargo test --workspace
 
 # A one-node Slurm cluster on loopback (Debian's slurm-wlm and munge; root): a 4-cell grid
-# submitted as a job array, 2 at a time, then its summary job; stops its daemons.
+# submitted as a job array, 2 at a time, then its report job; stops its daemons.
 slurm-test:
     cargo build -p cardinal-cli
     if [ "$(id -u)" = 0 ]; then sudo=""; else sudo=sudo; fi; $sudo scripts/slurm-test.sh {{env_var_or_default("CARGO_TARGET_DIR", "target")}}/debug/cardinal

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A one-node Slurm cluster on loopback, and a small cardinality grid submitted to it as a job
-# array: 4 cells of a tiny preset, 2 at a time, then the summary job after them. Checks that
-# every cell finished and the summary ran, and stops every daemon it started.
+# array: 4 cells of a tiny preset, 2 at a time, then the report job after them. Checks that
+# every cell finished and the report was written, and stops every daemon it started.
 #
 # Usage: scripts/slurm-test.sh CARDINAL_BINARY
 # Needs root (slurmd and munged run as root here) and Debian's slurm-wlm and munge, which it
@@ -90,12 +90,13 @@ sinfo -h -o '%P %D %T %c' | sed 's/^/slurm-test: partition /'
 
 # 2 cardinalities x 2 seeds = 4 cells, each a few optimizer steps on 256 images.
 cd "$root"
-"$cardinal" ablate cardinality --runs-dir "$work/runs" --launcher slurm --max-parallel 2 \
+"$cardinal" ablate cardinality --runs-dir "$work/runs" --reports-dir "$work/reports" \
+    --launcher slurm --max-parallel 2 \
     --cpus-per-task 1 --time 00:10:00 --submit \
     'sweep.cardinality.values=[1,4]' 'seeds=[0,1]' train.epochs=1 \
     train.train_images=256 train.test_images=256 train.batch_size=64 |
     tee "$work/submit.txt"
-summary=$(sed -n 's/^summary job \([0-9]*\).*/\1/p' "$work/submit.txt")
+report_job=$(sed -n 's/^report job \([0-9]*\).*/\1/p' "$work/submit.txt")
 
 deadline=$((SECONDS + 300))
 while squeue -h | grep -q .; do
@@ -116,11 +117,13 @@ for cell in 0 1 2 3; do
         exit 1
     }
 done
-summary_out="$work/runs/cardinality/slurm/summary.out"
-grep -q 'finished' "$summary_out" || {
-    echo "slurm-test: summary job $summary did not print the results table" >&2
+# The overrides make it a custom variant of the default preset: reports/cardinality-custom.
+report="$work/reports/cardinality-custom/README.md"
+grep -q '4 of 4 runs finished' "$report" && [ -s "$work/reports/cardinality-custom/curves.png" ] || {
+    echo "slurm-test: report job $report_job did not write the report:" >&2
+    cat "$work/runs/cardinality/slurm/report.out" >&2
     exit 1
 }
-echo "slurm-test: summary job $summary:"
-cat "$summary_out"
+echo "slurm-test: report job $report_job wrote $report:"
+sed -n '/^## Errors/,/^## Figures/p' "$report"
 echo "slurm-test: passed"

@@ -5,6 +5,7 @@ mod bench;
 mod data_cmd;
 mod device_arg;
 mod model_arg;
+mod report_cmd;
 mod slurm;
 mod table;
 mod train_cmd;
@@ -63,6 +64,13 @@ enum Command {
     /// Run an experiment's sweep (experiments/NAME.yaml): finished cells are skipped,
     /// interrupted ones resume, diverged ones are recorded. Exits with 1 if a run diverged.
     Ablate(train_cmd::AblateArgs),
+    /// Write an experiment's report (reports/NAME/README.md with its figures): question,
+    /// setup, complexity and error tables beside the paper's, training curves, and a
+    /// conclusion that weighs each difference against the seed-to-seed spread.
+    Report(report_cmd::ReportArgs),
+    /// Runs side by side on the terminal: experiment names, run directories or run ids;
+    /// seeds of one configuration are aggregated (mean ± std).
+    Compare(report_cmd::CompareArgs),
     /// Datasets: where they are, their statistics, a look at their images.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
@@ -174,6 +182,8 @@ fn main() -> ExitCode {
         Command::Infer(args) => infer(args).map(|_| true),
         Command::Train(args) => train_cmd::train(args),
         Command::Ablate(args) => train_cmd::ablate(args),
+        Command::Report(args) => report_cmd::report(args).map(|_| true),
+        Command::Compare(args) => report_cmd::compare(args).map(|_| true),
         Command::Data(command) => data_cmd::run(command).map(|_| true),
         Command::Bench(command) => bench::run(command).map(|_| true),
     };

@@ -1,5 +1,5 @@
 //! `cardinal ablate NAME --launcher slurm`: the sweep as a Slurm job array, one task per
-//! cell, plus a summary job that runs after every task succeeded.
+//! cell, plus a report job that runs after every task succeeded and writes the report.
 //!
 //! Each task runs `cardinal ablate NAME --cell $SLURM_ARRAY_TASK_ID`, which is idempotent (a
 //! finished cell is skipped, an interrupted one resumes from its checkpoint), so requeued
@@ -17,8 +17,8 @@ pub enum Launcher {
     /// Train the cells here, one after another.
     #[default]
     Local,
-    /// Write a Slurm job array (runs/NAME/slurm/array.sbatch) and a summary job that depends
-    /// on it; submit both with --submit.
+    /// Write a Slurm job array (runs/NAME/slurm/array.sbatch) and a report job that depends
+    /// on it (report.sbatch); submit both with --submit.
     Slurm,
 }
 
@@ -41,7 +41,7 @@ pub struct SlurmArgs {
     /// At most this many cells at once (the array's %K throttle).
     #[arg(long)]
     pub max_parallel: Option<usize>,
-    /// Also submit: `sbatch` the array, then the summary job with --dependency=afterok.
+    /// Also submit: `sbatch` the array, then the report job with --dependency=afterok.
     #[arg(long)]
     pub submit: bool,
 }
@@ -53,6 +53,7 @@ pub struct Sweep<'a> {
     pub preset: Option<&'a str>,
     pub overrides: &'a [String],
     pub runs_dir: &'a Path,
+    pub reports_dir: &'a Path,
     pub device: crate::device_arg::DeviceArg,
     pub cells: usize,
 }
@@ -74,7 +75,7 @@ fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))
 }
 
-/// The `cardinal ablate ...` words shared by the array task and the summary job.
+/// The `cardinal ablate ...` words of an array task.
 fn ablate_command(sweep: &Sweep, binary: &Path) -> Result<String> {
     let mut words = vec![
         quote(&binary.display().to_string()),
@@ -87,12 +88,34 @@ fn ablate_command(sweep: &Sweep, binary: &Path) -> Result<String> {
         words.push("--device".into());
         words.push(sweep.device.to_string());
     }
+    words.extend(selection(sweep));
+    Ok(words.join(" "))
+}
+
+/// The `cardinal report ...` words of the report job: the same runs, the same report.
+fn report_command(sweep: &Sweep, binary: &Path) -> Result<String> {
+    let mut words = vec![
+        quote(&binary.display().to_string()),
+        "report".into(),
+        quote(&absolute(sweep.experiment)?.display().to_string()),
+        "--runs-dir".into(),
+        quote(&absolute(sweep.runs_dir)?.display().to_string()),
+        "--reports-dir".into(),
+        quote(&absolute(sweep.reports_dir)?.display().to_string()),
+    ];
+    words.extend(selection(sweep));
+    Ok(words.join(" "))
+}
+
+/// The preset and overrides, which pick the cells.
+fn selection(sweep: &Sweep) -> Vec<String> {
+    let mut words = Vec::new();
     if let Some(preset) = sweep.preset {
         words.push("--preset".into());
         words.push(quote(preset));
     }
     words.extend(sweep.overrides.iter().map(|o| quote(o)));
-    Ok(words.join(" "))
+    words
 }
 
 fn header(sweep: &Sweep, args: &SlurmArgs, job: &str, log: &Path) -> Result<String> {
@@ -113,7 +136,7 @@ fn header(sweep: &Sweep, args: &SlurmArgs, job: &str, log: &Path) -> Result<Stri
     Ok(lines.join("\n"))
 }
 
-/// Writes runs/NAME/slurm/{array,summary}.sbatch; returns their paths.
+/// Writes runs/NAME/slurm/{array,report}.sbatch; returns their paths.
 pub fn write_scripts(sweep: &Sweep, args: &SlurmArgs) -> Result<(PathBuf, PathBuf)> {
     if sweep.cells == 0 {
         bail!("{} has no cells to submit", sweep.experiment.display());
@@ -150,24 +173,23 @@ pub fn write_scripts(sweep: &Sweep, args: &SlurmArgs) -> Result<(PathBuf, PathBu
         args.cpus_per_task
     ));
 
-    // Every cell is finished by then, so this only reads the results and prints the table.
-    let mut summary = header(sweep, args, "summary", &dir.join("summary.out"))?;
-    summary.push_str(&format!(
+    // Every cell is finished by then, so this only reads the results and writes the report.
+    let mut report = header(sweep, args, "report", &dir.join("report.out"))?;
+    report.push_str(&format!(
         "\n\n# After every array task succeeded (submitted with --dependency=afterok):\n\
-         # the results table of the whole sweep.\n\
+         # the sweep's report, as `just ablate` writes it on one machine.\n\
          set -euo pipefail\n\
-         export RAYON_NUM_THREADS=\"${{SLURM_CPUS_PER_TASK:-{}}}\"\n\
-         exec {command}\n",
-        args.cpus_per_task
+         exec {}\n",
+        report_command(sweep, &binary)?
     ));
 
     let array_path = dir.join("array.sbatch");
-    let summary_path = dir.join("summary.sbatch");
-    for (path, text) in [(&array_path, &array), (&summary_path, &summary)] {
+    let report_path = dir.join("report.sbatch");
+    for (path, text) in [(&array_path, &array), (&report_path, &report)] {
         cardinal_train::run::write_atomic(path, text.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    Ok((array_path, summary_path))
+    Ok((array_path, report_path))
 }
 
 /// `sbatch --parsable` and the job id it prints ("ID" or "ID;cluster").
@@ -205,12 +227,12 @@ fn sbatch(args: &[&str]) -> Result<String> {
 
 /// Writes the scripts, prints where, and with --submit submits them (array first).
 pub fn launch(sweep: &Sweep, args: &SlurmArgs) -> Result<()> {
-    let (array, summary) = write_scripts(sweep, args)?;
+    let (array, report) = write_scripts(sweep, args)?;
     println!("wrote {}", array.display());
-    println!("wrote {}", summary.display());
+    println!("wrote {}", report.display());
     if !args.submit {
         println!(
-            "submit with: sbatch {} (then the summary with --dependency=afterok:<array job id>), \
+            "submit with: sbatch {} (then the report job with --dependency=afterok:<array job id>), \
              or pass --submit",
             array.display()
         );
@@ -219,8 +241,8 @@ pub fn launch(sweep: &Sweep, args: &SlurmArgs) -> Result<()> {
     let array_id = sbatch(&[&array.display().to_string()])?;
     println!("array job {array_id}: {} cells", sweep.cells);
     let dependency = format!("--dependency=afterok:{array_id}");
-    let summary_id = sbatch(&[&dependency, &summary.display().to_string()])?;
-    println!("summary job {summary_id} (after job {array_id} succeeds)");
+    let report_id = sbatch(&[&dependency, &report.display().to_string()])?;
+    println!("report job {report_id} (after job {array_id} succeeds)");
     Ok(())
 }
 

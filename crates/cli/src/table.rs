@@ -66,18 +66,8 @@ impl Table {
     }
 }
 
-/// 25557032 -> "25,557,032".
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+/// 25557032 -> "25,557,032" (shared with the reports).
+pub use cardinal_analysis::table::thousands;
 
 /// 4089184256 -> "4.1×10⁹", 25557032 -> "25.6×10⁶": the paper's notation, with the
 /// exponent chosen so that small CPU models do not print as 0.0×10⁹.

@@ -55,11 +55,14 @@ pub struct AblateArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub run: RunArgs,
+    /// Where the sweep's report is written when it ends (see `cardinal report`).
+    #[arg(long, default_value = "reports")]
+    pub reports_dir: PathBuf,
     #[command(flatten)]
     pub slurm: SlurmArgs,
 }
 
-fn experiment_path(name: &str) -> PathBuf {
+pub(crate) fn experiment_path(name: &str) -> PathBuf {
     if name.ends_with(".yaml") || name.ends_with(".yml") || name.contains('/') {
         PathBuf::from(name)
     } else {
@@ -67,13 +70,13 @@ fn experiment_path(name: &str) -> PathBuf {
     }
 }
 
-fn experiment_name(path: &Path) -> String {
+pub(crate) fn experiment_name(path: &Path) -> String {
     path.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "experiment".into())
 }
 
-fn cells(
+pub(crate) fn cells(
     path: &Path,
     preset: Option<&str>,
     overrides: &[String],
@@ -308,6 +311,7 @@ pub fn ablate(args: AblateArgs) -> Result<bool> {
             preset: preset.as_deref(),
             overrides: &run.overrides,
             runs_dir: &run.runs_dir,
+            reports_dir: &args.reports_dir,
             device: run.device,
             cells: cells.len(),
         };
@@ -324,8 +328,25 @@ pub fn ablate(args: AblateArgs) -> Result<bool> {
             "{}: {} runs{}",
             path.display(),
             cells.len(),
-            preset.map(|p| format!(" (preset {p})")).unwrap_or_default()
+            preset
+                .as_ref()
+                .map(|p| format!(" (preset {p})"))
+                .unwrap_or_default()
         );
     }
-    run_cells(&cells, run)
+    let all_finished = run_cells(&cells, run)?;
+    // A whole sweep ends with its report; one cell (a Slurm task) leaves that to the
+    // summary job.
+    if run.cell.is_none() {
+        crate::report_cmd::write(
+            &path,
+            &cells,
+            preset,
+            &run.overrides,
+            &run.runs_dir,
+            &args.reports_dir,
+            None,
+        )?;
+    }
+    Ok(all_finished)
 }

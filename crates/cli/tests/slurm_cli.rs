@@ -54,16 +54,18 @@ fn writes_one_array_task_per_cell_with_the_sweep_s_arguments() {
     assert!(array.contains("#SBATCH --cpus-per-task=2\n"));
     assert!(array.contains("--preset quick 'seeds=[0,1]' --cell \"$SLURM_ARRAY_TASK_ID\""));
     assert!(array.contains("export RAYON_NUM_THREADS="));
-    let summary = std::fs::read_to_string(dir.join("summary.sbatch")).unwrap();
+    let report = std::fs::read_to_string(dir.join("report.sbatch")).unwrap();
+    assert!(report.contains(" report "), "{report}");
     assert!(
-        summary.contains("--preset quick 'seeds=[0,1]'\n"),
-        "{summary}"
+        report.contains("--preset quick 'seeds=[0,1]'\n"),
+        "{report}"
     );
-    assert!(!summary.contains("--array"));
+    assert!(report.contains("--reports-dir /"), "{report}");
+    assert!(!report.contains("--array"));
 }
 
 #[test]
-fn submits_the_array_then_the_summary_after_it() {
+fn submits_the_array_then_the_report_after_it() {
     let tmp = tempfile::tempdir().unwrap();
     let bin = tmp.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
@@ -86,16 +88,14 @@ fn submits_the_array_then_the_summary_after_it() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("array job 4242: 5 cells"), "{stdout}");
     assert!(
-        stdout.contains("summary job 4243 (after job 4242 succeeds)"),
+        stdout.contains("report job 4243 (after job 4242 succeeds)"),
         "{stdout}"
     );
     let calls = std::fs::read_to_string(&calls).unwrap();
     let lines: Vec<&str> = calls.lines().collect();
     assert_eq!(lines.len(), 2, "{calls}");
     assert!(lines[0].starts_with("--parsable ") && lines[0].ends_with("array.sbatch"));
-    assert!(
-        lines[1].contains("--dependency=afterok:4242 ") && lines[1].ends_with("summary.sbatch")
-    );
+    assert!(lines[1].contains("--dependency=afterok:4242 ") && lines[1].ends_with("report.sbatch"));
 }
 
 #[test]
@@ -108,10 +108,7 @@ fn without_sbatch_submit_fails_clearly_and_the_scripts_are_still_written() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("sbatch is not on PATH"), "{stderr}");
     assert!(tmp.path().join("cardinality/slurm/array.sbatch").is_file());
-    assert!(tmp
-        .path()
-        .join("cardinality/slurm/summary.sbatch")
-        .is_file());
+    assert!(tmp.path().join("cardinality/slurm/report.sbatch").is_file());
 
     let out = ablate(tmp.path(), empty.to_str().unwrap(), &["--cell", "1"]);
     assert_eq!(out.status.code(), Some(2));

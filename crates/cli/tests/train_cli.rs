@@ -197,3 +197,98 @@ fn bad_cells_and_files_are_named() {
         "{text}"
     );
 }
+
+#[test]
+fn ablate_ends_with_a_report_and_compare_reads_the_same_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dataset(&tmp.path().join("mnist"));
+    let config = tmp.path().join("grid.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "question: Does C matter on squares?\ndataset:\n  name: mnist\n  dir: {}\nmodel:\n  preset: cpu_resnet11\n  input_size: 16\ntrain:\n  epochs: 2\n  batch_size: 64\n  lr: 0.1\n  warmup_epochs: 0.5\nsweep:\n  cardinality: {{values: [1, 4]}}\nseeds: [0, 1]\n",
+            tmp.path().display()
+        ),
+    )
+    .unwrap();
+    let runs = tmp.path().join("runs");
+    let reports = tmp.path().join("reports");
+    let no_report = Command::cargo_bin("cardinal")
+        .unwrap()
+        .arg("report")
+        .arg(&config)
+        .arg("--runs-dir")
+        .arg(&runs)
+        .arg("--reports-dir")
+        .arg(&reports)
+        .output()
+        .unwrap();
+    assert_eq!(no_report.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&no_report.stderr);
+    assert!(stderr.contains("no finished run of grid"), "{stderr}");
+
+    Command::cargo_bin("cardinal")
+        .unwrap()
+        .arg("ablate")
+        .arg(&config)
+        .arg("--runs-dir")
+        .arg(&runs)
+        .arg("--reports-dir")
+        .arg(&reports)
+        .assert()
+        .success();
+    let readme = std::fs::read_to_string(reports.join("grid/README.md")).unwrap();
+    assert!(readme.contains("> Does C matter on squares?"), "{readme}");
+    assert!(readme.contains("4 of 4 runs finished"), "{readme}");
+    assert!(readme.contains("| Recipe | 2 epochs, batch 64"), "{readme}");
+    // Two seeds per cell: the conclusion weighs the difference against their spread.
+    assert!(readme.contains("2 seeds per configuration"), "{readme}");
+    for figure in ["curves", "error-vs-cardinality", "error-vs-complexity"] {
+        let png = image::open(reports.join(format!("grid/{figure}.png"))).unwrap();
+        assert_eq!((png.width(), png.height()), (960, 540));
+        assert!(reports.join(format!("grid/{figure}.svg")).is_file());
+    }
+
+    // A preset or overrides other than the default go to their own directory.
+    Command::cargo_bin("cardinal")
+        .unwrap()
+        .arg("ablate")
+        .arg(&config)
+        .arg("seeds=[0]")
+        .arg("--runs-dir")
+        .arg(&runs)
+        .arg("--reports-dir")
+        .arg(&reports)
+        .assert()
+        .success();
+    let custom = std::fs::read_to_string(reports.join("grid-custom/README.md")).unwrap();
+    assert!(custom.contains("2 of 2 runs finished"), "{custom}");
+    assert!(custom.contains("| Preset | seeds=[0] |"), "{custom}");
+
+    let out = Command::cargo_bin("cardinal")
+        .unwrap()
+        .args(["compare", "grid", "--runs-dir"])
+        .arg(&runs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    let c1 = table.lines().find(|l| l.starts_with("1x")).expect(&table);
+    let c4 = table.lines().find(|l| l.starts_with("4x")).expect(&table);
+    // Both seeds of each cell, aggregated: "2" seeds, "2" epochs.
+    assert!(c1.split_whitespace().nth(3) == Some("2"), "{table}");
+    assert!(c4.contains(" ± "), "{table}");
+
+    let out = Command::cargo_bin("cardinal")
+        .unwrap()
+        .args(["compare", "no-such-run", "--runs-dir"])
+        .arg(&runs)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`no-such-run` is neither"));
+}

@@ -296,6 +296,20 @@ pub fn threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// "Intel(R) Xeon(R) Processor, 2 logical CPUs" from /proc/cpuinfo (Linux), for reports.
+pub fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let model = info
+        .lines()
+        .find(|l| l.starts_with("model name"))?
+        .split_once(':')?
+        .1
+        .trim()
+        .to_string();
+    let logical = info.lines().filter(|l| l.starts_with("processor")).count();
+    Some(format!("{model}, {logical} logical CPUs"))
+}
+
 fn write_meta(dir: &Path, spec: &RunSpec, started: &str, ended: Option<&str>) -> Result<()> {
     let path = dir.join("meta.json");
     let mut meta: serde_json::Value = std::fs::read_to_string(&path)
@@ -313,6 +327,9 @@ fn write_meta(dir: &Path, spec: &RunSpec, started: &str, ended: Option<&str>) ->
     meta["candle_version"] = "0.11.1".into();
     meta["host"] = host.into();
     meta["threads"] = threads().into();
+    if let Some(cpu) = cpu_model() {
+        meta["cpu"] = cpu.into();
+    }
     let sessions = meta["sessions"].as_array_mut().expect("sessions is a list");
     match sessions.last_mut() {
         Some(last) if last["start"] == started => {

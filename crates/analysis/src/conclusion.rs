@@ -1,0 +1,274 @@
+//! Conclusions computed from the data: each difference, and whether it is larger than the
+//! seed-to-seed spread.
+//!
+//! The rule: a difference of two means counts as real when it exceeds twice its standard
+//! error, sqrt(s1²/n1 + s2²/n2), about a two-sided 95% test. With one seed on either side
+//! the spread is not measured and the text says so instead of ranking.
+
+use crate::paper;
+use crate::summary::{Config, Stat};
+
+/// How a difference compares with the seed-to-seed spread.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Verdict {
+    /// Larger than twice its standard error (which is given).
+    Larger(f64),
+    /// Within twice its standard error: no significant difference.
+    Within(f64),
+    /// A side has a single seed: the spread is unknown.
+    Unmeasured,
+}
+
+/// `b - a` and its verdict.
+pub fn difference(a: &Stat, b: &Stat) -> (f64, Verdict) {
+    let delta = b.mean - a.mean;
+    let verdict = match (a.std, b.std) {
+        (Some(sa), Some(sb)) if a.n > 1 && b.n > 1 => {
+            let se = (sa * sa / a.n as f64 + sb * sb / b.n as f64).sqrt();
+            if delta.abs() > 2.0 * se {
+                Verdict::Larger(se)
+            } else {
+                Verdict::Within(se)
+            }
+        }
+        _ => Verdict::Unmeasured,
+    };
+    (delta, verdict)
+}
+
+/// True when the configurations differ only in block form (same C, d and complexity):
+/// the question is then whether they are one function, not which is better.
+pub fn forms_only(configs: &[Config]) -> bool {
+    configs.len() > 1
+        && configs.iter().all(|c| {
+            c.cardinality == configs[0].cardinality
+                && c.bottleneck_width == configs[0].bottleneck_width
+                && c.params == configs[0].params
+                && c.macs == configs[0].macs
+        })
+        && configs.iter().any(|c| c.form != configs[0].form)
+}
+
+fn verdict_text(verdict: Verdict) -> String {
+    match verdict {
+        Verdict::Larger(se) => format!(
+            "larger than the seed-to-seed spread (more than twice its standard error of {se:.2} points)"
+        ),
+        Verdict::Within(se) => format!(
+            "within the seed-to-seed spread (standard error {se:.2} points): no significant difference"
+        ),
+        Verdict::Unmeasured => "with one seed, the seed-to-seed spread is not measured, so this difference cannot be told apart from noise".into(),
+    }
+}
+
+fn seeds_text(configs: &[Config]) -> String {
+    let min = configs.iter().map(Config::seeds).min().unwrap_or(0);
+    let max = configs.iter().map(Config::seeds).max().unwrap_or(0);
+    if min == max {
+        format!(
+            "{min} seed{} per configuration",
+            if min == 1 { "" } else { "s" }
+        )
+    } else {
+        format!("{min} to {max} seeds per configuration")
+    }
+}
+
+/// The conclusion, as Markdown bullet points.
+pub fn conclude(configs: &[Config]) -> Vec<String> {
+    match configs {
+        [] => vec!["No finished run: nothing to conclude yet.".into()],
+        [only] => vec![format!(
+            "Only one configuration ({}) has finished: final test top-1 error {:.2}%. There is nothing to compare it with yet.",
+            only.label, only.final_test_top1.mean
+        )],
+        _ if forms_only(configs) => equivalence(configs),
+        _ => comparison(configs),
+    }
+}
+
+/// The largest gap between two configurations' mean curves, and the epoch where it is.
+fn largest_gap(a: &[(usize, Stat)], b: &[(usize, Stat)]) -> Option<(f64, usize)> {
+    a.iter()
+        .filter_map(|(epoch, sa)| {
+            let (_, sb) = b.iter().find(|(e, _)| e == epoch)?;
+            Some(((sb.mean - sa.mean).abs(), *epoch))
+        })
+        .max_by(|x, y| x.0.total_cmp(&y.0))
+}
+
+fn equivalence(configs: &[Config]) -> Vec<String> {
+    let reference = &configs[0];
+    let mut lines = Vec::new();
+    for other in &configs[1..] {
+        let (delta, verdict) = difference(&reference.final_test_top1, &other.final_test_top1);
+        let test_gap = largest_gap(&reference.curves.test_top1, &other.curves.test_top1);
+        let loss_gap = largest_gap(&reference.curves.train_loss, &other.curves.train_loss);
+        let mut line = format!(
+            "**{}** against **{}**: final test top-1 error {:.2}% vs {:.2}% ({delta:+.2} points), {}.",
+            other.label,
+            reference.label,
+            other.final_test_top1.mean,
+            reference.final_test_top1.mean,
+            verdict_text(verdict)
+        );
+        if let (Some((gap, epoch)), Some((loss, loss_epoch))) = (test_gap, loss_gap) {
+            line.push_str(&format!(
+                " Over training the test-error curves are at most {gap:.2} points apart (epoch {epoch}), the training-loss curves at most {loss:.4} (epoch {loss_epoch})."
+            ));
+        }
+        lines.push(line);
+    }
+    let all_unmeasured = configs[1..].iter().all(|c| {
+        difference(&reference.final_test_top1, &c.final_test_top1).1 == Verdict::Unmeasured
+    });
+    let any_larger = configs[1..].iter().any(|c| {
+        matches!(
+            difference(&reference.final_test_top1, &c.final_test_top1).1,
+            Verdict::Larger(_)
+        )
+    });
+    lines.push(if all_unmeasured {
+        format!(
+            "The forms start as one function; they drift apart only through floating-point rounding, which training amplifies. With {} this run does not measure how large a gap seed noise alone makes: run the `full` preset (three seeds) for that yardstick.",
+            seeds_text(configs)
+        )
+    } else if any_larger {
+        "At least one form ends measurably apart from the reference: that is more than rounding, look for a bug in the conversion or the kernels.".into()
+    } else {
+        format!(
+            "Every form ends within the seed-to-seed spread of the reference ({}): they train as one function.",
+            seeds_text(configs)
+        )
+    });
+    // Time per epoch is where the forms do differ.
+    let seconds = |c: &Config| -> Option<f64> {
+        let points = &c.curves.epoch_seconds;
+        (!points.is_empty())
+            .then(|| points.iter().map(|(_, s)| s.mean).sum::<f64>() / points.len() as f64)
+    };
+    let timed: Vec<(&Config, f64)> = configs
+        .iter()
+        .filter_map(|c| Some((c, seconds(c)?)))
+        .collect();
+    if let Some(&(fastest, best)) = timed.iter().min_by(|a, b| a.1.total_cmp(&b.1)) {
+        let others: Vec<String> = timed
+            .iter()
+            .filter(|(c, _)| c.label != fastest.label)
+            .map(|(c, s)| format!("{} {:.2}x ({s:.0} s)", c.label, s / best))
+            .collect();
+        lines.push(format!(
+            "Time per epoch (training and evaluation): {} is fastest at {best:.0} s; {}.",
+            fastest.label,
+            others.join(", ")
+        ));
+    }
+    lines
+}
+
+fn comparison(configs: &[Config]) -> Vec<String> {
+    let baseline = &configs[0];
+    let mut lines = Vec::new();
+    let mut verdicts = Vec::new();
+    for other in &configs[1..] {
+        let (delta, verdict) = difference(&baseline.final_test_top1, &other.final_test_top1);
+        verdicts.push(verdict);
+        let direction = if delta < 0.0 { "lower" } else { "higher" };
+        lines.push(format!(
+            "**{}** against **{}**: final test top-1 error {:.2}% vs {:.2}%, {:.2} points {direction}; {}.",
+            other.label,
+            baseline.label,
+            other.final_test_top1.mean,
+            baseline.final_test_top1.mean,
+            delta.abs(),
+            verdict_text(verdict)
+        ));
+    }
+    let larger = verdicts
+        .iter()
+        .filter(|v| matches!(v, Verdict::Larger(_)))
+        .count();
+    let unmeasured = verdicts.iter().all(|v| *v == Verdict::Unmeasured);
+    let mut cardinalities: Vec<usize> = configs.iter().map(|c| c.cardinality).collect();
+    cardinalities.sort_unstable();
+    cardinalities.dedup();
+    let by_cardinality = cardinalities.len() == configs.len() && configs.len() > 2;
+    if by_cardinality {
+        let mut sorted: Vec<&Config> = configs.iter().collect();
+        sorted.sort_by_key(|c| c.cardinality);
+        let ordered = sorted
+            .windows(2)
+            .all(|w| w[1].final_test_top1.mean < w[0].final_test_top1.mean);
+        let best = sorted
+            .iter()
+            .min_by(|a, b| a.final_test_top1.mean.total_cmp(&b.final_test_top1.mean))
+            .expect("configs is not empty");
+        let spread = sorted
+            .iter()
+            .map(|c| c.final_test_top1.mean)
+            .fold(f64::MIN, f64::max)
+            - sorted
+                .iter()
+                .map(|c| c.final_test_top1.mean)
+                .fold(f64::MAX, f64::min);
+        let paper_first = paper::table3_50_layer(1).map(|e| e.top1);
+        let paper_last = paper::table3_50_layer(32).map(|e| e.top1);
+        lines.push(format!(
+            "Across the grid the mean final errors span {spread:.2} points; the lowest is at C = {} ({}). The means {} as C grows. The paper's 50-layer ImageNet row falls monotonically, {:.1}% at C = 1 to {:.1}% at C = 32 (Table 3).",
+            best.cardinality,
+            best.label,
+            if ordered { "fall monotonically" } else { "do not fall monotonically" },
+            paper_first.unwrap_or(f64::NAN),
+            paper_last.unwrap_or(f64::NAN),
+        ));
+    }
+    lines.push(if unmeasured {
+        format!(
+            "With {} the seed-to-seed spread is not measured, so this run cannot say whether these differences are real: run the `full` preset (three seeds) before drawing a conclusion.",
+            seeds_text(configs)
+        )
+    } else if larger == 0 {
+        format!(
+            "No difference is larger than the seed-to-seed spread ({}): at this scale the data show no significant effect.",
+            seeds_text(configs)
+        )
+    } else {
+        format!(
+            "{larger} of {} differences from {} are larger than the seed-to-seed spread ({}).",
+            verdicts.len(),
+            baseline.label,
+            seeds_text(configs)
+        )
+    });
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(mean: f64, std: f64, n: usize) -> Stat {
+        Stat {
+            mean,
+            std: (n > 1).then_some(std),
+            n,
+        }
+    }
+
+    #[test]
+    fn the_rule_is_twice_the_standard_error() {
+        // se = sqrt(0.3²/3 + 0.3²/3) = 0.245: 0.4 is within, 0.6 is larger.
+        let a = stat(10.0, 0.3, 3);
+        assert!(matches!(
+            difference(&a, &stat(10.4, 0.3, 3)).1,
+            Verdict::Within(_)
+        ));
+        assert!(matches!(
+            difference(&a, &stat(9.4, 0.3, 3)).1,
+            Verdict::Larger(_)
+        ));
+        assert_eq!(difference(&a, &stat(9.0, 0.0, 1)).1, Verdict::Unmeasured);
+        let (delta, _) = difference(&a, &stat(9.4, 0.3, 3));
+        assert!((delta + 0.6).abs() < 1e-12);
+    }
+}

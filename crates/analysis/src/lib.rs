@@ -1,0 +1,41 @@
+//! Tables, figures and reports of cardinal experiments, read from the results store only
+//! (each run's `metrics.csv`, `config.yaml`, `meta.json`, `status.json`): nothing here
+//! depends on candle, so reports never wait on a model build.
+//!
+//! - [`store`]: reading runs; [`summary`]: aggregating over seeds with polars;
+//! - [`table`]: Markdown and terminal tables; [`figure`]: plotters figures (SVG and PNG);
+//! - [`conclusion`]: differences against the seed-to-seed spread;
+//! - [`report`]: `reports/<experiment>/README.md`; [`paper`]: the paper's numbers.
+
+use std::path::PathBuf;
+
+pub mod conclusion;
+pub mod figure;
+pub mod paper;
+pub mod report;
+pub mod store;
+pub mod summary;
+pub mod table;
+
+pub use report::{compare, write_report, ReportInput, Written};
+pub use store::Run;
+pub use summary::{summarize, Config, Stat};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    NoRuns(String),
+    #[error("figure {}: {message}", path.display())]
+    Figure { path: PathBuf, message: String },
+    #[error(transparent)]
+    Polars(#[from] polars::error::PolarsError),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

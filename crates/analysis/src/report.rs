@@ -1,0 +1,384 @@
+//! `reports/<experiment>/README.md`: question, setup, tables, figures, conclusion and the
+//! list of runs; and the terminal comparison of `cardinal compare`.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+
+use crate::conclusion::conclude;
+use crate::store::{f64s, scan_run, Run};
+use crate::summary::summarize;
+use crate::table::{self, has_paper_cardinality, Table};
+use crate::{figure, Error, Result};
+
+/// What the caller (which knows the experiment file) tells the report.
+#[derive(Debug, Clone, Default)]
+pub struct ReportInput {
+    pub experiment: String,
+    pub question: String,
+    /// The preset the runs were resolved with (None: the experiment has none).
+    pub preset: Option<String>,
+    /// `key=value` overrides on top of the preset.
+    pub overrides: Vec<String>,
+    /// Setup lines (name, value) such as the dataset and the recipe.
+    pub setup: Vec<(String, String)>,
+    /// The run directories of the experiment's cells, in cell order.
+    pub runs: Vec<PathBuf>,
+    /// The command that reproduces the runs and this report.
+    pub reproduce: String,
+    /// The commit the report is written at, and the date (UTC).
+    pub commit: Option<String>,
+    pub generated: String,
+}
+
+/// What `write_report` wrote.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub readme: PathBuf,
+    pub figures: Vec<PathBuf>,
+    pub finished: usize,
+    pub total: usize,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `out/README.md` and the figures beside it from the finished runs among
+/// `input.runs`; refuses when none has finished.
+pub fn write_report(input: &ReportInput, out: &Path) -> Result<Written> {
+    let runs = input
+        .runs
+        .iter()
+        .map(|dir| Run::open(dir))
+        .collect::<Result<Vec<_>>>()?;
+    let finished: Vec<&Run> = runs.iter().filter(|r| r.finished()).collect();
+    if finished.is_empty() {
+        let where_ = input
+            .runs
+            .first()
+            .and_then(|d| d.parent())
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "runs".into());
+        return Err(Error::NoRuns(format!(
+            "no finished run of {} under {where_} ({} expected){}: train it first with `cardinal ablate {}`",
+            input.experiment,
+            input.runs.len(),
+            input
+                .preset
+                .as_ref()
+                .map(|p| format!(" for preset {p}"))
+                .unwrap_or_default(),
+            input.experiment
+        )));
+    }
+    let configs = summarize(&finished)?;
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let figures = figure::all(&configs, out)?;
+
+    let mut md = String::new();
+    let _ = writeln!(md, "# {}\n", input.experiment);
+    let _ = writeln!(md, "> {}\n", input.question.trim());
+    let _ = writeln!(
+        md,
+        "{} of {} runs finished{}. Written by `cardinal report` on {}{}.\n",
+        finished.len(),
+        runs.len(),
+        if finished.len() < runs.len() {
+            "; the tables and figures cover the finished ones (see [Runs](#runs))"
+        } else {
+            ""
+        },
+        input.generated,
+        input
+            .commit
+            .as_ref()
+            .map(|c| format!(" at commit {c}"))
+            .unwrap_or_default()
+    );
+
+    md.push_str("## Setup\n\n| | |\n|---|---|\n");
+    let preset = match (&input.preset, input.overrides.is_empty()) {
+        (Some(p), true) => p.clone(),
+        (Some(p), false) => format!("{p}, with {}", input.overrides.join(" ")),
+        (None, true) => "none".into(),
+        (None, false) => input.overrides.join(" "),
+    };
+    let _ = writeln!(md, "| Preset | {preset} |");
+    for (name, value) in &input.setup {
+        let _ = writeln!(md, "| {name} | {value} |");
+    }
+    for (name, value) in provenance(&finished) {
+        let _ = writeln!(md, "| {name} | {value} |");
+    }
+    let _ = writeln!(md, "| Reproduce | `{}` |\n", input.reproduce);
+
+    md.push_str("## Complexity\n\n");
+    md.push_str(&table::complexity(&configs).markdown());
+    md.push_str("\nParams count conv and fc weights, fc bias and BN affine parameters; MACs are the multiply-adds of conv and fc layers for one image (the paper's FLOPs).");
+    if has_paper_cardinality(&configs) {
+        md.push_str(" The paper's column is its Table 2: the widths that preserve the complexity of ResNet-50's first stage on ImageNet, for the same C.");
+    }
+    md.push_str("\n\n## Errors\n\n");
+    md.push_str(&table::errors(&configs).markdown());
+    md.push_str("\nTest error on the dataset's test split; mean ± sample std over seeds (a single value for one seed); the lowest final error in bold. Train error is measured on augmented images during each epoch.");
+    if has_paper_cardinality(&configs) {
+        md.push_str(" The paper's column is **a different dataset and scale**: ImageNet-1K top-1 error of ResNet/ResNeXt-50 at the same cardinality (Table 3, 224x224 single crop), given for the trend, not as a target.");
+    }
+    md.push_str("\n\n## Figures\n\n");
+    for f in &figures {
+        let _ = writeln!(
+            md,
+            "### {}\n\n![{}]({}.svg)\n\n{} ([PNG]({}.png))\n",
+            f.title, f.title, f.stem, f.caption, f.stem
+        );
+    }
+    md.push_str("## Conclusion\n\n");
+    for line in conclude(&configs) {
+        let _ = writeln!(md, "- {line}");
+    }
+    md.push_str("\nA difference counts as larger than the seed-to-seed spread when it exceeds twice its standard error, sqrt(s1²/n1 + s2²/n2).\n");
+
+    md.push_str("\n## Runs\n\n");
+    md.push_str(&runs_table(&runs)?.markdown());
+
+    let readme = out.join("README.md");
+    write_atomic(&readme, md.as_bytes())?;
+    let mut written: Vec<PathBuf> = Vec::new();
+    for f in &figures {
+        written.push(f.svg(out));
+        written.push(f.png(out));
+    }
+    Ok(Written {
+        readme,
+        figures: written,
+        finished: finished.len(),
+        total: runs.len(),
+    })
+}
+
+/// Temp file + rename, so a crash never leaves half a report.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("md.tmp");
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Machine, threads, commits and dates, from the runs' meta.json.
+fn provenance(runs: &[&Run]) -> Vec<(String, String)> {
+    let metas: Vec<_> = runs.iter().filter_map(|r| r.meta.as_ref()).collect();
+    let join = |values: BTreeSet<String>| values.into_iter().collect::<Vec<_>>().join(", ");
+    let hosts = join(metas.iter().filter_map(|m| m.host.clone()).collect());
+    let threads = join(
+        metas
+            .iter()
+            .filter_map(|m| m.threads.map(|t| t.to_string()))
+            .collect(),
+    );
+    let cpus = join(metas.iter().filter_map(|m| m.cpu.clone()).collect());
+    let devices = join(metas.iter().filter_map(|m| m.device.clone()).collect());
+    let mut machine = format!("host {hosts}, {threads} threads");
+    if !cpus.is_empty() {
+        machine.push_str(&format!(", {cpus}"));
+    } else if let Some(cpu) = local_cpu(&hosts) {
+        machine.push_str(&format!(
+            ", {cpu} (read when this report was written on the same host)"
+        ));
+    }
+    if !devices.is_empty() {
+        machine.push_str(&format!(", device {devices}"));
+    }
+    let sessions: Vec<_> = metas.iter().flat_map(|m| m.sessions.iter()).collect();
+    let commits = join(
+        sessions
+            .iter()
+            .filter_map(|s| {
+                let commit = s.git_commit.as_ref()?;
+                let short = &commit[..commit.len().min(10)];
+                Some(if s.git_dirty == Some(true) {
+                    format!("{short} (with uncommitted changes)")
+                } else {
+                    short.to_string()
+                })
+            })
+            .collect(),
+    );
+    let start = sessions.iter().filter_map(|s| s.start.clone()).min();
+    let end = sessions.iter().filter_map(|s| s.end.clone()).max();
+    let versions = join(
+        metas
+            .iter()
+            .filter_map(|m| {
+                Some(format!(
+                    "cardinal {}, candle {}",
+                    m.cardinal_version.as_deref()?,
+                    m.candle_version.as_deref()?
+                ))
+            })
+            .collect(),
+    );
+    let mut lines = vec![("Machine".to_string(), machine)];
+    if !commits.is_empty() {
+        lines.push(("Trained at commit".into(), commits));
+    }
+    if let (Some(start), Some(end)) = (start, end) {
+        lines.push(("Trained".into(), format!("{start} to {end}")));
+    }
+    if !versions.is_empty() {
+        lines.push(("Versions".into(), versions));
+    }
+    lines
+}
+
+/// The CPU of this machine when it is the host the runs name (runs written before meta.json
+/// recorded the CPU).
+fn local_cpu(hosts: &str) -> Option<String> {
+    let here = std::fs::read_to_string("/etc/hostname").ok()?;
+    if here.trim().is_empty() || here.trim() != hosts {
+        return None;
+    }
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let model = info
+        .lines()
+        .find(|l| l.starts_with("model name"))?
+        .split_once(':')?
+        .1
+        .trim()
+        .to_string();
+    let logical = info.lines().filter(|l| l.starts_with("processor")).count();
+    Some(format!("{model}, {logical} logical CPUs"))
+}
+
+fn runs_table(runs: &[Run]) -> Result<Table> {
+    let mut table = Table {
+        header: [
+            "run",
+            "configuration",
+            "seed",
+            "state",
+            "final top-1 test err (%)",
+            "wall time",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows: Vec::new(),
+        numeric: vec![false, false, true, false, true, true],
+    };
+    for run in runs {
+        let (error, wall) = if run.metrics_path().is_file() {
+            last_test(run)?
+        } else {
+            (None, None)
+        };
+        table.rows.push(vec![
+            format!("`{}`", run.run_id),
+            run.label.clone(),
+            run.seed
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "–".into()),
+            run.state(),
+            error
+                .map(|e| format!("{:.2}", e * 100.0))
+                .unwrap_or_else(|| "–".into()),
+            wall.map(duration).unwrap_or_else(|| "–".into()),
+        ]);
+    }
+    Ok(table)
+}
+
+/// The last epoch's test error and the run's wall seconds so far.
+fn last_test(run: &Run) -> Result<(Option<f64>, Option<f64>)> {
+    let df = scan_run(run)?
+        .filter(col("split").eq(lit("test")))
+        .sort(["epoch"], SortMultipleOptions::default())
+        .collect()?;
+    let errors = f64s(&df, "top1_err")?;
+    let walls = f64s(&df, "wall_seconds")?;
+    Ok((
+        errors.last().copied().flatten(),
+        walls.last().copied().flatten(),
+    ))
+}
+
+/// 4696 -> "1 h 18 min", 272 -> "4 min 32 s".
+pub fn duration(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    if s >= 3600 {
+        format!("{} h {} min", s / 3600, s % 3600 / 60)
+    } else if s >= 60 {
+        format!("{} min {} s", s / 60, s % 60)
+    } else {
+        format!("{s} s")
+    }
+}
+
+/// A side-by-side table of runs (any experiments): configurations are grouped over seeds;
+/// runs of one label trained with different recipes (epochs, images) are kept apart.
+pub fn compare(mut runs: Vec<Run>) -> Result<Table> {
+    runs.retain(|r| r.metrics_path().is_file());
+    if runs.is_empty() {
+        return Err(Error::NoRuns(
+            "none of these runs has results (metrics.csv) yet".into(),
+        ));
+    }
+    let experiment = |r: &Run| {
+        r.config_value("experiment")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let recipe = |r: &Run| {
+        let epochs = r.config_value("train.epochs").and_then(|v| v.as_u64());
+        let images = r
+            .config_value("train.train_images")
+            .and_then(|v| v.as_u64());
+        let mut s = epochs.map(|e| format!("{e} epochs")).unwrap_or_default();
+        if let Some(n) = images {
+            s.push_str(&format!(", {n} images"));
+        }
+        s
+    };
+    let experiments: BTreeSet<String> = runs.iter().map(experiment).collect();
+    let labelled: Vec<(String, String)> = runs
+        .iter()
+        .map(|r| {
+            let label = if experiments.len() > 1 {
+                format!("{}: {}", experiment(r), r.label)
+            } else {
+                r.label.clone()
+            };
+            (label, recipe(r))
+        })
+        .collect();
+    for (run, (label, recipe)) in runs.iter_mut().zip(&labelled) {
+        let recipes: BTreeSet<&String> = labelled
+            .iter()
+            .filter(|(l, _)| l == label)
+            .map(|(_, r)| r)
+            .collect();
+        run.label = if recipes.len() > 1 {
+            format!("{label} ({recipe})")
+        } else {
+            label.clone()
+        };
+    }
+    let refs: Vec<&Run> = runs.iter().collect();
+    let configs = summarize(&refs)?;
+    let mut errors = table::errors(&configs);
+    let complexity = table::complexity(&configs);
+    // params and MACs beside the errors: the comparison at a glance.
+    errors.header.insert(1, "params".into());
+    errors.header.insert(2, "MACs".into());
+    errors.numeric.insert(1, true);
+    errors.numeric.insert(2, true);
+    for (row, c) in errors.rows.iter_mut().zip(&complexity.rows) {
+        row.insert(1, c[4].clone());
+        row.insert(2, c[5].clone());
+    }
+    Ok(errors)
+}

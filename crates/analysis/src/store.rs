@@ -1,0 +1,259 @@
+//! The results store: each run directory's `metrics.csv` (one row per epoch and split), its
+//! `config.yaml`, `meta.json` and `status.json`, read and aggregated over seeds with polars.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use polars::prelude::*;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::{Error, Result};
+
+/// The columns of `metrics.csv`, in order (DESIGN: the results store's long format).
+pub const COLUMNS: [(&str, DataType); 17] = [
+    ("experiment", DataType::String),
+    ("run_id", DataType::String),
+    ("model", DataType::String),
+    ("cardinality", DataType::Int64),
+    ("bottleneck_width", DataType::Int64),
+    ("form", DataType::String),
+    ("params", DataType::Int64),
+    ("macs", DataType::Int64),
+    ("seed", DataType::Int64),
+    ("epoch", DataType::Int64),
+    ("split", DataType::String),
+    ("loss", DataType::Float64),
+    ("top1_err", DataType::Float64),
+    ("top5_err", DataType::Float64),
+    ("lr", DataType::Float64),
+    ("images_per_sec", DataType::Float64),
+    ("wall_seconds", DataType::Float64),
+];
+
+/// One training session of a run (a resumed run has several).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Session {
+    #[serde(default)]
+    pub git_commit: Option<String>,
+    #[serde(default)]
+    pub git_dirty: Option<bool>,
+    #[serde(default)]
+    pub start: Option<String>,
+    #[serde(default)]
+    pub end: Option<String>,
+}
+
+/// `meta.json`: where and with what a run was trained.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Meta {
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub threads: Option<usize>,
+    #[serde(default)]
+    pub cpu: Option<String>,
+    #[serde(default)]
+    pub device: Option<String>,
+    #[serde(default)]
+    pub candle_version: Option<String>,
+    #[serde(default)]
+    pub cardinal_version: Option<String>,
+    #[serde(default)]
+    pub sessions: Vec<Session>,
+}
+
+/// `status.json`: whether a run finished.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Status {
+    pub state: String,
+    #[serde(default)]
+    pub epochs_done: usize,
+    #[serde(default)]
+    pub epochs: usize,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// A run directory and what it says about itself.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub dir: PathBuf,
+    pub run_id: String,
+    /// The configuration it belongs to, e.g. `4x12d` or `4x12d, form A` (its sweep labels
+    /// without the seed).
+    pub label: String,
+    pub seed: Option<i64>,
+    /// The fully resolved config (`config.yaml`), if the run got that far.
+    pub config: Option<Value>,
+    pub meta: Option<Meta>,
+    pub status: Option<Status>,
+}
+
+impl Run {
+    /// Reads what exists of a run directory; a missing directory is a run not started.
+    pub fn open(dir: &Path) -> Result<Run> {
+        let run_id = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let config = read_optional(&dir.join("config.yaml"), |text| {
+            serde_saphyr::from_str::<Value>(text).map_err(|e| e.to_string())
+        })?;
+        let meta = read_optional(&dir.join("meta.json"), |text| {
+            serde_json::from_str::<Meta>(text).map_err(|e| e.to_string())
+        })?;
+        let status = read_optional(&dir.join("status.json"), |text| {
+            serde_json::from_str::<Status>(text).map_err(|e| e.to_string())
+        })?;
+        let label = config
+            .as_ref()
+            .map(label_of)
+            .unwrap_or_else(|| run_id.clone());
+        let seed = config.as_ref().and_then(|c| c.get("seed")?.as_i64());
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            run_id,
+            label,
+            seed,
+            config,
+            meta,
+            status,
+        })
+    }
+
+    pub fn finished(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| s.state == "finished")
+    }
+
+    /// "finished", "running (2/3 epochs)", "not started", ...
+    pub fn state(&self) -> String {
+        match &self.status {
+            None => "not started".into(),
+            Some(s) if s.state == "finished" => s.state.clone(),
+            Some(s) => format!("{} ({}/{} epochs)", s.state, s.epochs_done, s.epochs),
+        }
+    }
+
+    pub fn metrics_path(&self) -> PathBuf {
+        self.dir.join("metrics.csv")
+    }
+
+    /// A value of the resolved config by dotted path, e.g. `train.epochs`.
+    pub fn config_value(&self, dotted: &str) -> Option<&Value> {
+        dotted
+            .split('.')
+            .try_fold(self.config.as_ref()?, |v, key| v.get(key))
+    }
+}
+
+fn read_optional<T>(
+    path: &Path,
+    parse: impl Fn(&str) -> std::result::Result<T, String>,
+) -> Result<Option<T>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text).map(Some).map_err(|message| Error::Parse {
+            path: path.to_path_buf(),
+            message,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// A configuration's name from its sweep labels: `C x d` first, then the other swept keys
+/// (`form A`, a preset name, `key=value`).
+pub fn label_of(config: &Value) -> String {
+    let labels: BTreeMap<String, String> = config
+        .get("labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    let v = v
+                        .as_str()
+                        .map(String::from)
+                        .unwrap_or_else(|| v.to_string());
+                    (k.clone(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut parts = Vec::new();
+    if let Some(preset) = labels.get("model.preset") {
+        parts.push(preset.clone());
+    }
+    if let (Some(c), Some(d)) = (labels.get("cardinality"), labels.get("bottleneck_width")) {
+        parts.push(format!("{c}x{d}d"));
+    }
+    for (key, value) in &labels {
+        match key.as_str() {
+            "cardinality" | "bottleneck_width" | "model.preset" => {}
+            "model.form" => parts.push(format!("form {value}")),
+            _ => parts.push(format!("{key}={value}")),
+        }
+    }
+    if parts.is_empty() {
+        config
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("run")
+            .to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// Reads one run's metrics with the store's schema; the error names the file.
+pub fn scan_run(run: &Run) -> Result<LazyFrame> {
+    let path = run.metrics_path();
+    let text_path = path.to_str().ok_or_else(|| Error::Parse {
+        path: path.clone(),
+        message: "the path is not UTF-8".into(),
+    })?;
+    let schema: Schema = COLUMNS
+        .iter()
+        .map(|(name, dtype)| Field::new((*name).into(), dtype.clone()))
+        .collect();
+    let frame = LazyCsvReader::new(PlRefPath::new(text_path))
+        .with_has_header(true)
+        .with_schema(Some(Arc::new(schema)))
+        .finish()
+        .and_then(|lf| lf.collect())
+        .map_err(|e| Error::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+    Ok(frame
+        .lazy()
+        .with_column(lit(run.label.as_str()).alias("config")))
+}
+
+/// The metrics of every run given (all must have a metrics.csv), in one lazy frame with a
+/// `config` column.
+pub fn scan(runs: &[&Run]) -> Result<LazyFrame> {
+    let frames = runs
+        .iter()
+        .map(|run| scan_run(run))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(concat(frames, UnionArgs::default())?)
+}
+
+/// Column `name` as f64 values (integers are cast).
+pub(crate) fn f64s(df: &DataFrame, name: &str) -> Result<Vec<Option<f64>>> {
+    let column = df.column(name)?.cast(&DataType::Float64)?;
+    Ok(column.f64()?.iter().collect())
+}
+
+pub(crate) fn strings(df: &DataFrame, name: &str) -> Result<Vec<String>> {
+    let column = df.column(name)?.cast(&DataType::String)?;
+    Ok(column
+        .str()?
+        .iter()
+        .map(|s| s.unwrap_or_default().to_string())
+        .collect())
+}

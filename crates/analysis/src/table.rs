@@ -1,0 +1,242 @@
+//! The report's tables, as Markdown, and the same rows aligned for a terminal.
+
+use crate::paper;
+use crate::summary::{Config, Stat};
+
+/// Rows of cells under a header; rendered as Markdown or as aligned text.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    /// Right-aligned columns (numbers).
+    pub numeric: Vec<bool>,
+}
+
+impl Table {
+    fn new(header: &[(&str, bool)]) -> Table {
+        Table {
+            header: header.iter().map(|(h, _)| h.to_string()).collect(),
+            rows: Vec::new(),
+            numeric: header.iter().map(|(_, n)| *n).collect(),
+        }
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = format!("| {} |\n|", self.header.join(" | "));
+        for numeric in &self.numeric {
+            out.push_str(if *numeric { "---:|" } else { "---|" });
+        }
+        out.push('\n');
+        for row in &self.rows {
+            out.push_str(&format!("| {} |\n", row.join(" | ")));
+        }
+        out
+    }
+
+    /// Aligned columns for a terminal (Markdown emphasis stripped).
+    pub fn text(&self) -> String {
+        let clean = |s: &str| s.replace("**", "");
+        let widths: Vec<usize> = (0..self.header.len())
+            .map(|i| {
+                self.rows
+                    .iter()
+                    .map(|r| clean(&r[i]).chars().count())
+                    .chain([self.header[i].chars().count()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: Vec<String>| -> String {
+            cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    if self.numeric[i] {
+                        format!("{c:>w$}", w = widths[i])
+                    } else {
+                        format!("{c:<w$}", w = widths[i])
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        };
+        let mut out = line(self.header.clone());
+        out.push('\n');
+        out.push_str(&line(widths.iter().map(|w| "-".repeat(*w)).collect()));
+        out.push('\n');
+        for row in &self.rows {
+            out.push_str(&line(row.iter().map(|c| clean(c)).collect()));
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// 1234567 -> "1,234,567".
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// "9.78 ± 0.12" (mean ± sample std), or "9.78" for one seed, "–" for none.
+pub fn mean_std(stat: &Stat, decimals: usize) -> String {
+    if stat.n == 0 || !stat.mean.is_finite() {
+        return "–".into();
+    }
+    match stat.std {
+        Some(std) => format!("{:.d$} ± {std:.d$}", stat.mean, d = decimals),
+        None => format!("{:.d$}", stat.mean, d = decimals),
+    }
+}
+
+/// Whether the paper's cardinality rows (Tables 2 and 3) belong beside this grid: more than
+/// one cardinality, each one the paper measured.
+pub fn has_paper_cardinality(configs: &[Config]) -> bool {
+    let mut cs: Vec<usize> = configs.iter().map(|c| c.cardinality).collect();
+    cs.sort_unstable();
+    cs.dedup();
+    cs.len() > 1 && cs.iter().all(|&c| paper::table2(c).is_some())
+}
+
+/// The grid's complexity, with the paper's Table 2 widths for the same C.
+pub fn complexity(configs: &[Config]) -> Table {
+    let paper = has_paper_cardinality(configs);
+    let mut header = vec![
+        ("configuration", false),
+        ("C", true),
+        ("d", true),
+        ("width C x d", true),
+        ("params", true),
+        ("MACs", true),
+        ("MACs vs first", true),
+    ];
+    if paper {
+        header.push(("paper Table 2: d, C x d (ResNet-50 conv2)", true));
+    }
+    let mut table = Table::new(&header);
+    let first = configs.first().map(|c| c.macs as f64).unwrap_or(1.0);
+    for c in configs {
+        let mut row = vec![
+            c.label.clone(),
+            c.cardinality.to_string(),
+            c.bottleneck_width.to_string(),
+            (c.cardinality * c.bottleneck_width).to_string(),
+            thousands(c.params),
+            thousands(c.macs),
+            format!("{:+.1}%", (c.macs as f64 / first - 1.0) * 100.0),
+        ];
+        if paper {
+            row.push(
+                paper::table2(c.cardinality)
+                    .map(|w| format!("{}, {}", w.bottleneck_width, w.group_conv_width))
+                    .unwrap_or_else(|| "–".into()),
+            );
+        }
+        table.rows.push(row);
+    }
+    table
+}
+
+/// Mean seconds per epoch over a configuration's epochs.
+pub fn seconds_per_epoch(config: &Config) -> Option<f64> {
+    let points = &config.curves.epoch_seconds;
+    (!points.is_empty())
+        .then(|| points.iter().map(|(_, s)| s.mean).sum::<f64>() / points.len() as f64)
+}
+
+/// Final and best test errors (mean ± std over seeds), train error, throughput, and the
+/// paper's ImageNet error for the same C where it applies.
+pub fn errors(configs: &[Config]) -> Table {
+    let paper = has_paper_cardinality(configs);
+    let mut header = vec![
+        ("configuration", false),
+        ("seeds", true),
+        ("epochs", true),
+        ("final top-1 test err (%)", true),
+        ("best top-1 test err (%)", true),
+        ("final top-5 test err (%)", true),
+        ("final top-1 train err (%)", true),
+        ("train img/s", true),
+        ("s / epoch", true),
+    ];
+    if paper {
+        header.push(("paper: ImageNet-1K top-1 err (%), Table 3", true));
+    }
+    let mut table = Table::new(&header);
+    let best = configs
+        .iter()
+        .map(|c| c.final_test_top1.mean)
+        .fold(f64::INFINITY, f64::min);
+    for c in configs {
+        let mut final_top1 = mean_std(&c.final_test_top1, 2);
+        if configs.len() > 1 && c.final_test_top1.mean == best {
+            final_top1 = format!("**{final_top1}**");
+        }
+        let mut row = vec![
+            c.label.clone(),
+            c.seeds().to_string(),
+            c.epochs.to_string(),
+            final_top1,
+            mean_std(&c.best_test_top1, 2),
+            mean_std(&c.final_test_top5, 2),
+            mean_std(&c.final_train_top1, 2),
+            mean_std(&c.images_per_sec, 0),
+            seconds_per_epoch(c)
+                .map(|s| format!("{s:.0}"))
+                .unwrap_or_else(|| "–".into()),
+        ];
+        if paper {
+            row.push(
+                paper::table3_50_layer(c.cardinality)
+                    .map(|e| format!("{:.1} ({}x{}d)", e.top1, e.cardinality, e.bottleneck_width))
+                    .unwrap_or_else(|| "–".into()),
+            );
+        }
+        table.rows.push(row);
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_formatted_for_people() {
+        assert_eq!(thousands(517_226), "517,226");
+        assert_eq!(thousands(20_017_280), "20,017,280");
+        assert_eq!(thousands(999), "999");
+        let one = Stat {
+            mean: 9.783,
+            std: None,
+            n: 1,
+        };
+        assert_eq!(mean_std(&one, 2), "9.78");
+        let three = Stat {
+            mean: 9.5,
+            std: Some(0.126),
+            n: 3,
+        };
+        assert_eq!(mean_std(&three, 2), "9.50 ± 0.13");
+    }
+
+    #[test]
+    fn markdown_and_text_align() {
+        let mut t = Table::new(&[("name", false), ("value", true)]);
+        t.rows.push(vec!["**a**".into(), "1.5".into()]);
+        assert_eq!(
+            t.markdown(),
+            "| name | value |\n|---|---:|\n| **a** | 1.5 |\n"
+        );
+        assert_eq!(t.text(), "name  value\n----  -----\na       1.5\n");
+    }
+}
