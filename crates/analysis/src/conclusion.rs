@@ -1,9 +1,11 @@
 //! Conclusions computed from the data: each difference, and whether it is larger than the
 //! seed-to-seed spread.
 //!
-//! The rule: a difference of two means counts as real when it exceeds twice its standard
-//! error, sqrt(s1²/n1 + s2²/n2), about a two-sided 95% test. With one seed on either side
-//! the spread is not measured and the text says so instead of ranking.
+//! The rule: a difference of two means counts as larger than the seed-to-seed spread when
+//! it exceeds twice the standard error of the difference, sqrt(s1²/n1 + s2²/n2). That is a
+//! screen, not a formal test: with three seeds a side it is roughly p < 0.1, and there is no
+//! correction for comparing several configurations with one reference. With one seed on
+//! either side the spread is not measured and the text says so instead of ranking.
 
 use crate::paper;
 use crate::summary::{Config, Stat};
@@ -17,6 +19,9 @@ pub enum Verdict {
     Within(f64),
     /// A side has a single seed: the spread is unknown.
     Unmeasured,
+    /// Several seeds on both sides gave identical values: no spread to compare with, which
+    /// suggests the seed does not change the run.
+    NoSpread,
 }
 
 /// `b - a` and its verdict.
@@ -25,7 +30,9 @@ pub fn difference(a: &Stat, b: &Stat) -> (f64, Verdict) {
     let verdict = match (a.std, b.std) {
         (Some(sa), Some(sb)) if a.n > 1 && b.n > 1 => {
             let se = (sa * sa / a.n as f64 + sb * sb / b.n as f64).sqrt();
-            if delta.abs() > 2.0 * se {
+            if se == 0.0 {
+                Verdict::NoSpread
+            } else if delta.abs() > 2.0 * se {
                 Verdict::Larger(se)
             } else {
                 Verdict::Within(se)
@@ -52,12 +59,14 @@ pub fn forms_only(configs: &[Config]) -> bool {
 fn verdict_text(verdict: Verdict) -> String {
     match verdict {
         Verdict::Larger(se) => format!(
-            "larger than the seed-to-seed spread (more than twice its standard error of {se:.2} points)"
+            "larger than the seed-to-seed spread (more than twice the standard error of the difference, {se:.2} points)"
         ),
         Verdict::Within(se) => format!(
-            "within the seed-to-seed spread (standard error {se:.2} points): no significant difference"
+            "within the seed-to-seed spread (twice the standard error of the difference is {:.2} points): no significant difference",
+            2.0 * se
         ),
         Verdict::Unmeasured => "with one seed, the seed-to-seed spread is not measured, so this difference cannot be told apart from noise".into(),
+        Verdict::NoSpread => "the seeds gave identical values, so there is no spread to compare with: check that the seed changes the run".into(),
     }
 }
 
@@ -119,28 +128,27 @@ fn equivalence(configs: &[Config]) -> Vec<String> {
         }
         lines.push(line);
     }
-    let all_unmeasured = configs[1..].iter().all(|c| {
-        difference(&reference.final_test_top1, &c.final_test_top1).1 == Verdict::Unmeasured
-    });
-    let any_larger = configs[1..].iter().any(|c| {
-        matches!(
-            difference(&reference.final_test_top1, &c.final_test_top1).1,
-            Verdict::Larger(_)
-        )
-    });
-    lines.push(if all_unmeasured {
+    let verdicts: Vec<Verdict> = configs[1..]
+        .iter()
+        .map(|c| difference(&reference.final_test_top1, &c.final_test_top1).1)
+        .collect();
+    let measured = verdicts
+        .iter()
+        .any(|v| matches!(v, Verdict::Larger(_) | Verdict::Within(_)));
+    let any_larger = verdicts.iter().any(|v| matches!(v, Verdict::Larger(_)));
+    lines.push(if !measured {
         format!(
             "The forms start as one function; they drift apart only through floating-point rounding, which training amplifies. With {} this run does not measure how large a gap seed noise alone makes: run the `full` preset (three seeds) for that yardstick.",
             seeds_text(configs)
         )
     } else if any_larger {
-        "At least one form ends measurably apart from the reference: that is more than rounding, look for a bug in the conversion or the kernels.".into()
+        "At least one form ends further from the reference than the seed-to-seed spread explains: that is more than rounding, look for a bug in the conversion or the kernels.".into()
     } else {
-        format!(
-            "Every form ends within the seed-to-seed spread of the reference ({}): they train as one function.",
-            seeds_text(configs)
-        )
+        "No form ends further from the reference than the seed-to-seed spread: no difference detected (which bounds a real difference only as tightly as the seeds' standard error).".into()
     });
+    if let Some(note) = unmeasured_note(&configs[1..], &verdicts, measured) {
+        lines.push(note);
+    }
     // Time per epoch is where the forms do differ.
     let seconds = |c: &Config| -> Option<f64> {
         let points = &c.curves.epoch_seconds;
@@ -157,11 +165,13 @@ fn equivalence(configs: &[Config]) -> Vec<String> {
             .filter(|(c, _)| c.label != fastest.label)
             .map(|(c, s)| format!("{} {:.2}x ({s:.0} s)", c.label, s / best))
             .collect();
-        lines.push(format!(
-            "Time per epoch (training and evaluation): {} is fastest at {best:.0} s; {}.",
-            fastest.label,
-            others.join(", ")
-        ));
+        if !others.is_empty() {
+            lines.push(format!(
+                "Time per epoch (training and evaluation): {} is fastest at {best:.0} s; {}.",
+                fastest.label,
+                others.join(", ")
+            ));
+        }
     }
     lines
 }
@@ -184,11 +194,14 @@ fn comparison(configs: &[Config]) -> Vec<String> {
             verdict_text(verdict)
         ));
     }
+    let measured = verdicts
+        .iter()
+        .filter(|v| matches!(v, Verdict::Larger(_) | Verdict::Within(_)))
+        .count();
     let larger = verdicts
         .iter()
         .filter(|v| matches!(v, Verdict::Larger(_)))
         .count();
-    let unmeasured = verdicts.iter().all(|v| *v == Verdict::Unmeasured);
     let mut cardinalities: Vec<usize> = configs.iter().map(|c| c.cardinality).collect();
     cardinalities.sort_unstable();
     cardinalities.dedup();
@@ -196,51 +209,79 @@ fn comparison(configs: &[Config]) -> Vec<String> {
     if by_cardinality {
         let mut sorted: Vec<&Config> = configs.iter().collect();
         sorted.sort_by_key(|c| c.cardinality);
-        let ordered = sorted
-            .windows(2)
-            .all(|w| w[1].final_test_top1.mean < w[0].final_test_top1.mean);
-        let best = sorted
-            .iter()
-            .min_by(|a, b| a.final_test_top1.mean.total_cmp(&b.final_test_top1.mean))
-            .expect("configs is not empty");
-        let spread = sorted
-            .iter()
-            .map(|c| c.final_test_top1.mean)
-            .fold(f64::MIN, f64::max)
-            - sorted
+        let means = || sorted.iter().map(|c| c.final_test_top1.mean);
+        let spread = means().fold(f64::MIN, f64::max) - means().fold(f64::MAX, f64::min);
+        let paper = match (paper::table3_50_layer(1), paper::table3_50_layer(32)) {
+            (Some(first), Some(last)) => format!(
+                " The paper's 50-layer ImageNet row falls monotonically, {:.1}% at C = 1 to {:.1}% at C = 32 (Table 3).",
+                first.top1, last.top1
+            ),
+            _ => String::new(),
+        };
+        if measured == verdicts.len() {
+            let ordered = sorted
+                .windows(2)
+                .all(|w| w[1].final_test_top1.mean < w[0].final_test_top1.mean);
+            let best = sorted
                 .iter()
-                .map(|c| c.final_test_top1.mean)
-                .fold(f64::MAX, f64::min);
-        let paper_first = paper::table3_50_layer(1).map(|e| e.top1);
-        let paper_last = paper::table3_50_layer(32).map(|e| e.top1);
-        lines.push(format!(
-            "Across the grid the mean final errors span {spread:.2} points; the lowest is at C = {} ({}). The means {} as C grows. The paper's 50-layer ImageNet row falls monotonically, {:.1}% at C = 1 to {:.1}% at C = 32 (Table 3).",
-            best.cardinality,
-            best.label,
-            if ordered { "fall monotonically" } else { "do not fall monotonically" },
-            paper_first.unwrap_or(f64::NAN),
-            paper_last.unwrap_or(f64::NAN),
-        ));
+                .min_by(|a, b| a.final_test_top1.mean.total_cmp(&b.final_test_top1.mean))
+                .expect("configs is not empty");
+            lines.push(format!(
+                "Across the grid the mean final errors span {spread:.2} points; the lowest mean is at C = {} ({}), and the means {} as C grows.{paper}",
+                best.cardinality,
+                best.label,
+                if ordered { "fall monotonically" } else { "do not fall monotonically" },
+            ));
+        } else {
+            lines.push(format!(
+                "Across the grid the final errors span {spread:.2} points; without a measured spread for every cell they do not rank the cardinalities.{paper}"
+            ));
+        }
     }
-    lines.push(if unmeasured {
+    lines.push(if measured == 0 {
         format!(
             "With {} the seed-to-seed spread is not measured, so this run cannot say whether these differences are real: run the `full` preset (three seeds) before drawing a conclusion.",
             seeds_text(configs)
         )
     } else if larger == 0 {
         format!(
-            "No difference is larger than the seed-to-seed spread ({}): at this scale the data show no significant effect.",
+            "None of the {measured} measured differences from {} is larger than the seed-to-seed spread ({}): no significant difference detected at this scale.",
+            baseline.label,
             seeds_text(configs)
         )
     } else {
         format!(
-            "{larger} of {} differences from {} are larger than the seed-to-seed spread ({}).",
-            verdicts.len(),
+            "{larger} of the {measured} measured differences from {} are larger than the seed-to-seed spread ({}).",
             baseline.label,
             seeds_text(configs)
         )
     });
+    let others: Vec<&Config> = configs[1..].iter().collect();
+    if let Some(note) = unmeasured_note(&others, &verdicts, measured > 0) {
+        lines.push(note);
+    }
     lines
+}
+
+/// Names the comparisons that could not be weighed, when others could: a claim about "the
+/// measured differences" must not silently cover them.
+fn unmeasured_note<C: std::borrow::Borrow<Config>>(
+    others: &[C],
+    verdicts: &[Verdict],
+    any_measured: bool,
+) -> Option<String> {
+    let names: Vec<String> = others
+        .iter()
+        .zip(verdicts)
+        .filter(|(_, v)| matches!(v, Verdict::Unmeasured | Verdict::NoSpread))
+        .map(|(c, _)| c.borrow().label.clone())
+        .collect();
+    (any_measured && !names.is_empty()).then(|| {
+        format!(
+            "Not weighed against the spread (one seed, or identical seeds): {}.",
+            names.join(", ")
+        )
+    })
 }
 
 #[cfg(test)]
@@ -268,6 +309,8 @@ mod tests {
             Verdict::Larger(_)
         ));
         assert_eq!(difference(&a, &stat(9.0, 0.0, 1)).1, Verdict::Unmeasured);
+        let same = stat(10.0, 0.0, 3);
+        assert_eq!(difference(&same, &stat(9.0, 0.0, 3)).1, Verdict::NoSpread);
         let (delta, _) = difference(&a, &stat(9.4, 0.3, 3));
         assert!((delta + 0.6).abs() < 1e-12);
     }

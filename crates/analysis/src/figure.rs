@@ -89,6 +89,8 @@ struct Panel {
     y_desc: String,
     /// x values are log2 of the label shown (cardinality).
     log2_x: bool,
+    /// The quantity cannot be negative (a gap): the axis starts at 0 or above.
+    non_negative: bool,
     series: Vec<Series>,
 }
 
@@ -175,16 +177,22 @@ impl Panel {
             (0.1 * magnitude).max(1e-9)
         };
         let (x0, x1) = range(xs(), 0.04, min_span);
-        let (y0, y1) = range(
+        let ys = || {
             self.series.iter().flat_map(|s| {
                 s.points.iter().flat_map(|&(_, m, sd)| {
                     let sd = sd.unwrap_or(0.0);
                     [m - sd, m + sd]
                 })
-            }),
-            0.08,
-            1e-6,
-        );
+            })
+        };
+        let y_magnitude = ys()
+            .filter(|y| y.is_finite())
+            .map(f64::abs)
+            .fold(0.0, f64::max);
+        let (mut y0, y1) = range(ys(), 0.08, (0.02 * y_magnitude).max(1e-9));
+        if self.non_negative {
+            y0 = y0.max(0.0);
+        }
         let mut chart = ChartBuilder::on(area)
             .caption(&self.title, (FAMILY, 18))
             .margin(12)
@@ -377,10 +385,12 @@ fn save(chart: &Chart, dir: &Path, stem: &str) -> Result<()> {
     image.save(&png).map_err(|e| failed(&png, e.to_string()))
 }
 
+/// Finite points only: a NaN (a diverged epoch) would draw to the edge of the plot.
 fn points(curve: &[Point]) -> Vec<(f64, f64, Option<f64>)> {
     curve
         .iter()
-        .map(|(epoch, s)| (*epoch as f64, s.mean, s.std))
+        .filter(|(_, s)| s.mean.is_finite())
+        .map(|(epoch, s)| (*epoch as f64, s.mean, s.std.filter(|v| v.is_finite())))
         .collect()
 }
 
@@ -448,6 +458,7 @@ pub fn curves(configs: &[Config], dir: &Path) -> Result<Figure> {
             x_desc: "epoch".into(),
             y_desc: "top-1 error (%)".into(),
             log2_x: false,
+            non_negative: false,
             series,
         }],
         legend: Legend {
@@ -463,7 +474,14 @@ pub fn curves(configs: &[Config], dir: &Path) -> Result<Figure> {
     Ok(Figure {
         stem: "curves".into(),
         title: "Training curves".into(),
-        caption: "Top-1 error against epoch, train (dashed, on augmented images, as the epoch trained) and test (solid); mean over seeds with a ± 1 std band. The analogue of the paper's Fig. 5.".into(),
+        caption: format!(
+            "Top-1 error against epoch, train (dashed, on augmented images, as the epoch trained) and test (solid); {}. The analogue of the paper's Fig. 5.",
+            if configs.iter().any(|c| c.seeds() > 1) {
+                "mean over seeds with a ± 1 std band"
+            } else {
+                "one seed each, so no band"
+            }
+        ),
     })
 }
 
@@ -471,17 +489,8 @@ pub fn curves(configs: &[Config], dir: &Path) -> Result<Figure> {
 pub fn error_vs_cardinality(configs: &[Config], dir: &Path) -> Result<Figure> {
     let mut sorted: Vec<(usize, &Config)> = configs.iter().enumerate().collect();
     sorted.sort_by_key(|(_, c)| c.cardinality);
-    let line = Series {
-        color: RGBColor(150, 150, 150),
-        dashed: false,
-        marker: Marker::None,
-        error_bars: false,
-        points: sorted
-            .iter()
-            .map(|(_, c)| ((c.cardinality as f64).log2(), c.final_test_top1.mean, None))
-            .collect(),
-    };
-    let mut series = vec![line];
+    // Points with error bars, not joined: a line through single runs reads as a trend.
+    let mut series = Vec::new();
     for (i, c) in &sorted {
         series.push(Series {
             color: color(*i),
@@ -501,6 +510,7 @@ pub fn error_vs_cardinality(configs: &[Config], dir: &Path) -> Result<Figure> {
             x_desc: "cardinality C (log scale)".into(),
             y_desc: "final top-1 test error (%)".into(),
             log2_x: true,
+            non_negative: false,
             series,
         }],
         legend: Legend {
@@ -512,8 +522,35 @@ pub fn error_vs_cardinality(configs: &[Config], dir: &Path) -> Result<Figure> {
     Ok(Figure {
         stem: "error-vs-cardinality".into(),
         title: "Error against cardinality".into(),
-        caption: "Final top-1 test error against cardinality C at preserved complexity, mean ± 1 std over seeds: the paper's Table 3 as a plot.".into(),
+        caption: format!(
+            "Final top-1 test error against cardinality C, {} ({}): the paper's Table 3 as a plot.",
+            complexity_spread(configs),
+            if configs.iter().all(|c| c.seeds() > 1) {
+                "mean ± 1 std over seeds"
+            } else {
+                "single runs, no error bars"
+            }
+        ),
     })
+}
+
+/// "params within 7.8% and MACs within 4.8% of each other": what "preserved complexity"
+/// means for this grid, measured rather than assumed.
+pub fn complexity_spread(configs: &[Config]) -> String {
+    let spread = |values: Vec<f64>| {
+        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if lo > 0.0 {
+            (hi / lo - 1.0) * 100.0
+        } else {
+            f64::NAN
+        }
+    };
+    format!(
+        "params within {:.1}% and MACs within {:.1}% of each other",
+        spread(configs.iter().map(|c| c.params as f64).collect()),
+        spread(configs.iter().map(|c| c.macs as f64).collect())
+    )
 }
 
 /// Final test error against multiply-adds and against parameters; ResNet (C = 1) as
@@ -524,6 +561,7 @@ pub fn error_vs_complexity(configs: &[Config], dir: &Path) -> Result<Figure> {
         x_desc: x_desc.into(),
         y_desc: "final top-1 test error (%)".into(),
         log2_x: false,
+        non_negative: false,
         series: configs
             .iter()
             .enumerate()
@@ -581,6 +619,7 @@ pub fn epoch_time(configs: &[Config], dir: &Path) -> Result<Figure> {
             x_desc: "epoch".into(),
             y_desc: "seconds per epoch (s)".into(),
             log2_x: false,
+            non_negative: false,
             series,
         }],
         legend: Legend {
@@ -612,6 +651,7 @@ pub fn form_difference(configs: &[Config], dir: &Path) -> Result<Figure> {
         x_desc: "epoch".into(),
         y_desc: y_desc.into(),
         log2_x: false,
+        non_negative: true,
         series: configs
             .iter()
             .enumerate()

@@ -126,7 +126,7 @@ pub fn write_report(input: &ReportInput, out: &Path) -> Result<Written> {
     }
     md.push_str("\n\n## Errors\n\n");
     md.push_str(&table::errors(&configs).markdown());
-    md.push_str("\nTest error on the dataset's test split; mean ± sample std over seeds (a single value for one seed); the lowest final error in bold. Train error is measured on augmented images during each epoch.");
+    md.push_str("\nTest error on the dataset's test split; mean ± sample std over seeds (a single value for one seed); the lowest final error in bold when every configuration has several seeds. The best error is the lowest test error over epochs, picked on the test set itself, so it is optimistic. Train error is measured on augmented images during each epoch.");
     if has_paper_cardinality(&configs) {
         md.push_str(" The paper's column is **a different dataset and scale**: ImageNet-1K top-1 error of ResNet/ResNeXt-50 at the same cardinality (Table 3, 224x224 single crop), given for the trend, not as a target.");
     }
@@ -142,7 +142,20 @@ pub fn write_report(input: &ReportInput, out: &Path) -> Result<Written> {
     for line in conclude(&configs) {
         let _ = writeln!(md, "- {line}");
     }
-    md.push_str("\nA difference counts as larger than the seed-to-seed spread when it exceeds twice its standard error, sqrt(s1²/n1 + s2²/n2).\n");
+    let mut absent: Vec<&str> = Vec::new();
+    for run in &runs {
+        if !configs.iter().any(|c| c.label == run.label) && !absent.contains(&run.label.as_str()) {
+            absent.push(&run.label);
+        }
+    }
+    if !absent.is_empty() {
+        let _ = writeln!(
+            md,
+            "- Not in the tables, figures or comparisons (no finished run yet): {}.",
+            absent.join(", ")
+        );
+    }
+    md.push_str("\nA difference counts as larger than the seed-to-seed spread when it exceeds twice the standard error of the difference, sqrt(s1²/n1 + s2²/n2): a screen rather than a formal test (with three seeds a side, roughly p < 0.1; no correction for several comparisons with one reference).\n");
 
     md.push_str("\n## Runs\n\n");
     md.push_str(&runs_table(&runs)?.markdown());
@@ -199,7 +212,7 @@ fn provenance(runs: &[&Run]) -> Vec<(String, String)> {
             .iter()
             .filter_map(|s| {
                 let commit = s.git_commit.as_ref()?;
-                let short = &commit[..commit.len().min(10)];
+                let short: String = commit.chars().take(10).collect();
                 Some(if s.git_dirty == Some(true) {
                     format!("{short} (with uncommitted changes)")
                 } else {
@@ -286,9 +299,31 @@ fn runs_table(runs: &[Run]) -> Result<Table> {
                 .map(|e| format!("{:.2}", e * 100.0))
                 .unwrap_or_else(|| "–".into()),
             wall.map(duration).unwrap_or_else(|| "–".into()),
+            commits(run),
         ]);
     }
     Ok(table)
+}
+
+/// The commits of a run's sessions, short, marked when the tree had uncommitted changes.
+fn commits(run: &Run) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for session in run.meta.iter().flat_map(|m| &m.sessions) {
+        if let Some(commit) = &session.git_commit {
+            let mut short: String = commit.chars().take(10).collect();
+            if session.git_dirty == Some(true) {
+                short.push_str(" (dirty)");
+            }
+            if !out.contains(&short) {
+                out.push(short);
+            }
+        }
+    }
+    if out.is_empty() {
+        "–".into()
+    } else {
+        out.join(", ")
+    }
 }
 
 /// The last epoch's test error and the run's wall seconds so far.
@@ -321,6 +356,19 @@ pub fn duration(seconds: f64) -> String {
 /// runs of one label trained with different recipes (epochs, images) are kept apart.
 pub fn compare(mut runs: Vec<Run>) -> Result<Table> {
     runs.retain(|r| r.metrics_path().is_file());
+    // The same run named twice (an experiment and one of its run ids) counts once.
+    let mut seen = BTreeSet::new();
+    runs.retain(|r| seen.insert(std::fs::canonicalize(&r.dir).unwrap_or_else(|_| r.dir.clone())));
+    // Configurations in grid order (C, then d), not in directory-name order.
+    let number = |r: &Run, key: &str| r.config_value(key).and_then(|v| v.as_u64()).unwrap_or(0);
+    runs.sort_by_key(|r| {
+        (
+            number(r, "spec.cardinality"),
+            number(r, "spec.bottleneck_width"),
+            r.label.clone(),
+            r.seed,
+        )
+    });
     if runs.is_empty() {
         return Err(Error::NoRuns(
             "none of these runs has results (metrics.csv) yet".into(),
@@ -366,6 +414,10 @@ pub fn compare(mut runs: Vec<Run>) -> Result<Table> {
         } else {
             label.clone()
         };
+        // Seeds at different points of training must not be averaged together.
+        if !run.finished() {
+            run.label = format!("{} [{}]", run.label, run.state());
+        }
     }
     let refs: Vec<&Run> = runs.iter().collect();
     let configs = summarize(&refs)?;

@@ -208,9 +208,33 @@ pub fn label_of(config: &Value) -> String {
     }
 }
 
-/// Reads one run's metrics with the store's schema; the error names the file.
+/// Reads one run's metrics with the store's schema; the error names the file (and the first
+/// column of the header that is not the store's, since columns are read by position).
 pub fn scan_run(run: &Run) -> Result<LazyFrame> {
     let path = run.metrics_path();
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let header: Vec<&str> = text.lines().next().unwrap_or_default().split(',').collect();
+    let expected: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
+    if header != expected {
+        let position = header
+            .iter()
+            .zip(&expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(header.len().min(expected.len()));
+        return Err(Error::Parse {
+            path,
+            message: format!(
+                "header column {} is {:?}, expected {:?} (the results store's columns: {})",
+                position + 1,
+                header.get(position).copied().unwrap_or("nothing"),
+                expected.get(position).copied().unwrap_or("nothing"),
+                expected.join(",")
+            ),
+        });
+    }
     let text_path = path.to_str().ok_or_else(|| Error::Parse {
         path: path.clone(),
         message: "the path is not UTF-8".into(),

@@ -117,13 +117,15 @@ pub fn complexity(configs: &[Config]) -> Table {
         ("width C x d", true),
         ("params", true),
         ("MACs", true),
+        ("params vs first", true),
         ("MACs vs first", true),
     ];
     if paper {
         header.push(("paper Table 2: d, C x d (ResNet-50 conv2)", true));
     }
     let mut table = Table::new(&header);
-    let first = configs.first().map(|c| c.macs as f64).unwrap_or(1.0);
+    let first_macs = configs.first().map(|c| c.macs as f64).unwrap_or(1.0);
+    let first_params = configs.first().map(|c| c.params as f64).unwrap_or(1.0);
     for c in configs {
         let mut row = vec![
             c.label.clone(),
@@ -132,7 +134,8 @@ pub fn complexity(configs: &[Config]) -> Table {
             (c.cardinality * c.bottleneck_width).to_string(),
             thousands(c.params),
             thousands(c.macs),
-            format!("{:+.1}%", (c.macs as f64 / first - 1.0) * 100.0),
+            format!("{:+.1}%", (c.params as f64 / first_params - 1.0) * 100.0),
+            format!("{:+.1}%", (c.macs as f64 / first_macs - 1.0) * 100.0),
         ];
         if paper {
             row.push(
@@ -178,7 +181,9 @@ pub fn errors(configs: &[Config]) -> Table {
         .fold(f64::INFINITY, f64::min);
     for c in configs {
         let mut final_top1 = mean_std(&c.final_test_top1, 2);
-        if configs.len() > 1 && c.final_test_top1.mean == best {
+        // A winner only where every mean has a spread behind it.
+        let ranked = configs.iter().all(|c| c.seeds() > 1);
+        if ranked && configs.len() > 1 && c.final_test_top1.mean == best {
             final_top1 = format!("**{final_top1}**");
         }
         let mut row = vec![

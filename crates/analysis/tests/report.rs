@@ -173,11 +173,11 @@ fn a_clear_difference_is_reported_with_tables_and_figures() {
 
     // Complexity beside Table 2, errors (mean ± std over 3 seeds) beside Table 3.
     assert!(
-        md.contains("| 1x32d | 1 | 32 | 32 | 517,226 | 20,017,280 | +0.0% | 64, 64 |"),
+        md.contains("| 1x32d | 1 | 32 | 32 | 517,226 | 20,017,280 | +0.0% | +0.0% | 64, 64 |"),
         "{md}"
     );
     assert!(
-        md.contains("| 32x2d | 32 | 2 | 64 | 498,698 | 20,970,240 | +4.8% | 4, 128 |"),
+        md.contains("| 32x2d | 32 | 2 | 64 | 498,698 | 20,970,240 | -3.6% | +4.8% | 4, 128 |"),
         "{md}"
     );
     assert!(
@@ -217,7 +217,9 @@ fn overlapping_spreads_are_not_called_a_difference() {
     assert!(md.contains("no significant difference"), "{md}");
     assert!(!md.contains("spread (more than twice"), "{md}");
     assert!(
-        md.contains("No difference is larger than the seed-to-seed spread"),
+        md.contains(
+            "None of the 1 measured differences from 1x32d is larger than the seed-to-seed spread"
+        ),
         "{md}"
     );
 }
@@ -243,6 +245,9 @@ fn one_seed_makes_no_claim_and_unfinished_runs_are_listed() {
     assert_eq!((written.finished, written.total), (2, 4));
     let md = std::fs::read_to_string(out.join("README.md")).unwrap();
     assert!(md.contains("2 of 4 runs finished"), "{md}");
+    // Single runs: no winner in bold, no line through the points' noise.
+    assert!(!md.contains("**5.00**"), "{md}");
+    assert!(md.contains("Not in the tables, figures or comparisons (no finished run yet): 4x12d, never-started."), "{md}");
     assert!(md.contains("cannot be told apart from noise"), "{md}");
     assert!(md.contains("seed-to-seed spread is not measured"), "{md}");
     assert!(!md.contains("spread (more than twice"), "{md}");
@@ -296,6 +301,56 @@ fn no_finished_run_is_an_error_that_says_what_to_do() {
 }
 
 #[test]
+fn a_mix_of_measured_and_single_seed_cells_claims_only_the_measured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let mut dirs = write_cell(&runs, &resnet(&[0.09, 0.10, 0.11]), true);
+    dirs.extend(write_cell(&runs, &resnext(&[0.088, 0.098, 0.108]), true));
+    dirs.extend(write_cell(
+        &runs,
+        &Cell {
+            cardinality: 4,
+            width: 12,
+            ..resnet(&[0.02])
+        },
+        true,
+    ));
+    let out = tmp.path().join("report");
+    write_report(&input(dirs), &out).unwrap();
+    let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(md.contains("None of the 1 measured differences"), "{md}");
+    assert!(
+        md.contains("Not weighed against the spread (one seed, or identical seeds): 4x12d."),
+        "{md}"
+    );
+    assert!(
+        md.contains("without a measured spread for every cell they do not rank"),
+        "{md}"
+    );
+}
+
+#[test]
+fn columns_in_another_order_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let dirs = write_cell(&runs, &resnet(&[0.1]), true);
+    let metrics = dirs[0].join("metrics.csv");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    std::fs::write(
+        &metrics,
+        text.replacen("top1_err,top5_err", "top5_err,top1_err", 1),
+    )
+    .unwrap();
+    let err = write_report(&input(dirs), &tmp.path().join("report"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("metrics.csv") && err.contains("header column 13 is \"top5_err\""),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_malformed_metrics_file_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");
@@ -324,7 +379,21 @@ fn compare_aggregates_seeds_side_by_side() {
         row.contains("517,226") && row.contains("10.00 ± 0.14"),
         "{text}"
     );
-    // An unfinished run shows where it is: epoch 2, 2 points above its final value.
+    // An unfinished run shows where it is (epoch 2, 2 points above its final value), apart
+    // from finished seeds.
     let row = text.lines().find(|l| l.starts_with("32x2d")).expect(&text);
+    assert!(row.starts_with("32x2d [running (2/3 epochs)]"), "{text}");
     assert!(row.contains("10.00") && row.contains(" 2 "), "{text}");
+
+    // Naming a run twice counts it once.
+    let twice: Vec<Run> = [&dirs[0], &dirs[0], &dirs[1]]
+        .iter()
+        .map(|d| Run::open(d).unwrap())
+        .collect();
+    let text = compare(twice).unwrap().text();
+    let row = text.lines().find(|l| l.starts_with("1x32d")).expect(&text);
+    assert!(
+        row.contains("10.00 ± 0.14") && row.contains(" 300"),
+        "{text}"
+    );
 }

@@ -169,9 +169,9 @@ fn setup(cells: &[RunSpec]) -> Vec<(String, String)> {
         images(train.train_images, "training"),
         images(train.test_images, "test"),
         if data.augment.enabled {
-            "; random crop and flip while training"
+            "; training images augmented (pad-and-crop, and flips where the dataset allows)"
         } else {
-            ""
+            "; no augmentation"
         }
     );
     let mut models: Vec<&str> = Vec::new();
@@ -216,6 +216,7 @@ fn setup(cells: &[RunSpec]) -> Vec<(String, String)> {
     .replace("Step", "step")
     .replace("Constant", "constant");
     let seeds: BTreeSet<u64> = cells.iter().map(|c| c.seed).collect();
+    // The first cell's recipe: the swept keys are in the tables.
     vec![
         ("Dataset".into(), dataset),
         ("Model".into(), model),

@@ -41,7 +41,7 @@ pub struct SlurmArgs {
     /// At most this many cells at once (the array's %K throttle).
     #[arg(long)]
     pub max_parallel: Option<usize>,
-    /// Also submit: `sbatch` the array, then the report job with --dependency=afterok.
+    /// Also submit: `sbatch` the array, then the report job with --dependency=afterany.
     #[arg(long)]
     pub submit: bool,
 }
@@ -176,7 +176,8 @@ pub fn write_scripts(sweep: &Sweep, args: &SlurmArgs) -> Result<(PathBuf, PathBu
     // Every cell is finished by then, so this only reads the results and writes the report.
     let mut report = header(sweep, args, "report", &dir.join("report.out"))?;
     report.push_str(&format!(
-        "\n\n# After every array task succeeded (submitted with --dependency=afterok):\n\
+        "\n\n# After every array task ended (submitted with --dependency=afterany: a diverged cell\n\
+         # exits 1, and the report lists it rather than waiting forever):\n\
          # the sweep's report, as `just ablate` writes it on one machine.\n\
          set -euo pipefail\n\
          exec {}\n",
@@ -232,7 +233,7 @@ pub fn launch(sweep: &Sweep, args: &SlurmArgs) -> Result<()> {
     println!("wrote {}", report.display());
     if !args.submit {
         println!(
-            "submit with: sbatch {} (then the report job with --dependency=afterok:<array job id>), \
+            "submit with: sbatch {} (then the report job with --dependency=afterany:<array job id>), \
              or pass --submit",
             array.display()
         );
@@ -240,9 +241,11 @@ pub fn launch(sweep: &Sweep, args: &SlurmArgs) -> Result<()> {
     }
     let array_id = sbatch(&[&array.display().to_string()])?;
     println!("array job {array_id}: {} cells", sweep.cells);
-    let dependency = format!("--dependency=afterok:{array_id}");
+    // afterany, not afterok: a diverged cell exits 1, which would leave an afterok job
+    // pending forever; the report lists unfinished cells instead.
+    let dependency = format!("--dependency=afterany:{array_id}");
     let report_id = sbatch(&[&dependency, &report.display().to_string()])?;
-    println!("report job {report_id} (after job {array_id} succeeds)");
+    println!("report job {report_id} (after every task of job {array_id} ends)");
     Ok(())
 }
 

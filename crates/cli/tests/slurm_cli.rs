@@ -88,14 +88,16 @@ fn submits_the_array_then_the_report_after_it() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("array job 4242: 5 cells"), "{stdout}");
     assert!(
-        stdout.contains("report job 4243 (after job 4242 succeeds)"),
+        stdout.contains("report job 4243 (after every task of job 4242 ends)"),
         "{stdout}"
     );
     let calls = std::fs::read_to_string(&calls).unwrap();
     let lines: Vec<&str> = calls.lines().collect();
     assert_eq!(lines.len(), 2, "{calls}");
     assert!(lines[0].starts_with("--parsable ") && lines[0].ends_with("array.sbatch"));
-    assert!(lines[1].contains("--dependency=afterok:4242 ") && lines[1].ends_with("report.sbatch"));
+    assert!(
+        lines[1].contains("--dependency=afterany:4242 ") && lines[1].ends_with("report.sbatch")
+    );
 }
 
 #[test]
