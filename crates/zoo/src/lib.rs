@@ -15,6 +15,7 @@ pub mod kernels;
 pub mod layout;
 pub mod model;
 pub mod norm;
+pub mod pool;
 pub mod presets;
 pub mod solver;
 pub mod spec;

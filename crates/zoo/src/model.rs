@@ -387,8 +387,9 @@ impl Block {
 }
 
 /// 3x3 max-pool, stride 2, padding 1, written with strided views so that it has a backward
-/// pass (candle's max-pool backward requires kernel == stride). It always follows a ReLU,
-/// so zero padding gives the same result as -inf padding.
+/// pass (candle's max-pool backward requires kernel == stride): the reference, and the path
+/// off the CPU. It always follows a ReLU, so zero padding gives the same result as -inf
+/// padding.
 fn max_pool_3x3_s2(x: &Tensor) -> candle_core::Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (out_h, out_w) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
@@ -521,7 +522,11 @@ impl ResNet {
         };
         let mut h = conv_bn(&self.stem_conv, &self.stem_bn, x, pass, true)?;
         if matches!(self.spec.stem, Stem::Imagenet { .. }) {
-            h = max_pool_3x3_s2(&h)?;
+            h = if pass.fused {
+                crate::pool::max_pool_3x3_s2(&h)?
+            } else {
+                max_pool_3x3_s2(&h)?
+            };
         }
         for stage in &self.stages {
             for block in stage {
@@ -568,6 +573,36 @@ mod tests {
                 .max_all()
                 .unwrap();
             assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{h}x{w}");
+        }
+    }
+
+    #[test]
+    fn the_pool_op_matches_the_strided_reference_in_value_and_gradient() {
+        use candle_core::Var;
+        for (h, w) in [(16, 16), (15, 17), (7, 8), (2, 1)] {
+            // Post-ReLU inputs, as in the stem; continuous values, so no ties.
+            let x = Var::rand(0f64, 1., (2, 3, h, w), &Device::Cpu).unwrap();
+            let weights = Tensor::randn(
+                0f64,
+                1.,
+                (2, 3, (h - 1) / 2 + 1, (w - 1) / 2 + 1),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let mut results = Vec::new();
+            for pool in [max_pool_3x3_s2, crate::pool::max_pool_3x3_s2] {
+                let y = pool(x.as_tensor()).unwrap();
+                let loss = (&y * &weights).unwrap().sum_all().unwrap();
+                let grad = loss.backward().unwrap().remove(x.as_tensor()).unwrap();
+                results.push((y, grad));
+            }
+            for (a, b) in [
+                (&results[0].0, &results[1].0),
+                (&results[0].1, &results[1].1),
+            ] {
+                let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+                assert_eq!(diff.to_scalar::<f64>().unwrap(), 0.0, "{h}x{w}");
+            }
         }
     }
 }
