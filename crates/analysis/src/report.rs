@@ -116,6 +116,16 @@ pub fn write_report(input: &ReportInput, out: &Path) -> Result<Written> {
     for (name, value) in provenance(&finished) {
         let _ = writeln!(md, "| {name} | {value} |");
     }
+    let mut wall = 0.0;
+    for run in &finished {
+        wall += last_test(run)?.1.unwrap_or(0.0);
+    }
+    let _ = writeln!(
+        md,
+        "| Wall time | {} for the {} finished runs, one after another |",
+        duration(wall),
+        finished.len()
+    );
     let _ = writeln!(md, "| Reproduce | `{}` |\n", input.reproduce);
 
     md.push_str("## Complexity\n\n");

@@ -188,6 +188,11 @@ fn a_clear_difference_is_reported_with_tables_and_figures() {
     assert!(md.contains("22.2 (32x4d) |"));
     assert!(md.contains("a different dataset and scale"));
     assert!(md.contains("host testhost, 2 threads"));
+    // 3 seeds x (900 s + 1050 s).
+    assert!(
+        md.contains("| Wall time | 1 h 37 min for the 6 finished runs"),
+        "{md}"
+    );
     assert!(md.contains("abcdef0123"));
 
     // 2 points apart with a standard error of 0.08: a real difference, and said so.
