@@ -159,7 +159,18 @@ fn equivalence(configs: &[Config]) -> Vec<String> {
         .iter()
         .filter_map(|c| Some((c, seconds(c)?)))
         .collect();
-    if let Some(&(fastest, best)) = timed.iter().min_by(|a, b| a.1.total_cmp(&b.1)) {
+    let unsteady: Vec<&str> = configs
+        .iter()
+        .filter(|c| !crate::table::steady(c))
+        .map(|c| c.label.as_str())
+        .collect();
+    if !unsteady.is_empty() {
+        lines.push(format!(
+            "Time per epoch is not compared: the throughput of {} varied by more than {:.0}% between epochs, so the machine was shared with other work while they trained. `cardinal bench train --form A|B|C` times the forms side by side.",
+            unsteady.join(", "),
+            (crate::table::UNSTEADY - 1.0) * 100.0
+        ));
+    } else if let Some(&(fastest, best)) = timed.iter().min_by(|a, b| a.1.total_cmp(&b.1)) {
         let others: Vec<String> = timed
             .iter()
             .filter(|(c, _)| c.label != fastest.label)

@@ -140,6 +140,19 @@ pub fn write_report(input: &ReportInput, out: &Path) -> Result<Written> {
     if has_paper_cardinality(&configs) {
         md.push_str(" The paper's column is **a different dataset and scale**: ImageNet-1K top-1 error of ResNet/ResNeXt-50 at the same cardinality (Table 3, 224x224 single crop), given for the trend, not as a target.");
     }
+    let unsteady: Vec<String> = configs
+        .iter()
+        .filter(|c| !table::steady(c))
+        .map(|c| format!("{} ({:.1}x)", c.label, c.throughput_variation))
+        .collect();
+    if !unsteady.is_empty() {
+        let _ = write!(
+            md,
+            "\n\n† Throughput varied by more than {:.0}% between the epochs of a run (fastest / slowest epoch: {}): other work shared the machine, so these timings are not comparable; `cardinal bench train` measures speed side by side.",
+            (table::UNSTEADY - 1.0) * 100.0,
+            unsteady.join(", ")
+        );
+    }
     md.push_str("\n\n## Figures\n\n");
     for f in &figures {
         let _ = writeln!(
@@ -284,13 +297,14 @@ fn runs_table(runs: &[Run]) -> Result<Table> {
             "configuration",
             "seed",
             "state",
-            "final top-1 test err (%)",
+            "last test top-1 err (%)",
             "wall time",
+            "trained at commit",
         ]
         .map(String::from)
         .to_vec(),
         rows: Vec::new(),
-        numeric: vec![false, false, true, false, true, true],
+        numeric: vec![false, false, true, false, true, true, false],
     };
     for run in runs {
         let (error, wall) = if run.metrics_path().is_file() {

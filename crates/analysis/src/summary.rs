@@ -78,6 +78,10 @@ pub struct Config {
     pub final_train_top1: Stat,
     /// Training throughput, images per second (mean over epochs, then over seeds).
     pub images_per_sec: Stat,
+    /// The largest ratio of fastest to slowest epoch (train img/s) within one run: near 1 on
+    /// a quiet machine; well above it when other work shared the CPU, which makes the
+    /// timings incomparable.
+    pub throughput_variation: f64,
     pub curves: Curves,
 }
 
@@ -129,6 +133,7 @@ pub fn summarize(runs: &[&Run]) -> Result<Vec<Config>> {
         .agg([
             last("top1_err").alias("final_train_top1"),
             col("images_per_sec").mean().alias("images_per_sec"),
+            (col("images_per_sec").max() / col("images_per_sec").min()).alias("variation"),
         ]);
     let stat_exprs = |names: &[&str]| -> Vec<Expr> {
         names
@@ -154,7 +159,13 @@ pub fn summarize(runs: &[&Run]) -> Result<Vec<Config>> {
         .collect()?;
     let train = per_run_train
         .group_by([col("config")])
-        .agg(stat_exprs(&["final_train_top1", "images_per_sec"]))
+        .agg(
+            [
+                stat_exprs(&["final_train_top1", "images_per_sec"]),
+                vec![col("variation").max().alias("variation")],
+            ]
+            .concat(),
+        )
         .collect()?;
     let complexity = metrics
         .clone()
@@ -231,6 +242,10 @@ pub fn summarize(runs: &[&Run]) -> Result<Vec<Config>> {
             images_per_sec: match t {
                 Some(t) => stat(&train, t, "images_per_sec", 1.0)?,
                 None => missing,
+            },
+            throughput_variation: match t {
+                Some(t) => train.f("variation", t)?.unwrap_or(f64::NAN),
+                None => f64::NAN,
             },
             curves: Curves::default(),
         });

@@ -149,6 +149,15 @@ pub fn complexity(configs: &[Config]) -> Table {
     table
 }
 
+/// Above this ratio of fastest to slowest epoch within a run, timings are flagged as taken
+/// on a shared machine.
+pub const UNSTEADY: f64 = 1.25;
+
+/// Whether a configuration's timings are steady enough to compare.
+pub fn steady(config: &Config) -> bool {
+    config.throughput_variation.is_nan() || config.throughput_variation <= UNSTEADY
+}
+
 /// Mean seconds per epoch over a configuration's epochs.
 pub fn seconds_per_epoch(config: &Config) -> Option<f64> {
     let points = &config.curves.epoch_seconds;
@@ -194,9 +203,13 @@ pub fn errors(configs: &[Config]) -> Table {
             mean_std(&c.best_test_top1, 2),
             mean_std(&c.final_test_top5, 2),
             mean_std(&c.final_train_top1, 2),
-            mean_std(&c.images_per_sec, 0),
+            format!(
+                "{}{}",
+                mean_std(&c.images_per_sec, 0),
+                if steady(c) { "" } else { " †" }
+            ),
             seconds_per_epoch(c)
-                .map(|s| format!("{s:.0}"))
+                .map(|s| format!("{s:.0}{}", if steady(c) { "" } else { " †" }))
                 .unwrap_or_else(|| "–".into()),
         ];
         if paper {

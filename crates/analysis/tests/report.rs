@@ -295,6 +295,48 @@ fn block_forms_get_time_and_gap_figures() {
 }
 
 #[test]
+fn timings_from_a_shared_machine_are_flagged_not_compared() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let form = |form, finals| Cell {
+        cardinality: 4,
+        width: 12,
+        form,
+        params: 849_258,
+        macs: 28_347_520,
+        finals,
+        images_per_sec: 180.0,
+        seconds_per_epoch: 300.0,
+    };
+    let mut dirs = write_cell(&runs, &form("A", &[0.100]), true);
+    dirs.extend(write_cell(&runs, &form("C", &[0.101]), true));
+    // Form A's second epoch ran at a third of the speed: something else used the CPU.
+    let metrics = dirs[0].join("metrics.csv");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let slowed: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.contains(",2,train,") {
+                l.replace(",180,", ",60,")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&metrics, slowed.join("\n") + "\n").unwrap();
+    let out = tmp.path().join("report");
+    write_report(&input(dirs), &out).unwrap();
+    let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(md.contains("| 140 † | 300 † |"), "{md}");
+    assert!(
+        md.contains("(fastest / slowest epoch: 4x12d, form A (3.0x))"),
+        "{md}"
+    );
+    assert!(md.contains("Time per epoch is not compared"), "{md}");
+    assert!(!md.contains("is fastest at"), "{md}");
+}
+
+#[test]
 fn no_finished_run_is_an_error_that_says_what_to_do() {
     let tmp = tempfile::tempdir().unwrap();
     let dirs = vec![tmp.path().join("runs/toy/a"), tmp.path().join("runs/toy/b")];
