@@ -128,6 +128,32 @@ fn equivalence(configs: &[Config]) -> Vec<String> {
         }
         lines.push(line);
     }
+    // Forms whose every metric matches exactly compute the same arithmetic: worth saying,
+    // since their lines overlap in the figures.
+    let same = |a: &Config, b: &Config| {
+        let means = |c: &Config| -> Vec<(usize, u64)> {
+            [
+                &c.curves.train_top1,
+                &c.curves.test_top1,
+                &c.curves.train_loss,
+                &c.curves.test_loss,
+            ]
+            .iter()
+            .flat_map(|curve| curve.iter().map(|(e, s)| (*e, s.mean.to_bits())))
+            .collect()
+        };
+        !a.curves.test_top1.is_empty() && means(a) == means(b)
+    };
+    for (i, a) in configs.iter().enumerate() {
+        for b in &configs[i + 1..] {
+            if same(a, b) {
+                lines.push(format!(
+                    "**{}** and **{}** give bit-identical losses and errors at every epoch: the same arithmetic.",
+                    a.label, b.label
+                ));
+            }
+        }
+    }
     let verdicts: Vec<Verdict> = configs[1..]
         .iter()
         .map(|c| difference(&reference.final_test_top1, &c.final_test_top1).1)
