@@ -260,7 +260,7 @@ fn provenance(runs: &[&Run]) -> Vec<(String, String)> {
     );
     let mut lines = vec![("Machine".to_string(), machine)];
     if !commits.is_empty() {
-        lines.push(("Trained at commit".into(), commits));
+        lines.push(("Checkout when trained".into(), commits));
     }
     if let (Some(start), Some(end)) = (start, end) {
         lines.push(("Trained".into(), format!("{start} to {end}")));
@@ -299,7 +299,7 @@ fn runs_table(runs: &[Run]) -> Result<Table> {
             "state",
             "last test top-1 err (%)",
             "wall time",
-            "trained at commit",
+            "checkout when trained",
         ]
         .map(String::from)
         .to_vec(),
