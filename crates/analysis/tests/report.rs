@@ -336,7 +336,10 @@ fn timings_from_a_shared_machine_are_flagged_not_compared() {
     assert!(md.contains("Time per epoch is not compared"), "{md}");
     assert!(!md.contains("is fastest at"), "{md}");
     // The same errors and losses at every epoch: said, since the lines overlap.
-    assert!(md.contains("**4x12d, form A** and **4x12d** give bit-identical losses"), "{md}");
+    assert!(
+        md.contains("**4x12d, form A** and **4x12d** give bit-identical losses"),
+        "{md}"
+    );
 }
 
 #[test]
