@@ -19,7 +19,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::cpu::{contiguous, cpu_slice, float_dispatch};
+use crate::cpu::{contiguous, cpu_slice, float_dispatch, par_filled, vectorized};
 
 /// The geometry of one convolution: square kernel, stride, zero padding, groups.
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +92,13 @@ impl Dims {
     fn direct(&self) -> bool {
         self.k == 1 && self.stride == 1 && self.padding == 0
     }
+
+    /// Stride 1 with "same" padding (a 3x3 with padding 1): every row of the column matrix
+    /// is the whole plane shifted by a constant offset, so it moves as one contiguous copy
+    /// instead of one short copy per output row.
+    fn shifted_planes(&self) -> bool {
+        self.stride == 1 && self.ho == self.h && self.wo == self.w
+    }
 }
 
 fn out_size(size: usize, kernel: usize, stride: usize, padding: usize) -> usize {
@@ -118,7 +125,11 @@ fn inside(out: usize, size: usize, stride: usize, offset: isize) -> (usize, usiz
 
 /// Unfolds one image [C, H, W] into columns [C*k*k, Ho*Wo] (rows ordered c, ky, kx: the
 /// layout of a conv weight [Cout, C, k, k] flattened), zero outside the padded image.
+#[inline(always)]
 fn im2col<T: WithDType>(image: &[T], d: &Dims, cols: &mut [T]) {
+    if d.shifted_planes() {
+        return im2col_shifted(image, d, cols);
+    }
     let (k, s, l) = (d.k, d.stride, d.l());
     for (ch, plane) in image.chunks_exact(d.h * d.w).enumerate() {
         for ky in 0..k {
@@ -149,8 +160,109 @@ fn im2col<T: WithDType>(image: &[T], d: &Dims, cols: &mut [T]) {
     }
 }
 
-/// The adjoint of `im2col`: adds columns [C*k*k, Ho*Wo] back into one image [C, H, W].
-fn col2im<T: WithDType>(cols: &[T], d: &Dims, image: &mut [T]) {
+/// Where the column-matrix row of kernel offset (ky, kx) reads its plane, for
+/// `Dims::shifted_planes` geometry: value j of the row is value j + offset of the plane for
+/// j in `valid` (the rest of the row lies in the zero padding), except in the `wrapped`
+/// columns of every row, where the flat shift runs into the neighbouring image row.
+struct Shift {
+    offset: isize,
+    valid: std::ops::Range<usize>,
+    wrapped: std::ops::Range<usize>,
+}
+
+fn shift(d: &Dims, ky: usize, kx: usize) -> Shift {
+    let (dy, dx) = (
+        ky as isize - d.padding as isize,
+        kx as isize - d.padding as isize,
+    );
+    let (h, w) = (d.h as isize, d.w as isize);
+    let offset = dy * w + dx;
+    // Rows whose source row lies inside the plane, then clipped so that the source index
+    // j + offset stays in the plane at the two ends.
+    let (first_row, end_row) = ((-dy).clamp(0, h), (h - dy).clamp(0, h));
+    let start = (first_row * w).max(-offset).min(h * w);
+    let end = (end_row * w).min(h * w - offset).max(start);
+    let wrapped = if dx < 0 {
+        0..(-dx).min(w) as usize
+    } else {
+        (w - dx).max(0) as usize..w as usize
+    };
+    Shift {
+        offset,
+        valid: start as usize..end as usize,
+        wrapped,
+    }
+}
+
+#[inline(always)]
+fn im2col_shifted<T: WithDType>(image: &[T], d: &Dims, cols: &mut [T]) {
+    let (k, l) = (d.k, d.l());
+    for (ch, plane) in image.chunks_exact(l).enumerate() {
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut cols[((ch * k + ky) * k + kx) * l..][..l];
+                let Shift {
+                    offset,
+                    valid,
+                    wrapped,
+                } = shift(d, ky, kx);
+                row[..valid.start].fill(T::zero());
+                row[valid.end..].fill(T::zero());
+                if !valid.is_empty() {
+                    // valid.start >= -offset (see `shift`): the source index is not negative.
+                    let source = (valid.start as isize + offset) as usize;
+                    row[valid.clone()].copy_from_slice(&plane[source..source + valid.len()]);
+                }
+                if !wrapped.is_empty() {
+                    for line in row.chunks_exact_mut(d.w) {
+                        line[wrapped.clone()].fill(T::zero());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `col2im` for `Dims::shifted_planes` geometry. It zeroes the wrapped columns of `cols`
+/// (whose values belong to the padding) so that each row adds into the plane in one pass.
+#[inline(always)]
+fn col2im_shifted<T: WithDType>(cols: &mut [T], d: &Dims, image: &mut [T]) {
+    let (k, l) = (d.k, d.l());
+    for (ch, plane) in image.chunks_exact_mut(l).enumerate() {
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut cols[((ch * k + ky) * k + kx) * l..][..l];
+                let Shift {
+                    offset,
+                    valid,
+                    wrapped,
+                } = shift(d, ky, kx);
+                if !wrapped.is_empty() {
+                    for line in row.chunks_exact_mut(d.w) {
+                        line[wrapped.clone()].fill(T::zero());
+                    }
+                }
+                if valid.is_empty() {
+                    continue;
+                }
+                let target = (valid.start as isize + offset) as usize;
+                for (dst, &v) in plane[target..target + valid.len()]
+                    .iter_mut()
+                    .zip(&row[valid])
+                {
+                    *dst += v;
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of `im2col`: adds columns [C*k*k, Ho*Wo] back into one image [C, H, W]
+/// (`cols` is scratch: the shifted-planes path zeroes its padding values).
+fn col2im<T: WithDType>(cols: &mut [T], d: &Dims, image: &mut [T]) {
+    if d.shifted_planes() {
+        return vectorized(|| col2im_shifted(cols, d, image));
+    }
     let (k, s, l) = (d.k, d.stride, d.l());
     for (ch, plane) in image.chunks_exact_mut(d.h * d.w).enumerate() {
         for ky in 0..k {
@@ -327,62 +439,76 @@ fn columns<'a, T: WithDType>(image: &'a [T], d: &Dims, buf: &'a mut Vec<T>) -> &
         return image;
     }
     buf.resize(d.c * d.k * d.k * d.l(), T::zero());
-    im2col(image, d, buf);
+    vectorized(|| im2col(image, d, buf));
     buf
 }
 
 /// y[n] = W_g x cols_g(x[n]) for every image and group.
 fn forward<T: WithDType>(x: &[T], weight: &[T], d: &Dims) -> Vec<T> {
     let (l, depth, cog) = (d.l(), d.depth(), d.c_out_group());
-    let mut y = vec![T::zero(); d.n * d.c_out * l];
-    y.par_chunks_mut(d.c_out * l).enumerate().for_each_init(
-        Vec::new,
-        |buf: &mut Vec<T>, (img, out)| {
-            let image = &x[img * d.c * d.h * d.w..(img + 1) * d.c * d.h * d.w];
-            let cols = columns(image, d, buf);
-            for g in 0..d.groups {
-                gemm(
-                    (cog, l, depth),
-                    &mut out[g * cog * l..],
-                    l,
-                    false,
-                    Mat::rows(weight, g * cog * depth, depth),
-                    Mat::rows(cols, g * depth * l, l),
-                );
-            }
-        },
-    );
-    y
+    let image_out = d.c_out * l;
+    // SAFETY: the products of the groups (accumulate = false, which does not read the
+    // destination) write all c_out rows of l values of an image.
+    unsafe {
+        par_filled(
+            d.n * image_out,
+            image_out,
+            Vec::new,
+            |buf: &mut Vec<T>, img, out| {
+                let image = &x[img * d.c * d.h * d.w..(img + 1) * d.c * d.h * d.w];
+                let cols = columns(image, d, buf);
+                for g in 0..d.groups {
+                    gemm(
+                        (cog, l, depth),
+                        &mut out[g * cog * l..],
+                        l,
+                        false,
+                        Mat::rows(weight, g * cog * depth, depth),
+                        Mat::rows(cols, g * depth * l, l),
+                    );
+                }
+            },
+        )
+    }
 }
 
 /// dx[n] = col2im(W_g^T x dy_g[n]).
 fn input_grad<T: WithDType>(dy: &[T], weight: &[T], d: &Dims) -> Vec<T> {
     let (l, depth, cog) = (d.l(), d.depth(), d.c_out_group());
-    let mut dx = vec![T::zero(); d.n * d.c * d.h * d.w];
-    dx.par_chunks_mut(d.c * d.h * d.w)
-        .enumerate()
-        .for_each_init(Vec::new, |buf: &mut Vec<T>, (img, image)| {
-            let grad = &dy[img * d.c_out * l..(img + 1) * d.c_out * l];
-            let direct = d.direct();
-            if !direct {
-                buf.resize(d.c * d.k * d.k * l, T::zero());
-            }
-            let cols: &mut [T] = if direct { image } else { buf };
-            for g in 0..d.groups {
-                gemm(
-                    (depth, l, cog),
-                    &mut cols[g * depth * l..],
-                    l,
-                    false,
-                    Mat::transposed(weight, g * cog * depth, depth),
-                    Mat::rows(grad, g * cog * l, l),
-                );
-            }
-            if !direct {
-                col2im(buf, d, image);
-            }
-        });
-    dx
+    let image_len = d.c * d.h * d.w;
+    // SAFETY: a direct convolution's products (accumulate = false) write the whole image;
+    // otherwise the image is zeroed before col2im adds into it.
+    unsafe {
+        par_filled(
+            d.n * image_len,
+            image_len,
+            Vec::new,
+            |buf: &mut Vec<T>, img, image| {
+                let grad = &dy[img * d.c_out * l..(img + 1) * d.c_out * l];
+                let direct = d.direct();
+                if !direct {
+                    buf.resize(d.c * d.k * d.k * l, T::zero());
+                }
+                let cols: &mut [T] = if direct { image } else { buf };
+                for g in 0..d.groups {
+                    gemm(
+                        (depth, l, cog),
+                        &mut cols[g * depth * l..],
+                        l,
+                        false,
+                        Mat::transposed(weight, g * cog * depth, depth),
+                        Mat::rows(grad, g * cog * l, l),
+                    );
+                }
+                if !direct {
+                    // Zeroed here rather than up front: the image is then still in cache
+                    // when col2im adds into it.
+                    image.fill(T::zero());
+                    col2im(buf, d, image);
+                }
+            },
+        )
+    }
 }
 
 /// Images per partial sum of the weight gradient: a fixed split, so that the sum's order,
@@ -520,6 +646,13 @@ mod tests {
             // More than SMALL_ROWS output channels per group: the gemm path.
             (2, 12, 7, 7, 12, 3, 1, 1, 1),
             (2, 16, 9, 11, 24, 3, 2, 1, 2),
+            // Stride 1, "same" padding on planes no larger than the kernel, and a 5x5: the
+            // shifted-plane unfolding at its edge cases.
+            (2, 4, 1, 1, 6, 3, 1, 1, 2),
+            (2, 4, 2, 2, 4, 3, 1, 1, 1),
+            (1, 3, 1, 5, 4, 3, 1, 1, 1),
+            (2, 3, 6, 4, 5, 5, 1, 2, 1),
+            (1, 2, 3, 3, 2, 5, 1, 2, 1),
         ];
         for dtype in [DType::F64, DType::F32] {
             for (i, &(n, c, h, w, c_out, k, s, p, g)) in cases.iter().enumerate() {

@@ -15,7 +15,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::cpu::{contiguous, cpu_slice, float_dispatch};
+use crate::cpu::{contiguous, cpu_slice, float_dispatch, par_filled, vectorized};
 
 /// Per-channel statistics of one training batch: saved by the forward for the backward and
 /// for the running-statistics update.
@@ -61,6 +61,7 @@ fn planes(layout: &Layout, op: &str) -> Result<(usize, usize, usize)> {
 /// Per-channel pairs of sums: `f(channel, start)` sums over one plane (the `hw` values
 /// from `start`), and the planes of a channel are added in image order. Channels run in
 /// parallel; each channel's order is fixed, so the sums are reproducible.
+#[inline(always)]
 fn per_channel<F>((n, c, hw): (usize, usize, usize), f: F) -> Vec<(f64, f64)>
 where
     F: Fn(usize, usize) -> (f64, f64) + Sync,
@@ -68,37 +69,70 @@ where
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let mut acc = (0.0, 0.0);
-            for img in 0..n {
-                let (a, b) = f(ch, (img * c + ch) * hw);
-                acc.0 += a;
-                acc.1 += b;
-            }
-            acc
+            vectorized(|| {
+                let mut acc = (0.0, 0.0);
+                for img in 0..n {
+                    let (a, b) = f(ch, (img * c + ch) * hw);
+                    acc.0 += a;
+                    acc.1 += b;
+                }
+                acc
+            })
         })
         .collect()
 }
 
-/// Sums of f over the values of one plane, accumulated in f64 in independent lanes so that
-/// the loop vectorizes (a single running sum would serialize on the add's latency); the
-/// lanes are combined in a fixed order.
-fn plane_sums<T: WithDType>(values: &[T], f: impl Fn(usize, f64) -> (f64, f64)) -> (f64, f64) {
-    const LANES: usize = 8;
-    let (mut a, mut b) = ([0.0; LANES], [0.0; LANES]);
-    let whole = values.len() / LANES * LANES;
-    for (block, chunk) in values[..whole].chunks_exact(LANES).enumerate() {
-        for lane in 0..LANES {
-            let (p, q) = f(block * LANES + lane, chunk[lane].to_f64());
-            a[lane] += p;
-            b[lane] += q;
+/// Lanes of the plane sums: one AVX-512 register of f32, so the loop fills whole registers.
+const LANES: usize = 16;
+/// Values a lane adds in the input's own precision before its partial sum joins the f64
+/// total: short enough that f32 rounding stays at a few ulps, long enough that the loop
+/// runs at the speed of the input dtype rather than converting every value to f64.
+const LANE_BLOCK: usize = 8;
+
+/// Two sums of `term` over the positions of one plane, whose values at a position are read
+/// from the `K` equal-length `inputs`. Independent lanes let the loop vectorize (a single
+/// running sum would serialize on the add's latency); lanes and blocks are combined in a
+/// fixed order, so the result does not depend on scheduling.
+#[inline(always)]
+fn plane_sums<T: WithDType, const K: usize>(
+    inputs: [&[T]; K],
+    term: impl Fn([T; K]) -> (T, T),
+) -> (f64, f64) {
+    let len = inputs[0].len();
+    assert!(
+        inputs.iter().all(|s| s.len() == len),
+        "plane_sums: unequal inputs"
+    );
+    let (mut total_a, mut total_b) = (0f64, 0f64);
+    let whole = len / LANES * LANES;
+    let mut start = 0;
+    while start < whole {
+        let end = (start + LANE_BLOCK * LANES).min(whole);
+        let (mut a, mut b) = ([T::zero(); LANES], [T::zero(); LANES]);
+        for i in (start..end).step_by(LANES) {
+            let chunks: [&[T; LANES]; K] = std::array::from_fn(|k| {
+                inputs[k][i..i + LANES]
+                    .try_into()
+                    .expect("a chunk of LANES values")
+            });
+            for lane in 0..LANES {
+                let (p, q) = term(std::array::from_fn(|k| chunks[k][lane]));
+                a[lane] += p;
+                b[lane] += q;
+            }
         }
+        for lane in 0..LANES {
+            total_a += a[lane].to_f64();
+            total_b += b[lane].to_f64();
+        }
+        start = end;
     }
-    for (i, v) in values.iter().enumerate().skip(whole) {
-        let (p, q) = f(i, v.to_f64());
-        a[0] += p;
-        b[0] += q;
+    for i in whole..len {
+        let (p, q) = term(std::array::from_fn(|k| inputs[k][i]));
+        total_a += p.to_f64();
+        total_b += q.to_f64();
     }
-    (a.iter().sum(), b.iter().sum())
+    (total_a, total_b)
 }
 
 fn relu_if<T: WithDType>(relu: bool, v: T) -> T {
@@ -121,32 +155,39 @@ fn train_forward<T: WithDType>(
     let count = n * hw;
     // One pass, shifted by a value of the channel so that the sum of squares does not
     // cancel catastrophically when the mean is large against the spread.
-    let shift: Vec<f64> = (0..c).map(|ch| x[ch * hw].to_f64()).collect();
+    let shift: Vec<T> = (0..c).map(|ch| x[ch * hw]).collect();
     let sums = per_channel(dims, |ch, start| {
         let k = shift[ch];
-        plane_sums(&x[start..start + hw], |_, v| ((v - k), (v - k) * (v - k)))
+        plane_sums([&x[start..start + hw]], |[v]| ((v - k), (v - k) * (v - k)))
     });
     let mut mean = Vec::with_capacity(c);
     let mut var = Vec::with_capacity(c);
     for (ch, &(s, ss)) in sums.iter().enumerate() {
         let centred = s / count as f64;
-        mean.push(shift[ch] + centred);
+        mean.push(shift[ch].to_f64() + centred);
         // Clamp rounding below zero, but keep a NaN (from an infinite input) a NaN: `max`
         // would turn it into 0 and hide the divergence in the running statistics.
         let v = ss / count as f64 - centred * centred;
         var.push(if v < 0.0 { 0.0 } else { v });
     }
     let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + op.eps).sqrt()).collect();
-    let mut out = vec![T::zero(); x.len()];
-    out.par_chunks_mut(hw).enumerate().for_each(|(plane, o)| {
-        let ch = plane % c;
-        let scale = weight[ch].to_f64() * invstd[ch];
-        let offset = bias[ch].to_f64() - mean[ch] * scale;
-        let (scale, offset) = (T::from_f64(scale), T::from_f64(offset));
-        for (o, &v) in o.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
-            *o = relu_if(op.relu, v * scale + offset);
-        }
-    });
+    // SAFETY: every value of every plane is written.
+    let out = unsafe {
+        par_filled(
+            x.len(),
+            hw,
+            || (),
+            |_, plane, o| {
+                let ch = plane % c;
+                let scale = weight[ch].to_f64() * invstd[ch];
+                let offset = bias[ch].to_f64() - mean[ch] * scale;
+                let (scale, offset) = (T::from_f64(scale), T::from_f64(offset));
+                for (o, &v) in o.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
+                    *o = relu_if(op.relu, v * scale + offset);
+                }
+            },
+        )
+    };
     let stats = BatchStats {
         mean,
         var,
@@ -178,12 +219,15 @@ fn train_backward<T: WithDType>(
     let (_, c, hw) = dims;
     let m = stats.count as f64;
     let sums = per_channel(dims, |ch, start| {
-        let (x, y) = (&x[start..start + hw], &y[start..start + hw]);
-        let mean = stats.mean[ch];
-        plane_sums(&dy[start..start + hw], |i, g| {
-            let g = if relu && y[i] <= T::zero() { 0.0 } else { g };
-            (g, g * (x[i].to_f64() - mean))
-        })
+        let range = start..start + hw;
+        let mean = T::from_f64(stats.mean[ch]);
+        plane_sums(
+            [&dy[range.clone()], &y[range.clone()], &x[range]],
+            |[g, y, x]| {
+                let g = masked(relu, y, g);
+                (g, g * (x - mean))
+            },
+        )
     });
     // dx = w * invstd * (g - mean(g) - xhat * mean(g * xhat)), folded per channel into
     // dx = g * p + x * q + r so that the pass over the planes is a multiply-add.
@@ -201,18 +245,25 @@ fn train_backward<T: WithDType>(
             )
         })
         .collect();
-    let mut dx = vec![T::zero(); x.len()];
-    dx.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
-        let (p, q, r) = coefficients[plane % c];
-        let range = plane * hw..(plane + 1) * hw;
-        for ((o, &xv), (&yv, &g)) in out
-            .iter_mut()
-            .zip(&x[range.clone()])
-            .zip(y[range.clone()].iter().zip(&dy[range]))
-        {
-            *o = masked(relu, yv, g) * p + xv * q + r;
-        }
-    });
+    // SAFETY: every value of every plane is written.
+    let dx = unsafe {
+        par_filled(
+            x.len(),
+            hw,
+            || (),
+            |_, plane, out| {
+                let (p, q, r) = coefficients[plane % c];
+                let range = plane * hw..(plane + 1) * hw;
+                for ((o, &xv), (&yv, &g)) in out
+                    .iter_mut()
+                    .zip(&x[range.clone()])
+                    .zip(y[range.clone()].iter().zip(&dy[range]))
+                {
+                    *o = masked(relu, yv, g) * p + xv * q + r;
+                }
+            },
+        )
+    };
     let dweight = (0..c)
         .map(|ch| T::from_f64(sums[ch].1 * stats.invstd[ch]))
         .collect();
@@ -227,13 +278,20 @@ fn affine_forward<T: WithDType>(
     (_, c, hw): (usize, usize, usize),
     relu: bool,
 ) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
-    out.par_chunks_mut(hw).enumerate().for_each(|(plane, o)| {
-        let (s, t) = (scale[plane % c], shift[plane % c]);
-        for (o, &v) in o.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
-            *o = relu_if(relu, v * s + t);
-        }
-    });
+    // SAFETY: every value of every plane is written.
+    let out = unsafe {
+        par_filled(
+            x.len(),
+            hw,
+            || (),
+            |_, plane, o| {
+                let (s, t) = (scale[plane % c], shift[plane % c]);
+                for (o, &v) in o.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
+                    *o = relu_if(relu, v * s + t);
+                }
+            },
+        )
+    };
     out
 }
 
@@ -247,20 +305,30 @@ fn affine_backward<T: WithDType>(
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (_, c, hw) = dims;
     let sums = per_channel(dims, |_, start| {
-        let (x, y) = (&x[start..start + hw], &y[start..start + hw]);
-        plane_sums(&dy[start..start + hw], |i, g| {
-            let g = if relu && y[i] <= T::zero() { 0.0 } else { g };
-            (g * x[i].to_f64(), g)
-        })
+        let range = start..start + hw;
+        plane_sums(
+            [&dy[range.clone()], &y[range.clone()], &x[range]],
+            |[g, y, x]| {
+                let g = masked(relu, y, g);
+                (g * x, g)
+            },
+        )
     });
-    let mut dx = vec![T::zero(); x.len()];
-    dx.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
-        let s = scale[plane % c];
-        let range = plane * hw..(plane + 1) * hw;
-        for (o, (&yv, &g)) in out.iter_mut().zip(y[range.clone()].iter().zip(&dy[range])) {
-            *o = masked(relu, yv, g) * s;
-        }
-    });
+    // SAFETY: every value of every plane is written.
+    let dx = unsafe {
+        par_filled(
+            x.len(),
+            hw,
+            || (),
+            |_, plane, out| {
+                let s = scale[plane % c];
+                let range = plane * hw..(plane + 1) * hw;
+                for (o, (&yv, &g)) in out.iter_mut().zip(y[range.clone()].iter().zip(&dy[range])) {
+                    *o = masked(relu, yv, g) * s;
+                }
+            },
+        )
+    };
     let dscale = sums.iter().map(|s| T::from_f64(s.0)).collect();
     let dshift = sums.iter().map(|s| T::from_f64(s.1)).collect();
     (dx, dscale, dshift)
@@ -270,27 +338,37 @@ fn affine_backward<T: WithDType>(
 const CHUNK: usize = 1 << 14;
 
 fn add_relu<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {
-    let mut out = vec![T::zero(); a.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(o, (a, b))| {
-            for (o, (&a, &b)) in o.iter_mut().zip(a.iter().zip(b)) {
-                *o = relu_if(true, a + b);
-            }
-        });
-    out
+    // SAFETY: every value of every chunk is written.
+    unsafe {
+        par_filled(
+            a.len(),
+            CHUNK,
+            || (),
+            |_, chunk, o| {
+                let range = chunk * CHUNK..chunk * CHUNK + o.len();
+                for (o, (&a, &b)) in o.iter_mut().zip(a[range.clone()].iter().zip(&b[range])) {
+                    *o = relu_if(true, a + b);
+                }
+            },
+        )
+    }
 }
 
 fn relu_grad<T: WithDType>(y: &[T], dy: &[T]) -> Vec<T> {
-    let mut out = vec![T::zero(); y.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
-        .for_each(|(o, (y, dy))| {
-            for (o, (&y, &g)) in o.iter_mut().zip(y.iter().zip(dy)) {
-                *o = masked(true, y, g);
-            }
-        });
-    out
+    // SAFETY: every value of every chunk is written.
+    unsafe {
+        par_filled(
+            y.len(),
+            CHUNK,
+            || (),
+            |_, chunk, o| {
+                let range = chunk * CHUNK..chunk * CHUNK + o.len();
+                for (o, (&y, &g)) in o.iter_mut().zip(y[range.clone()].iter().zip(&dy[range])) {
+                    *o = masked(true, y, g);
+                }
+            },
+        )
+    }
 }
 
 fn storage<T: WithDType>(v: Vec<T>) -> CpuStorage {
