@@ -71,14 +71,15 @@ bench: build
 
 # PyTorch is only a reference: point CARDINAL_TORCH_PYTHON at a Python that has torch
 # (default: python3). Networks are rebuilt from the specs cardinal reports.
-# Train steps and convolutions in cardinal and in PyTorch, side by side, with ratios.
-bench-compare: build
+# Train steps and convolutions in cardinal and in PyTorch, side by side, with ratios: each
+# case alternates between the two ROUNDS times (medians, and the range of the ratios).
+bench-compare ROUNDS="3": build
     mkdir -p target/bench
     {{cardinal}} bench train --format json --model cpu_resnet11 --model cpu_resnet20 --model cpu_resnext20_4x12d --model cpu_resnext20_32x2d > target/bench/train-cpu.json
     for form in A B C; do {{cardinal}} bench train --format json --model cpu_resnext20_4x12d --form $form > target/bench/train-form-$form.json; done
     {{cardinal}} bench train --format json --model resnet50 --model resnext50_32x4d --steps 3 > target/bench/train-imagenet.json
     {{cardinal}} bench conv --format json > target/bench/conv.json
-    {{torch_python}} benches/pytorch_reference.py --train target/bench/train-cpu.json --train target/bench/train-form-A.json --train target/bench/train-form-B.json --train target/bench/train-form-C.json --train target/bench/train-imagenet.json --conv target/bench/conv.json --json target/bench/compare.json
+    {{torch_python}} benches/pytorch_reference.py --train target/bench/train-cpu.json --train target/bench/train-form-A.json --train target/bench/train-form-B.json --train target/bench/train-form-C.json --train target/bench/train-imagenet.json --conv target/bench/conv.json --json target/bench/compare.json --cardinal {{cardinal}} --rounds {{ROUNDS}}
 
 # Fuzz the IDX and CIFAR parsers for SECONDS each (needs nightly and cargo-fuzz).
 fuzz SECONDS="300":

@@ -11,14 +11,19 @@ prints one table with the ratio cardinal / PyTorch per case.
     cardinal bench conv --format json > conv.json
     python3 benches/pytorch_reference.py --train train.json --conv conv.json
 
-`just bench-compare` does all three. PyTorch is a reference here, never a dependency of
-cardinal: without torch the script says how to install it and exits with status 3.
+`just bench-compare` does all three, with `--cardinal BIN --rounds 3`: each case then runs
+in cardinal (the binary, again) and in PyTorch alternately, three times, and the table shows
+the medians and the median of the per-round ratios. On a shared machine, whose speed drifts
+by tens of percent over minutes, one timing of each side minutes apart says little; pairs
+measured seconds apart do. PyTorch is a reference here, never a dependency of cardinal:
+without torch the script says how to install it and exits with status 3.
 """
 
 import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -215,13 +220,36 @@ def conv_case(torch, case, repeats):
     return median_ms(forward, 1, repeats), median_ms(train, 1, repeats)
 
 
+def run_cardinal(binary, args):
+    out = subprocess.run([binary, *args, "--format", "json"], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def cardinal_train_case(binary, case):
+    """The same train case again in cardinal (model, form, batch, input size, steps)."""
+    result = run_cardinal(binary, [
+        "bench", "train", "--model", case["model"], "--form", case["spec"]["form"],
+        "--batch-size", str(case["batch_size"]), "--input-size", str(case["input_size"]),
+        "--steps", str(case["steps"]), "--kernels", case.get("kernels", "cardinal"),
+    ])
+    return result[0] if isinstance(result, list) else result
+
+
+def spread(values):
+    return f"{min(values):.2f}-{max(values):.2f}" if len(values) > 1 else ""
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", action="append", help="JSON from `cardinal bench train`")
     parser.add_argument("--conv", action="append", help="JSON from `cardinal bench conv`")
     parser.add_argument("--conv-repeats", type=int, default=5)
     parser.add_argument("--json", help="also write every row here")
+    parser.add_argument("--cardinal", help="the cardinal binary: time every case again in it, "
+                        "alternating with PyTorch, for --rounds rounds")
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
+    rounds = args.rounds if args.cardinal else 1
     try:
         import torch
     except ImportError:
@@ -237,28 +265,42 @@ def main():
     threads = (train_cases or [{}])[0].get("threads") or os.cpu_count()
     torch.set_num_threads(threads)
     rows = []
-    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{rounds} round{'s' if rounds > 1 else ''} per case (medians; ratios: median of the rounds' ratios, then their range)\n")
     if train_cases:
         header = "| train step | batch | input | cardinal img/s | PyTorch img/s | ratio | cardinal / PyTorch peak RSS |"
         print(header)
         print("|---|---|---|---|---|---|---|")
         by_model = {}
         for case in train_cases:
-            theirs = train_case(torch, case)
-            ratio = case["images_per_sec"] / theirs["images_per_sec"]
+            ours_runs, theirs_runs = [], []
+            for r in range(rounds):
+                ours_runs.append(case if r == 0 else cardinal_train_case(args.cardinal, case))
+                theirs_runs.append(train_case(torch, case))
+            ratios = [o["images_per_sec"] / t["images_per_sec"] for o, t in zip(ours_runs, theirs_runs)]
+            ratio = statistics.median(ratios)
+            ours_ips = statistics.median(o["images_per_sec"] for o in ours_runs)
+            theirs_ips = statistics.median(t["images_per_sec"] for t in theirs_runs)
+            ours_mem = [o["peak_rss_bytes"] for o in ours_runs if o.get("peak_rss_bytes")]
+            theirs_mem = [t["peak_rss_bytes"] for t in theirs_runs if t["peak_rss_bytes"]]
             mem = None
-            if case.get("peak_rss_bytes") and theirs["peak_rss_bytes"]:
-                mem = case["peak_rss_bytes"] / theirs["peak_rss_bytes"]
+            if ours_mem and theirs_mem:
+                ours_mem, theirs_mem = statistics.median(ours_mem), statistics.median(theirs_mem)
+                mem = ours_mem / theirs_mem
             label = case["model"] + ("" if case.get("kernels", "cardinal") == "cardinal" else f" ({case['kernels']} ops)")
             print(
                 f"| {label} | {case['batch_size']} | {case['input_size']} | "
-                f"{case['images_per_sec']:.1f} | {theirs['images_per_sec']:.1f} | {ratio:.2f}x | "
-                + (f"{mem:.2f}x ({case['peak_rss_bytes'] / 2**20:.0f} / {theirs['peak_rss_bytes'] / 2**20:.0f} MiB)" if mem else "-")
+                f"{ours_ips:.1f} | {theirs_ips:.1f} | {ratio:.2f}x {spread(ratios)} | "
+                + (f"{mem:.2f}x ({ours_mem / 2**20:.0f} / {theirs_mem / 2**20:.0f} MiB)" if mem else "-")
                 + " |",
                 flush=True,
             )
-            by_model[case["model"]] = (case["ms_per_step"], theirs["ms_per_step"])
-            rows.append({"kind": "train", "case": label, "cardinal": case, "pytorch": theirs, "ratio": ratio, "memory_ratio": mem})
+            by_model[case["model"]] = (
+                statistics.median(o["ms_per_step"] for o in ours_runs),
+                statistics.median(t["ms_per_step"] for t in theirs_runs),
+            )
+            rows.append({"kind": "train", "case": label, "cardinal": ours_runs, "pytorch": theirs_runs,
+                         "ratio": ratio, "ratios": ratios, "memory_ratio": mem})
         if "resnet50" in by_model and "resnext50_32x4d" in by_model:
             ours = by_model["resnext50_32x4d"][0] / by_model["resnet50"][0]
             theirs = by_model["resnext50_32x4d"][1] / by_model["resnet50"][1]
@@ -268,15 +310,26 @@ def main():
     if conv_cases:
         print("| convolution | cardinal fwd / fwd+bwd ms | PyTorch fwd / fwd+bwd ms | train ratio (PyTorch time / cardinal time) |")
         print("|---|---|---|---|")
-        for case in conv_cases:
-            fwd, train = conv_case(torch, case, args.conv_repeats)
-            ratio = train / case["cardinal_train_ms"]
+        ours_rounds = [conv_cases]
+        for _ in range(1, rounds):
+            ours_rounds.append(run_cardinal(args.cardinal, ["bench", "conv", "--repeats", str(args.conv_repeats)]))
+        for i, case in enumerate(conv_cases):
+            ours = [by_round[i] for by_round in ours_rounds]
+            theirs = [conv_case(torch, case, args.conv_repeats) for _ in range(rounds)]
+            ratios = [t[1] / o["cardinal_train_ms"] for o, t in zip(ours, theirs)]
+            ratio = statistics.median(ratios)
+            our_fwd = statistics.median(o["cardinal_forward_ms"] for o in ours)
+            our_train = statistics.median(o["cardinal_train_ms"] for o in ours)
+            fwd = statistics.median(t[0] for t in theirs)
+            train = statistics.median(t[1] for t in theirs)
             print(
-                f"| {case['case']} | {case['cardinal_forward_ms']:.1f} / {case['cardinal_train_ms']:.1f} | "
-                f"{fwd:.1f} / {train:.1f} | {ratio:.2f}x |",
+                f"| {case['case']} | {our_fwd:.1f} / {our_train:.1f} | "
+                f"{fwd:.1f} / {train:.1f} | {ratio:.2f}x {spread(ratios)} |",
                 flush=True,
             )
-            rows.append({"kind": "conv", "case": case["case"], "cardinal": case, "pytorch": {"forward_ms": fwd, "train_ms": train}, "ratio": ratio})
+            rows.append({"kind": "conv", "case": case["case"], "cardinal": ours,
+                         "pytorch": [{"forward_ms": f, "train_ms": t} for f, t in theirs],
+                         "ratio": ratio, "ratios": ratios})
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
