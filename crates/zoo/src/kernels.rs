@@ -333,6 +333,7 @@ impl<'a, T: Copy> Mat<'a, T> {
 const SMALL_ROWS: usize = 8;
 
 /// Dot product in independent lanes, so that it vectorizes; lanes combine in a fixed order.
+#[inline(always)]
 fn dot<T: WithDType>(a: &[T], b: &[T]) -> T {
     const LANES: usize = 8;
     let mut acc = [T::zero(); LANES];
@@ -369,34 +370,38 @@ fn gemm<T: WithDType>(
         dst.len() >= (m - 1) * dst_row + n,
         "gemm: destination too small"
     );
+    // The plain loops run compiled for AVX2 where the CPU has it (see `vectorized`): these
+    // products are most of the work of the high-cardinality layers.
     if m <= SMALL_ROWS && rhs.col == 1 {
         // Each output row is a sum of rhs rows scaled by lhs entries (axpy).
-        for i in 0..m {
-            let out = &mut dst[i * dst_row..i * dst_row + n];
-            if !accumulate {
-                out.fill(T::zero());
-            }
-            for k in 0..depth {
-                let a = lhs.at(i, k);
-                for (o, &v) in out.iter_mut().zip(rhs.row_from(k, n)) {
-                    *o += a * v;
+        return vectorized(|| {
+            for i in 0..m {
+                let out = &mut dst[i * dst_row..i * dst_row + n];
+                if !accumulate {
+                    out.fill(T::zero());
+                }
+                for k in 0..depth {
+                    let a = lhs.at(i, k);
+                    for (o, &v) in out.iter_mut().zip(rhs.row_from(k, n)) {
+                        *o += a * v;
+                    }
                 }
             }
-        }
-        return;
+        });
     }
     if m <= SMALL_ROWS && lhs.col == 1 && rhs.row == 1 {
         // rhs is a transposed row-major matrix: every output is a dot product of two rows.
         let columns = Mat::rows(rhs.data, rhs.offset, rhs.col);
-        for i in 0..m {
-            let a = lhs.row_from(i, depth);
-            for j in 0..n {
-                let v = dot(a, columns.row_from(j, depth));
-                let o = &mut dst[i * dst_row + j];
-                *o = if accumulate { *o + v } else { v };
+        return vectorized(|| {
+            for i in 0..m {
+                let a = lhs.row_from(i, depth);
+                for j in 0..n {
+                    let v = dot(a, columns.row_from(j, depth));
+                    let o = &mut dst[i * dst_row + j];
+                    *o = if accumulate { *o + v } else { v };
+                }
             }
-        }
-        return;
+        });
     }
     let lhs_end = lhs.offset + (m - 1) * lhs.row + depth.saturating_sub(1) * lhs.col;
     let rhs_end = rhs.offset + depth.saturating_sub(1) * rhs.row + (n - 1) * rhs.col;
