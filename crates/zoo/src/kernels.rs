@@ -194,31 +194,37 @@ fn shift(d: &Dims, ky: usize, kx: usize) -> Shift {
     }
 }
 
+/// Zeroes the wrapped columns of one row of the column matrix (see `Shift`).
+#[inline(always)]
+fn zero_wrapped<T: WithDType>(row: &mut [T], shift: &Shift, w: usize) {
+    if !shift.wrapped.is_empty() {
+        for line in row.chunks_exact_mut(w) {
+            line[shift.wrapped.clone()].fill(T::zero());
+        }
+    }
+}
+
+/// The row of the column matrix that kernel offset (ky, kx) of channel `ch` fills.
+fn row_index(d: &Dims, ch: usize, ky: usize, kx: usize) -> usize {
+    ((ch * d.k + ky) * d.k + kx) * d.l()
+}
+
 #[inline(always)]
 fn im2col_shifted<T: WithDType>(image: &[T], d: &Dims, cols: &mut [T]) {
-    let (k, l) = (d.k, d.l());
+    let l = d.l();
     for (ch, plane) in image.chunks_exact(l).enumerate() {
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &mut cols[((ch * k + ky) * k + kx) * l..][..l];
-                let Shift {
-                    offset,
-                    valid,
-                    wrapped,
-                } = shift(d, ky, kx);
-                row[..valid.start].fill(T::zero());
-                row[valid.end..].fill(T::zero());
-                if !valid.is_empty() {
-                    // valid.start >= -offset (see `shift`): the source index is not negative.
-                    let source = (valid.start as isize + offset) as usize;
-                    row[valid.clone()].copy_from_slice(&plane[source..source + valid.len()]);
-                }
-                if !wrapped.is_empty() {
-                    for line in row.chunks_exact_mut(d.w) {
-                        line[wrapped.clone()].fill(T::zero());
-                    }
-                }
+        for (ky, kx) in (0..d.k).flat_map(|ky| (0..d.k).map(move |kx| (ky, kx))) {
+            let row = &mut cols[row_index(d, ch, ky, kx)..][..l];
+            let shift = shift(d, ky, kx);
+            let valid = shift.valid.clone();
+            row[..valid.start].fill(T::zero());
+            row[valid.end..].fill(T::zero());
+            if !valid.is_empty() {
+                // valid.start >= -offset (see `shift`): the source index is not negative.
+                let source = (valid.start as isize + shift.offset) as usize;
+                row[valid.clone()].copy_from_slice(&plane[source..source + valid.len()]);
             }
+            zero_wrapped(row, &shift, d.w);
         }
     }
 }
@@ -227,31 +233,22 @@ fn im2col_shifted<T: WithDType>(image: &[T], d: &Dims, cols: &mut [T]) {
 /// (whose values belong to the padding) so that each row adds into the plane in one pass.
 #[inline(always)]
 fn col2im_shifted<T: WithDType>(cols: &mut [T], d: &Dims, image: &mut [T]) {
-    let (k, l) = (d.k, d.l());
+    let l = d.l();
     for (ch, plane) in image.chunks_exact_mut(l).enumerate() {
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &mut cols[((ch * k + ky) * k + kx) * l..][..l];
-                let Shift {
-                    offset,
-                    valid,
-                    wrapped,
-                } = shift(d, ky, kx);
-                if !wrapped.is_empty() {
-                    for line in row.chunks_exact_mut(d.w) {
-                        line[wrapped.clone()].fill(T::zero());
-                    }
-                }
-                if valid.is_empty() {
-                    continue;
-                }
-                let target = (valid.start as isize + offset) as usize;
-                for (dst, &v) in plane[target..target + valid.len()]
-                    .iter_mut()
-                    .zip(&row[valid])
-                {
-                    *dst += v;
-                }
+        for (ky, kx) in (0..d.k).flat_map(|ky| (0..d.k).map(move |kx| (ky, kx))) {
+            let row = &mut cols[row_index(d, ch, ky, kx)..][..l];
+            let shift = shift(d, ky, kx);
+            zero_wrapped(row, &shift, d.w);
+            if shift.valid.is_empty() {
+                continue;
+            }
+            let target = (shift.valid.start as isize + shift.offset) as usize;
+            let valid = shift.valid.clone();
+            for (dst, &v) in plane[target..target + valid.len()]
+                .iter_mut()
+                .zip(&row[valid])
+            {
+                *dst += v;
             }
         }
     }

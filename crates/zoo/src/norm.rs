@@ -337,7 +337,8 @@ fn affine_backward<T: WithDType>(
 /// Elements per task of the element-wise passes: large enough to amortize scheduling.
 const CHUNK: usize = 1 << 14;
 
-fn add_relu<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {
+/// f(a[i], b[i]) for every i, in parallel chunks.
+fn zip_map<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
     // SAFETY: every value of every chunk is written.
     unsafe {
         par_filled(
@@ -347,28 +348,19 @@ fn add_relu<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {
             |_, chunk, o| {
                 let range = chunk * CHUNK..chunk * CHUNK + o.len();
                 for (o, (&a, &b)) in o.iter_mut().zip(a[range.clone()].iter().zip(&b[range])) {
-                    *o = relu_if(true, a + b);
+                    *o = f(a, b);
                 }
             },
         )
     }
 }
 
+fn add_relu<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {
+    zip_map(a, b, |a, b| relu_if(true, a + b))
+}
+
 fn relu_grad<T: WithDType>(y: &[T], dy: &[T]) -> Vec<T> {
-    // SAFETY: every value of every chunk is written.
-    unsafe {
-        par_filled(
-            y.len(),
-            CHUNK,
-            || (),
-            |_, chunk, o| {
-                let range = chunk * CHUNK..chunk * CHUNK + o.len();
-                for (o, (&y, &g)) in o.iter_mut().zip(y[range.clone()].iter().zip(&dy[range])) {
-                    *o = masked(true, y, g);
-                }
-            },
-        )
-    }
+    zip_map(y, dy, |y, g| masked(true, y, g))
 }
 
 fn storage<T: WithDType>(v: Vec<T>) -> CpuStorage {
