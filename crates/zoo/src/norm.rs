@@ -127,6 +127,8 @@ fn plane_sums<T: WithDType, const K: usize>(
         }
         start = end;
     }
+    // One index reads the same position of all K inputs.
+    #[allow(clippy::needless_range_loop)]
     for i in whole..len {
         let (p, q) = term(std::array::from_fn(|k| inputs[k][i]));
         total_a += p.to_f64();
@@ -173,20 +175,15 @@ fn train_forward<T: WithDType>(
     let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + op.eps).sqrt()).collect();
     // SAFETY: every value of every plane is written.
     let out = unsafe {
-        par_filled(
-            x.len(),
-            hw,
-            || (),
-            |_, plane, o| {
-                let ch = plane % c;
-                let scale = weight[ch].to_f64() * invstd[ch];
-                let offset = bias[ch].to_f64() - mean[ch] * scale;
-                let (scale, offset) = (T::from_f64(scale), T::from_f64(offset));
-                for (o, &v) in o.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
-                    *o = relu_if(op.relu, v * scale + offset);
-                }
-            },
-        )
+        by_plane(x.len(), hw, |plane, o| {
+            let ch = plane % c;
+            let scale = weight[ch].to_f64() * invstd[ch];
+            let offset = bias[ch].to_f64() - mean[ch] * scale;
+            let (scale, offset) = (T::from_f64(scale), T::from_f64(offset));
+            for (o, &v) in o.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
+                *o = relu_if(op.relu, v * scale + offset);
+            }
+        })
     };
     let stats = BatchStats {
         mean,
@@ -247,22 +244,17 @@ fn train_backward<T: WithDType>(
         .collect();
     // SAFETY: every value of every plane is written.
     let dx = unsafe {
-        par_filled(
-            x.len(),
-            hw,
-            || (),
-            |_, plane, out| {
-                let (p, q, r) = coefficients[plane % c];
-                let range = plane * hw..(plane + 1) * hw;
-                for ((o, &xv), (&yv, &g)) in out
-                    .iter_mut()
-                    .zip(&x[range.clone()])
-                    .zip(y[range.clone()].iter().zip(&dy[range]))
-                {
-                    *o = masked(relu, yv, g) * p + xv * q + r;
-                }
-            },
-        )
+        by_plane(x.len(), hw, |plane, out| {
+            let (p, q, r) = coefficients[plane % c];
+            let range = plane * hw..(plane + 1) * hw;
+            for ((o, &xv), (&yv, &g)) in out
+                .iter_mut()
+                .zip(&x[range.clone()])
+                .zip(y[range.clone()].iter().zip(&dy[range]))
+            {
+                *o = masked(relu, yv, g) * p + xv * q + r;
+            }
+        })
     };
     let dweight = (0..c)
         .map(|ch| T::from_f64(sums[ch].1 * stats.invstd[ch]))
@@ -280,17 +272,12 @@ fn affine_forward<T: WithDType>(
 ) -> Vec<T> {
     // SAFETY: every value of every plane is written.
     let out = unsafe {
-        par_filled(
-            x.len(),
-            hw,
-            || (),
-            |_, plane, o| {
-                let (s, t) = (scale[plane % c], shift[plane % c]);
-                for (o, &v) in o.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
-                    *o = relu_if(relu, v * s + t);
-                }
-            },
-        )
+        by_plane(x.len(), hw, |plane, o| {
+            let (s, t) = (scale[plane % c], shift[plane % c]);
+            for (o, &v) in o.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
+                *o = relu_if(relu, v * s + t);
+            }
+        })
     };
     out
 }
@@ -316,18 +303,13 @@ fn affine_backward<T: WithDType>(
     });
     // SAFETY: every value of every plane is written.
     let dx = unsafe {
-        par_filled(
-            x.len(),
-            hw,
-            || (),
-            |_, plane, out| {
-                let s = scale[plane % c];
-                let range = plane * hw..(plane + 1) * hw;
-                for (o, (&yv, &g)) in out.iter_mut().zip(y[range.clone()].iter().zip(&dy[range])) {
-                    *o = masked(relu, yv, g) * s;
-                }
-            },
-        )
+        by_plane(x.len(), hw, |plane, out| {
+            let s = scale[plane % c];
+            let range = plane * hw..(plane + 1) * hw;
+            for (o, (&yv, &g)) in out.iter_mut().zip(y[range.clone()].iter().zip(&dy[range])) {
+                *o = masked(relu, yv, g) * s;
+            }
+        })
     };
     let dscale = sums.iter().map(|s| T::from_f64(s.0)).collect();
     let dshift = sums.iter().map(|s| T::from_f64(s.1)).collect();
@@ -336,6 +318,20 @@ fn affine_backward<T: WithDType>(
 
 /// Elements per task of the element-wise passes: large enough to amortize scheduling.
 const CHUNK: usize = 1 << 14;
+
+/// A tensor of `len` values that `f(plane, values)` writes one plane (`hw` values) at a
+/// time, planes in parallel.
+///
+/// # Safety
+/// `f` must write every value of its plane before reading it (see `par_filled`).
+unsafe fn by_plane<T: WithDType>(
+    len: usize,
+    hw: usize,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) -> Vec<T> {
+    // SAFETY: the caller's promise, passed on.
+    unsafe { par_filled(len, hw, || (), |_, plane, values| f(plane, values)) }
+}
 
 /// f(a[i], b[i]) for every i, in parallel chunks.
 fn zip_map<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
