@@ -545,13 +545,8 @@ fn conv(args: BenchConvArgs) -> Result<()> {
         )?)?;
         let padding = k / 2;
         let ours = |train: bool| {
-            let y = cardinal_zoo::kernels::conv2d(
-                x.as_tensor(),
-                w.as_tensor(),
-                padding,
-                stride,
-                groups,
-            )?;
+            let y =
+                cardinal_kernels::conv2d(x.as_tensor(), w.as_tensor(), padding, stride, groups)?;
             if train {
                 y.sum_all()?.backward()?;
             }

@@ -29,27 +29,6 @@ use table::{scientific, short, thousands, Table};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-unsafe extern "C" {
-    /// mimalloc's run-time option setter (mimalloc.h), from the library `mimalloc` links.
-    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
-}
-
-/// `mi_option_purge_delay` in mimalloc.h (the same index in its v2 and v3).
-const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-
-/// By default mimalloc hands memory that stayed free for a second back to the kernel, and a
-/// training step's activations, freed at the end of one step and needed again in the next,
-/// then come back as fresh pages that the kernel zeroes: about 30,000 page faults and 0.8 s
-/// of system time in 12 steps of `cardinal bench train --model cpu_resnext20_4x12d`, 1,800
-/// faults without purging. The process keeps its peak instead, which it reaches every step
-/// anyway. MIMALLOC_PURGE_DELAY, when set, still decides.
-fn keep_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: a documented option, set before any other thread exists.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    }
-}
-
 #[derive(Parser)]
 #[command(
     name = "cardinal",
@@ -186,7 +165,7 @@ struct InferArgs {
 }
 
 fn main() -> ExitCode {
-    keep_freed_memory();
+    cardinal_kernels::memory::keep_freed_memory();
     let cli = Cli::parse();
     // Progress bars show training; CARDINAL_LOG=info (or debug) adds the log lines.
     let level = std::env::var("CARDINAL_LOG")

@@ -7,15 +7,11 @@
 
 pub mod complexity;
 pub mod convert;
-mod cpu;
 pub mod equivalence;
 pub mod error;
 pub mod init;
-pub mod kernels;
 pub mod layout;
 pub mod model;
-pub mod norm;
-pub mod pool;
 pub mod presets;
 pub mod solver;
 pub mod spec;

@@ -78,7 +78,7 @@ const BN_EPS: f64 = 1e-5;
 /// Which implementation of convolution, batch norm and the residual add a model runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Kernels {
-    /// cardinal's fused CPU kernels ([`crate::kernels`], [`crate::norm`]) on the CPU,
+    /// cardinal's fused CPU kernels (`cardinal_kernels`) on the CPU,
     /// candle's own ops on other devices.
     #[default]
     Cardinal,
@@ -120,7 +120,7 @@ impl Conv {
         // passes (1.3-1.8x faster train steps of the CPU models than candle's conv2d, which
         // stays the reference and serves other devices).
         if pass.fused {
-            crate::kernels::conv2d(x, &self.weight, self.padding, self.stride, self.groups)
+            cardinal_kernels::conv2d(x, &self.weight, self.padding, self.stride, self.groups)
         } else {
             x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)
         }
@@ -128,7 +128,7 @@ impl Conv {
 }
 
 /// Batch norm with an optional ReLU folded in. On the CPU it runs the fused kernels of
-/// [`crate::norm`]; elsewhere candle-nn's `BatchNorm`, which is also their reference.
+/// `cardinal_kernels::norm`; elsewhere candle-nn's `BatchNorm`, which is also their reference.
 #[derive(Debug, Clone)]
 struct Norm {
     weight: Tensor,
@@ -148,7 +148,7 @@ impl Norm {
             return if relu { y.relu() } else { Ok(y) };
         }
         if !pass.train {
-            return crate::norm::batch_norm_eval(
+            return cardinal_kernels::batch_norm_eval(
                 x,
                 &self.weight,
                 &self.bias,
@@ -158,7 +158,8 @@ impl Norm {
                 relu,
             );
         }
-        let (y, stats) = crate::norm::batch_norm_train(x, &self.weight, &self.bias, BN_EPS, relu)?;
+        let (y, stats) =
+            cardinal_kernels::batch_norm_train(x, &self.weight, &self.bias, BN_EPS, relu)?;
         // The running variance is unbiased, as in PyTorch (and candle-nn); count >= 2 is
         // checked by the kernel.
         let unbiased = stats.count as f64 / (stats.count - 1) as f64;
@@ -379,7 +380,7 @@ impl Block {
             None => x.clone(),
         };
         if pass.fused {
-            crate::norm::add_relu_op(&residual, &shortcut)
+            cardinal_kernels::add_relu_op(&residual, &shortcut)
         } else {
             (residual + shortcut)?.relu()
         }
@@ -523,7 +524,7 @@ impl ResNet {
         let mut h = conv_bn(&self.stem_conv, &self.stem_bn, x, pass, true)?;
         if matches!(self.spec.stem, Stem::Imagenet { .. }) {
             h = if pass.fused {
-                crate::pool::max_pool_3x3_s2(&h)?
+                cardinal_kernels::max_pool_3x3_s2(&h)?
             } else {
                 max_pool_3x3_s2(&h)?
             };
@@ -590,7 +591,7 @@ mod tests {
             )
             .unwrap();
             let mut results = Vec::new();
-            for pool in [max_pool_3x3_s2, crate::pool::max_pool_3x3_s2] {
+            for pool in [max_pool_3x3_s2, cardinal_kernels::max_pool_3x3_s2] {
                 let y = pool(x.as_tensor()).unwrap();
                 let loss = (&y * &weights).unwrap().sum_all().unwrap();
                 let grad = loss.backward().unwrap().remove(x.as_tensor()).unwrap();

@@ -19,7 +19,12 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::cpu::{contiguous, cpu_slice, float_dispatch, par_filled, vectorized};
+use std::mem::MaybeUninit;
+
+use crate::cpu::{
+    as_uninit_mut, assume_init_mut, contiguous, cpu_slice, float_dispatch, par_filled, vectorized,
+    zeroed,
+};
 
 /// The geometry of one convolution: square kernel, stride, zero padding, groups.
 #[derive(Debug, Clone, Copy)]
@@ -352,9 +357,13 @@ fn dot<T: WithDType>(a: &[T], b: &[T]) -> T {
 
 /// dst [m, n] (row-major, `dst_row` apart) = lhs [m, depth] x rhs [depth, n], added to dst
 /// when `accumulate`. Single-threaded: the callers already split work over images.
-fn gemm<T: WithDType>(
+///
+/// # Safety
+/// When `accumulate`, the m x n destination values are initialised (without it they are
+/// only written).
+unsafe fn gemm<T: WithDType>(
     (m, n, depth): (usize, usize, usize),
-    dst: &mut [T],
+    dst: &mut [MaybeUninit<T>],
     dst_row: usize,
     accumulate: bool,
     lhs: Mat<T>,
@@ -374,9 +383,12 @@ fn gemm<T: WithDType>(
         return vectorized(|| {
             for i in 0..m {
                 let out = &mut dst[i * dst_row..i * dst_row + n];
-                if !accumulate {
-                    out.fill(T::zero());
-                }
+                let out = if accumulate {
+                    // SAFETY: initialised when accumulating (the caller's promise).
+                    unsafe { assume_init_mut(out) }
+                } else {
+                    zeroed(out)
+                };
                 for k in 0..depth {
                     let a = lhs.at(i, k);
                     for (o, &v) in out.iter_mut().zip(rhs.row_from(k, n)) {
@@ -395,7 +407,12 @@ fn gemm<T: WithDType>(
                 for j in 0..n {
                     let v = dot(a, columns.row_from(j, depth));
                     let o = &mut dst[i * dst_row + j];
-                    *o = if accumulate { *o + v } else { v };
+                    if accumulate {
+                        // SAFETY: initialised when accumulating (the caller's promise).
+                        unsafe { *o.assume_init_mut() += v };
+                    } else {
+                        o.write(v);
+                    }
                 }
             }
         });
@@ -408,13 +425,14 @@ fn gemm<T: WithDType>(
     );
     // SAFETY: dst holds m rows of n elements `dst_row` apart, and the last element of each
     // operand view lies inside its slice (both checked above); strides are positive, so
-    // every element gemm reads or writes lies inside the slices.
+    // every element gemm reads or writes lies inside the slices. gemm reads the destination
+    // only when `accumulate` (its `read_dst`), when it is initialised (our caller's promise).
     unsafe {
         gemm::gemm(
             m,
             n,
             depth,
-            dst.as_mut_ptr(),
+            dst.as_mut_ptr().cast::<T>(),
             1,
             dst_row as isize,
             accumulate,
@@ -449,17 +467,17 @@ fn columns<'a, T: WithDType>(image: &'a [T], d: &Dims, buf: &'a mut Vec<T>) -> &
 fn forward<T: WithDType>(x: &[T], weight: &[T], d: &Dims) -> Vec<T> {
     let (l, depth, cog) = (d.l(), d.depth(), d.c_out_group());
     let image_out = d.c_out * l;
-    // SAFETY: the products of the groups (accumulate = false, which does not read the
-    // destination) write all c_out rows of l values of an image.
+    // SAFETY: the products of the groups write all c_out rows of l values of an image.
     unsafe {
         par_filled(
             d.n * image_out,
             image_out,
             Vec::new,
-            |buf: &mut Vec<T>, img, out| {
+            |buf: &mut Vec<T>, img, out: &mut [MaybeUninit<T>]| {
                 let image = &x[img * d.c * d.h * d.w..(img + 1) * d.c * d.h * d.w];
                 let cols = columns(image, d, buf);
                 for g in 0..d.groups {
+                    // SAFETY: no accumulation, so the destination is only written.
                     gemm(
                         (cog, l, depth),
                         &mut out[g * cog * l..],
@@ -478,21 +496,27 @@ fn forward<T: WithDType>(x: &[T], weight: &[T], d: &Dims) -> Vec<T> {
 fn input_grad<T: WithDType>(dy: &[T], weight: &[T], d: &Dims) -> Vec<T> {
     let (l, depth, cog) = (d.l(), d.depth(), d.c_out_group());
     let image_len = d.c * d.h * d.w;
-    // SAFETY: a direct convolution's products (accumulate = false) write the whole image;
+    // SAFETY: a direct convolution's products write the whole image (its column matrix);
     // otherwise the image is zeroed before col2im adds into it.
     unsafe {
         par_filled(
             d.n * image_len,
             image_len,
             Vec::new,
-            |buf: &mut Vec<T>, img, image| {
+            |buf: &mut Vec<T>, img, image: &mut [MaybeUninit<T>]| {
                 let grad = &dy[img * d.c_out * l..(img + 1) * d.c_out * l];
                 let direct = d.direct();
                 if !direct {
                     buf.resize(d.c * d.k * d.k * l, T::zero());
                 }
-                let cols: &mut [T] = if direct { image } else { buf };
+                let cols: &mut [MaybeUninit<T>] = if direct {
+                    image
+                } else {
+                    // SAFETY: the products below write only initialised values.
+                    as_uninit_mut(buf)
+                };
                 for g in 0..d.groups {
+                    // SAFETY: no accumulation, so the destination is only written.
                     gemm(
                         (depth, l, cog),
                         &mut cols[g * depth * l..],
@@ -505,8 +529,7 @@ fn input_grad<T: WithDType>(dy: &[T], weight: &[T], d: &Dims) -> Vec<T> {
                 if !direct {
                     // Zeroed here rather than up front: the image is then still in cache
                     // when col2im adds into it.
-                    image.fill(T::zero());
-                    col2im(buf, d, image);
+                    col2im(buf, d, zeroed(image));
                 }
             },
         )
@@ -533,14 +556,18 @@ fn weight_grad<T: WithDType>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
                 let cols = columns(image, d, &mut buf);
                 let grad = &dy[img * d.c_out * l..(img + 1) * d.c_out * l];
                 for g in 0..d.groups {
-                    gemm(
-                        (cog, depth, l),
-                        &mut acc[g * cog * depth..],
-                        depth,
-                        i > 0,
-                        Mat::rows(grad, g * cog * l, l),
-                        Mat::transposed(cols, g * depth * l, l),
-                    );
+                    // SAFETY: `acc` is initialised (zeros, then sums), and the product
+                    // writes only initialised values.
+                    unsafe {
+                        gemm(
+                            (cog, depth, l),
+                            &mut as_uninit_mut(&mut acc)[g * cog * depth..],
+                            depth,
+                            i > 0,
+                            Mat::rows(grad, g * cog * l, l),
+                            Mat::transposed(cols, g * depth * l, l),
+                        );
+                    }
                 }
             }
             acc
@@ -630,7 +657,8 @@ pub fn conv2d(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device, Var};
+    use crate::testing::seeded;
+    use candle_core::{DType, Var};
 
     /// Values and gradients (input and weight) against candle's reference conv2d.
     #[test]
@@ -658,28 +686,14 @@ mod tests {
         ];
         for dtype in [DType::F64, DType::F32] {
             for (i, &(n, c, h, w, c_out, k, s, p, g)) in cases.iter().enumerate() {
-                let x = Var::from_tensor(
-                    &Tensor::randn(0f32, 1.0, (n, c, h, w), &Device::Cpu)
-                        .unwrap()
-                        .to_dtype(dtype)
-                        .unwrap(),
-                )
-                .unwrap();
-                let wt = Var::from_tensor(
-                    &Tensor::randn(0f32, 1.0, (c_out, c / g, k, k), &Device::Cpu)
-                        .unwrap()
-                        .to_dtype(dtype)
-                        .unwrap(),
-                )
-                .unwrap();
+                let seed = 10 * i as u64;
+                let x = Var::from_tensor(&seeded(&[n, c, h, w], dtype, seed)).unwrap();
+                let wt = Var::from_tensor(&seeded(&[c_out, c / g, k, k], dtype, seed + 1)).unwrap();
                 let mine = conv2d(x.as_tensor(), wt.as_tensor(), p, s, g).unwrap();
                 let reference = x.as_tensor().conv2d(wt.as_tensor(), p, s, 1, g).unwrap();
                 assert_eq!(mine.dims(), reference.dims(), "case {i}");
                 // A fixed random upstream gradient makes every output position matter.
-                let up = Tensor::randn(0f32, 1.0, reference.dims(), &Device::Cpu)
-                    .unwrap()
-                    .to_dtype(dtype)
-                    .unwrap();
+                let up = seeded(reference.dims(), dtype, seed + 2);
                 let g_mine = (&mine * &up)
                     .unwrap()
                     .sum_all()
@@ -745,29 +759,25 @@ mod tests {
             (1, 4, 8, 6, 6, 1, 2, 0, 2),
             (2, 16, 8, 8, 24, 3, 2, 1, 2),
         ];
-        for &(n, c, h, w, c_out, k, s, p, g) in &cases {
-            let rand = |shape: &[usize]| {
-                Tensor::randn(0f32, 1.0, shape, &Device::Cpu)
-                    .unwrap()
-                    .to_dtype(DType::F64)
-                    .unwrap()
-            };
-            let x = Var::from_tensor(&rand(&[n, c, h, w])).unwrap();
-            let wt = Var::from_tensor(&rand(&[c_out, c / g, k, k])).unwrap();
+        for (i, &(n, c, h, w, c_out, k, s, p, g)) in cases.iter().enumerate() {
+            let seed = 100 + 10 * i as u64;
+            let rand = |shape: &[usize], offset: u64| seeded(shape, DType::F64, seed + offset);
+            let x = Var::from_tensor(&rand(&[n, c, h, w], 0)).unwrap();
+            let wt = Var::from_tensor(&rand(&[c_out, c / g, k, k], 1)).unwrap();
             let out = conv2d(x.as_tensor(), wt.as_tensor(), p, s, g).unwrap();
-            let up = rand(out.dims());
+            let up = rand(out.dims(), 2);
             let grads = (&out * &up).unwrap().sum_all().unwrap().backward().unwrap();
             let dot = |a: &Tensor, b: &Tensor| -> f64 {
                 (a * b).unwrap().sum_all().unwrap().to_scalar().unwrap()
             };
-            let dx = rand(&[n, c, h, w]);
+            let dx = rand(&[n, c, h, w], 3);
             let lhs = dot(grads.get(x.as_tensor()).unwrap(), &dx);
             let rhs = dot(&up, &conv2d(&dx, wt.as_tensor(), p, s, g).unwrap());
             assert!(
                 (lhs - rhs).abs() < 1e-9 * rhs.abs().max(1.0),
                 "input: {lhs} vs {rhs}"
             );
-            let dw = rand(&[c_out, c / g, k, k]);
+            let dw = rand(&[c_out, c / g, k, k], 4);
             let lhs = dot(grads.get(wt.as_tensor()).unwrap(), &dw);
             let rhs = dot(&up, &conv2d(x.as_tensor(), &dw, p, s, g).unwrap());
             assert!(

@@ -1,5 +1,5 @@
-//! What the CPU kernels ([`crate::kernels`], [`crate::norm`]) share: access to contiguous
-//! storage and the f32/f64 dispatch.
+//! What the CPU ops share: access to contiguous storage, outputs written without a zeroing
+//! pass, the AVX2 dispatch, the folded ReLU and the f32/f64 dispatch.
 
 use std::mem::MaybeUninit;
 
@@ -32,15 +32,17 @@ pub(crate) fn cpu_slice<'a, T: WithDType>(
 /// last chunk may be shorter), given a per-thread state made by `init` and the chunk's
 /// index. Unlike `vec![0; len]`, it does not first zero the memory: in a training step,
 /// whose outputs and gradients are all written in full by the kernels, that zeroing pass
-/// (a write of every activation) showed up in the profile beside the kernels themselves.
+/// (a write of every activation) costs about as much as the element-wise kernels
+/// themselves. `fill` sees its chunk as `MaybeUninit` values: it can write them, and can
+/// only read those it wrote through [`assume_init_mut`] or [`zeroed`].
 ///
 /// # Safety
-/// `fill` must write every value of its chunk, and write each one before reading it.
+/// `fill` must write every value of its chunk.
 pub(crate) unsafe fn par_filled<T, S>(
     len: usize,
     chunk: usize,
     init: impl Fn() -> S + Sync + Send,
-    fill: impl Fn(&mut S, usize, &mut [T]) + Sync + Send,
+    fill: impl Fn(&mut S, usize, &mut [MaybeUninit<T>]) + Sync + Send,
 ) -> Vec<T>
 where
     T: WithDType,
@@ -50,14 +52,78 @@ where
         .par_chunks_mut(chunk.max(1))
         .enumerate()
         .for_each_init(init, |state, (index, part)| {
-            // SAFETY: MaybeUninit<T> has T's layout, and T is a float (no drop glue); the
-            // caller promises no value is read before it is written.
-            let part = unsafe { &mut *(part as *mut [MaybeUninit<T>] as *mut [T]) };
             vectorized(|| fill(state, index, part))
         });
-    // SAFETY: every value of every chunk was written (the caller's promise).
+    // SAFETY: every value of every chunk was written (the caller's promise), and the
+    // capacity is at least `len`.
     unsafe { out.set_len(len) };
     out
+}
+
+/// The values of `part` once all of them have been written.
+///
+/// # Safety
+/// Every value of `part` is initialised.
+#[inline(always)]
+pub(crate) unsafe fn assume_init_mut<T>(part: &mut [MaybeUninit<T>]) -> &mut [T] {
+    // SAFETY: MaybeUninit<T> has T's size, alignment and layout, and every value is
+    // initialised (the caller's promise).
+    unsafe { &mut *(part as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
+/// `part` set to zero, as initialised values.
+#[inline(always)]
+pub(crate) fn zeroed<T: WithDType>(part: &mut [MaybeUninit<T>]) -> &mut [T] {
+    part.fill(MaybeUninit::new(T::zero()));
+    // SAFETY: every value was just written.
+    unsafe { assume_init_mut(part) }
+}
+
+/// Initialised values seen as storage that may be written, for code that writes into
+/// either kind (a product that overwrites or accumulates into its destination).
+///
+/// # Safety
+/// Nothing may write `MaybeUninit::uninit()` through the result: the values must stay
+/// initialised for the owner of `values`.
+#[inline(always)]
+pub(crate) unsafe fn as_uninit_mut<T>(values: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: same layout; the caller keeps every value initialised.
+    unsafe { &mut *(values as *mut [T] as *mut [MaybeUninit<T>]) }
+}
+
+/// Writes `values` into `out`, in order, up to the shorter of the two.
+#[inline(always)]
+pub(crate) fn write_from<T>(out: &mut [MaybeUninit<T>], values: impl Iterator<Item = T>) {
+    for (o, v) in out.iter_mut().zip(values) {
+        o.write(v);
+    }
+}
+
+/// `max(v, 0)` when `relu`, else `v`. `v < 0` rather than `max`: a NaN stays NaN, so a
+/// divergence still reaches the loss.
+#[inline(always)]
+pub(crate) fn relu_if<T: WithDType>(relu: bool, v: T) -> T {
+    if relu && v < T::zero() {
+        T::zero()
+    } else {
+        v
+    }
+}
+
+/// The upstream gradient through a ReLU that was folded into an op (when `relu`): zero
+/// where the output `y` was clamped.
+#[inline(always)]
+pub(crate) fn masked<T: WithDType>(relu: bool, y: T, dy: T) -> T {
+    if relu && y <= T::zero() {
+        T::zero()
+    } else {
+        dy
+    }
+}
+
+/// The storage candle takes from a kernel's output.
+pub(crate) fn storage<T: WithDType>(v: Vec<T>) -> candle_core::CpuStorage {
+    T::to_cpu_storage_owned(v)
 }
 
 /// Runs `f` compiled for AVX2 and FMA where the CPU has them, else as built (the x86-64
