@@ -27,7 +27,11 @@ stop() {
     for pid in "${pids[@]}"; do wait "$pid" 2> /dev/null || true; done
     if [ "$status" != 0 ]; then
         echo "slurm-test failed; logs:" >&2
-        tail -n 30 "$work"/*.log "$work"/*.out "$work"/runs/*/slurm/*.out 2> /dev/null >&2 || true
+        shopt -s nullglob
+        for log in "$work"/*.log "$work"/*.out "$work"/runs*/*/slurm/*.out; do
+            echo "== $log" >&2
+            tail -n 30 "$log" >&2 || true
+        done
     fi
     rm -rf "$work"
     exit "$status"
@@ -108,7 +112,9 @@ while squeue -h | grep -q .; do
     sleep 2
 done
 
-finished=$(grep -l '"finished"' "$work"/runs/cardinality/*/status.json | wc -l)
+# A cell that failed before writing status.json counts as unfinished (and the exit trap
+# prints every cell's output, where its error is).
+finished=$(cat "$work"/runs/cardinality/*/status.json 2> /dev/null | grep -c '"finished"' || true)
 echo "slurm-test: $finished of 4 cells finished"
 [ "$finished" = 4 ]
 for cell in 0 1 2 3; do
@@ -126,4 +132,22 @@ grep -q '4 of 4 runs finished' "$report" && [ -s "$work/reports/cardinality-cust
 }
 echo "slurm-test: report job $report_job wrote $report:"
 sed -n '/^## Errors/,/^## Figures/p' "$report"
+
+# A cell that fails leaves its reason in its output file: one cell on a dataset that does
+# not exist.
+"$cardinal" ablate cardinality --runs-dir "$work/runs-failing" --reports-dir "$work/reports-failing" \
+    --launcher slurm --cpus-per-task 1 --time 00:05:00 --submit \
+    'sweep.cardinality.values=[1]' 'seeds=[0]' train.epochs=1 dataset.name=no-such-dataset > /dev/null
+deadline=$((SECONDS + 120))
+while squeue -h | grep -q .; do
+    [ $SECONDS -le $deadline ] || { echo "slurm-test: the failing cell is still queued" >&2; exit 1; }
+    sleep 2
+done
+failing="$work/runs-failing/cardinality/slurm/cell-0.out"
+if ! grep -q "error: .*no-such-dataset" "$failing"; then
+    echo "slurm-test: the failing cell did not leave its error in $failing:" >&2
+    cat "$failing" >&2 || true
+    exit 1
+fi
+echo "slurm-test: a failing cell says why: $(grep -m 1 'error:' "$failing")"
 echo "slurm-test: passed"

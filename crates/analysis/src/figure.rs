@@ -14,7 +14,7 @@ use crate::summary::{Config, Point};
 use crate::{Error, Result};
 
 /// DejaVu Sans (licence in `assets/fonts/LICENSE-DejaVu.txt`).
-static FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
+static FONT: &[u8] = cardinal_font::DEJAVU_SANS;
 const FAMILY: &str = "sans-serif";
 
 /// Pixel size of every figure.
@@ -359,7 +359,8 @@ impl Legend {
     }
 }
 
-/// Writes `stem.svg` and `stem.png` into `dir`.
+/// Writes `stem.svg` and `stem.png` into `dir`, each rendered in memory first and then
+/// written atomically: a report killed mid-way never links to an empty or partial figure.
 fn save(chart: &Chart, dir: &Path, stem: &str) -> Result<()> {
     register_font();
     let (w, h) = SIZE;
@@ -368,8 +369,9 @@ fn save(chart: &Chart, dir: &Path, stem: &str) -> Result<()> {
         path: path.to_path_buf(),
         message,
     };
+    let mut svg_text = String::new();
     {
-        let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg_text, SIZE).into_drawing_area();
         chart.draw(&root).map_err(|m| failed(&svg, m))?;
         root.present().map_err(|e| failed(&svg, e.to_string()))?;
     }
@@ -382,7 +384,13 @@ fn save(chart: &Chart, dir: &Path, stem: &str) -> Result<()> {
     }
     let image = image::RgbImage::from_raw(w, h, pixels)
         .ok_or_else(|| failed(&png, "pixel buffer of the wrong size".into()))?;
-    image.save(&png).map_err(|e| failed(&png, e.to_string()))
+    let mut png_bytes = std::io::Cursor::new(Vec::new());
+    image
+        .write_to(&mut png_bytes, image::ImageFormat::Png)
+        .map_err(|e| failed(&png, e.to_string()))?;
+    cardinal_results::write_atomic(&svg, svg_text.as_bytes())?;
+    cardinal_results::write_atomic(&png, png_bytes.get_ref())?;
+    Ok(())
 }
 
 /// Finite points only: a NaN (a diverged epoch) would draw to the edge of the plot.

@@ -23,10 +23,10 @@ pub use summary::{summarize, Config, Stat};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
@@ -36,6 +36,8 @@ pub enum Error {
     Figure { path: PathBuf, message: String },
     #[error(transparent)]
     Polars(#[from] polars::error::PolarsError),
+    #[error(transparent)]
+    Results(#[from] cardinal_results::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

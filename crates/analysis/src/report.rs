@@ -45,7 +45,7 @@ pub struct Written {
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     }
 }
 
@@ -184,7 +184,8 @@ pub fn write_report(input: &ReportInput, out: &Path) -> Result<Written> {
     md.push_str(&runs_table(&runs)?.markdown());
 
     let readme = out.join("README.md");
-    write_atomic(&readme, md.as_bytes())?;
+    // Temp file + rename, so a crash never leaves half a report.
+    cardinal_results::write_atomic(&readme, md.as_bytes())?;
     let mut written: Vec<PathBuf> = Vec::new();
     for f in &figures {
         written.push(f.svg(out));
@@ -196,13 +197,6 @@ pub fn write_report(input: &ReportInput, out: &Path) -> Result<Written> {
         finished: finished.len(),
         total: runs.len(),
     })
-}
-
-/// Temp file + rename, so a crash never leaves half a report.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("md.tmp");
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 /// Machine, threads, commits and dates, from the runs' meta.json.
@@ -244,6 +238,21 @@ fn provenance(runs: &[&Run]) -> Vec<(String, String)> {
             })
             .collect(),
     );
+    let builds = join(
+        sessions
+            .iter()
+            .filter_map(|s| {
+                let commit = s.build_commit.as_ref()?;
+                let dirty = commit.ends_with("-dirty");
+                let short: String = commit.trim_end_matches("-dirty").chars().take(10).collect();
+                Some(if dirty {
+                    format!("{short} (with uncommitted changes)")
+                } else {
+                    short
+                })
+            })
+            .collect(),
+    );
     let start = sessions.iter().filter_map(|s| s.start.clone()).min();
     let end = sessions.iter().filter_map(|s| s.end.clone()).max();
     let versions = join(
@@ -259,6 +268,9 @@ fn provenance(runs: &[&Run]) -> Vec<(String, String)> {
             .collect(),
     );
     let mut lines = vec![("Machine".to_string(), machine)];
+    if !builds.is_empty() {
+        lines.push(("Binary built from".into(), builds));
+    }
     if !commits.is_empty() {
         lines.push(("Checkout when trained".into(), commits));
     }

@@ -9,28 +9,18 @@ use polars::prelude::*;
 use serde::Deserialize;
 use serde_json::Value;
 
+use cardinal_results::{Kind, COLUMNS};
+
 use crate::{Error, Result};
 
-/// The columns of `metrics.csv`, in order (DESIGN: the results store's long format).
-pub const COLUMNS: [(&str, DataType); 17] = [
-    ("experiment", DataType::String),
-    ("run_id", DataType::String),
-    ("model", DataType::String),
-    ("cardinality", DataType::Int64),
-    ("bottleneck_width", DataType::Int64),
-    ("form", DataType::String),
-    ("params", DataType::Int64),
-    ("macs", DataType::Int64),
-    ("seed", DataType::Int64),
-    ("epoch", DataType::Int64),
-    ("split", DataType::String),
-    ("loss", DataType::Float64),
-    ("top1_err", DataType::Float64),
-    ("top5_err", DataType::Float64),
-    ("lr", DataType::Float64),
-    ("images_per_sec", DataType::Float64),
-    ("wall_seconds", DataType::Float64),
-];
+/// The polars type of a results-store column.
+fn dtype(kind: Kind) -> DataType {
+    match kind {
+        Kind::Text => DataType::String,
+        Kind::Integer => DataType::Int64,
+        Kind::Float => DataType::Float64,
+    }
+}
 
 /// One training session of a run (a resumed run has several).
 #[derive(Debug, Clone, Deserialize)]
@@ -39,6 +29,9 @@ pub struct Session {
     pub git_commit: Option<String>,
     #[serde(default)]
     pub git_dirty: Option<bool>,
+    /// The commit the binary was built from (`-dirty` when its tree had changes).
+    #[serde(default)]
+    pub build_commit: Option<String>,
     #[serde(default)]
     pub start: Option<String>,
     #[serde(default)]
@@ -160,7 +153,7 @@ fn read_optional<T>(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(Error::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }),
     }
 }
@@ -208,32 +201,14 @@ pub fn label_of(config: &Value) -> String {
     }
 }
 
-/// Reads one run's metrics with the store's schema; the error names the file (and the first
-/// column of the header that is not the store's, since columns are read by position).
+/// Reads one run's metrics with the store's schema. The error names the file: the first
+/// column of the header that is not the store's (columns are read by position), a value
+/// that does not parse, or, for a finished run, the epochs whose rows are missing.
 pub fn scan_run(run: &Run) -> Result<LazyFrame> {
     let path = run.metrics_path();
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let header: Vec<&str> = text.lines().next().unwrap_or_default().split(',').collect();
-    let expected: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
-    if header != expected {
-        let position = header
-            .iter()
-            .zip(&expected)
-            .position(|(a, b)| a != b)
-            .unwrap_or(header.len().min(expected.len()));
-        return Err(Error::Parse {
-            path,
-            message: format!(
-                "header column {} is {:?}, expected {:?} (the results store's columns: {})",
-                position + 1,
-                header.get(position).copied().unwrap_or("nothing"),
-                expected.get(position).copied().unwrap_or("nothing"),
-                expected.join(",")
-            ),
-        });
+    let rows = cardinal_results::read_metrics(&path)?;
+    if let Some(status) = run.status.as_ref().filter(|_| run.finished()) {
+        cardinal_results::check_complete(&path, &rows, status.epochs_done)?;
     }
     let text_path = path.to_str().ok_or_else(|| Error::Parse {
         path: path.clone(),
@@ -241,7 +216,7 @@ pub fn scan_run(run: &Run) -> Result<LazyFrame> {
     })?;
     let schema: Schema = COLUMNS
         .iter()
-        .map(|(name, dtype)| Field::new((*name).into(), dtype.clone()))
+        .map(|&(name, kind)| Field::new(name.into(), dtype(kind)))
         .collect();
     let frame = LazyCsvReader::new(PlRefPath::new(text_path))
         .with_has_header(true)

@@ -1,13 +1,12 @@
 //! Reports from a results store the test writes: values in the Markdown tables, figures
 //! that decode at the expected size, and conclusions that follow the numbers.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use cardinal_analysis::figure::SIZE;
 use cardinal_analysis::{compare, write_report, ReportInput, Run};
 
-const HEADER: &str = "experiment,run_id,model,cardinality,bottleneck_width,form,params,macs,seed,epoch,split,loss,top1_err,top5_err,lr,images_per_sec,wall_seconds";
+use cardinal_results::MetricRow;
 
 struct Cell<'a> {
     cardinality: usize,
@@ -65,29 +64,35 @@ fn write_cell(runs: &Path, cell: &Cell, finished: bool) -> Vec<PathBuf> {
             format!(r#"{{"state":"{state}","epochs_done":{epochs},"epochs":3,"message":null}}"#),
         )
         .unwrap();
-        let mut csv = format!("{HEADER}\n");
+        let mut rows = Vec::new();
         for epoch in 1..=epochs {
             // Errors fall towards the final value: +4, +2, +0 points.
             let test = final_err + 0.02 * (3 - epoch) as f64;
             let train = test + 0.01;
             let wall = cell.seconds_per_epoch * epoch as f64;
             for (split, err) in [("train", train), ("test", test)] {
-                writeln!(
-                    csv,
-                    "toy,{run_id},toy@{c}x{d}d,{c},{d},{form},{params},{macs},{seed},{epoch},{split},{loss},{err},{top5},0.1,{ips},{wall}",
-                    c = cell.cardinality,
-                    d = cell.width,
-                    form = cell.form,
-                    params = cell.params,
-                    macs = cell.macs,
-                    loss = err * 3.0,
-                    top5 = err / 10.0,
-                    ips = cell.images_per_sec,
-                )
-                .unwrap();
+                rows.push(MetricRow {
+                    experiment: "toy".into(),
+                    run_id: run_id.clone(),
+                    model: format!("toy@{}x{}d", cell.cardinality, cell.width),
+                    cardinality: cell.cardinality,
+                    bottleneck_width: cell.width,
+                    form: cell.form.to_string(),
+                    params: cell.params,
+                    macs: cell.macs,
+                    seed: seed as u64,
+                    epoch,
+                    split: split.into(),
+                    loss: err * 3.0,
+                    top1_err: err,
+                    top5_err: err / 10.0,
+                    lr: 0.1,
+                    images_per_sec: cell.images_per_sec,
+                    wall_seconds: wall,
+                });
             }
         }
-        std::fs::write(dir.join("metrics.csv"), csv).unwrap();
+        cardinal_results::write_metrics(&dir.join("metrics.csv"), &rows).unwrap();
         dirs.push(dir);
     }
     dirs
@@ -313,18 +318,14 @@ fn timings_from_a_shared_machine_are_flagged_not_compared() {
     dirs.extend(write_cell(&runs, &form("C", &[0.100]), true));
     // Form A's second epoch ran at a third of the speed: something else used the CPU.
     let metrics = dirs[0].join("metrics.csv");
-    let text = std::fs::read_to_string(&metrics).unwrap();
-    let slowed: Vec<String> = text
-        .lines()
-        .map(|l| {
-            if l.contains(",2,train,") {
-                l.replace(",180,", ",60,")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect();
-    std::fs::write(&metrics, slowed.join("\n") + "\n").unwrap();
+    let mut rows = cardinal_results::read_metrics(&metrics).unwrap();
+    for row in rows
+        .iter_mut()
+        .filter(|r| r.epoch == 2 && r.split == "train")
+    {
+        row.images_per_sec = 60.0;
+    }
+    cardinal_results::write_metrics(&metrics, &rows).unwrap();
     let out = tmp.path().join("report");
     write_report(&input(dirs), &out).unwrap();
     let md = std::fs::read_to_string(out.join("README.md")).unwrap();
@@ -409,13 +410,34 @@ fn a_malformed_metrics_file_is_named() {
     let runs = tmp.path().join("runs");
     let dirs = write_cell(&runs, &resnet(&[0.1]), true);
     let metrics = dirs[0].join("metrics.csv");
+    let header = cardinal_results::to_csv(&[]);
     std::fs::write(
         &metrics,
-        format!("{HEADER}\ntoy,x,m,one,32,C,1,1,0,1,test,0.1,0.1,0.1,0.1,1,1\n"),
+        format!("{header}toy,x,m,one,32,C,1,1,0,1,test,0.1,0.1,0.1,0.1,1,1\n"),
     )
     .unwrap();
     let err = write_report(&input(dirs), &tmp.path().join("report")).unwrap_err();
     assert!(err.to_string().contains("metrics.csv"), "{err}");
+}
+
+/// A finished run whose metrics lost rows is an error naming the file and the epochs,
+/// not a report that takes the last complete epoch as final.
+#[test]
+fn a_finished_run_with_lost_rows_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let dirs = write_cell(&runs, &resnet(&[0.1]), true);
+    let metrics = dirs[0].join("metrics.csv");
+    let rows = cardinal_results::read_metrics(&metrics).unwrap();
+    let kept: Vec<MetricRow> = rows.into_iter().filter(|r| r.epoch != 3).collect();
+    cardinal_results::write_metrics(&metrics, &kept).unwrap();
+    let err = write_report(&input(dirs), &tmp.path().join("report"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("metrics.csv") && err.contains("finished 3 epochs") && err.contains("epoch 3"),
+        "{err}"
+    );
 }
 
 #[test]

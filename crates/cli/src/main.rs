@@ -4,20 +4,19 @@
 mod bench;
 mod data_cmd;
 mod device_arg;
+mod infer_cmd;
 mod model_arg;
 mod report_cmd;
 mod slurm;
 mod table;
 mod train_cmd;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::DType;
 use cardinal_zoo::equivalence::{self, Check};
-use cardinal_zoo::{preserve_complexity, presets, Complexity, ResNet};
+use cardinal_zoo::{preserve_complexity, presets, Complexity};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
@@ -57,8 +56,12 @@ enum Command {
     /// block. Exits with 1 if any check fails.
     Equivalence(EquivalenceArgs),
     /// Run a model in eval mode on a batch: reads tensor `input` [N,C,H,W] from a
-    /// safetensors file and writes tensor `logits` [N,classes].
-    Infer(InferArgs),
+    /// safetensors file and writes tensor `logits` [N,classes]. The model is a trained run
+    /// (its directory or checkpoint) or a preset or spec with a weights file.
+    Infer(infer_cmd::InferArgs),
+    /// Write a trained run's weights as a torchvision state dict (safetensors), which
+    /// PyTorch's `load_state_dict` takes for the same architecture.
+    Export(infer_cmd::ExportArgs),
     /// Train one run of an experiment file (resumes it if it was interrupted).
     Train(train_cmd::TrainArgs),
     /// Run an experiment's sweep (experiments/NAME.yaml): finished cells are skipped,
@@ -145,25 +148,6 @@ enum Precision {
     F64,
 }
 
-#[derive(Args)]
-struct InferArgs {
-    /// Preset name or YAML/JSON spec file.
-    #[arg(long)]
-    model: String,
-    /// Weights as safetensors in torchvision's layout (f32, f16 or bf16).
-    #[arg(long)]
-    weights: PathBuf,
-    /// safetensors file with a tensor named `input` of shape [N, C, H, W].
-    #[arg(long)]
-    input: PathBuf,
-    /// Where to write the tensor `logits`.
-    #[arg(long)]
-    output: PathBuf,
-    /// Override the number of classes of the model.
-    #[arg(long)]
-    classes: Option<usize>,
-}
-
 fn main() -> ExitCode {
     cardinal_kernels::memory::keep_freed_memory();
     let cli = Cli::parse();
@@ -180,7 +164,8 @@ fn main() -> ExitCode {
         Command::Models(args) => models(args).map(|_| true),
         Command::Complexity(args) => complexity(args).map(|_| true),
         Command::Equivalence(args) => equivalence(args),
-        Command::Infer(args) => infer(args).map(|_| true),
+        Command::Infer(args) => infer_cmd::infer(args).map(|_| true),
+        Command::Export(args) => infer_cmd::export(args).map(|_| true),
         Command::Train(args) => train_cmd::train(args),
         Command::Ablate(args) => train_cmd::ablate(args),
         Command::Report(args) => report_cmd::report(args).map(|_| true),
@@ -531,17 +516,21 @@ fn equivalence(args: EquivalenceArgs) -> Result<bool> {
     match args.format {
         Format::Json => print_json(&checks)?,
         Format::Csv => {
-            println!("check,max_abs_diff,tolerance,passed");
+            println!("check,tensor,max_abs_diff,tolerance,passed");
             for c in &checks {
                 println!(
-                    "\"{}\",{:e},{:e},{}",
-                    c.check, c.max_abs_diff, c.tolerance, c.passed
+                    "\"{}\",{},{:e},{:e},{}",
+                    c.check,
+                    c.tensor.as_deref().unwrap_or(""),
+                    c.max_abs_diff,
+                    c.tolerance,
+                    c.passed
                 );
             }
         }
         Format::Table => {
             println!(
-                "Block forms of {} ({}), {:?}, seed {}, batch {} at {}x{}; tolerance {:.0e} of each reference's largest magnitude\n",
+                "Block forms of {} ({}), {:?}, seed {}, batch {} at {}x{}; tolerance {:.0e} of each reference's largest magnitude (per tensor for weight gradients and BN statistics: the row shows the tensor closest to its tolerance)\n",
                 model.name,
                 model.spec.template(),
                 dtype,
@@ -553,8 +542,12 @@ fn equivalence(args: EquivalenceArgs) -> Result<bool> {
             );
             let mut t = Table::new(["check", "max |diff|", "tolerance", "result"]);
             for c in &checks {
+                let check = match &c.tensor {
+                    Some(tensor) => format!("{} [{tensor}]", c.check),
+                    None => c.check.clone(),
+                };
                 t.row([
-                    c.check.clone(),
+                    check,
                     format!("{:.2e}", c.max_abs_diff),
                     format!("{:.2e}", c.tolerance),
                     if c.passed {
@@ -576,36 +569,4 @@ fn equivalence(args: EquivalenceArgs) -> Result<bool> {
         }
     }
     Ok(failed == 0)
-}
-
-fn infer(args: InferArgs) -> Result<()> {
-    let mut model = model_arg::resolve(&args.model)?;
-    if let Some(classes) = args.classes {
-        model.spec.classes = classes;
-    }
-    let device = Device::Cpu;
-    let state = cardinal_zoo::load_safetensors(&args.weights, &model.spec, &model.name, &device)?;
-    let net = ResNet::new(&model.spec, &state)?;
-    let input_file = args.input.display().to_string();
-    let tensors = candle_core::safetensors::load(&args.input, &device)
-        .with_context(|| format!("cannot read {input_file}"))?;
-    let Some(input) = tensors.get("input") else {
-        let mut found: Vec<&String> = tensors.keys().collect();
-        found.sort();
-        bail!("{input_file}: no tensor named `input` (found: {found:?})");
-    };
-    let input = input.to_dtype(DType::F32)?;
-    let logits = net
-        .forward_t(&input, false)
-        .with_context(|| format!("{input_file}: tensor `input`"))?;
-    let out: HashMap<String, Tensor> = [("logits".to_string(), logits.clone())].into();
-    candle_core::safetensors::save(&out, &args.output)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
-    eprintln!(
-        "wrote logits {:?} for {} images to {}",
-        logits.dims(),
-        input.dim(0)?,
-        args.output.display()
-    );
-    Ok(())
 }

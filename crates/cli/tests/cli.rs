@@ -414,6 +414,20 @@ fn bench_train_reports_images_per_second_and_memory_as_json() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected A, B or C"));
 
+    // A zero count names its flag.
+    for flag in ["--batch-size", "--steps", "--input-size"] {
+        let out = cardinal()
+            .args(["bench", "train", "--model", "cpu_resnet11", flag, "0"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(flag) && stderr.contains("must be at least 1"),
+            "{flag}: {stderr}"
+        );
+    }
+
     // The test build has no CUDA backend: the error says how to get one.
     let out = cardinal()
         .args([

@@ -2,7 +2,7 @@
 //! process killed with SIGKILL and resumed.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use assert_cmd::Command;
 use serde_json::Value;
@@ -59,28 +59,62 @@ fn epochs_done(runs: &Path) -> usize {
         .unwrap_or(0) as usize
 }
 
-/// Starts `cardinal train`, waits until `until` holds (or the deadline), then SIGKILLs it.
-fn kill_when(config: &Path, runs: &Path, until: impl Fn() -> bool, extra: Duration) {
+/// The run's checkpoint's epoch count (0 without a checkpoint).
+fn checkpoint_epochs(runs: &Path) -> usize {
+    let Some(Ok(entry)) = std::fs::read_dir(runs.join("tiny"))
+        .ok()
+        .and_then(|mut d| d.next())
+    else {
+        return 0;
+    };
+    let Ok(bytes) = std::fs::read(entry.path().join("checkpoint.safetensors")) else {
+        return 0;
+    };
+    // safetensors: a little-endian u64 header length, then the JSON header, whose metadata
+    // holds the epoch count (see the trainer's checkpoint format).
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    header["__metadata__"]["epochs_done"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Starts `cardinal train` paused at `point` (see the trainer's `CARDINAL_PAUSE_AT`), waits
+/// until it says it got there, checks that it is still running, and SIGKILLs it.
+fn kill_at(config: &Path, runs: &Path, point: &str) {
+    use std::io::BufRead;
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cardinal"))
         .arg("train")
         .arg(config)
         .arg("--runs-dir")
         .arg(runs)
+        .env("CARDINAL_PAUSE_AT", point)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !until() && Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            break;
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("paused at") {
+                let _ = tx.send(line);
+            }
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(extra);
+    });
+    let reached = rx.recv_timeout(Duration::from_secs(300));
+    let still_running = child.try_wait().unwrap().is_none();
     // Child::kill sends SIGKILL on Unix: no handler, no cleanup.
     let _ = child.kill();
     child.wait().unwrap();
+    let line = reached.unwrap_or_else(|_| panic!("the run never reached `{point}`"));
+    assert_eq!(line.trim(), format!("paused at {point}"));
+    assert!(still_running, "the run ended before the kill at `{point}`");
 }
 
 #[test]
@@ -98,28 +132,16 @@ fn a_run_killed_at_any_point_resumes_to_the_same_metrics() {
         .success();
 
     let killed = tmp.path().join("killed");
-    // Killed while starting (before any checkpoint), then in the middle of epoch 2, then
-    // right after epoch 2's checkpoint.
-    kill_when(&config, &killed, || true, Duration::from_millis(300));
-    let first = epochs_done(&killed);
-    kill_when(
-        &config,
-        &killed,
-        || epochs_done(&killed) >= 1,
-        Duration::from_millis(150),
-    );
-    let second = epochs_done(&killed);
-    kill_when(
-        &config,
-        &killed,
-        || epochs_done(&killed) >= 3,
-        Duration::ZERO,
-    );
-    let third = epochs_done(&killed);
-    assert!(
-        third < 4,
-        "the kills came too late: {first}, {second}, {third} epochs done"
-    );
+    // Inside epoch 1, before any checkpoint.
+    kill_at(&config, &killed, "epoch 1 step 3");
+    assert_eq!((epochs_done(&killed), checkpoint_epochs(&killed)), (0, 0));
+    // Between epoch 2's checkpoint and its metrics: the checkpoint is one epoch ahead of
+    // metrics.csv and status.json.
+    kill_at(&config, &killed, "epoch 2 checkpoint");
+    assert_eq!((epochs_done(&killed), checkpoint_epochs(&killed)), (1, 2));
+    // Inside the last epoch.
+    kill_at(&config, &killed, "epoch 3 step 5");
+    assert_eq!((epochs_done(&killed), checkpoint_epochs(&killed)), (2, 2));
     Command::cargo_bin("cardinal")
         .unwrap()
         .arg("train")
@@ -128,8 +150,109 @@ fn a_run_killed_at_any_point_resumes_to_the_same_metrics() {
         .arg(&killed)
         .assert()
         .success();
+    assert_eq!(epochs_done(&killed), 3);
     assert_eq!(metrics(&straight), metrics(&killed));
     assert_eq!(metrics(&straight).len(), 1 + 2 * 3);
+}
+
+/// A trained run is a model: `infer` takes its directory or checkpoint, and `export`
+/// writes torchvision-named weights that give the same logits through `--model`.
+#[test]
+fn a_trained_run_infers_and_exports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_experiment(tmp.path(), 1);
+    let runs = tmp.path().join("runs");
+    Command::cargo_bin("cardinal")
+        .unwrap()
+        .args([
+            "train",
+            config.to_str().unwrap(),
+            "--runs-dir",
+            runs.to_str().unwrap(),
+        ])
+        .assert()
+        .success();
+    let run_dir = std::fs::read_dir(runs.join("tiny"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let input = tmp.path().join("input.safetensors");
+    let images =
+        candle_core::Tensor::randn(0f32, 1.0, (3, 1, 16, 16), &candle_core::Device::Cpu).unwrap();
+    candle_core::safetensors::save(&[("input", images)].into_iter().collect(), &input).unwrap();
+    let logits = |args: &[&str], out: &str| {
+        let out = tmp.path().join(out);
+        Command::cargo_bin("cardinal")
+            .unwrap()
+            .arg("infer")
+            .args(args)
+            .args([
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+            ])
+            .assert()
+            .success();
+        candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap()["logits"]
+            .to_vec2::<f32>()
+            .unwrap()
+    };
+    let from_dir = logits(&["--weights", run_dir.to_str().unwrap()], "a.safetensors");
+    let checkpoint = run_dir.join("checkpoint.safetensors");
+    let from_checkpoint = logits(
+        &["--weights", checkpoint.to_str().unwrap()],
+        "b.safetensors",
+    );
+    assert_eq!(from_dir, from_checkpoint);
+    assert_eq!((from_dir.len(), from_dir[0].len()), (3, 10));
+
+    let exported = tmp.path().join("model.safetensors");
+    Command::cargo_bin("cardinal")
+        .unwrap()
+        .args([
+            "export",
+            run_dir.to_str().unwrap(),
+            "--out",
+            exported.to_str().unwrap(),
+        ])
+        .assert()
+        .success();
+    let saved = candle_core::safetensors::load(&exported, &candle_core::Device::Cpu).unwrap();
+    assert!(saved.contains_key("conv1.weight") && saved.contains_key("fc.bias"));
+    assert!(saved.keys().all(|k| !k.starts_with("model/")));
+    // The run's spec as a file, for --model.
+    let config: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(run_dir.join("config.yaml")).unwrap())
+            .unwrap();
+    let spec_file = tmp.path().join("spec.json");
+    std::fs::write(&spec_file, config["spec"].to_string()).unwrap();
+    let from_export = logits(
+        &[
+            "--weights",
+            exported.to_str().unwrap(),
+            "--model",
+            spec_file.to_str().unwrap(),
+        ],
+        "c.safetensors",
+    );
+    assert_eq!(from_export, from_dir);
+
+    // A plain weights file without --model says what is missing.
+    let out = Command::cargo_bin("cardinal")
+        .unwrap()
+        .args(["infer", "--weights", exported.to_str().unwrap()])
+        .args([
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            "x.safetensors",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--model"));
 }
 
 #[test]

@@ -343,12 +343,20 @@ impl Dataset {
                     }
                     direct.to_path_buf()
                 } else {
-                    locator
+                    let found = locator
                         .find(&config.name, folder::looks_like_folder, "")
                         .map_err(|e| match e {
                             DataError::NotFound { searched, .. } => unknown(&config.name, searched),
                             e => e,
-                        })?
+                        })?;
+                    // A directory of datasets (`--data-dir`, $CARDINAL_DATA) looks like an
+                    // image folder too; a near miss of a known name found only there is a
+                    // typo, not a dataset.
+                    let named = found.file_name().is_some_and(|n| *n == *config.name);
+                    if !named && !suggestions(&config.name).is_empty() {
+                        return Err(unknown(&config.name, Vec::new()));
+                    }
+                    found
                 };
                 folder::open(&root, config)?
             }
@@ -398,7 +406,8 @@ impl Dataset {
     }
 }
 
-fn unknown(name: &str, searched: Vec<PathBuf>) -> DataError {
+/// Known dataset names that `name` resembles (a typo's likely targets).
+fn suggestions(name: &str) -> Vec<String> {
     let mut names: Vec<&str> = KNOWN.iter().map(|k| k.name).collect();
     names.extend(KNOWN.iter().flat_map(|k| k.aliases.iter().copied()));
     let mut suggestions: Vec<String> = names
@@ -407,6 +416,11 @@ fn unknown(name: &str, searched: Vec<PathBuf>) -> DataError {
         .map(|k| known(k).unwrap().name.to_string())
         .collect();
     suggestions.dedup();
+    suggestions
+}
+
+fn unknown(name: &str, searched: Vec<PathBuf>) -> DataError {
+    let suggestions = suggestions(name);
     if suggestions.is_empty() && !searched.is_empty() {
         return DataError::NotFound {
             name: name.to_string(),

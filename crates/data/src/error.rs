@@ -6,15 +6,15 @@ use thiserror::Error;
 /// so that a user can find the bad byte without a debugger.
 #[derive(Debug, Error)]
 pub enum DataError {
-    #[error("{}: {source}", .path.display())]
+    #[error("{}: {cause}", .path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{}: not a valid gzip stream ({source}); the file is damaged or truncated, delete it and install the dataset again", .path.display())]
+    #[error("{}: not a valid gzip stream ({cause}); the file is damaged or truncated, delete it and install the dataset again", .path.display())]
     Gzip {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}: {reason}", .path.display())]
     BadHeader { path: PathBuf, reason: String },
@@ -105,7 +105,7 @@ impl DataError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         DataError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }
     }
 

@@ -9,7 +9,7 @@ use crate::transform::Transform;
 
 /// DejaVu Sans, embedded so that every machine renders the same labels without fonts
 /// installed (licence in `assets/fonts/LICENSE-DejaVu.txt`).
-pub static FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
+pub static FONT: &[u8] = cardinal_font::DEJAVU_SANS;
 
 const LABEL_HEIGHT: u32 = 16;
 const GAP: u32 = 4;

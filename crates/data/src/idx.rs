@@ -47,7 +47,7 @@ pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
             .read_to_end(&mut out)
             .map_err(|source| DataError::Gzip {
                 path: path.to_path_buf(),
-                source,
+                cause: source,
             })?;
         Ok(out)
     } else {

@@ -224,6 +224,20 @@ fn missing_dataset_lists_places_and_the_install_command() {
         err.to_string().contains("did you mean 'fashion-mnist'"),
         "{err}"
     );
+    // Also when --data-dir is a directory of datasets, which looks like an image folder
+    // (one sub-folder per "class"): the typo is named, not read as a folder.
+    let datasets = tmp.path().join("datasets");
+    write_idx(&datasets.join("fashion-mnist"), 10, 2, 3);
+    write_idx(&datasets.join("mnist"), 10, 2, 3);
+    let locator = Locator {
+        data_dir: Some(datasets.clone()),
+        ..locator
+    };
+    let err = Dataset::open_with(&DataConfig::named("fashion-mnst"), &locator).unwrap_err();
+    assert!(
+        err.to_string().contains("did you mean 'fashion-mnist'"),
+        "{err}"
+    );
 }
 
 #[test]

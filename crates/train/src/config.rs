@@ -2,6 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A value that parses but that no run could use, with the dotted key that holds it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}`: {message}")]
+pub struct InvalidKey {
+    pub key: String,
+    pub message: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ScheduleKind {
@@ -78,12 +86,16 @@ impl TrainConfig {
         }
     }
 
-    pub fn validate(&self) -> anyhow::Result<()> {
-        let check = |ok: bool, key: &str, why: String| -> anyhow::Result<()> {
+    /// Refuses values no run could use; the error names the key.
+    pub fn validate(&self) -> Result<(), InvalidKey> {
+        let check = |ok: bool, key: &str, why: String| -> Result<(), InvalidKey> {
             if ok {
                 Ok(())
             } else {
-                anyhow::bail!("`train.{key}`: {why}")
+                Err(InvalidKey {
+                    key: format!("train.{key}"),
+                    message: why,
+                })
             }
         };
         check(self.epochs >= 1, "epochs", "must be at least 1".into())?;
@@ -118,9 +130,19 @@ impl TrainConfig {
             "needs momentum > 0".into(),
         )?;
         check(
-            self.weight_decay >= 0.0,
+            self.weight_decay >= 0.0 && self.weight_decay.is_finite(),
             "weight_decay",
-            "must not be negative".into(),
+            format!("{} is not a finite number >= 0", self.weight_decay),
+        )?;
+        check(
+            self.min_lr >= 0.0 && self.min_lr.is_finite(),
+            "min_lr",
+            format!("{} is not a finite number >= 0", self.min_lr),
+        )?;
+        check(
+            self.gamma > 0.0 && self.gamma.is_finite(),
+            "gamma",
+            format!("{} is not a positive number", self.gamma),
         )?;
         check(
             self.warmup_epochs >= 0.0 && self.warmup_epochs <= self.epochs as f64,

@@ -33,6 +33,35 @@ pub struct Experiment {
     /// The preset used when none is named (`--preset`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_preset: Option<String>,
+    /// The text of the file this was read from, to name the line of a bad value.
+    #[serde(skip)]
+    source: Option<std::sync::Arc<str>>,
+}
+
+/// The 1-based line of a dotted key (`train.lr`; an index such as `seeds[0]` counts as its
+/// list) in block-style YAML: each part is looked for among the lines indented deeper than
+/// its parent's, up to the end of the parent's block.
+fn line_of(text: &str, dotted: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let (mut start, mut end, mut parent_indent) = (0usize, lines.len(), None::<usize>);
+    let mut found = None;
+    for part in dotted.split('.') {
+        let part = part.split('[').next().unwrap_or(part);
+        let at = (start..end).find(|&i| {
+            let line = lines[i];
+            let trimmed = line.trim_start().trim_start_matches("- ");
+            parent_indent.is_none_or(|p| indent(line) > p)
+                && (trimmed.starts_with(&format!("{part}:"))
+                    || trimmed.starts_with(&format!("\"{part}\":")))
+        })?;
+        let own = indent(lines[at]);
+        let block_end = (at + 1..end)
+            .find(|&i| !lines[i].trim().is_empty() && indent(lines[i]) <= own)
+            .unwrap_or(end);
+        (start, end, parent_indent, found) = (at + 1, block_end, Some(own), Some(at + 1));
+    }
+    found
 }
 
 fn default_seeds() -> Vec<u64> {
@@ -73,7 +102,13 @@ fn one() -> usize {
 pub fn load(path: &Path) -> Result<Experiment> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read experiment {}", path.display()))?;
-    parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+    let mut experiment = parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    experiment.train.validate().map_err(|e| {
+        let line = line_of(&text, &e.key).map_or(String::new(), |l| format!(", line {l}"));
+        anyhow!("{}{line}: {e}", path.display())
+    })?;
+    experiment.source = Some(text.into());
+    Ok(experiment)
 }
 
 pub fn parse(text: &str) -> Result<Experiment> {
@@ -90,16 +125,30 @@ pub fn parse_value(text: &str) -> Result<Value> {
     serde_saphyr::from_str::<Value>(text).map_err(|e| anyhow!("value `{text}`: {e}"))
 }
 
-/// Splits `key=value` arguments.
+/// Splits `key=value` arguments. A number that is not finite (`.nan`, `.inf`) is refused
+/// here, naming the key: the resolved tree cannot hold it.
 pub fn parse_overrides(args: &[String]) -> Result<Vec<(String, Value)>> {
     args.iter()
         .map(|arg| {
             let (key, value) = arg.split_once('=').ok_or_else(|| {
                 anyhow!("override `{arg}` is not key=value (e.g. train.epochs=3)")
             })?;
-            Ok((key.trim().to_string(), parse_value(value)?))
+            let key = key.trim();
+            if let Ok(number) = serde_saphyr::from_str::<f64>(value) {
+                if !number.is_finite() {
+                    bail!("override `{arg}`: `{key}` must be a finite number, not {number}");
+                }
+            }
+            let value = parse_value(value).map_err(|e| anyhow!("override `{arg}`: {e}"))?;
+            Ok((key.to_string(), value))
         })
         .collect()
+}
+
+/// Where a key of a resolved experiment got its value.
+enum Origin<'a> {
+    Preset(&'a str, &'a str, &'a Value),
+    Override(&'a str, &'a Value),
 }
 
 /// Sets a dotted key in a value tree. Keys must exist, except inside maps that are open by
@@ -163,6 +212,7 @@ impl Experiment {
             .map(String::from)
             .or_else(|| self.default_preset.clone());
         let mut tree = serde_json::to_value(self)?;
+        let mut origins: Vec<(&str, Origin)> = Vec::new();
         if let Some(name) = &preset {
             let sets = self.presets.get(name).ok_or_else(|| {
                 anyhow!(
@@ -173,16 +223,44 @@ impl Experiment {
             for (key, value) in sets {
                 set_dotted(&mut tree, key, value.clone())
                     .with_context(|| format!("preset `{name}`"))?;
+                origins.push((key, Origin::Preset(name, key, value)));
             }
         }
         for (key, value) in overrides {
             set_dotted(&mut tree, key, value.clone())?;
+            origins.push((key, Origin::Override(key, value)));
         }
-        let resolved: Experiment = serde_json::from_value(tree)
-            .map_err(|e| anyhow!("after presets and overrides: {e}"))?;
-        resolved.train.validate()?;
+        // Which key holds a bad value, and where it was set: the last override or preset
+        // entry that covers it, else the experiment file (with its line).
+        let origin_of = |key: &str| -> String {
+            let covers = |set: &str| {
+                key == set
+                    || key.starts_with(&format!("{set}."))
+                    || key.starts_with(&format!("{set}["))
+            };
+            match origins.iter().rev().find(|(set, _)| covers(set)) {
+                Some((_, Origin::Override(k, v))) => format!("set by the override `{k}={v}`"),
+                Some((_, Origin::Preset(p, k, v))) => format!("set by preset `{p}`: `{k}: {v}`"),
+                None => self
+                    .source
+                    .as_ref()
+                    .and_then(|text| line_of(text, key))
+                    .map_or("in the experiment file".into(), |line| {
+                        format!("line {line}")
+                    }),
+            }
+        };
+        let mut resolved: Experiment = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let key = e.path().to_string();
+            anyhow!("`{key}` ({}): {}", origin_of(&key), e.inner())
+        })?;
+        resolved.source = self.source.clone();
+        resolved
+            .train
+            .validate()
+            .map_err(|e| anyhow!("{e} ({})", origin_of(&e.key)))?;
         if resolved.seeds.is_empty() {
-            bail!("`seeds`: give at least one seed");
+            bail!("`seeds`: give at least one seed ({})", origin_of("seeds"));
         }
         Ok((resolved, preset))
     }

@@ -9,15 +9,18 @@
 
 pub mod config;
 pub mod experiment;
+pub mod files;
 pub mod optim;
 pub mod run;
 pub mod schedule;
+pub mod trained;
 
 pub use config::{ScheduleKind, TrainConfig};
 pub use experiment::Experiment;
 pub use optim::Sgd;
 pub use run::{train, MetricRow, Outcome, RunContext, RunSpec, State, Status};
 pub use schedule::Schedule;
+pub use trained::Trained;
 
 /// Runs cells in order: finished cells are skipped, interrupted ones resume, a diverged
 /// one is recorded and the sweep goes on.

@@ -5,7 +5,7 @@
 //! everything else (weights, BN statistics, momentum buffers, epoch, metrics).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -64,54 +64,7 @@ impl RunSpec {
     }
 }
 
-/// One row of the results store: one (run, epoch, split).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricRow {
-    pub experiment: String,
-    pub run_id: String,
-    pub model: String,
-    pub cardinality: usize,
-    pub bottleneck_width: usize,
-    pub form: String,
-    pub params: u64,
-    pub macs: u64,
-    pub seed: u64,
-    pub epoch: usize,
-    pub split: String,
-    pub loss: f64,
-    pub top1_err: f64,
-    pub top5_err: f64,
-    pub lr: f64,
-    pub images_per_sec: f64,
-    pub wall_seconds: f64,
-}
-
-pub const CSV_HEADER: &str = "experiment,run_id,model,cardinality,bottleneck_width,form,params,macs,seed,epoch,split,loss,top1_err,top5_err,lr,images_per_sec,wall_seconds";
-
-impl MetricRow {
-    fn csv(&self) -> String {
-        format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{:e},{:e},{:e},{:e},{:.3},{:.3}",
-            self.experiment,
-            self.run_id,
-            self.model,
-            self.cardinality,
-            self.bottleneck_width,
-            self.form,
-            self.params,
-            self.macs,
-            self.seed,
-            self.epoch,
-            self.split,
-            self.loss,
-            self.top1_err,
-            self.top5_err,
-            self.lr,
-            self.images_per_sec,
-            self.wall_seconds
-        )
-    }
-}
+pub use cardinal_results::MetricRow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -143,9 +96,12 @@ pub struct Outcome {
     pub run_id: String,
     pub dir: PathBuf,
     pub state: State,
-    /// The run was already finished (or diverged) and was not trained again.
+    /// The run was already finished (or diverged), or another process holds it, and was
+    /// not trained here.
     pub skipped: bool,
     pub rows: Vec<MetricRow>,
+    /// The process training this run elsewhere, when its lock was held.
+    pub held_by: Option<String>,
 }
 
 impl Outcome {
@@ -155,77 +111,19 @@ impl Outcome {
     }
 }
 
-/// Writes a file so that a crash leaves either the old or the new contents, never half.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    {
-        let mut file = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
+pub use crate::files::write_atomic;
+use crate::files::{remove_stale_temp_files, Locked, RunLock};
 
+/// The rows of a metrics file (see `cardinal_results`).
 pub fn read_metrics_csv(path: &Path) -> Result<Vec<MetricRow>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut lines = text.lines();
-    if lines.next() != Some(CSV_HEADER) {
-        bail!(
-            "{}: not a cardinal metrics file (header differs)",
-            path.display()
-        );
-    }
-    lines
-        .enumerate()
-        .map(|(i, line)| {
-            let f: Vec<&str> = line.split(',').collect();
-            if f.len() != 17 {
-                bail!("{}: line {}: expected 17 fields", path.display(), i + 2);
-            }
-            let num = |k: usize| -> Result<f64> {
-                f[k].parse::<f64>().map_err(|_| {
-                    anyhow!(
-                        "{}: line {}: field {} is not a number",
-                        path.display(),
-                        i + 2,
-                        k + 1
-                    )
-                })
-            };
-            Ok(MetricRow {
-                experiment: f[0].into(),
-                run_id: f[1].into(),
-                model: f[2].into(),
-                cardinality: num(3)? as usize,
-                bottleneck_width: num(4)? as usize,
-                form: f[5].into(),
-                params: num(6)? as u64,
-                macs: num(7)? as u64,
-                seed: num(8)? as u64,
-                epoch: num(9)? as usize,
-                split: f[10].into(),
-                loss: num(11)?,
-                top1_err: num(12)?,
-                top5_err: num(13)?,
-                lr: num(14)?,
-                images_per_sec: num(15)?,
-                wall_seconds: num(16)?,
-            })
-        })
-        .collect()
+    Ok(cardinal_results::read_metrics(path)?)
 }
 
 fn write_metrics(dir: &Path, rows: &[MetricRow]) -> Result<()> {
-    let mut text = String::from(CSV_HEADER);
-    text.push('\n');
-    for row in rows {
-        text.push_str(&row.csv());
-        text.push('\n');
-    }
-    write_atomic(&dir.join("metrics.csv"), text.as_bytes())
+    Ok(cardinal_results::write_metrics(
+        &dir.join("metrics.csv"),
+        rows,
+    )?)
 }
 
 fn write_status(
@@ -324,7 +222,7 @@ fn write_meta(dir: &Path, spec: &RunSpec, started: &str, ended: Option<&str>) ->
     meta["run_id"] = spec.run_id().into();
     meta["experiment"] = spec.experiment.clone().into();
     meta["cardinal_version"] = env!("CARGO_PKG_VERSION").into();
-    meta["candle_version"] = "0.11.1".into();
+    meta["candle_version"] = env!("CARDINAL_CANDLE").into();
     meta["host"] = host.into();
     meta["threads"] = threads().into();
     if let Some(cpu) = cpu_model() {
@@ -340,14 +238,15 @@ fn write_meta(dir: &Path, spec: &RunSpec, started: &str, ended: Option<&str>) ->
             "end": ended,
             "git_commit": commit,
             "git_dirty": dirty,
+            "build_commit": env!("CARDINAL_BUILD_COMMIT"),
         })),
     }
     write_atomic(&path, serde_json::to_string_pretty(&meta)?.as_bytes())
 }
 
-struct Checkpoint {
-    epochs_done: usize,
-    state: BTreeMap<String, Tensor>,
+pub(crate) struct Checkpoint {
+    pub(crate) epochs_done: usize,
+    pub(crate) state: BTreeMap<String, Tensor>,
     momentum: BTreeMap<String, Tensor>,
     rows: Vec<MetricRow>,
 }
@@ -397,7 +296,7 @@ fn load_checkpoint_on(path: &Path, device: &Device) -> Result<Checkpoint> {
     Ok(c)
 }
 
-fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
+pub(crate) fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| anyhow!("{}: damaged checkpoint ({e})", path.display()))?;
@@ -488,6 +387,82 @@ fn evaluate(net: &ResNet, loader: &Loader, device: &Device) -> Result<(Totals, f
     Ok((t, start.elapsed().as_secs_f64()))
 }
 
+/// Stops this process for good at the point named by `CARDINAL_PAUSE_AT` (e.g. `epoch 2
+/// step 5`, before that step; `epoch 2 checkpoint`, between epoch 2's checkpoint and its
+/// metrics), after saying so on stderr, so that a test can SIGKILL it exactly there and
+/// check that the run resumes to the same result. Unset, it costs one comparison.
+fn pause_point(point: impl FnOnce() -> String) {
+    static PAUSE_AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let Some(target) = PAUSE_AT.get_or_init(|| std::env::var("CARDINAL_PAUSE_AT").ok()) else {
+        return;
+    };
+    let point = point();
+    if *target == point {
+        eprintln!("paused at {point}");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+}
+
+/// Refuses a model and data that do not fit each other, naming both sides, before any
+/// training: otherwise a class count below the labels fails deep inside the loss, and an
+/// input size other than the images' trains on the images and records the wrong MACs.
+pub fn check_fits(spec: &RunSpec, dataset: &Dataset) -> Result<()> {
+    let net = &spec.spec;
+    let shape = &dataset.shape;
+    let name = &dataset.name;
+    if net.classes != dataset.classes.len() {
+        bail!(
+            "`model.classes` is {} but {name} has {} classes: set model.classes={}",
+            net.classes,
+            dataset.classes.len(),
+            dataset.classes.len()
+        );
+    }
+    if net.in_channels != shape.channels {
+        bail!(
+            "`model.in_channels` is {} but {name}'s images have {} channels: set model.in_channels={}",
+            net.in_channels,
+            shape.channels,
+            shape.channels
+        );
+    }
+    if shape.height != shape.width || net.input_size != shape.height {
+        bail!(
+            "`model.input_size` is {} but {name}'s images are {}x{}: set model.input_size={}",
+            net.input_size,
+            shape.height,
+            shape.width,
+            shape.height
+        );
+    }
+    for (key, asked, split, have) in [
+        (
+            "train.train_images",
+            spec.train.train_images,
+            "training",
+            dataset.train.len(),
+        ),
+        (
+            "train.test_images",
+            spec.train.test_images,
+            "test",
+            dataset.test.len(),
+        ),
+    ] {
+        if let Some(asked) = asked.filter(|&n| n > have) {
+            bail!(
+                "`{key}` is {asked} but {name} has {have} {split} images: use at most {have}, or leave it unset for all"
+            );
+        }
+        if asked == Some(0) {
+            bail!("`{key}` is 0: a run needs at least one {split} image");
+        }
+    }
+    Ok(())
+}
+
 /// Where and how runs are written and shown.
 pub struct RunContext<'a> {
     pub runs_dir: PathBuf,
@@ -504,6 +479,24 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
     let run_id = spec.run_id();
     let dir = spec.dir(&ctx.runs_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // Held until this function returns: one process per run directory.
+    let _lock = match RunLock::acquire(&dir)? {
+        Locked::Acquired(lock) => lock,
+        Locked::HeldBy(holder) => {
+            let message = format!("run {run_id} is being trained by {holder}: skipped here");
+            ctx.progress.suspend(|| eprintln!("{message}"));
+            tracing::warn!("{message}");
+            let rows = read_metrics_csv(&dir.join("metrics.csv")).unwrap_or_default();
+            return Ok(Outcome {
+                run_id,
+                dir,
+                state: State::Running,
+                skipped: true,
+                rows,
+                held_by: Some(holder),
+            });
+        }
+    };
     if let Some(status) = Status::read(&dir) {
         if status.state != State::Running {
             let rows = read_metrics_csv(&dir.join("metrics.csv")).unwrap_or_default();
@@ -513,8 +506,15 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
                 state: status.state,
                 skipped: true,
                 rows,
+                held_by: None,
             });
         }
+    }
+    for stale in remove_stale_temp_files(&dir)? {
+        log_line(
+            &dir,
+            &format!("removed {stale}, left by an interrupted write"),
+        );
     }
     let config_yaml = serde_saphyr::to_string(spec).map_err(|e| anyhow!("config.yaml: {e}"))?;
     write_atomic(&dir.join("config.yaml"), config_yaml.as_bytes())?;
@@ -523,6 +523,7 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
 
     let device = ctx.device.clone();
     let dataset = Dataset::open(&spec.dataset)?;
+    check_fits(spec, &dataset)?;
     let subset = |split: &Split, n: Option<usize>| match n {
         Some(n) => split.sample(n, spec.dataset.validation_seed),
         None => split.clone(),
@@ -571,8 +572,9 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
         }
     };
     // Rewritten from the checkpoint, the source of truth, in case a crash fell between the
-    // checkpoint and the metrics file.
+    // checkpoint and the metrics and status files.
     write_metrics(&dir, &rows)?;
+    write_status(&dir, State::Running, start_epoch, spec.train.epochs, None)?;
     let steps_per_epoch = train_loader.batches_per_epoch();
     let schedule = Schedule::new(&spec.train, steps_per_epoch);
     let epochs = spec.train.epochs;
@@ -622,6 +624,7 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
                 batch.images.to_device(&device)?,
                 batch.labels.to_device(&device)?,
             );
+            pause_point(|| format!("epoch {} step {b}", epoch + 1));
             lr = schedule.lr(epoch * steps_per_epoch + b);
             let logits = net.forward_t(&images, true)?;
             let loss = cross_entropy(&logits, &labels)?;
@@ -639,6 +642,7 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
                     state: State::Diverged,
                     skipped: false,
                     rows,
+                    held_by: None,
                 });
             }
             let grads = loss.backward()?;
@@ -691,6 +695,7 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
                 rows: rows.clone(),
             },
         )?;
+        pause_point(|| format!("epoch {} checkpoint", epoch + 1));
         write_metrics(&dir, &rows)?;
         write_status(&dir, State::Running, epoch + 1, epochs, None)?;
         log_line(&dir, &line);
@@ -704,6 +709,7 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
             state: State::Running,
             skipped: false,
             rows,
+            held_by: None,
         });
     }
     write_status(&dir, State::Finished, epochs, epochs, None)?;
@@ -716,5 +722,6 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
         state: State::Finished,
         skipped: false,
         rows,
+        held_by: None,
     })
 }

@@ -137,3 +137,66 @@ fn impossible_specs_are_refused() {
     );
     assert!(err.contains("model.widht"), "{err}");
 }
+
+/// Every bad value is named by its key and where it was set: an override, a preset entry,
+/// or the file's line.
+#[test]
+fn bad_values_name_their_key_and_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.yaml");
+    let with_preset = format!("{MINIMAL}presets:\n  broken:\n    train.batch_size: -4\n");
+    std::fs::write(&path, &with_preset).unwrap();
+    let e = experiment::load(&path).unwrap();
+    let err = |args: &[&str]| -> String {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        match parse_overrides(&args) {
+            Err(e) => format!("{e:#}"),
+            Ok(overrides) => format!("{:#}", e.resolve(None, &overrides).unwrap_err()),
+        }
+    };
+    let text = err(&["train.epochs=-1"]);
+    assert!(
+        text.contains("`train.epochs`") && text.contains("override `train.epochs=-1`"),
+        "{text}"
+    );
+    let text = err(&["train.lr=abc"]);
+    assert!(
+        text.contains("`train.lr`") && text.contains("abc"),
+        "{text}"
+    );
+    let text = err(&["seeds=[-1]"]);
+    assert!(
+        text.contains("`seeds[0]`") && text.contains("override `seeds=[-1]`"),
+        "{text}"
+    );
+    let text = err(&["train.lr=.nan"]);
+    assert!(
+        text.contains("`train.lr`") && text.contains("finite"),
+        "{text}"
+    );
+    let text = err(&["train.epochs=0"]);
+    assert!(
+        text.contains("`train.epochs`: must be at least 1")
+            && text.contains("override `train.epochs=0`"),
+        "{text}"
+    );
+    let text = format!("{:#}", e.resolve(Some("broken"), &[]).unwrap_err());
+    assert!(
+        text.contains("`train.batch_size`") && text.contains("preset `broken`"),
+        "{text}"
+    );
+
+    // In the file: the key and its line.
+    std::fs::write(&path, MINIMAL.replace("lr: 0.1", "lr: .nan")).unwrap();
+    let text = format!("{:#}", experiment::load(&path).unwrap_err());
+    assert!(
+        text.contains("e.yaml, line 9") && text.contains("`train.lr`"),
+        "{text}"
+    );
+    std::fs::write(&path, MINIMAL.replace("epochs: 2", "epochs: 0")).unwrap();
+    let text = format!("{:#}", experiment::load(&path).unwrap_err());
+    assert!(
+        text.contains("e.yaml, line 7") && text.contains("`train.epochs`"),
+        "{text}"
+    );
+}

@@ -146,3 +146,57 @@ fn a_diverging_run_is_marked_and_the_sweep_goes_on() {
     // A diverged run is not retried on the next pass of the sweep.
     assert!(cardinal_train::train(&bad, &ctx).unwrap().skipped);
 }
+
+/// A model and data that do not fit are refused before training, naming both sides.
+#[test]
+fn model_and_data_mismatches_are_refused_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dataset(&tmp.path().join("mnist"));
+    let progress = hidden();
+    let ctx = RunContext {
+        runs_dir: tmp.path().join("runs"),
+        progress: &progress,
+        stop_after_epochs: None,
+        device: candle_core::Device::Cpu,
+    };
+    for (overrides, expected) in [
+        (
+            &["model.classes=5"][..],
+            "`model.classes` is 5 but mnist has 10 classes",
+        ),
+        (
+            &["model.input_size=32"][..],
+            "`model.input_size` is 32 but mnist's images are 16x16",
+        ),
+        (&["model.in_channels=3"][..], "`model.in_channels` is 3"),
+        (
+            &["train.train_images=1000000"][..],
+            "`train.train_images` is 1000000 but mnist has 320 training images",
+        ),
+        (&["train.test_images=0"][..], "`train.test_images` is 0"),
+    ] {
+        let err = cardinal_train::train(&spec(tmp.path(), overrides), &ctx)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{overrides:?}: {err}");
+    }
+    // Nothing was trained: no run got a checkpoint.
+    let checkpoints = walk(&tmp.path().join("runs"))
+        .into_iter()
+        .filter(|p| p.ends_with("checkpoint.safetensors"))
+        .count();
+    assert_eq!(checkpoints, 0);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

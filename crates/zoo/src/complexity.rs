@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Result, ZooError};
 use crate::layout::{self, Layer};
 use crate::spec::{BlockKind, NetSpec, Stem};
 
@@ -82,6 +82,24 @@ impl Complexity {
     pub fn of(spec: &NetSpec) -> Result<Complexity> {
         spec.validate()?;
         let layers = layout::layers(spec);
+        // Exact counts or an error: a spec within validate's bounds can still describe more
+        // multiply-adds than 64 bits hold (a very wide net at a very large input).
+        let overflow = || {
+            ZooError::InvalidSpec {
+            field: "input_size".into(),
+            reason: format!(
+                "the network's parameter or multiply-add count at input size {} does not fit in 64 bits",
+                spec.input_size
+            ),
+        }
+        };
+        let total = |count: fn(&Layer) -> Option<u64>| -> Result<u64> {
+            layers
+                .iter()
+                .try_fold(0u64, |acc, l| acc.checked_add(count(l)?))
+                .ok_or_else(overflow)
+        };
+        let (params, macs) = (total(Layer::checked_params)?, total(Layer::checked_macs)?);
         let mut stages: Vec<StageComplexity> = Vec::new();
         for layer in &layers {
             let stage = stage_of(layer);
@@ -112,8 +130,8 @@ impl Complexity {
             conv2.structure = format!("3x3 max pool, stride 2; {}", conv2.structure);
         }
         Ok(Complexity {
-            params: layers.iter().map(Layer::params).sum(),
-            macs: layers.iter().map(Layer::macs).sum(),
+            params,
+            macs,
             input_size: spec.input_size,
             stages,
             layers: layers

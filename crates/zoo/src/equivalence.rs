@@ -27,19 +27,53 @@ pub const RELATIVE_TOLERANCE: f64 = 1e-5;
 pub struct Check {
     pub check: String,
     pub max_abs_diff: f64,
+    /// The reference's largest magnitude that the tolerance is relative to (0 for exact
+    /// quantities such as counts, which must match exactly).
+    pub scale: f64,
     pub tolerance: f64,
     pub passed: bool,
+    /// For a check over several tensors, each against its own scale: the tensor whose
+    /// difference comes closest to (or furthest past) its tolerance, which the other
+    /// fields describe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tensor: Option<String>,
 }
 
 impl Check {
     fn new(check: String, max_abs_diff: f64, scale: f64) -> Check {
-        // Exact quantities (counts) have scale 0 and must match exactly.
         let tolerance = RELATIVE_TOLERANCE * scale;
         Check {
             check,
             max_abs_diff,
+            scale,
             tolerance,
             passed: max_abs_diff <= tolerance,
+            tensor: None,
+        }
+    }
+
+    /// One check over several tensors, each against a tolerance relative to its own scale
+    /// (a wrong small tensor is not hidden by a large one); it reports the tensor that
+    /// comes closest to, or furthest past, its tolerance.
+    fn per_tensor(check: String, tensors: &[(String, f64, f64)]) -> Check {
+        let ratio = |&(_, diff, scale): &(String, f64, f64)| {
+            if diff == 0.0 {
+                0.0
+            } else if scale == 0.0 {
+                f64::INFINITY
+            } else {
+                diff / (RELATIVE_TOLERANCE * scale)
+            }
+        };
+        let worst = tensors
+            .iter()
+            .max_by(|a, b| ratio(a).total_cmp(&ratio(b)))
+            .cloned()
+            .unwrap_or_default();
+        Check {
+            passed: tensors.iter().all(|t| ratio(t) <= 1.0),
+            tensor: Some(worst.0),
+            ..Check::new(check, worst.1, worst.2)
         }
     }
 }
@@ -70,20 +104,35 @@ fn cast(state: StateDict, dtype: DType) -> Result<StateDict> {
         .collect()
 }
 
-/// Largest absolute difference over matching tensors, and the reference's largest magnitude.
-fn compare_states(reference: &StateDict, other: &StateDict) -> Result<(f64, f64)> {
-    let (mut diff, mut scale) = (0.0f64, 0.0f64);
-    for (name, r) in reference {
-        let o = other
-            .get(name)
-            .ok_or_else(|| crate::ZooError::InvalidSpec {
-                field: "form".into(),
-                reason: format!("converted tensors lack `{name}`"),
-            })?;
-        diff = diff.max(max_abs(&(r - o)?)?);
-        scale = scale.max(max_abs(r)?);
+/// Per tensor of the reference: its name, the largest absolute difference from the
+/// matching tensor of `other`, and the reference's largest magnitude. A tensor missing from
+/// either side is an error, as is an empty reference (nothing would be compared).
+fn compare_states(
+    what: &str,
+    reference: &StateDict,
+    other: &StateDict,
+) -> Result<Vec<(String, f64, f64)>> {
+    let missing = |reason: String| crate::ZooError::InvalidSpec {
+        field: "form".into(),
+        reason,
+    };
+    if reference.is_empty() {
+        return Err(missing(format!(
+            "{what}: the reference has no tensors to compare"
+        )));
     }
-    Ok((diff, scale))
+    if let Some(extra) = other.keys().find(|k| !reference.contains_key(*k)) {
+        return Err(missing(format!("{what}: `{extra}` has no reference")));
+    }
+    reference
+        .iter()
+        .map(|(name, r)| {
+            let o = other
+                .get(name)
+                .ok_or_else(|| missing(format!("{what}: converted tensors lack `{name}`")))?;
+            Ok((name.clone(), max_abs(&(r - o)?)?, max_abs(r)?))
+        })
+        .collect()
 }
 
 /// Everything one form produces on the shared batch.
@@ -105,15 +154,22 @@ fn run_form(spec: &NetSpec, state: &StateDict, x: &Tensor, direction: &Tensor) -
     // A random projection of the logits, so every output contributes a distinct gradient.
     let loss = (&train_logits * direction)?.sum_all()?;
     let grads = loss.backward()?;
+    // A gradient that backward did not produce is a broken graph, not a zero gradient:
+    // comparing zeros with zeros would pass.
+    let no_gradient = |of: &str| crate::ZooError::InvalidSpec {
+        field: "form".into(),
+        reason: format!("form {}: backward produced no gradient for {of}", spec.form),
+    };
     let input_grad = grads
         .get(input.as_tensor())
         .cloned()
-        .unwrap_or(x.zeros_like()?);
+        .ok_or_else(|| no_gradient("the input"))?;
     let mut weight_grads = StateDict::new();
     for (name, var) in model.params().trainable() {
-        if let Some(g) = grads.get(var.as_tensor()) {
-            weight_grads.insert(name.clone(), g.clone());
-        }
+        let g = grads
+            .get(var.as_tensor())
+            .ok_or_else(|| no_gradient(name))?;
+        weight_grads.insert(name.clone(), g.clone());
     }
     let weight_grads = convert(spec, &weight_grads, spec.form, BlockForm::C)?;
     let running_stats: StateDict = model
@@ -150,6 +206,21 @@ pub fn block_forms(
     batch_size: usize,
     dtype: DType,
 ) -> Result<Vec<Check>> {
+    block_forms_converted(spec, seed, batch_size, dtype, &convert)
+}
+
+/// How form C's weights become another form's: [`convert`], or in tests a deliberately
+/// wrong conversion that the checks must catch.
+pub type Converter = dyn Fn(&NetSpec, &StateDict, BlockForm, BlockForm) -> Result<StateDict>;
+
+/// [`block_forms`] with the weights of forms A and B made by `to_form` from form C's.
+pub fn block_forms_converted(
+    spec: &NetSpec,
+    seed: u64,
+    batch_size: usize,
+    dtype: DType,
+    to_form: &Converter,
+) -> Result<Vec<Check>> {
     let device = Device::Cpu;
     let grouped = with_form(spec, BlockForm::C);
     let mut state = init_weights(&grouped, seed, &device)?;
@@ -173,7 +244,7 @@ pub fn block_forms(
     let mut checks = Vec::new();
     for form in [BlockForm::A, BlockForm::B] {
         let spec_f = with_form(spec, form);
-        let state_f = convert(&grouped, &state, BlockForm::C, form)?;
+        let state_f = to_form(&grouped, &state, BlockForm::C, form)?;
         let run = run_form(&spec_f, &state_f, &x, &direction)?;
         let label = |what: &str| format!("form {form} vs C: {what}");
         checks.push(Check::new(
@@ -191,14 +262,12 @@ pub fn block_forms(
             max_abs(&(&run.input_grad - &reference.input_grad)?)?,
             max_abs(&reference.input_grad)?,
         ));
-        let (diff, scale) = compare_states(&reference.weight_grads, &run.weight_grads)?;
-        checks.push(Check::new(label("weight gradients"), diff, scale));
-        let (diff, scale) = compare_states(&reference.running_stats, &run.running_stats)?;
-        checks.push(Check::new(
-            label("BN running statistics after a train step"),
-            diff,
-            scale,
-        ));
+        let what = label("weight gradients");
+        let tensors = compare_states(&what, &reference.weight_grads, &run.weight_grads)?;
+        checks.push(Check::per_tensor(what, &tensors));
+        let what = label("BN running statistics after a train step");
+        let tensors = compare_states(&what, &reference.running_stats, &run.running_stats)?;
+        checks.push(Check::per_tensor(what, &tensors));
     }
     Ok(checks)
 }
@@ -285,8 +354,9 @@ pub fn depth2(
             max_abs(&reference.input_grad)?,
         ),
     ];
-    let (diff, scale) = compare_states(&reference.weight_grads, &run.weight_grads)?;
-    checks.push(Check::new(label("weight gradients"), diff, scale));
+    let what = label("weight gradients");
+    let tensors = compare_states(&what, &reference.weight_grads, &run.weight_grads)?;
+    checks.push(Check::per_tensor(what, &tensors));
     let (agg, dense) = (Complexity::of(&aggregated)?, Complexity::of(&wide)?);
     checks.push(Check::new(
         label("params"),
@@ -330,4 +400,44 @@ pub fn run_all_with_progress(
     };
     checks.extend(depth2(cardinality, path_width, channels, seed, dtype)?);
     Ok(checks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A wrong small tensor beside a large one: within a tolerance relative to the largest
+    /// magnitude of all, outside its own.
+    #[test]
+    fn per_tensor_tolerance_catches_a_wrong_small_tensor() {
+        let tensors = vec![
+            ("large".to_string(), 1e-3, 1e3),
+            ("small".to_string(), 1e-4, 1e-2),
+        ];
+        let check = Check::per_tensor("weight gradients".into(), &tensors);
+        assert!(!check.passed);
+        assert_eq!(check.tensor.as_deref(), Some("small"));
+        assert_eq!(check.tolerance, RELATIVE_TOLERANCE * 1e-2);
+        // The same differences under one scale would pass.
+        assert!(Check::new("all".into(), 1e-4, 1e3).passed);
+        // A zero reference with any difference fails; equal zeros pass.
+        let zero = vec![("z".to_string(), 1e-12, 0.0)];
+        assert!(!Check::per_tensor("z".into(), &zero).passed);
+        let equal = vec![("z".to_string(), 0.0, 0.0)];
+        assert!(Check::per_tensor("z".into(), &equal).passed);
+    }
+
+    #[test]
+    fn a_missing_tensor_is_an_error() {
+        let device = Device::Cpu;
+        let t = Tensor::ones(2, DType::F32, &device).unwrap();
+        let reference: StateDict = [("a".to_string(), t.clone()), ("b".to_string(), t.clone())]
+            .into_iter()
+            .collect();
+        let other: StateDict = [("a".to_string(), t)].into_iter().collect();
+        let err = compare_states("grads", &reference, &other).unwrap_err();
+        assert!(err.to_string().contains("lack `b`"), "{err}");
+        let err = compare_states("grads", &StateDict::new(), &StateDict::new()).unwrap_err();
+        assert!(err.to_string().contains("no tensors"), "{err}");
+    }
 }

@@ -43,11 +43,10 @@ pub enum ZooError {
     },
     #[error("input must be a non-empty 4-d tensor [N, C, H, W], got shape {shape:?}")]
     InputRank { shape: Vec<usize> },
-    #[error("{file}: {source}")]
+    #[error("{file}: {cause}")]
     File {
         file: String,
-        #[source]
-        source: candle_core::Error,
+        cause: candle_core::Error,
     },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

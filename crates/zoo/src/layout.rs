@@ -63,7 +63,23 @@ pub struct Layer {
 }
 
 impl Layer {
+    /// The layer's parameter count (saturating at `u64::MAX`: see [`Layer::checked_params`]).
     pub fn params(&self) -> u64 {
+        self.checked_params().unwrap_or(u64::MAX)
+    }
+
+    /// The layer's multiply-adds (saturating at `u64::MAX`: see [`Layer::checked_macs`]).
+    pub fn macs(&self) -> u64 {
+        self.checked_macs().unwrap_or(u64::MAX)
+    }
+
+    /// The parameter count, or None where it does not fit in 64 bits.
+    pub fn checked_params(&self) -> Option<u64> {
+        let product = |factors: &[usize]| {
+            factors
+                .iter()
+                .try_fold(1u64, |acc, &f| acc.checked_mul(f as u64))
+        };
         match self.kind {
             LayerKind::Conv {
                 in_channels,
@@ -71,26 +87,28 @@ impl Layer {
                 kernel,
                 groups,
                 ..
-            } => (out_channels * (in_channels / groups) * kernel * kernel) as u64,
-            LayerKind::BatchNorm { channels } => 2 * channels as u64,
+            } => product(&[out_channels, in_channels / groups, kernel, kernel]),
+            LayerKind::BatchNorm { channels } => product(&[2, channels]),
             LayerKind::Linear {
                 in_features,
                 out_features,
-            } => (in_features * out_features + out_features) as u64,
+            } => product(&[in_features, out_features])?.checked_add(out_features as u64),
         }
     }
 
-    pub fn macs(&self) -> u64 {
+    /// The multiply-adds, or None where they do not fit in 64 bits.
+    pub fn checked_macs(&self) -> Option<u64> {
         match self.kind {
             LayerKind::Conv { .. } => {
                 // A conv costs its weight count once per output position.
-                self.params() * (self.output_size * self.output_size) as u64
+                let positions = (self.output_size as u64).checked_mul(self.output_size as u64)?;
+                self.checked_params()?.checked_mul(positions)
             }
-            LayerKind::BatchNorm { .. } => 0,
+            LayerKind::BatchNorm { .. } => Some(0),
             LayerKind::Linear {
                 in_features,
                 out_features,
-            } => (in_features * out_features) as u64,
+            } => (in_features as u64).checked_mul(out_features as u64),
         }
     }
 

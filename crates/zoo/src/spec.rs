@@ -133,6 +133,15 @@ pub fn conv_output_size(input: usize, kernel: usize, stride: usize, padding: usi
     (input + 2 * padding).saturating_sub(kernel) / stride + 1
 }
 
+/// Largest accepted sizes (see `NetSpec::validate`).
+pub const MAX_WIDTH: usize = 1 << 14;
+pub const MAX_EXPANSION: usize = 64;
+pub const MAX_INPUT_SIZE: usize = 1 << 13;
+pub const MAX_CLASSES: usize = 1 << 20;
+pub const MAX_STAGES: usize = 16;
+pub const MAX_BLOCKS: usize = 1 << 12;
+pub const MAX_STRIDE: usize = 64;
+
 impl NetSpec {
     fn invalid(field: &str, reason: impl Into<String>) -> ZooError {
         ZooError::InvalidSpec {
@@ -155,6 +164,54 @@ impl NetSpec {
         for (field, value) in positive {
             if value == 0 {
                 return Err(Self::invalid(field, "must be at least 1"));
+            }
+        }
+        // Far beyond any network of the literature, yet small enough that the layout can be
+        // listed and every count computed: a typo such as `blocks: 100000000` is refused here
+        // instead of exhausting memory.
+        let stride_limit = |field: &str, value: usize| {
+            if value > MAX_STRIDE {
+                Err(Self::invalid(
+                    field,
+                    format!("{value} is more than the largest stride supported, {MAX_STRIDE}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let bounded = [
+            ("cardinality", self.cardinality, MAX_WIDTH),
+            ("bottleneck_width", self.bottleneck_width, MAX_WIDTH),
+            ("expansion", self.expansion, MAX_EXPANSION),
+            ("in_channels", self.in_channels, MAX_WIDTH),
+            ("input_size", self.input_size, MAX_INPUT_SIZE),
+            ("classes", self.classes, MAX_CLASSES),
+            ("stem.channels", self.stem.channels(), MAX_WIDTH),
+            ("stages", self.stages.len(), MAX_STAGES),
+        ];
+        for (field, value, limit) in bounded {
+            if value > limit {
+                return Err(Self::invalid(
+                    field,
+                    format!("{value} is more than the largest supported, {limit}"),
+                ));
+            }
+        }
+        if let Stem::Cifar { stride, .. } = self.stem {
+            stride_limit("stem.stride", stride)?;
+        }
+        for (i, stage) in self.stages.iter().enumerate() {
+            stride_limit(&format!("stages[{i}].stride"), stage.stride)?;
+            for (field, value, limit) in [
+                ("blocks", stage.blocks, MAX_BLOCKS),
+                ("planes", stage.planes, MAX_WIDTH),
+            ] {
+                if value > limit {
+                    return Err(Self::invalid(
+                        &format!("stages[{i}].{field}"),
+                        format!("{value} is more than the largest supported, {limit}"),
+                    ));
+                }
             }
         }
         if let Stem::Cifar { stride, .. } = self.stem {

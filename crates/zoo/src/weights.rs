@@ -86,7 +86,7 @@ pub fn load_safetensors(
     let file = path.display().to_string();
     let raw = candle_core::safetensors::load(path, device).map_err(|source| ZooError::File {
         file: file.clone(),
-        source,
+        cause: source,
     })?;
     let mut state = BTreeMap::new();
     for (key, tensor) in raw {
@@ -116,6 +116,6 @@ pub fn save_safetensors(path: &Path, spec: &NetSpec, state: &StateDict) -> Resul
     let map: std::collections::HashMap<String, Tensor> = grouped.into_iter().collect();
     candle_core::safetensors::save(&map, path).map_err(|source| ZooError::File {
         file: path.display().to_string(),
-        source,
+        cause: source,
     })
 }

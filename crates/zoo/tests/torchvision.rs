@@ -173,3 +173,42 @@ fn an_input_with_the_wrong_channel_count_says_what_was_expected() {
     let msg = model.forward_t(&gray, false).unwrap_err().to_string();
     assert!(msg.contains("1 channels but the model expects 3"), "{msg}");
 }
+
+/// What `cardinal export` writes (save_safetensors from any block form) has exactly the
+/// names, shapes and dtype of torchvision's own state dict for the architecture, as PyTorch
+/// listed them when it made the fixture (keys.txt), less `num_batches_tracked`, which
+/// `load_state_dict` fills in for BatchNorm when it is absent.
+#[test]
+fn saved_weights_have_torchvisions_names_and_shapes_from_every_form() {
+    let spec = tiny_spec();
+    let listed: std::collections::BTreeMap<String, String> =
+        std::fs::read_to_string(fixture("keys.txt"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("num_batches_tracked"))
+            .map(|l| {
+                let (key, rest) = l.split_once(' ').unwrap();
+                (key.to_string(), rest.to_string())
+            })
+            .collect();
+    let state = f16_state(&spec);
+    for form in BlockForm::ALL {
+        let spec_f = NetSpec {
+            form,
+            ..spec.clone()
+        };
+        let state_f = cardinal_zoo::convert::convert(&spec, &state, BlockForm::C, form).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("export.safetensors");
+        save_safetensors(&file, &spec_f, &state_f).unwrap();
+        let saved = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+        let written: std::collections::BTreeMap<String, String> = saved
+            .iter()
+            .map(|(k, t)| {
+                assert_eq!(t.dtype(), DType::F32, "{k}");
+                (k.clone(), format!("{:?} float32", t.dims()))
+            })
+            .collect();
+        assert_eq!(written, listed, "form {form}");
+    }
+}
