@@ -97,6 +97,10 @@ slurm-test:
     cargo build -p cardinal-cli
     if [ "$(id -u)" = 0 ]; then sudo=""; else sudo=sudo; fi; $sudo scripts/slurm-test.sh {{env_var_or_default("CARGO_TARGET_DIR", "target")}}/debug/cardinal
 
+# Check that vendor/candle-core is the published crate plus vendor/candle-core.patch.
+vendor-check:
+    bash scripts/vendor-candle.sh --check
+
 # List the model presets with params and MACs.
 models: build
     {{cardinal}} models
