@@ -1,13 +1,10 @@
-//! `cardinal bench ...`: speed measured, never asserted. Each case warms up, then reports
-//! the median of repeated runs.
-
-use std::time::Instant;
+//! `cardinal bench ...`: speed measured, never asserted. The cases and their output are
+//! here; the timing is `cardinal_bench`'s.
 
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use cardinal_bench::{median, peak_rss_bytes, ConvShape};
 use cardinal_data::{Loader, LoaderConfig, Transform};
-use cardinal_train::optim::Sgd;
-use cardinal_zoo::{init_weights, BlockForm, Kernels, NetSpec, ResNet, Stem};
+use cardinal_zoo::{BlockForm, Kernels, NetSpec, Stem};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
@@ -195,11 +192,6 @@ pub fn run(command: BenchCommand) -> Result<()> {
     }
 }
 
-/// Resets the peak-RSS counter (VmHWM) of this process; false where Linux does not allow it.
-fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
 fn train(args: BenchTrainArgs) -> Result<()> {
     let models = if args.models.is_empty() {
         CPU_MODELS.iter().map(|m| m.to_string()).collect()
@@ -286,51 +278,26 @@ fn train(args: BenchTrainArgs) -> Result<()> {
 /// Times `args.steps` full SGD steps of one model with one kernel choice.
 fn train_case(
     model: &str,
-    spec: &cardinal_zoo::NetSpec,
+    spec: &NetSpec,
     batch_size: usize,
     kernels: Kernels,
     args: &BenchTrainArgs,
 ) -> Result<TrainCase> {
     let device = args.device.open()?;
-    let state = init_weights(spec, 0, &device)?;
-    let mut net = ResNet::new(spec, &state)?;
-    net.set_kernels(kernels);
-    let x = Tensor::randn(
-        0f32,
-        1.0,
-        (
-            batch_size,
-            spec.in_channels,
-            spec.input_size,
-            spec.input_size,
-        ),
-        &device,
-    )?;
-    let labels: Vec<u32> = (0..batch_size)
-        .map(|i| (i * 7919 % spec.classes) as u32)
-        .collect();
-    let labels = Tensor::new(labels.as_slice(), &device)?;
-    let mut sgd = Sgd::new(net.params().trainable(), 0.9, false, 5e-4, false);
-    let reset = reset_peak_rss();
     let progress = indicatif::ProgressBar::new((args.warmup + args.steps) as u64).with_style(
         indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} steps, ETA {eta}")
             .expect("valid template"),
     );
     progress.set_message(format!("{model} ({})", kernel_name(kernels)));
-    let mut times = Vec::new();
-    for step in 0..args.warmup + args.steps {
-        let start = Instant::now();
-        let logits = net.forward_t(&x, true)?;
-        let loss = cardinal_train::run::cross_entropy(&logits, &labels)?;
-        let grads = loss.backward()?;
-        sgd.step(&grads, 0.01)?;
-        if step >= args.warmup {
-            times.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-        progress.inc(1);
-    }
+    let timing = cardinal_bench::train_steps(
+        spec,
+        batch_size,
+        kernels,
+        &device,
+        (args.warmup, args.steps),
+        &mut || progress.inc(1),
+    )?;
     progress.finish_and_clear();
-    let ms_per_step = median(times);
     Ok(TrainCase {
         model: model.to_string(),
         kernels: kernel_name(kernels),
@@ -338,9 +305,9 @@ fn train_case(
         batch_size,
         input_size: spec.input_size,
         steps: args.steps,
-        ms_per_step,
-        images_per_sec: batch_size as f64 / ms_per_step * 1e3,
-        peak_rss_bytes: if reset { peak_rss_bytes() } else { None },
+        ms_per_step: timing.ms_per_step,
+        images_per_sec: timing.images_per_sec,
+        peak_rss_bytes: timing.peak_rss_bytes,
         params: 0,
         macs: 0,
         threads: cardinal_train::run::threads(),
@@ -353,19 +320,6 @@ fn kernel_name(kernels: Kernels) -> &'static str {
         Kernels::Cardinal => "cardinal",
         Kernels::Candle => "candle",
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-/// Peak resident set size of this process (Linux), for memory targets.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 fn data(args: BenchDataArgs) -> Result<()> {
@@ -384,11 +338,7 @@ fn data(args: BenchDataArgs) -> Result<()> {
     let repeats = args.repeats.max(1);
 
     let pass = |loader: &Loader, epoch: u64| -> Result<f64> {
-        let start = Instant::now();
-        for batch in loader.epoch(epoch).take(batches) {
-            std::hint::black_box(batch?);
-        }
-        Ok(images as f64 / start.elapsed().as_secs_f64())
+        cardinal_bench::loader_images_per_sec(loader, epoch, batches)
     };
     let progress = indicatif::ProgressBar::new((2 * (repeats + 1)) as u64).with_style(
         indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} passes [{eta}]")
@@ -470,39 +420,34 @@ fn data(args: BenchDataArgs) -> Result<()> {
 /// Median wall time of forward (train mode), cross-entropy and backward on one batch.
 fn train_step_ms(model: &str, loader: &Loader, repeats: usize) -> Result<f64> {
     let spec = model_arg::resolve(model)?.spec;
-    let state = init_weights(&spec, 0, &Device::Cpu)?;
-    let net = ResNet::new(&spec, &state)?;
     let batch = loader.batch(0, 0)?;
-    net.check_input(&batch.images)
-        .with_context(|| format!("model {model} does not take this dataset's images"))?;
-    let step = || -> Result<f64> {
-        let start = Instant::now();
-        let logits = net.forward_t(&batch.images, true)?;
-        let loss = cardinal_train::run::cross_entropy(&logits, &batch.labels)?;
-        std::hint::black_box(loss.backward()?);
-        Ok(start.elapsed().as_secs_f64() * 1e3)
-    };
-    step()?;
-    let times = (0..repeats).map(|_| step()).collect::<Result<Vec<_>>>()?;
-    Ok(median(times))
+    cardinal_bench::forward_backward_ms(&spec, &batch, repeats)
+        .with_context(|| format!("model {model}"))
 }
 
-/// Median milliseconds of `f` over `repeats` runs after one warm-up; None if it fails.
-fn time_ms(repeats: usize, f: impl Fn() -> candle_core::Result<()>) -> Option<f64> {
-    f().ok()?;
-    let times = (0..repeats.max(1))
-        .map(|_| {
-            let start = Instant::now();
-            f().map(|_| start.elapsed().as_secs_f64() * 1e3)
-        })
-        .collect::<candle_core::Result<Vec<_>>>()
-        .ok()?;
-    Some(median(times))
+/// A convolution to time, as (batch, channels in, channels out, side, kernel, stride,
+/// groups).
+fn shape(
+    (batch, in_channels, out_channels, side, kernel, stride, groups): (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+    ),
+) -> ConvShape {
+    ConvShape {
+        batch,
+        in_channels,
+        out_channels,
+        side,
+        kernel,
+        stride,
+        groups,
+    }
 }
-
-/// One convolution layer to time: batch, channels in and out, square side, kernel, stride,
-/// groups.
-type ConvShape = (usize, usize, usize, usize, usize, usize, usize);
 
 fn conv(args: BenchConvArgs) -> Result<()> {
     // The shapes of the speed table in the performance issue, batch 8.
@@ -519,7 +464,7 @@ fn conv(args: BenchConvArgs) -> Result<()> {
         ("1x1, 256->128, 28x28", (8, 256, 128, 28, 1, 1, 1)),
     ]
     .into_iter()
-    .map(|(name, shape)| (name.to_string(), shape))
+    .map(|(name, dims)| (name.to_string(), shape(dims)))
     .collect();
     // The grouped 3x3 layer of every cell of the cardinality grid (stage 1 of the template,
     // d solved to preserve complexity), at the training batch size.
@@ -532,62 +477,26 @@ fn conv(args: BenchConvArgs) -> Result<()> {
                 "grid {c}x{}d: {GRID_TEMPLATE} stage 1 3x3, batch 128",
                 cell.bottleneck_width
             ),
-            (128, width, width, side, 3, 1, c),
+            shape((128, width, width, side, 3, 1, c)),
         ));
     }
     let mut rows = Vec::new();
-    for (name, (n, c_in, c_out, side, k, stride, groups)) in cases {
-        let x = candle_core::Var::from_tensor(&Tensor::randn(
-            0f32,
-            1.0,
-            (n, c_in, side, side),
-            &Device::Cpu,
-        )?)?;
-        let w = candle_core::Var::from_tensor(&Tensor::randn(
-            0f32,
-            0.1,
-            (c_out, c_in / groups, k, k),
-            &Device::Cpu,
-        )?)?;
-        let padding = k / 2;
-        let ours = |train: bool| {
-            let y =
-                cardinal_kernels::conv2d(x.as_tensor(), w.as_tensor(), padding, stride, groups)?;
-            if train {
-                y.sum_all()?.backward()?;
-            }
-            Ok(())
-        };
-        let theirs = |train: bool| {
-            let y = x
-                .as_tensor()
-                .conv2d(w.as_tensor(), padding, stride, 1, groups)?;
-            if train {
-                y.sum_all()?.backward()?;
-            }
-            Ok(())
-        };
-        let cardinal_forward_ms =
-            time_ms(args.repeats, || ours(false)).context("cardinal conv failed")?;
-        let cardinal_train_ms =
-            time_ms(args.repeats, || ours(true)).context("cardinal conv backward failed")?;
-        let candle_forward_ms =
-            time_ms(args.repeats, || theirs(false)).context("candle conv failed")?;
-        let candle_train_ms = time_ms(args.repeats, || theirs(true));
+    for (name, shape) in cases {
+        let timing = cardinal_bench::conv(shape, args.repeats)?;
         rows.push(ConvCase {
             case: name,
-            batch: n,
-            in_channels: c_in,
-            out_channels: c_out,
-            side,
-            kernel: k,
-            stride,
-            groups,
-            cardinal_forward_ms,
-            cardinal_train_ms,
-            candle_forward_ms,
-            candle_train_ms,
-            train_speedup: candle_train_ms.map(|t| t / cardinal_train_ms),
+            batch: shape.batch,
+            in_channels: shape.in_channels,
+            out_channels: shape.out_channels,
+            side: shape.side,
+            kernel: shape.kernel,
+            stride: shape.stride,
+            groups: shape.groups,
+            cardinal_forward_ms: timing.cardinal_forward_ms,
+            cardinal_train_ms: timing.cardinal_train_ms,
+            candle_forward_ms: timing.candle_forward_ms,
+            candle_train_ms: timing.candle_train_ms,
+            train_speedup: timing.candle_train_ms.map(|t| t / timing.cardinal_train_ms),
         });
     }
     match args.format {

@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use cardinal_analysis::{ReportInput, Run};
-use cardinal_train::experiment;
 use cardinal_train::RunSpec;
 use clap::Args;
 
-use crate::train_cmd::{cells, experiment_name, experiment_path};
+use crate::experiment_arg::{experiment_path, ResolvedExperiment};
 
 #[derive(Args)]
 pub struct ReportArgs {
@@ -66,47 +65,43 @@ pub fn default_out(
 }
 
 pub fn report(args: ReportArgs) -> Result<()> {
-    let path = experiment_path(&args.name);
-    let (cells, preset) = cells(&path, args.preset.as_deref(), &args.overrides)?;
-    let out = args.out.clone();
+    let experiment = ResolvedExperiment::load(&args.name, args.preset.as_deref(), &args.overrides)?;
     write(
-        &path,
-        &cells,
-        preset,
-        &args.overrides,
+        &experiment,
         &args.runs_dir,
         &args.reports_dir,
-        out,
+        args.out.clone(),
     )?;
     Ok(())
 }
 
-/// Writes the report of `cells` (as resolved from the experiment file) and says where.
+/// Writes the report of a resolved experiment's cells and says where.
 pub fn write(
-    path: &Path,
-    cells: &[RunSpec],
-    preset: Option<String>,
-    overrides: &[String],
+    experiment: &ResolvedExperiment,
     runs_dir: &Path,
     reports_dir: &Path,
     out: Option<PathBuf>,
 ) -> Result<PathBuf> {
-    let experiment = experiment::load(path)?;
-    let name = experiment_name(path);
+    let ResolvedExperiment {
+        path,
+        name,
+        file,
+        preset,
+        overrides,
+        cells,
+    } = experiment;
+    let default_preset = file.default_preset.as_deref();
     let out = out.unwrap_or_else(|| {
         default_out(
             reports_dir,
-            &name,
+            name,
             preset.as_deref(),
-            experiment.default_preset.as_deref(),
+            default_preset,
             !overrides.is_empty(),
         )
     });
-    let mut reproduce = format!("just ablate {}", path_arg(path, &name));
-    if let Some(p) = preset
-        .as_ref()
-        .filter(|p| Some(*p) != experiment.default_preset.as_ref())
-    {
+    let mut reproduce = format!("just ablate {}", path_arg(path, name));
+    if let Some(p) = preset.as_deref().filter(|p| Some(*p) != default_preset) {
         reproduce.push_str(&format!(" --preset {p}"));
     }
     for o in overrides {
@@ -114,10 +109,10 @@ pub fn write(
         reproduce.push_str(o);
     }
     let input = ReportInput {
-        experiment: name,
-        question: experiment.question.clone(),
-        preset,
-        overrides: overrides.to_vec(),
+        experiment: name.clone(),
+        question: file.question.clone(),
+        preset: preset.clone(),
+        overrides: overrides.clone(),
         setup: setup(cells),
         runs: cells.iter().map(|c| c.dir(runs_dir)).collect(),
         reproduce,

@@ -2,14 +2,14 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Result};
-use cardinal_train::experiment::{self, parse_overrides};
+use anyhow::{bail, Result};
 use cardinal_train::{RunContext, RunSpec, State};
 use clap::Args;
 use indicatif::MultiProgress;
 use serde::Serialize;
 
 use crate::device_arg::DeviceArg;
+use crate::experiment_arg::ResolvedExperiment;
 use crate::slurm::{self, Launcher, SlurmArgs, Sweep};
 use crate::table::{thousands, Table};
 use crate::{print_json, Format};
@@ -60,56 +60,6 @@ pub struct AblateArgs {
     pub reports_dir: PathBuf,
     #[command(flatten)]
     pub slurm: SlurmArgs,
-}
-
-pub(crate) fn experiment_path(name: &str) -> PathBuf {
-    if name.ends_with(".yaml") || name.ends_with(".yml") || name.contains('/') {
-        PathBuf::from(name)
-    } else {
-        Path::new("experiments").join(format!("{name}.yaml"))
-    }
-}
-
-pub(crate) fn experiment_name(path: &Path) -> String {
-    path.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "experiment".into())
-}
-
-pub(crate) fn cells(
-    path: &Path,
-    preset: Option<&str>,
-    overrides: &[String],
-) -> Result<(Vec<RunSpec>, Option<String>)> {
-    if !path.is_file() {
-        let known: Vec<String> = std::fs::read_dir("experiments")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                let p = e.path();
-                (p.extension()? == "yaml").then(|| experiment_name(&p))
-            })
-            .collect();
-        bail!(
-            "no experiment file {}{}",
-            path.display(),
-            if known.is_empty() {
-                String::new()
-            } else {
-                format!("; experiments: {}", known.join(", "))
-            }
-        );
-    }
-    let experiment = experiment::load(path)?;
-    let overrides = parse_overrides(overrides)?;
-    let (resolved, preset) = experiment
-        .resolve(preset, &overrides)
-        .map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
-    let cells = resolved
-        .cells(&experiment_name(path))
-        .map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
-    Ok((cells, preset))
 }
 
 fn pick(cells: Vec<RunSpec>, cell: Option<usize>) -> Result<Vec<RunSpec>> {
@@ -283,7 +233,9 @@ fn run_cells(cells: &[RunSpec], run: &RunArgs) -> Result<bool> {
 /// Exit status: true when every run finished (a diverged run makes it false).
 pub fn train(args: TrainArgs) -> Result<bool> {
     let run = &args.run;
-    let (cells, _) = cells(&args.config, run.preset.as_deref(), &run.overrides)?;
+    let experiment =
+        ResolvedExperiment::load_path(&args.config, run.preset.as_deref(), &run.overrides)?;
+    let cells = experiment.cells;
     if cells.len() > 1 && run.cell.is_none() {
         bail!(
             "{} describes {} runs (a sweep); pick one with --cell N (0..={}) or run them all with `cardinal ablate {}`",
@@ -298,27 +250,27 @@ pub fn train(args: TrainArgs) -> Result<bool> {
 }
 
 pub fn ablate(args: AblateArgs) -> Result<bool> {
-    let path = experiment_path(&args.name);
     let run = &args.run;
-    let (cells, preset) = cells(&path, run.preset.as_deref(), &run.overrides)?;
+    // Resolved once: the same value trains the cells and writes the report.
+    let experiment = ResolvedExperiment::load(&args.name, run.preset.as_deref(), &run.overrides)?;
     if args.slurm.launcher == Launcher::Slurm && !args.dry_run {
         if run.cell.is_some() {
             bail!("--cell picks one cell to run here; --launcher slurm submits them all");
         }
         let sweep = Sweep {
-            name: &experiment_name(&path),
-            experiment: &path,
-            preset: preset.as_deref(),
+            name: &experiment.name,
+            experiment: &experiment.path,
+            preset: experiment.preset.as_deref(),
             overrides: &run.overrides,
             runs_dir: &run.runs_dir,
             reports_dir: &args.reports_dir,
             device: run.device,
-            cells: cells.len(),
+            cells: experiment.cells.len(),
         };
         slurm::launch(&sweep, &args.slurm)?;
         return Ok(true);
     }
-    let cells = pick(cells, run.cell)?;
+    let cells = pick(experiment.cells.clone(), run.cell)?;
     if args.dry_run {
         dry_run(&cells, run.format)?;
         return Ok(true);
@@ -326,9 +278,10 @@ pub fn ablate(args: AblateArgs) -> Result<bool> {
     if run.format != Format::Json {
         eprintln!(
             "{}: {} runs{}",
-            path.display(),
+            experiment.path.display(),
             cells.len(),
-            preset
+            experiment
+                .preset
                 .as_ref()
                 .map(|p| format!(" (preset {p})"))
                 .unwrap_or_default()
@@ -338,15 +291,7 @@ pub fn ablate(args: AblateArgs) -> Result<bool> {
     // A whole sweep ends with its report; one cell (a Slurm task) leaves that to the
     // summary job.
     if run.cell.is_none() {
-        crate::report_cmd::write(
-            &path,
-            &cells,
-            preset,
-            &run.overrides,
-            &run.runs_dir,
-            &args.reports_dir,
-            None,
-        )?;
+        crate::report_cmd::write(&experiment, &run.runs_dir, &args.reports_dir, None)?;
     }
     Ok(all_finished)
 }

@@ -1,5 +1,6 @@
-//! A dataset opened from disk: its classes, its train / validation / test splits, and the
-//! per-channel statistics measured on its training images.
+//! What a dataset is once opened: its classes, its train / validation / test splits, and the
+//! per-channel statistics measured on its training images. Opening one is `open.rs`; each
+//! file format is in `formats/`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,14 +9,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::cifar::{self, Variant};
-use crate::config::DataConfig;
 use crate::error::{DataError, Result};
-use crate::folder;
-use crate::idx;
-use crate::locate::Locator;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageShape {
@@ -88,7 +83,7 @@ pub struct Split {
 }
 
 impl Split {
-    fn all(samples: Samples) -> Self {
+    pub(crate) fn all(samples: Samples) -> Self {
         let indices: Arc<[u32]> = (0..samples.labels.len() as u32).collect();
         Split {
             samples: Arc::new(samples),
@@ -145,7 +140,7 @@ impl Split {
         self.subset(order)
     }
 
-    fn subset(&self, indices: Vec<u32>) -> Split {
+    pub(crate) fn subset(&self, indices: Vec<u32>) -> Split {
         Split {
             samples: self.samples.clone(),
             indices: indices.into(),
@@ -197,196 +192,7 @@ pub struct Dataset {
     pub resize: usize,
 }
 
-/// The datasets cardinal knows by name; any other name is an image folder.
-pub struct Known {
-    pub name: &'static str,
-    pub aliases: &'static [&'static str],
-    pub format: Format,
-    pub install_hint: &'static str,
-}
-
-pub const KNOWN: &[Known] = &[
-    Known {
-        name: "fashion-mnist",
-        aliases: &["fashion_mnist", "fashionmnist", "fmnist"],
-        format: Format::Idx,
-        install_hint: "Install it with `just data` (on Debian: `sudo apt-get install dataset-fashion-mnist`).",
-    },
-    Known {
-        name: "mnist",
-        aliases: &[],
-        format: Format::Idx,
-        install_hint: "Put the four files train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz in data/mnist/.",
-    },
-    Known {
-        name: "cifar10",
-        aliases: &["cifar-10"],
-        format: Format::Cifar10,
-        install_hint: "Download the binary version from https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz and extract it with `mkdir -p data/cifar10 && tar -xzf cifar-10-binary.tar.gz -C data/cifar10`.",
-    },
-    Known {
-        name: "cifar100",
-        aliases: &["cifar-100"],
-        format: Format::Cifar100,
-        install_hint: "Download the binary version from https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz and extract it with `mkdir -p data/cifar100 && tar -xzf cifar-100-binary.tar.gz -C data/cifar100`.",
-    },
-];
-
-/// SHA-256 of the *decompressed* Fashion-MNIST files. The contents are what matter: Debian
-/// re-compresses the official `.gz` files, so their compressed bytes differ while the data
-/// is the same.
-pub const FASHION_MNIST_SHA256: [(&str, &str); 4] = [
-    (
-        "train-images-idx3-ubyte",
-        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-    ),
-    (
-        "train-labels-idx1-ubyte",
-        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-    ),
-    (
-        "t10k-images-idx3-ubyte",
-        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-    ),
-    (
-        "t10k-labels-idx1-ubyte",
-        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-    ),
-];
-
-const FASHION_MNIST_CLASSES: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
-
-pub fn known(name: &str) -> Option<&'static Known> {
-    let lower = name.to_ascii_lowercase();
-    KNOWN
-        .iter()
-        .find(|k| k.name == lower || k.aliases.contains(&lower.as_str()))
-}
-
-const IDX_STEMS: [&str; 4] = [
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-];
-
-/// `dir/stem.gz` if present, else `dir/stem`.
-fn idx_file(dir: &Path, stem: &str) -> Option<PathBuf> {
-    [format!("{stem}.gz"), stem.to_string()]
-        .into_iter()
-        .map(|f| dir.join(f))
-        .find(|p| p.is_file())
-}
-
-fn cifar_dir(dir: &Path, variant: Variant) -> Option<PathBuf> {
-    let (sub, probe) = match variant {
-        Variant::Cifar10 => ("cifar-10-batches-bin", "data_batch_1.bin"),
-        Variant::Cifar100 => ("cifar-100-binary", "train.bin"),
-    };
-    [dir.to_path_buf(), dir.join(sub)]
-        .into_iter()
-        .find(|d| d.join(probe).is_file())
-}
-
 impl Dataset {
-    /// Opens the dataset a config names, searching the standard locations.
-    pub fn open(config: &DataConfig) -> Result<Dataset> {
-        config.validate()?;
-        let locator = Locator::new(config.dir.clone());
-        Self::open_with(config, &locator)
-    }
-
-    pub fn open_with(config: &DataConfig, locator: &Locator) -> Result<Dataset> {
-        config.validate()?;
-        let mut dataset = match known(&config.name) {
-            Some(k) => {
-                let root = match k.format {
-                    Format::Idx => locator.find(
-                        k.name,
-                        |d| idx_file(d, IDX_STEMS[0]).is_some(),
-                        k.install_hint,
-                    )?,
-                    Format::Cifar10 => locator.find(
-                        k.name,
-                        |d| cifar_dir(d, Variant::Cifar10).is_some(),
-                        k.install_hint,
-                    )?,
-                    Format::Cifar100 => locator.find(
-                        k.name,
-                        |d| cifar_dir(d, Variant::Cifar100).is_some(),
-                        k.install_hint,
-                    )?,
-                    Format::ImageFolder => unreachable!("image folders are not in KNOWN"),
-                };
-                match k.format {
-                    Format::Idx => open_idx(k.name, &root)?,
-                    Format::Cifar10 => open_cifar(k.name, &root, Variant::Cifar10)?,
-                    _ => open_cifar(k.name, &root, Variant::Cifar100)?,
-                }
-            }
-            None => {
-                let direct = Path::new(&config.name);
-                let root = if config.name.contains('/') || direct.is_dir() && config.dir.is_none() {
-                    if !direct.is_dir() {
-                        return Err(unknown(&config.name, vec![direct.to_path_buf()]));
-                    }
-                    direct.to_path_buf()
-                } else {
-                    let found = locator
-                        .find(&config.name, folder::looks_like_folder, "")
-                        .map_err(|e| match e {
-                            DataError::NotFound { searched, .. } => unknown(&config.name, searched),
-                            e => e,
-                        })?;
-                    // A directory of datasets (`--data-dir`, $CARDINAL_DATA) looks like an
-                    // image folder too; a near miss of a known name found only there is a
-                    // typo, not a dataset.
-                    let named = found.file_name().is_some_and(|n| *n == *config.name);
-                    if !named && !suggestions(&config.name).is_empty() {
-                        return Err(unknown(&config.name, Vec::new()));
-                    }
-                    found
-                };
-                folder::open(&root, config)?
-            }
-        };
-        if config.validation > 0 {
-            let train = &dataset.train;
-            if config.validation >= train.len() {
-                return Err(DataError::config(
-                    "validation",
-                    format!(
-                        "{} images cannot be held out of a training split of {}",
-                        config.validation,
-                        train.len()
-                    ),
-                ));
-            }
-            let mut order: Vec<u32> = train.indices.to_vec();
-            order.shuffle(&mut ChaCha8Rng::seed_from_u64(config.validation_seed));
-            let keep = order.len() - config.validation;
-            let mut validation = order.split_off(keep);
-            let mut kept = order;
-            // Sorted so that an unshuffled pass reads the files in order.
-            kept.sort_unstable();
-            validation.sort_unstable();
-            dataset.validation = Some(train.subset(validation));
-            dataset.train = train.subset(kept);
-        }
-        Ok(dataset)
-    }
-
     /// A split by name: `train`, `validation` (or `val`), `test`.
     pub fn split(&self, name: &str) -> Result<&Split> {
         match name {
@@ -406,161 +212,8 @@ impl Dataset {
     }
 }
 
-/// Known dataset names that `name` resembles (a typo's likely targets).
-fn suggestions(name: &str) -> Vec<String> {
-    let mut names: Vec<&str> = KNOWN.iter().map(|k| k.name).collect();
-    names.extend(KNOWN.iter().flat_map(|k| k.aliases.iter().copied()));
-    let mut suggestions: Vec<String> = names
-        .iter()
-        .filter(|k| strsim::jaro_winkler(k, &name.to_ascii_lowercase()) > 0.8)
-        .map(|k| known(k).unwrap().name.to_string())
-        .collect();
-    suggestions.dedup();
-    suggestions
-}
-
-fn unknown(name: &str, searched: Vec<PathBuf>) -> DataError {
-    let suggestions = suggestions(name);
-    if suggestions.is_empty() && !searched.is_empty() {
-        return DataError::NotFound {
-            name: name.to_string(),
-            searched,
-            hint: format!(
-                "It is neither a known dataset ({}) nor an image folder (one sub-folder per class) in those places.",
-                KNOWN.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
-            ),
-        };
-    }
-    DataError::UnknownDataset {
-        name: name.to_string(),
-        suggestions,
-        known: KNOWN.iter().map(|k| k.name).collect::<Vec<_>>().join(", "),
-    }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// Reads an IDX file, checking its decompressed contents against the published checksum
-/// when the dataset has one.
-fn read_checked(dataset: &str, path: &Path, stem: &str) -> Result<(Vec<u8>, SourceFile)> {
-    let bytes = idx::read_maybe_gzip(path)?;
-    let expected = match dataset {
-        "fashion-mnist" => FASHION_MNIST_SHA256
-            .iter()
-            .find(|(s, _)| *s == stem)
-            .map(|(_, h)| *h),
-        _ => None,
-    };
-    let mut file = SourceFile {
-        path: path.to_path_buf(),
-        sha256: None,
-        verified: false,
-    };
-    if let Some(expected) = expected {
-        let found = sha256_hex(&bytes);
-        if found != expected {
-            return Err(DataError::Checksum {
-                path: path.to_path_buf(),
-                dataset: dataset.to_string(),
-                expected: expected.to_string(),
-                found,
-            });
-        }
-        file.sha256 = Some(found);
-        file.verified = true;
-    }
-    Ok((bytes, file))
-}
-
-fn open_idx(name: &str, root: &Path) -> Result<Dataset> {
-    let classes: Vec<String> = match name {
-        "fashion-mnist" => FASHION_MNIST_CLASSES
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        _ => (0..10).map(|d| d.to_string()).collect(),
-    };
-    let mut files = Vec::new();
-    let mut paths = Vec::new();
-    for stem in IDX_STEMS {
-        let path = idx_file(root, stem).ok_or_else(|| DataError::MissingFile {
-            dir: root.to_path_buf(),
-            file: format!("{stem}.gz (or {stem})"),
-        })?;
-        paths.push(path);
-    }
-    let mut splits = Vec::new();
-    let mut shape: Option<ImageShape> = None;
-    for pair in paths.chunks(2) {
-        let (images_path, labels_path) = (&pair[0], &pair[1]);
-        let stem = |p: &Path| {
-            IDX_STEMS
-                .iter()
-                .find(|s| p.file_name().unwrap().to_string_lossy().starts_with(*s))
-                .copied()
-                .unwrap_or("")
-        };
-        let (image_bytes, image_file) = read_checked(name, images_path, stem(images_path))?;
-        let images = idx::images_from(&image_bytes, images_path)?;
-        drop(image_bytes);
-        let (label_bytes, label_file) = read_checked(name, labels_path, stem(labels_path))?;
-        let labels = idx::labels_from(&label_bytes, labels_path, classes.len())?;
-        if labels.len() != images.records() {
-            return Err(DataError::CountMismatch {
-                images_path: images_path.clone(),
-                images: images.records(),
-                labels_path: labels_path.clone(),
-                labels: labels.len(),
-            });
-        }
-        let this_shape = ImageShape {
-            channels: 1,
-            height: images.dims[1],
-            width: images.dims[2],
-        };
-        if let Some(expected) = shape {
-            if expected != this_shape {
-                return Err(DataError::ShapeMismatch {
-                    path: images_path.clone(),
-                    expected: expected.to_string(),
-                    found: this_shape.to_string(),
-                });
-            }
-        }
-        shape = Some(this_shape);
-        files.push(image_file);
-        files.push(label_file);
-        splits.push(Samples {
-            storage: Storage::Dense {
-                pixels: images.data,
-                shape: this_shape,
-            },
-            labels,
-        });
-    }
-    let test = Split::all(splits.pop().unwrap());
-    let train = Split::all(splits.pop().unwrap());
-    let shape = shape.unwrap();
-    Ok(dense_dataset(
-        name,
-        root,
-        Format::Idx,
-        classes,
-        shape,
-        train,
-        test,
-        files,
-        name != "mnist",
-    ))
-}
-
 #[allow(clippy::too_many_arguments)]
-fn dense_dataset(
+pub(crate) fn dense_dataset(
     name: &str,
     root: &Path,
     format: Format,
@@ -593,7 +246,7 @@ fn dense_dataset(
 }
 
 /// Exact mean and (population) standard deviation per channel over every training image.
-fn dense_stats(split: &Split) -> ChannelStats {
+pub(crate) fn dense_stats(split: &Split) -> ChannelStats {
     let Storage::Dense { pixels, shape } = &split.samples.storage else {
         unreachable!("dense_stats on files")
     };
@@ -622,95 +275,6 @@ fn dense_stats(split: &Split) -> ChannelStats {
         std,
         images: split.len(),
     }
-}
-
-fn open_cifar(name: &str, root: &Path, variant: Variant) -> Result<Dataset> {
-    let dir = cifar_dir(root, variant).ok_or_else(|| DataError::MissingFile {
-        dir: root.to_path_buf(),
-        file: match variant {
-            Variant::Cifar10 => "data_batch_1.bin".into(),
-            Variant::Cifar100 => "train.bin".into(),
-        },
-    })?;
-    let (train_files, test_file): (Vec<String>, &str) = match variant {
-        Variant::Cifar10 => (
-            (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(),
-            "test_batch.bin",
-        ),
-        Variant::Cifar100 => (vec!["train.bin".into()], "test.bin"),
-    };
-    let mut files = Vec::new();
-    let mut read_all = |names: &[String]| -> Result<Samples> {
-        let mut all = cifar::Records::default();
-        for file in names {
-            let path = dir.join(file);
-            if !path.is_file() {
-                return Err(DataError::MissingFile {
-                    dir: dir.clone(),
-                    file: file.clone(),
-                });
-            }
-            let records = cifar::read(&path, variant)?;
-            all.labels.extend(records.labels);
-            all.pixels.extend(records.pixels);
-            files.push(SourceFile {
-                path,
-                sha256: None,
-                verified: false,
-            });
-        }
-        Ok(Samples {
-            storage: Storage::Dense {
-                pixels: all.pixels,
-                shape: ImageShape {
-                    channels: 3,
-                    height: 32,
-                    width: 32,
-                },
-            },
-            labels: all.labels,
-        })
-    };
-    let train = Split::all(read_all(&train_files)?);
-    let test = Split::all(read_all(&[test_file.to_string()])?);
-    let classes = match variant {
-        Variant::Cifar10 => cifar::CIFAR10_CLASSES
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        Variant::Cifar100 => {
-            let names = std::fs::read_to_string(dir.join("fine_label_names.txt")).ok();
-            let listed: Vec<String> = names
-                .iter()
-                .flat_map(|t| t.lines())
-                .map(|l| l.trim().to_string())
-                .filter(|l| !l.is_empty())
-                .collect();
-            if listed.len() == 100 {
-                listed
-            } else {
-                (0..100).map(|i| format!("class {i}")).collect()
-            }
-        }
-    };
-    Ok(dense_dataset(
-        name,
-        root,
-        match variant {
-            Variant::Cifar10 => Format::Cifar10,
-            Variant::Cifar100 => Format::Cifar100,
-        },
-        classes,
-        ImageShape {
-            channels: 3,
-            height: 32,
-            width: 32,
-        },
-        train,
-        test,
-        files,
-        true,
-    ))
 }
 
 pub(crate) fn files_dataset(

@@ -10,21 +10,22 @@
 //! `/usr/share/datasets/<name>`. Every random draw (shuffle, crop, flip) is a function of
 //! (seed, epoch, sample index), so batches can be rebuilt exactly after a crash.
 
-pub mod cifar;
 pub mod config;
 pub mod dataset;
 pub mod error;
-pub mod folder;
+pub mod formats;
 pub mod grid;
-pub mod idx;
 pub mod loader;
 pub mod locate;
+pub mod open;
 pub mod synthetic;
 pub mod transform;
 
 pub use config::{AugmentConfig, DataConfig, LoaderConfig};
-pub use dataset::{ChannelStats, Dataset, Format, ImageShape, SourceFile, Split, KNOWN};
+pub use dataset::{ChannelStats, Dataset, Format, ImageShape, SourceFile, Split};
 pub use error::{DataError, Result};
+pub use formats::{cifar, folder, idx};
 pub use loader::{Batch, Batches, Loader};
 pub use locate::Locator;
+pub use open::{known, Known, KNOWN};
 pub use transform::Transform;

@@ -2,8 +2,11 @@
 //! (<https://www.cs.toronto.edu/~kriz/cifar.html>): fixed-size records of label byte(s)
 //! followed by 3072 pixel bytes, the red, green and blue 32x32 planes in turn.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use crate::dataset::{
+    dense_dataset, Dataset, Format, ImageShape, Samples, SourceFile, Split, Storage,
+};
 use crate::error::{DataError, Result};
 
 pub const PIXELS: usize = 3 * 32 * 32;
@@ -145,4 +148,100 @@ mod tests {
             e => panic!("{e}"),
         }
     }
+}
+
+pub(crate) fn cifar_dir(dir: &Path, variant: Variant) -> Option<PathBuf> {
+    let (sub, probe) = match variant {
+        Variant::Cifar10 => ("cifar-10-batches-bin", "data_batch_1.bin"),
+        Variant::Cifar100 => ("cifar-100-binary", "train.bin"),
+    };
+    [dir.to_path_buf(), dir.join(sub)]
+        .into_iter()
+        .find(|d| d.join(probe).is_file())
+}
+
+pub(crate) fn open_cifar(name: &str, root: &Path, variant: Variant) -> Result<Dataset> {
+    let dir = cifar_dir(root, variant).ok_or_else(|| DataError::MissingFile {
+        dir: root.to_path_buf(),
+        file: match variant {
+            Variant::Cifar10 => "data_batch_1.bin".into(),
+            Variant::Cifar100 => "train.bin".into(),
+        },
+    })?;
+    let (train_files, test_file): (Vec<String>, &str) = match variant {
+        Variant::Cifar10 => (
+            (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(),
+            "test_batch.bin",
+        ),
+        Variant::Cifar100 => (vec!["train.bin".into()], "test.bin"),
+    };
+    let mut files = Vec::new();
+    let mut read_all = |names: &[String]| -> Result<Samples> {
+        let mut all = Records::default();
+        for file in names {
+            let path = dir.join(file);
+            if !path.is_file() {
+                return Err(DataError::MissingFile {
+                    dir: dir.clone(),
+                    file: file.clone(),
+                });
+            }
+            let records = read(&path, variant)?;
+            all.labels.extend(records.labels);
+            all.pixels.extend(records.pixels);
+            files.push(SourceFile {
+                path,
+                sha256: None,
+                verified: false,
+            });
+        }
+        Ok(Samples {
+            storage: Storage::Dense {
+                pixels: all.pixels,
+                shape: ImageShape {
+                    channels: 3,
+                    height: 32,
+                    width: 32,
+                },
+            },
+            labels: all.labels,
+        })
+    };
+    let train = Split::all(read_all(&train_files)?);
+    let test = Split::all(read_all(&[test_file.to_string()])?);
+    let classes = match variant {
+        Variant::Cifar10 => CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
+        Variant::Cifar100 => {
+            let names = std::fs::read_to_string(dir.join("fine_label_names.txt")).ok();
+            let listed: Vec<String> = names
+                .iter()
+                .flat_map(|t| t.lines())
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect();
+            if listed.len() == 100 {
+                listed
+            } else {
+                (0..100).map(|i| format!("class {i}")).collect()
+            }
+        }
+    };
+    Ok(dense_dataset(
+        name,
+        root,
+        match variant {
+            Variant::Cifar10 => Format::Cifar10,
+            Variant::Cifar100 => Format::Cifar100,
+        },
+        classes,
+        ImageShape {
+            channels: 3,
+            height: 32,
+            width: 32,
+        },
+        train,
+        test,
+        files,
+        true,
+    ))
 }

@@ -3,10 +3,15 @@
 //! then the data in row-major order. Only unsigned bytes (type 0x08) hold images and labels.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use flate2::read::GzDecoder;
 
+use sha2::{Digest, Sha256};
+
+use crate::dataset::{
+    dense_dataset, Dataset, Format, ImageShape, Samples, SourceFile, Split, Storage,
+};
 use crate::error::{DataError, Result};
 
 /// A parsed IDX file: its dimensions and its bytes (row-major).
@@ -242,4 +247,175 @@ mod tests {
         assert_eq!(idx.dims, vec![0x803, 0x656565, 0x65656565, 0]);
         assert!(idx.data.is_empty());
     }
+}
+
+/// SHA-256 of the *decompressed* Fashion-MNIST files. The contents are what matter: Debian
+/// re-compresses the official `.gz` files, so their compressed bytes differ while the data
+/// is the same.
+pub const FASHION_MNIST_SHA256: [(&str, &str); 4] = [
+    (
+        "train-images-idx3-ubyte",
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    ),
+    (
+        "train-labels-idx1-ubyte",
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    ),
+    (
+        "t10k-images-idx3-ubyte",
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    ),
+    (
+        "t10k-labels-idx1-ubyte",
+        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    ),
+];
+
+const FASHION_MNIST_CLASSES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
+pub(crate) const IDX_STEMS: [&str; 4] = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+];
+
+/// `dir/stem.gz` if present, else `dir/stem`.
+pub(crate) fn idx_file(dir: &Path, stem: &str) -> Option<PathBuf> {
+    [format!("{stem}.gz"), stem.to_string()]
+        .into_iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.is_file())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Reads an IDX file, checking its decompressed contents against the published checksum
+/// when the dataset has one.
+fn read_checked(dataset: &str, path: &Path, stem: &str) -> Result<(Vec<u8>, SourceFile)> {
+    let bytes = read_maybe_gzip(path)?;
+    let expected = match dataset {
+        "fashion-mnist" => FASHION_MNIST_SHA256
+            .iter()
+            .find(|(s, _)| *s == stem)
+            .map(|(_, h)| *h),
+        _ => None,
+    };
+    let mut file = SourceFile {
+        path: path.to_path_buf(),
+        sha256: None,
+        verified: false,
+    };
+    if let Some(expected) = expected {
+        let found = sha256_hex(&bytes);
+        if found != expected {
+            return Err(DataError::Checksum {
+                path: path.to_path_buf(),
+                dataset: dataset.to_string(),
+                expected: expected.to_string(),
+                found,
+            });
+        }
+        file.sha256 = Some(found);
+        file.verified = true;
+    }
+    Ok((bytes, file))
+}
+
+pub(crate) fn open_idx(name: &str, root: &Path) -> Result<Dataset> {
+    let classes: Vec<String> = match name {
+        "fashion-mnist" => FASHION_MNIST_CLASSES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        _ => (0..10).map(|d| d.to_string()).collect(),
+    };
+    let mut files = Vec::new();
+    let mut paths = Vec::new();
+    for stem in IDX_STEMS {
+        let path = idx_file(root, stem).ok_or_else(|| DataError::MissingFile {
+            dir: root.to_path_buf(),
+            file: format!("{stem}.gz (or {stem})"),
+        })?;
+        paths.push(path);
+    }
+    let mut splits = Vec::new();
+    let mut shape: Option<ImageShape> = None;
+    for pair in paths.chunks(2) {
+        let (images_path, labels_path) = (&pair[0], &pair[1]);
+        let stem = |p: &Path| {
+            IDX_STEMS
+                .iter()
+                .find(|s| p.file_name().unwrap().to_string_lossy().starts_with(*s))
+                .copied()
+                .unwrap_or("")
+        };
+        let (image_bytes, image_file) = read_checked(name, images_path, stem(images_path))?;
+        let images = images_from(&image_bytes, images_path)?;
+        drop(image_bytes);
+        let (label_bytes, label_file) = read_checked(name, labels_path, stem(labels_path))?;
+        let labels = labels_from(&label_bytes, labels_path, classes.len())?;
+        if labels.len() != images.records() {
+            return Err(DataError::CountMismatch {
+                images_path: images_path.clone(),
+                images: images.records(),
+                labels_path: labels_path.clone(),
+                labels: labels.len(),
+            });
+        }
+        let this_shape = ImageShape {
+            channels: 1,
+            height: images.dims[1],
+            width: images.dims[2],
+        };
+        if let Some(expected) = shape {
+            if expected != this_shape {
+                return Err(DataError::ShapeMismatch {
+                    path: images_path.clone(),
+                    expected: expected.to_string(),
+                    found: this_shape.to_string(),
+                });
+            }
+        }
+        shape = Some(this_shape);
+        files.push(image_file);
+        files.push(label_file);
+        splits.push(Samples {
+            storage: Storage::Dense {
+                pixels: images.data,
+                shape: this_shape,
+            },
+            labels,
+        });
+    }
+    let test = Split::all(splits.pop().unwrap());
+    let train = Split::all(splits.pop().unwrap());
+    let shape = shape.unwrap();
+    Ok(dense_dataset(
+        name,
+        root,
+        Format::Idx,
+        classes,
+        shape,
+        train,
+        test,
+        files,
+        name != "mnist",
+    ))
 }
