@@ -7,12 +7,17 @@
 //!                                        checkpoint.safetensors, status.json, log.txt}
 //! ```
 
+pub mod checkpoint;
 pub mod config;
+pub mod evaluate;
 pub mod experiment;
 pub mod files;
 pub mod optim;
+pub mod provenance;
 pub mod run;
+pub mod run_spec;
 pub mod schedule;
+pub mod status;
 pub mod trained;
 
 pub use config::{ScheduleKind, TrainConfig};

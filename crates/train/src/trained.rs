@@ -8,7 +8,8 @@ use cardinal_zoo::spec::BlockForm;
 use cardinal_zoo::weights::check_state;
 use cardinal_zoo::StateDict;
 
-use crate::run::{load_checkpoint, RunSpec, Status};
+use crate::checkpoint::load_checkpoint;
+use crate::run::{RunSpec, Status};
 
 /// The checkpoint's file name in a run directory.
 pub const CHECKPOINT: &str = "checkpoint.safetensors";

@@ -1,0 +1,86 @@
+//! Where and with what a run trained: `meta.json` (host, CPU, threads, versions, the
+//! commit of the binary and of the checkout, one entry per session) and UTC timestamps.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use anyhow::Result;
+
+use crate::files::write_atomic;
+use crate::run_spec::RunSpec;
+
+/// UTC time as ISO 8601 (civil-from-days, so no date crate is needed for a timestamp).
+pub fn utc_now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git").args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Threads candle's CPU kernels use.
+pub fn threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// "Intel(R) Xeon(R) Processor, 2 logical CPUs" from /proc/cpuinfo (Linux), for reports.
+pub fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let model = info
+        .lines()
+        .find(|l| l.starts_with("model name"))?
+        .split_once(':')?
+        .1
+        .trim()
+        .to_string();
+    let logical = info.lines().filter(|l| l.starts_with("processor")).count();
+    Some(format!("{model}, {logical} logical CPUs"))
+}
+
+pub(crate) fn write_meta(
+    dir: &Path,
+    spec: &RunSpec,
+    started: &str,
+    ended: Option<&str>,
+) -> Result<()> {
+    let path = dir.join("meta.json");
+    let mut meta: serde_json::Value = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_else(|| serde_json::json!({ "sessions": [] }));
+    let commit = git(&["rev-parse", "HEAD"]);
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    meta["run_id"] = spec.run_id().into();
+    meta["experiment"] = spec.experiment.clone().into();
+    meta["cardinal_version"] = env!("CARGO_PKG_VERSION").into();
+    meta["candle_version"] = env!("CARDINAL_CANDLE").into();
+    meta["host"] = host.into();
+    meta["threads"] = threads().into();
+    if let Some(cpu) = cpu_model() {
+        meta["cpu"] = cpu.into();
+    }
+    let sessions = meta["sessions"].as_array_mut().expect("sessions is a list");
+    match sessions.last_mut() {
+        Some(last) if last["start"] == started => {
+            last["end"] = ended.into();
+        }
+        _ => sessions.push(serde_json::json!({
+            "start": started,
+            "end": ended,
+            "git_commit": commit,
+            "git_dirty": dirty,
+            "build_commit": env!("CARDINAL_BUILD_COMMIT"),
+        })),
+    }
+    write_atomic(&path, serde_json::to_string_pretty(&meta)?.as_bytes())
+}
