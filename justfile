@@ -17,8 +17,9 @@ run: build
 build:
     cargo build --release -p cardinal-cli
 
-# Install Fashion-MNIST and verify its SHA-256: Debian's package `dataset-fashion-mnist` where
-# apt-get exists, else the official files downloaded into data/fashion-mnist.
+# Debian's package `dataset-fashion-mnist` where apt-get exists, else the official files
+# downloaded into data/fashion-mnist; then every record parsed and checksummed.
+# Install Fashion-MNIST if it is missing, and verify its SHA-256.
 data: build
     #!/usr/bin/env bash
     set -euo pipefail
@@ -44,14 +45,15 @@ data-stats NAME="fashion-mnist": build
 data-show NAME="fashion-mnist" OUT="grid.png": build
     {{cardinal}} data show {{NAME}} --augmented --out {{OUT}}
 
-# Train an experiment's sweep (experiments/NAME.yaml), then write its report (reports/NAME/);
-# re-running skips finished cells and resumes interrupted ones. Extra arguments:
-# --preset quick, key=value overrides, --dry-run.
-ablate NAME *ARGS: build
+# Installs the data first if it is missing; re-running skips finished cells and resumes
+# interrupted ones. Extra arguments: --preset quick, key=value overrides, --dry-run.
+# Train an experiment's sweep (experiments/NAME.yaml), then write reports/NAME/.
+ablate NAME *ARGS: data
     {{cardinal}} ablate {{NAME}} {{ARGS}}
 
-# Write reports/NAME/README.md (tables beside the paper's, figures, conclusion) from the runs
-# of an experiment; `just ablate NAME` ends with it. Extra arguments: --preset, overrides.
+# Tables beside the paper's, figures and a conclusion; `just ablate NAME` ends with it.
+# Extra arguments: --preset, key=value overrides (they pick the runs).
+# Write an experiment's report (reports/NAME/README.md) from its runs.
 report NAME *ARGS: build
     {{cardinal}} report {{NAME}} {{ARGS}}
 
@@ -70,9 +72,9 @@ bench: build
     {{cardinal}} bench train --kernels both
 
 # PyTorch is only a reference: point CARDINAL_TORCH_PYTHON at a Python that has torch
-# (default: python3). Networks are rebuilt from the specs cardinal reports.
-# Train steps and convolutions in cardinal and in PyTorch, side by side, with ratios: each
-# case alternates between the two ROUNDS times (medians, and the range of the ratios).
+# (default: python3). Networks are rebuilt from the specs cardinal reports. Each case
+# alternates between the two ROUNDS times (medians, and the range of the ratios).
+# Time train steps and convolutions in cardinal and in PyTorch, side by side, with ratios.
 bench-compare ROUNDS="3": build
     mkdir -p target/bench
     {{cardinal}} bench train --format json --model cpu_resnet11 --model cpu_resnet20 --model cpu_resnext20_4x12d --model cpu_resnext20_32x2d > target/bench/train-cpu.json
@@ -91,8 +93,9 @@ fuzz SECONDS="300":
 test:
     cargo test --workspace
 
-# A one-node Slurm cluster on loopback (Debian's slurm-wlm and munge; root): a 4-cell grid
-# submitted as a job array, 2 at a time, then its report job; stops its daemons.
+# Debian's slurm-wlm and munge, root: a 4-cell grid submitted as a job array, 2 at a
+# time, then its report job, and a failing cell; stops its daemons.
+# Test the Slurm launcher against a real one-node cluster on loopback.
 slurm-test:
     cargo build -p cardinal-cli
     if [ "$(id -u)" = 0 ]; then sudo=""; else sudo=sudo; fi; $sudo scripts/slurm-test.sh {{env_var_or_default("CARGO_TARGET_DIR", "target")}}/debug/cardinal

@@ -82,7 +82,7 @@ pub fn write_report(input: &ReportInput, out: &Path) -> Result<Written> {
     let figures = figure::all(&configs, out)?;
 
     let mut md = String::new();
-    let _ = writeln!(md, "# {}\n", input.experiment);
+    let _ = writeln!(md, "# {}\n", title(input));
     let _ = writeln!(md, "> {}\n", input.question.trim());
     let _ = writeln!(
         md,
@@ -197,6 +197,19 @@ pub fn write_report(input: &ReportInput, out: &Path) -> Result<Written> {
         finished: finished.len(),
         total: runs.len(),
     })
+}
+
+/// The experiment, and the preset and overrides that chose its runs: `cardinality`,
+/// `cardinality, preset quick`, `cardinality, preset full, train.epochs=2`.
+fn title(input: &ReportInput) -> String {
+    let mut title = input.experiment.clone();
+    if let Some(preset) = &input.preset {
+        title.push_str(&format!(", preset {preset}"));
+    }
+    for o in &input.overrides {
+        title.push_str(&format!(", {o}"));
+    }
+    title
 }
 
 /// Machine, threads, commits and dates, from the runs' meta.json.

@@ -172,9 +172,27 @@ fn a_clear_difference_is_reported_with_tables_and_figures() {
     let mut dirs = write_cell(&runs, &resnet(&[0.099, 0.100, 0.101]), true);
     dirs.extend(write_cell(&runs, &resnext(&[0.079, 0.080, 0.081]), true));
     let out = tmp.path().join("reports/toy");
-    let written = write_report(&input(dirs), &out).unwrap();
+    let written = write_report(&input(dirs.clone()), &out).unwrap();
     assert_eq!((written.finished, written.total), (6, 6));
     let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+    // The title names the preset (and any overrides) that chose the runs.
+    assert!(md.starts_with("# toy, preset default\n"), "{md}");
+    let mut custom = input(dirs.clone());
+    custom.overrides = vec!["train.epochs=3".into()];
+    let other = tmp.path().join("reports/toy-custom");
+    write_report(&custom, &other).unwrap();
+    let title = std::fs::read_to_string(other.join("README.md")).unwrap();
+    assert!(
+        title.starts_with("# toy, preset default, train.epochs=3\n"),
+        "{title}"
+    );
+    // Nothing half-written is left beside the report.
+    for entry in std::fs::read_dir(&out).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert!(!cardinal_results::is_temp_name(&name), "{name} left behind");
+        assert!(entry.metadata().unwrap().len() > 0, "{name} is empty");
+    }
 
     // Complexity beside Table 2, errors (mean ± std over 3 seeds) beside Table 3.
     assert!(

@@ -22,8 +22,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 // Training allocates and frees activation-sized buffers at every op; glibc's malloc returns
-// each large one to the kernel and page-faults it back in, which cost about a fifth of a
-// CPU training step (measured with `cardinal bench train`). mimalloc keeps them.
+// each large one to the kernel and page-faults it back in (docs/speed.md has the measured
+// cost). mimalloc keeps them.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -116,9 +116,9 @@ impl Conv {
 
 impl Conv {
     fn forward(&self, x: &Tensor, pass: Pass) -> candle_core::Result<Tensor> {
-        // On the CPU every convolution is im2col + one gemm per group, with gemm backward
-        // passes (1.3-1.8x faster train steps of the CPU models than candle's conv2d, which
-        // stays the reference and serves other devices).
+        // On the CPU every convolution is cardinal's kernel (im2col + one gemm per group,
+        // with gemm backward passes); candle's conv2d stays the reference and serves other
+        // devices. docs/speed.md has the measured difference.
         if pass.fused {
             cardinal_kernels::conv2d(x, &self.weight, self.padding, self.stride, self.groups)
         } else {
