@@ -53,6 +53,15 @@ pub struct AblateArgs {
     /// List the cells (run id, model, C, d, params, MACs, seed) without training.
     #[arg(long)]
     pub dry_run: bool,
+    /// Train up to N cells at once, each on its own share of the cores (for machines with
+    /// more cores than one small net uses well). 1 trains them one after another on all
+    /// cores.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    pub jobs: usize,
+    /// Threads of each job with --jobs (default: the machine's cores divided by N, at
+    /// least 1).
+    #[arg(long, value_parser = at_least_one)]
+    pub threads_per_job: Option<usize>,
     #[command(flatten)]
     pub run: RunArgs,
     /// Where the sweep's report is written when it ends (see `cardinal report`).
@@ -145,7 +154,30 @@ struct ResultRow {
     dir: PathBuf,
 }
 
-fn run_cells(cells: &[RunSpec], run: &RunArgs) -> Result<bool> {
+/// A count of at least 1; clap names the flag in the error.
+fn at_least_one(text: &str) -> std::result::Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// How many cells train at once, and on how many threads each.
+#[derive(Clone, Copy)]
+struct Jobs {
+    jobs: usize,
+    threads_per_job: usize,
+}
+
+impl Jobs {
+    const ONE: Jobs = Jobs {
+        jobs: 1,
+        threads_per_job: 0,
+    };
+}
+
+fn run_cells(cells: &[RunSpec], run: &RunArgs, jobs: Jobs) -> Result<bool> {
     let (runs_dir, format) = (&run.runs_dir, run.format);
     let progress = MultiProgress::new();
     let ctx = RunContext {
@@ -154,7 +186,7 @@ fn run_cells(cells: &[RunSpec], run: &RunArgs) -> Result<bool> {
         stop_after_epochs: None,
         device: run.device.open()?,
     };
-    let outcomes = cardinal_train::sweep(cells, &ctx)?;
+    let outcomes = cardinal_train::sweep_jobs(cells, &ctx, jobs.jobs, jobs.threads_per_job)?;
     let rows: Vec<ResultRow> = outcomes
         .iter()
         .zip(cells)
@@ -246,7 +278,7 @@ pub fn train(args: TrainArgs) -> Result<bool> {
         );
     }
     let cells = pick(cells, run.cell)?;
-    run_cells(&cells, run)
+    run_cells(&cells, run, Jobs::ONE)
 }
 
 pub fn ablate(args: AblateArgs) -> Result<bool> {
@@ -256,6 +288,9 @@ pub fn ablate(args: AblateArgs) -> Result<bool> {
     if args.slurm.launcher == Launcher::Slurm && !args.dry_run {
         if run.cell.is_some() {
             bail!("--cell picks one cell to run here; --launcher slurm submits them all");
+        }
+        if args.jobs > 1 {
+            bail!("--jobs runs cells side by side on this machine; with --launcher slurm, --max-parallel and --cpus-per-task say how many run at once and on how many cores");
         }
         let sweep = Sweep {
             name: &experiment.name,
@@ -287,7 +322,20 @@ pub fn ablate(args: AblateArgs) -> Result<bool> {
                 .unwrap_or_default()
         );
     }
-    let all_finished = run_cells(&cells, run)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let jobs = Jobs {
+        jobs: args.jobs.min(cells.len().max(1)),
+        threads_per_job: args
+            .threads_per_job
+            .unwrap_or((cores / args.jobs).max(1)),
+    };
+    if jobs.jobs > 1 && run.format != Format::Json {
+        eprintln!(
+            "{} cells at a time, {} threads each",
+            jobs.jobs, jobs.threads_per_job
+        );
+    }
+    let all_finished = run_cells(&cells, run, jobs)?;
     // A whole sweep ends with its report; one cell (a Slurm task) leaves that to the
     // summary job.
     if run.cell.is_none() {

@@ -415,3 +415,74 @@ fn ablate_ends_with_a_report_and_compare_reads_the_same_runs() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("`no-such-run` is neither"));
 }
+
+/// Every metrics file under `runs`, by run id, without the timing columns.
+fn all_metrics(runs: &Path) -> std::collections::BTreeMap<String, Vec<String>> {
+    std::fs::read_dir(runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("metrics.csv").is_file())
+        .map(|p| {
+            let rows = std::fs::read_to_string(p.join("metrics.csv"))
+                .unwrap()
+                .lines()
+                .map(|l| l.split(',').take(15).collect::<Vec<_>>().join(","))
+                .collect();
+            (p.file_name().unwrap().to_string_lossy().into_owned(), rows)
+        })
+        .collect()
+}
+
+/// `--jobs 2` trains two cells side by side, each on one thread, and gets bit-identical
+/// metrics to the cells trained one after another on one thread; the report is written
+/// once, at the end, with every cell.
+#[test]
+fn cells_trained_side_by_side_match_cells_trained_in_turn() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dataset(&tmp.path().join("mnist"));
+    let config = tmp.path().join("grid.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "question: q\ndataset:\n  name: mnist\n  dir: {}\nmodel:\n  preset: cpu_resnet11\n  input_size: 16\ntrain:\n  epochs: 1\n  batch_size: 64\n  lr: 0.1\nsweep:\n  cardinality: {{values: [1, 4]}}\nseeds: [0]\n",
+            tmp.path().display()
+        ),
+    )
+    .unwrap();
+    let ablate = |runs: &str, extra: &[&str], threads: &str| {
+        Command::cargo_bin("cardinal")
+            .unwrap()
+            .env("RAYON_NUM_THREADS", threads)
+            .arg("ablate")
+            .arg(&config)
+            .args(["--runs-dir", tmp.path().join(runs).to_str().unwrap()])
+            .args(["--reports-dir", tmp.path().join(format!("reports-{runs}")).to_str().unwrap()])
+            .args(extra)
+            .assert()
+            .success();
+    };
+    ablate("in-turn", &[], "1");
+    ablate("side-by-side", &["--jobs", "2", "--threads-per-job", "1"], "2");
+    let in_turn = all_metrics(&tmp.path().join("in-turn/grid"));
+    let side_by_side = all_metrics(&tmp.path().join("side-by-side/grid"));
+    assert_eq!(in_turn.len(), 2);
+    assert_eq!(in_turn, side_by_side);
+    let readme =
+        std::fs::read_to_string(tmp.path().join("reports-side-by-side/grid/README.md")).unwrap();
+    assert!(readme.contains("2 of 2 runs finished"), "{readme}");
+    // Each job records its own thread count.
+    for run in std::fs::read_dir(tmp.path().join("side-by-side/grid")).unwrap() {
+        let meta: Value = serde_json::from_str(
+            &std::fs::read_to_string(run.unwrap().path().join("meta.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(meta["threads"], 1);
+    }
+    // --jobs with the Slurm launcher is refused with what to use instead.
+    let out = Command::cargo_bin("cardinal")
+        .unwrap()
+        .args(["ablate", config.to_str().unwrap(), "--jobs", "2", "--launcher", "slurm"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-parallel"));
+}

@@ -23,11 +23,9 @@ fn git(args: &[&str]) -> Option<String> {
 
 /// Threads candle's CPU kernels use.
 pub fn threads() -> usize {
-    std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    // The pool this runs in: a sweep job's own (`sweep_jobs`), else the global one, which
+    // RAYON_NUM_THREADS sizes.
+    rayon::current_num_threads()
 }
 
 /// "Intel(R) Xeon(R) Processor, 2 logical CPUs" from /proc/cpuinfo (Linux), for reports.
