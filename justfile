@@ -100,6 +100,42 @@ slurm-test:
     cargo build -p cardinal-cli
     if [ "$(id -u)" = 0 ]; then sudo=""; else sudo=sudo; fi; $sudo scripts/slurm-test.sh {{env_var_or_default("CARGO_TARGET_DIR", "target")}}/debug/cardinal
 
+# NVIDIA's CUDA 13 wheels into a virtualenv (the CUDA 12 nvcc wheel ships ptxas but no nvcc),
+# then candle's CUDA build pointed at them; no GPU is needed to compile. CUDA_COMPUTE_CAP
+# (default 90) picks the GPU generation the kernels are compiled for.
+# Build `cardinal` with CUDA into target/cuda, installing CUDA's compiler if missing.
+build-cuda:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    venv="${CARDINAL_CUDA_VENV:-$HOME/.cache/cardinal/cuda13-venv}"
+    [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+    # CUDA 13.0: the newest toolkit that candle's cudarc (0.19) accepts from `nvcc --version`.
+    "$venv/bin/pip" install --quiet 'nvidia-cuda-nvcc==13.0.*' 'nvidia-cuda-runtime==13.0.*' \
+        'nvidia-nvvm==13.0.*' 'nvidia-cuda-crt==13.0.*' 'nvidia-cuda-nvrtc==13.0.*' \
+        'nvidia-cuda-cccl==13.0.*' 'nvidia-cublas==13.0.*' 'nvidia-curand'
+    eval "$(just --quiet cuda-env)"
+    nvcc --version | tail -n 1
+    # Everything but the final link; then the libraries' link names (and a stub libcuda.so
+    # where no driver is installed), and the link.
+    cargo build --release -p cardinal-train --features cuda --target-dir target/cuda
+    scripts/cuda-link-dir.sh "$CUDA_ROOT" target/cuda/link "$(ls -t target/cuda/release/deps/libcudarc-*.rlib | head -n 1)"
+    LIBRARY_PATH="$PWD/target/cuda/link:$LIBRARY_PATH" \
+        cargo build --release -p cardinal-cli --features cuda --target-dir target/cuda
+    echo "built target/cuda/release/cardinal (compute capability $CUDA_COMPUTE_CAP)"
+
+# Print the environment that points builds and binaries at the CUDA wheels (eval it).
+cuda-env:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    venv="${CARDINAL_CUDA_VENV:-$HOME/.cache/cardinal/cuda13-venv}"
+    root=$(echo "$venv"/lib/python3*/site-packages/nvidia/cu13)
+    [ -x "$root/bin/nvcc" ] || { echo "no nvcc under $root: run just build-cuda" >&2; exit 1; }
+    echo "export CUDA_ROOT='$root' CUDA_PATH='$root' CUDA_HOME='$root'"
+    echo "export PATH='$root/bin':\"\$PATH\""
+    echo "export LD_LIBRARY_PATH='$root/lib':\"\${LD_LIBRARY_PATH:-}\""
+    echo "export LIBRARY_PATH='$root/lib':\"\${LIBRARY_PATH:-}\""
+    echo "export CUDA_COMPUTE_CAP='${CUDA_COMPUTE_CAP:-90}'"
+
 # Check that vendor/candle-core is the published crate plus vendor/candle-core.patch.
 vendor-check:
     bash scripts/vendor-candle.sh --check

@@ -26,6 +26,10 @@ pub struct EquivalenceArgs {
     /// constant BN channels; f64 tests the functions themselves. Small nets pass in f32.
     #[arg(long, value_enum, default_value_t = Precision::F64)]
     dtype: Precision,
+    /// Where the models run: cpu (cardinal's kernels), cuda or cuda:N (candle's ops there;
+    /// a build with `--features cuda`). Weights and inputs are drawn on the CPU either way.
+    #[arg(long, value_parser = crate::device_arg::parse, default_value = "cpu")]
+    device: crate::device_arg::DeviceArg,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
 }
@@ -49,11 +53,13 @@ pub fn run(args: EquivalenceArgs) -> Result<bool> {
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     let started = std::time::Instant::now();
-    let checks: Vec<Check> = equivalence::run_all_with_progress(
+    let device = args.device.open()?;
+    let checks: Vec<Check> = equivalence::run_all_on(
         &model.spec,
         args.seed,
         args.batch_size,
         dtype,
+        &device,
         &mut |step| spinner.set_message(format!("{}: {step}", model.name)),
     )
     .with_context(|| format!("equivalence checks on {}", model.name))?;

@@ -206,26 +206,36 @@ pub fn block_forms(
     batch_size: usize,
     dtype: DType,
 ) -> Result<Vec<Check>> {
-    block_forms_converted(spec, seed, batch_size, dtype, &convert)
+    block_forms_converted(spec, seed, batch_size, dtype, &convert, &Device::Cpu)
 }
 
 /// How form C's weights become another form's: [`convert`], or in tests a deliberately
 /// wrong conversion that the checks must catch.
 pub type Converter = dyn Fn(&NetSpec, &StateDict, BlockForm, BlockForm) -> Result<StateDict>;
 
-/// [`block_forms`] with the weights of forms A and B made by `to_form` from form C's.
+/// Weights made on the CPU (where every draw is seeded), moved to `device`.
+fn moved(state: StateDict, device: &Device) -> Result<StateDict> {
+    state
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.to_device(device)?)))
+        .collect()
+}
+
+/// [`block_forms`] with the weights of forms A and B made by `to_form` from form C's, run on
+/// `device` (weights and inputs are drawn on the CPU, so every device sees the same ones).
 pub fn block_forms_converted(
     spec: &NetSpec,
     seed: u64,
     batch_size: usize,
     dtype: DType,
     to_form: &Converter,
+    device: &Device,
 ) -> Result<Vec<Check>> {
-    let device = Device::Cpu;
+    let cpu = Device::Cpu;
     let grouped = with_form(spec, BlockForm::C);
-    let mut state = init_weights(&grouped, seed, &device)?;
+    let mut state = init_weights(&grouped, seed, &cpu)?;
     randomize_batch_norm(&mut state, seed)?;
-    let state = cast(state, dtype)?;
+    let state = moved(cast(state, dtype)?, device)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(1));
     let x = random_tensor(
         &mut rng,
@@ -235,10 +245,12 @@ pub fn block_forms_converted(
             spec.input_size,
             spec.input_size,
         ],
-        &device,
+        &cpu,
         dtype,
-    )?;
-    let direction = random_tensor(&mut rng, &[batch_size, spec.classes], &device, dtype)?;
+    )?
+    .to_device(device)?;
+    let direction =
+        random_tensor(&mut rng, &[batch_size, spec.classes], &cpu, dtype)?.to_device(device)?;
 
     let reference = run_form(&grouped, &state, &x, &direction)?;
     let mut checks = Vec::new();
@@ -319,16 +331,28 @@ pub fn depth2(
     seed: u64,
     dtype: DType,
 ) -> Result<Vec<Check>> {
-    let device = Device::Cpu;
+    depth2_on(cardinality, path_width, channels, seed, dtype, &Device::Cpu)
+}
+
+/// [`depth2`] on `device`.
+pub fn depth2_on(
+    cardinality: usize,
+    path_width: usize,
+    channels: usize,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> Result<Vec<Check>> {
+    let cpu = Device::Cpu;
     let (aggregated, wide) = depth2_pair(cardinality, path_width, channels, 8);
-    let mut state = init_weights(&wide, seed, &device)?;
+    let mut state = init_weights(&wide, seed, &cpu)?;
     randomize_batch_norm(&mut state, seed)?;
-    let state = cast(state, dtype)?;
+    let state = moved(cast(state, dtype)?, device)?;
     // The wide block's tensors are exactly the aggregated block's form-C layout.
     let state_agg = convert(&aggregated, &state, BlockForm::C, BlockForm::A)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(2));
-    let x = random_tensor(&mut rng, &[4, 3, 8, 8], &device, dtype)?;
-    let direction = random_tensor(&mut rng, &[4, 10], &device, dtype)?;
+    let x = random_tensor(&mut rng, &[4, 3, 8, 8], &cpu, dtype)?.to_device(device)?;
+    let direction = random_tensor(&mut rng, &[4, 10], &cpu, dtype)?.to_device(device)?;
     let reference = run_form(&wide, &state, &x, &direction)?;
     let run = run_form(&aggregated, &state_agg, &x, &direction)?;
     let label = |what: &str| {
@@ -385,9 +409,21 @@ pub fn run_all_with_progress(
     dtype: DType,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<Check>> {
+    run_all_on(spec, seed, batch_size, dtype, &Device::Cpu, progress)
+}
+
+/// [`run_all_with_progress`] on `device` (a GPU checks candle's own ops there).
+pub fn run_all_on(
+    spec: &NetSpec,
+    seed: u64,
+    batch_size: usize,
+    dtype: DType,
+    device: &Device,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<Check>> {
     spec.validate()?;
     progress("forms A, B and C: forward and backward");
-    let mut checks = block_forms(spec, seed, batch_size, dtype)?;
+    let mut checks = block_forms_converted(spec, seed, batch_size, dtype, &convert, device)?;
     progress("depth-2 aggregated block vs wide block");
     let (cardinality, path_width, channels) = if spec.cardinality > 1 {
         (
@@ -398,7 +434,14 @@ pub fn run_all_with_progress(
     } else {
         (32, 4, 64)
     };
-    checks.extend(depth2(cardinality, path_width, channels, seed, dtype)?);
+    checks.extend(depth2_on(
+        cardinality,
+        path_width,
+        channels,
+        seed,
+        dtype,
+        device,
+    )?);
     Ok(checks)
 }
 
