@@ -325,9 +325,7 @@ pub fn ablate(args: AblateArgs) -> Result<bool> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let jobs = Jobs {
         jobs: args.jobs.min(cells.len().max(1)),
-        threads_per_job: args
-            .threads_per_job
-            .unwrap_or((cores / args.jobs).max(1)),
+        threads_per_job: args.threads_per_job.unwrap_or((cores / args.jobs).max(1)),
     };
     if jobs.jobs > 1 && run.format != Format::Json {
         eprintln!(

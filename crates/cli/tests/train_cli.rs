@@ -456,13 +456,20 @@ fn cells_trained_side_by_side_match_cells_trained_in_turn() {
             .arg("ablate")
             .arg(&config)
             .args(["--runs-dir", tmp.path().join(runs).to_str().unwrap()])
-            .args(["--reports-dir", tmp.path().join(format!("reports-{runs}")).to_str().unwrap()])
+            .args([
+                "--reports-dir",
+                tmp.path().join(format!("reports-{runs}")).to_str().unwrap(),
+            ])
             .args(extra)
             .assert()
             .success();
     };
     ablate("in-turn", &[], "1");
-    ablate("side-by-side", &["--jobs", "2", "--threads-per-job", "1"], "2");
+    ablate(
+        "side-by-side",
+        &["--jobs", "2", "--threads-per-job", "1"],
+        "2",
+    );
     let in_turn = all_metrics(&tmp.path().join("in-turn/grid"));
     let side_by_side = all_metrics(&tmp.path().join("side-by-side/grid"));
     assert_eq!(in_turn.len(), 2);
@@ -481,7 +488,14 @@ fn cells_trained_side_by_side_match_cells_trained_in_turn() {
     // --jobs with the Slurm launcher is refused with what to use instead.
     let out = Command::cargo_bin("cardinal")
         .unwrap()
-        .args(["ablate", config.to_str().unwrap(), "--jobs", "2", "--launcher", "slurm"])
+        .args([
+            "ablate",
+            config.to_str().unwrap(),
+            "--jobs",
+            "2",
+            "--launcher",
+            "slurm",
+        ])
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-parallel"));

@@ -109,7 +109,12 @@ pub fn sweep_jobs(
     pools?;
     bar.finish_and_clear();
     let mut outcomes = Vec::with_capacity(cells.len());
-    for result in results.into_inner().expect("results lock").into_iter().flatten() {
+    for result in results
+        .into_inner()
+        .expect("results lock")
+        .into_iter()
+        .flatten()
+    {
         outcomes.push(result?);
     }
     Ok(outcomes)

@@ -35,7 +35,9 @@ fn step(device: &Device) -> (f32, Vec<(String, Tensor)>) {
     let grads = loss.backward().unwrap();
     let mut out = Vec::new();
     for (name, var) in net.params().trainable() {
-        let g = grads.get(var.as_tensor()).expect("every parameter has a gradient");
+        let g = grads
+            .get(var.as_tensor())
+            .expect("every parameter has a gradient");
         out.push((name.clone(), g.to_device(&Device::Cpu).unwrap()));
     }
     (loss.to_dtype(DType::F32).unwrap().to_scalar().unwrap(), out)

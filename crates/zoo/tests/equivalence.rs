@@ -99,7 +99,9 @@ fn a_wrong_conversion_is_caught_by_the_checker() {
         }
         Ok(out)
     };
-    let checks = block_forms_converted(&spec, 7, 4, DType::F64, &swapped, &candle_core::Device::Cpu).unwrap();
+    let checks =
+        block_forms_converted(&spec, 7, 4, DType::F64, &swapped, &candle_core::Device::Cpu)
+            .unwrap();
     for form in ["A", "B"] {
         let failed: Vec<&str> = checks
             .iter()
@@ -114,6 +116,7 @@ fn a_wrong_conversion_is_caught_by_the_checker() {
         }
     }
     // And the right conversion passes the same checker.
-    let right = block_forms_converted(&spec, 7, 4, DType::F64, &convert, &candle_core::Device::Cpu).unwrap();
+    let right = block_forms_converted(&spec, 7, 4, DType::F64, &convert, &candle_core::Device::Cpu)
+        .unwrap();
     assert!(right.iter().all(|c| c.passed));
 }
