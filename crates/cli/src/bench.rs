@@ -44,15 +44,6 @@ pub enum KernelChoice {
     Both,
 }
 
-/// A count of at least 1; clap names the flag in the error.
-fn at_least_one(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(format!("{e}")),
-    }
-}
-
 #[derive(Args)]
 pub struct BenchTrainArgs {
     /// A preset (see `cardinal models`) or spec file; repeat for several. Default: the CPU
@@ -60,13 +51,13 @@ pub struct BenchTrainArgs {
     #[arg(long = "model")]
     models: Vec<String>,
     /// Images per step. Default: 128 for CIFAR-stem models, 16 for ImageNet models.
-    #[arg(long, value_parser = at_least_one)]
+    #[arg(long, value_parser = crate::at_least_one)]
     batch_size: Option<usize>,
     /// Input side in pixels. Default: the model's own (28 for the CPU models, 224).
-    #[arg(long, value_parser = at_least_one)]
+    #[arg(long, value_parser = crate::at_least_one)]
     input_size: Option<usize>,
     /// Timed steps; the median is reported.
-    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
+    #[arg(long, default_value_t = 5, value_parser = crate::at_least_one)]
     steps: usize,
     /// Untimed steps first (allocations, thread pools, caches).
     #[arg(long, default_value_t = 1)]

@@ -56,11 +56,11 @@ pub struct AblateArgs {
     /// Train up to N cells at once, each on its own share of the cores (for machines with
     /// more cores than one small net uses well). 1 trains them one after another on all
     /// cores.
-    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    #[arg(long, default_value_t = 1, value_parser = crate::at_least_one)]
     pub jobs: usize,
     /// Threads of each job with --jobs (default: the machine's cores divided by N, at
     /// least 1).
-    #[arg(long, value_parser = at_least_one)]
+    #[arg(long, value_parser = crate::at_least_one)]
     pub threads_per_job: Option<usize>,
     #[command(flatten)]
     pub run: RunArgs,
@@ -152,15 +152,6 @@ struct ResultRow {
     train_images_per_sec: Option<f64>,
     wall_seconds: Option<f64>,
     dir: PathBuf,
-}
-
-/// A count of at least 1; clap names the flag in the error.
-fn at_least_one(text: &str) -> std::result::Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 /// How many cells train at once, and on how many threads each.
