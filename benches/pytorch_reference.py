@@ -171,7 +171,17 @@ def median_ms(fn, warmup, steps):
     return statistics.median(times)
 
 
-def train_case(torch, case):
+# PyTorch's CPU modes, from its default to its fastest: the memory format of weights and
+# activations, and whether the step runs under bf16 autocast (oneDNN's AMX kernels where
+# the CPU has them).
+MODES = {
+    "f32": "f32 NCHW",
+    "f32-cl": "f32 channels_last",
+    "bf16-cl": "bf16 autocast channels_last",
+}
+
+
+def train_case(torch, case, mode="f32"):
     spec = case["spec"]
     model = build(spec)
     params = sum(p.numel() for p in model.parameters())
@@ -181,14 +191,20 @@ def train_case(torch, case):
         )
     n, size = case["batch_size"], case["input_size"]
     x = torch.randn(n, spec["in_channels"], size, size)
+    if mode != "f32":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
     labels = torch.arange(n) * 7919 % spec["classes"]
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
     model.train()
+    autocast = mode == "bf16-cl"
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), labels).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_fn(model(x), labels)
+        loss.backward()
         opt.step()
 
     reset = reset_peak_rss()
@@ -203,11 +219,12 @@ def train_case(torch, case):
 def conv_case(torch, case, repeats):
     import torch.nn.functional as F
 
-    x = torch.randn(case["batch"], case["in_channels"], case["side"], case["side"], requires_grad=True)
+    # channels_last: PyTorch's faster f32 layout on the CPU (and cardinal's).
+    x = torch.randn(case["batch"], case["in_channels"], case["side"], case["side"])
+    x = x.to(memory_format=torch.channels_last).requires_grad_()
     w = torch.randn(
         case["out_channels"], case["in_channels"] // case["groups"], case["kernel"], case["kernel"],
-        requires_grad=True,
-    )
+    ).to(memory_format=torch.channels_last).requires_grad_()
     pad = case["kernel"] // 2
 
     def forward():
@@ -226,13 +243,18 @@ def run_cardinal(binary, args):
 
 
 def cardinal_train_case(binary, case):
-    """The same train case again in cardinal (model, form, batch, input size, steps)."""
-    result = run_cardinal(binary, [
+    """The same train case again in cardinal (model, form, batch, input size, steps,
+    threads, precision)."""
+    args = [
         # The label of a case built in another form reads "MODEL form X".
         "bench", "train", "--model", case["model"].split(" form ")[0], "--form", case["spec"]["form"],
         "--batch-size", str(case["batch_size"]), "--input-size", str(case["input_size"]),
         "--steps", str(case["steps"]), "--kernels", case.get("kernels", "cardinal"),
-    ])
+        "--threads", str(case["threads"]),
+    ]
+    if "precision" in case:
+        args += ["--precision", case["precision"]]
+    result = run_cardinal(binary, args)
     return result[0] if isinstance(result, list) else result
 
 
@@ -263,53 +285,77 @@ def main():
         )
         return 3
     train_cases, conv_cases = load_cases(args.train), load_cases(args.conv)
-    threads = (train_cases or [{}])[0].get("threads") or os.cpu_count()
-    torch.set_num_threads(threads)
+    default_threads = (train_cases or [{}])[0].get("threads") or os.cpu_count()
+    torch.set_num_threads(default_threads)
     rows = []
-    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"{rounds} round{'s' if rounds > 1 else ''} per case (medians; ratios: median of the rounds' ratios, then their range)\n")
+    print(f"PyTorch {torch.__version__}; {rounds} round{'s' if rounds > 1 else ''} per case, each timing "
+          f"cardinal then PyTorch in {len(MODES)} modes ({', '.join(MODES.values())}); "
+          "img/s are medians, ratios (cardinal / PyTorch) the median of the rounds' ratios, then their range\n")
     if train_cases:
-        header = "| train step | batch | input | cardinal img/s | PyTorch img/s | ratio | cardinal / PyTorch peak RSS |"
+        header = ("| train step | threads | batch | input | cardinal img/s | "
+                  + " | ".join(f"PyTorch {m} img/s" for m in MODES.values())
+                  + " | " + " | ".join(f"ratio vs {m}" for m in MODES.values())
+                  + " | peak RSS cardinal / PyTorch (same precision, channels_last) |")
         print(header)
-        print("|---|---|---|---|---|---|---|")
+        print("|" + "---|" * (5 + 2 * len(MODES) + 1))
         by_model = {}
         for case in train_cases:
-            ours_runs, theirs_runs = [], []
+            threads = case.get("threads") or default_threads
+            torch.set_num_threads(threads)
+            ours_runs, theirs_runs = [], {mode: [] for mode in MODES}
             for r in range(rounds):
                 ours_runs.append(case if r == 0 else cardinal_train_case(args.cardinal, case))
-                theirs_runs.append(train_case(torch, case))
-            ratios = [o["images_per_sec"] / t["images_per_sec"] for o, t in zip(ours_runs, theirs_runs)]
-            ratio = statistics.median(ratios)
+                for mode in MODES:
+                    theirs_runs[mode].append(train_case(torch, case, mode))
+            ratios = {
+                mode: [o["images_per_sec"] / t["images_per_sec"] for o, t in zip(ours_runs, runs)]
+                for mode, runs in theirs_runs.items()
+            }
             ours_ips = statistics.median(o["images_per_sec"] for o in ours_runs)
-            theirs_ips = statistics.median(t["images_per_sec"] for t in theirs_runs)
+            theirs_ips = {mode: statistics.median(t["images_per_sec"] for t in runs)
+                          for mode, runs in theirs_runs.items()}
+            # Memory against PyTorch in the same precision and its faster layout.
+            bf16 = case.get("precision", "f32") != "f32"
+            mem_mode = "bf16-cl" if bf16 else "f32-cl"
             ours_mem = [o["peak_rss_bytes"] for o in ours_runs if o.get("peak_rss_bytes")]
-            theirs_mem = [t["peak_rss_bytes"] for t in theirs_runs if t["peak_rss_bytes"]]
+            theirs_mem = [t["peak_rss_bytes"] for t in theirs_runs[mem_mode] if t["peak_rss_bytes"]]
             mem = None
             if ours_mem and theirs_mem:
                 ours_mem, theirs_mem = statistics.median(ours_mem), statistics.median(theirs_mem)
                 mem = ours_mem / theirs_mem
             label = case["model"] + ("" if case.get("kernels", "cardinal") == "cardinal" else f" ({case['kernels']} ops)")
+            if bf16:
+                label += f" ({case['precision']})"
             print(
-                f"| {label} | {case['batch_size']} | {case['input_size']} | "
-                f"{ours_ips:.1f} | {theirs_ips:.1f} | {ratio:.2f}x {spread(ratios)} | "
-                + (f"{mem:.2f}x ({ours_mem / 2**20:.0f} / {theirs_mem / 2**20:.0f} MiB)" if mem else "-")
+                f"| {label} | {threads} | {case['batch_size']} | {case['input_size']} | {ours_ips:.1f} | "
+                + " | ".join(f"{theirs_ips[m]:.1f}" for m in MODES)
+                + " | " + " | ".join(f"{statistics.median(ratios[m]):.2f}x {spread(ratios[m])}" for m in MODES)
+                + " | " + (f"{mem:.2f}x ({ours_mem / 2**20:.0f} / {theirs_mem / 2**20:.0f} MiB)" if mem else "-")
                 + " |",
                 flush=True,
             )
-            by_model[case["model"]] = (
+            by_model[(case["model"], threads, bf16)] = (
                 statistics.median(o["ms_per_step"] for o in ours_runs),
-                statistics.median(t["ms_per_step"] for t in theirs_runs),
+                {m: statistics.median(t["ms_per_step"] for t in runs) for m, runs in theirs_runs.items()},
             )
-            rows.append({"kind": "train", "case": label, "cardinal": ours_runs, "pytorch": theirs_runs,
-                         "ratio": ratio, "ratios": ratios, "memory_ratio": mem})
-        if "resnet50" in by_model and "resnext50_32x4d" in by_model:
-            ours = by_model["resnext50_32x4d"][0] / by_model["resnet50"][0]
-            theirs = by_model["resnext50_32x4d"][1] / by_model["resnet50"][1]
-            print(f"\nresnext50_32x4d / resnet50 train time at equal FLOPs: cardinal {ours:.2f}, PyTorch {theirs:.2f}")
-            rows.append({"kind": "ratio", "case": "resnext50_32x4d / resnet50", "cardinal": ours, "pytorch": theirs})
+            rows.append({"kind": "train", "case": label, "threads": threads,
+                         "precision": case.get("precision", "f32"), "isa": case.get("isa"),
+                         "cardinal": ours_runs, "pytorch": theirs_runs,
+                         "ratio": {m: statistics.median(v) for m, v in ratios.items()},
+                         "ratios": ratios, "memory_ratio": mem})
+        for threads in sorted({k[1] for k in by_model}):
+            for bf16 in (False, True):
+                a, b = ("resnet50", threads, bf16), ("resnext50_32x4d", threads, bf16)
+                if a in by_model and b in by_model:
+                    ours = by_model[b][0] / by_model[a][0]
+                    theirs = {m: by_model[b][1][m] / by_model[a][1][m] for m in MODES}
+                    print(f"\nresnext50_32x4d / resnet50 train time at equal FLOPs ({'bf16-mixed' if bf16 else 'f32'}): "
+                          f"cardinal {ours:.2f}, PyTorch " + ", ".join(f"{v:.2f} ({MODES[m]})" for m, v in theirs.items()))
+                    rows.append({"kind": "ratio", "case": "resnext50_32x4d / resnet50", "cardinal": ours, "pytorch": theirs})
         print()
+        torch.set_num_threads(default_threads)
     if conv_cases:
-        print("| convolution | cardinal fwd / fwd+bwd ms | PyTorch fwd / fwd+bwd ms | train ratio (PyTorch time / cardinal time) |")
+        print("| convolution | cardinal fwd / fwd+bwd ms | PyTorch f32 channels_last fwd / fwd+bwd ms | train ratio (PyTorch time / cardinal time) |")
         print("|---|---|---|---|")
         ours_rounds = [conv_cases]
         for _ in range(1, rounds):

@@ -164,12 +164,12 @@ pub fn conv(shape: ConvShape, repeats: usize) -> Result<ConvTiming> {
         stride,
         groups,
     } = shape;
-    let x = candle_core::Var::from_tensor(&Tensor::randn(
-        0f32,
-        1.0,
-        (batch, in_channels, side, side),
-        &Device::Cpu,
-    )?)?;
+    // cardinal's kernel takes channels-last activations, candle's conv2d channels-first:
+    // the same values in each layout.
+    let x_nchw = Tensor::randn(0f32, 1.0, (batch, in_channels, side, side), &Device::Cpu)?;
+    let x_nhwc = x_nchw.permute((0, 2, 3, 1))?.contiguous()?;
+    let x = candle_core::Var::from_tensor(&x_nhwc)?;
+    let x_ref = candle_core::Var::from_tensor(&x_nchw)?;
     let w = candle_core::Var::from_tensor(&Tensor::randn(
         0f32,
         0.1,
@@ -178,14 +178,15 @@ pub fn conv(shape: ConvShape, repeats: usize) -> Result<ConvTiming> {
     )?)?;
     let padding = kernel / 2;
     let ours = |train: bool| {
-        let y = cardinal_kernels::conv2d(x.as_tensor(), w.as_tensor(), padding, stride, groups)?;
+        let options = cardinal_kernels::ConvOptions::new(stride, padding, groups);
+        let y = cardinal_kernels::conv2d(x.as_tensor(), w.as_tensor(), options)?;
         if train {
             y.sum_all()?.backward()?;
         }
         Ok(())
     };
     let theirs = |train: bool| {
-        let y = x
+        let y = x_ref
             .as_tensor()
             .conv2d(w.as_tensor(), padding, stride, 1, groups)?;
         if train {

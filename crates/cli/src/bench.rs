@@ -71,6 +71,10 @@ pub struct BenchTrainArgs {
     /// convolution); default: each model's own.
     #[arg(long, value_parser = parse_form)]
     form: Option<BlockForm>,
+    /// Threads of the steps (default: all cores, or RAYON_NUM_THREADS). A machine that
+    /// trains cells side by side (`ablate --jobs`) gives each a share of its cores.
+    #[arg(long, value_parser = crate::at_least_one)]
+    threads: Option<usize>,
     /// json: one object for one case, an array for several.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
@@ -92,6 +96,8 @@ struct TrainCase {
     params: u64,
     macs: u64,
     threads: usize,
+    /// The instruction set of the kernels' products (`CARDINAL_ISA` forces one).
+    isa: &'static str,
     /// The network timed, as data: what `benches/pytorch_reference.py` rebuilds in PyTorch.
     spec: NetSpec,
 }
@@ -214,7 +220,14 @@ fn train(args: BenchTrainArgs) -> Result<()> {
                 Some(form) => format!("{model} form {form}"),
                 None => model.clone(),
             };
-            let case = train_case(&name, &spec, batch_size, k, &args)?;
+            let case = match args.threads {
+                Some(threads) => rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .context("starting the benchmark's threads")?
+                    .install(|| train_case(&name, &spec, batch_size, k, &args))?,
+                None => train_case(&name, &spec, batch_size, k, &args)?,
+            };
             cases.push(TrainCase {
                 params: complexity.params,
                 macs: complexity.macs,
@@ -260,7 +273,13 @@ fn train(args: BenchTrainArgs) -> Result<()> {
                     );
                 }
             }
-            println!("threads: {}", cardinal_train::run::threads());
+            let threads = cases
+                .first()
+                .map_or_else(cardinal_train::run::threads, |c| c.threads);
+            println!(
+                "threads: {threads}, products on {}",
+                cases.first().map_or("-", |c| c.isa)
+            );
             Ok(())
         }
     }
@@ -302,6 +321,7 @@ fn train_case(
         params: 0,
         macs: 0,
         threads: cardinal_train::run::threads(),
+        isa: cardinal_kernels::isa::selected().label(false),
         spec: spec.clone(),
     })
 }

@@ -27,7 +27,9 @@ fn zip_map<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<
         par_filled(
             a.len(),
             CHUNK,
+            crate::isa::selected(),
             || (),
+            #[inline(always)]
             |_, chunk, o: &mut [MaybeUninit<T>]| {
                 let range = chunk * CHUNK..chunk * CHUNK + o.len();
                 let values = a[range.clone()].iter().zip(&b[range]);
@@ -38,11 +40,21 @@ fn zip_map<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<
 }
 
 fn add_relu<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {
-    zip_map(a, b, |a, b| relu_if(true, a + b))
+    zip_map(
+        a,
+        b,
+        #[inline(always)]
+        |a, b| relu_if(true, a + b),
+    )
 }
 
 fn relu_grad<T: WithDType>(y: &[T], dy: &[T]) -> Vec<T> {
-    zip_map(y, dy, |y, g| masked(true, y, g))
+    zip_map(
+        y,
+        dy,
+        #[inline(always)]
+        |y, g| masked(true, y, g),
+    )
 }
 
 impl CustomOp2 for AddRelu {

@@ -4,6 +4,9 @@
 use std::mem::MaybeUninit;
 
 use candle_core::{Layout, Result, Storage, WithDType};
+
+use crate::isa::Isa;
+use crate::simd::VectorPath;
 use rayon::prelude::*;
 
 /// The contiguous part of `data` that `layout` describes; kernels take contiguous inputs
@@ -41,6 +44,7 @@ pub(crate) fn cpu_slice<'a, T: WithDType>(
 pub(crate) unsafe fn par_filled<T, S>(
     len: usize,
     chunk: usize,
+    isa: Isa,
     init: impl Fn() -> S + Sync + Send,
     fill: impl Fn(&mut S, usize, &mut [MaybeUninit<T>]) + Sync + Send,
 ) -> Vec<T>
@@ -52,43 +56,16 @@ where
         .par_chunks_mut(chunk.max(1))
         .enumerate()
         .for_each_init(init, |state, (index, part)| {
-            vectorized(|| fill(state, index, part))
+            vector_loops(
+                isa,
+                #[inline(always)]
+                || fill(state, index, part),
+            )
         });
     // SAFETY: every value of every chunk was written (the caller's promise), and the
     // capacity is at least `len`.
     unsafe { out.set_len(len) };
     out
-}
-
-/// The values of `part` once all of them have been written.
-///
-/// # Safety
-/// Every value of `part` is initialised.
-#[inline(always)]
-pub(crate) unsafe fn assume_init_mut<T>(part: &mut [MaybeUninit<T>]) -> &mut [T] {
-    // SAFETY: MaybeUninit<T> has T's size, alignment and layout, and every value is
-    // initialised (the caller's promise).
-    unsafe { &mut *(part as *mut [MaybeUninit<T>] as *mut [T]) }
-}
-
-/// `part` set to zero, as initialised values.
-#[inline(always)]
-pub(crate) fn zeroed<T: WithDType>(part: &mut [MaybeUninit<T>]) -> &mut [T] {
-    part.fill(MaybeUninit::new(T::zero()));
-    // SAFETY: every value was just written.
-    unsafe { assume_init_mut(part) }
-}
-
-/// Initialised values seen as storage that may be written, for code that writes into
-/// either kind (a product that overwrites or accumulates into its destination).
-///
-/// # Safety
-/// Nothing may write `MaybeUninit::uninit()` through the result: the values must stay
-/// initialised for the owner of `values`.
-#[inline(always)]
-pub(crate) unsafe fn as_uninit_mut<T>(values: &mut [T]) -> &mut [MaybeUninit<T>] {
-    // SAFETY: same layout; the caller keeps every value initialised.
-    unsafe { &mut *(values as *mut [T] as *mut [MaybeUninit<T>]) }
 }
 
 /// Writes `values` into `out`, in order, up to the shorter of the two.
@@ -121,31 +98,62 @@ pub(crate) fn masked<T: WithDType>(relu: bool, y: T, dy: T) -> T {
     }
 }
 
+/// A raw pointer that tasks on several threads may hold: each writes or reads only what its
+/// own safety contract covers (disjoint parts of an output, shared read-only inputs).
+#[derive(Debug)]
+pub(crate) struct SendPtr<T>(pub *mut T);
+
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SendPtr<T> {}
+
+// SAFETY: the pointer is only dereferenced under the contracts of the functions that use it,
+// which keep the threads' accesses disjoint or read-only.
+unsafe impl<T> Send for SendPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    #[inline(always)]
+    pub(crate) fn get(self) -> *mut T {
+        self.0
+    }
+}
+
 /// The storage candle takes from a kernel's output.
 pub(crate) fn storage<T: WithDType>(v: Vec<T>) -> candle_core::CpuStorage {
     T::to_cpu_storage_owned(v)
 }
 
-/// Runs `f` compiled for AVX2 and FMA where the CPU has them, else as built (the x86-64
-/// baseline, SSE2 only). The element-wise loops of the kernels vectorize 2-4x wider that way,
-/// and the binary still runs on any x86-64. `f` and what it calls must be inlined into the
-/// dispatching function for the wider code to be generated: callers keep their loops in
-/// `#[inline(always)]` functions or in the closure itself.
+/// Runs `f` compiled for the vector path of `isa` (AVX-512 or AVX2 with FMA where the CPU
+/// has them, else the x86-64 baseline): the element-wise loops of the kernels vectorize as
+/// wide as the CPU allows, and the binary still runs on any x86-64. `f` and what it calls
+/// must be inlined into it for the wider code to be generated: callers keep their loops in
+/// `#[inline(always)]` functions or closures (`#[inline(always)] || ...`), as is `f`.
 #[inline(always)]
-pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { with_avx2(f) };
-        }
+pub(crate) fn vector_loops<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
+    match VectorPath::of(isa) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `VectorPath::of` picks a path only where the machine has it.
+        VectorPath::Avx512 => unsafe {
+            crate::simd::with_avx512(
+                #[inline(always)]
+                || f(),
+            )
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        VectorPath::Avx2 => unsafe {
+            crate::simd::with_avx2(
+                #[inline(always)]
+                || f(),
+            )
+        },
+        _ => f(),
     }
-    f()
 }
 
 /// Runs `$body` with the type `$t` bound to f32 or f64 after `$dtype` (the dtypes models

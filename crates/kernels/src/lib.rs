@@ -16,14 +16,17 @@
 pub mod add_relu;
 pub mod conv;
 mod cpu;
+mod gemm;
+pub mod isa;
 pub mod memory;
 pub mod norm;
 pub mod pool;
+mod simd;
 
 #[cfg(test)]
 mod testing;
 
 pub use add_relu::add_relu_op;
-pub use conv::conv2d;
+pub use conv::{conv2d, ConvOptions};
 pub use norm::{batch_norm_eval, batch_norm_train, BatchStats};
-pub use pool::max_pool_3x3_s2;
+pub use pool::{global_avg_pool, max_pool_3x3_s2};

@@ -1,13 +1,15 @@
-//! Batch norm on the CPU as fused custom ops with backward passes.
+//! Batch norm of channels-last activations as fused custom ops with backward passes.
 //!
-//! candle-nn's `BatchNorm` is a chain of about ten tensor ops (a transpose to channels-first,
-//! a copy, single-threaded reductions, broadcast ops, a transpose back that leaves the
-//! output strided), each a full pass over the activation, and its backward doubles that.
-//! Here a training-mode BN is one pass for the statistics and one for the output, its
-//! backward one pass for the two channel sums and one for the input gradient, all split
-//! over channels or planes across threads, with an optional ReLU folded in. The model uses
-//! them on the CPU; candle-nn's `BatchNorm` stays the reference (see the tests) and serves
-//! other devices.
+//! The input is seen as rows of C channels (N * H * W rows). A training-mode BN is one pass
+//! for the channel statistics and one for the output, its backward one pass for the two
+//! channel sums and one for the input gradient, with the following ReLU folded in: the
+//! backward recomputes the pre-ReLU value from x and the saved scale and shift (the same
+//! expression as the forward, so the same mask) instead of reading the output.
+//!
+//! Statistics sum fixed chunks of rows, each in lanes of the input's precision for a few
+//! rows and then in f64; chunk sums are added in chunk order. The chunks depend on the
+//! shape only, so the result is the same on every run and thread count. candle-nn's
+//! `BatchNorm` (channels-first) stays the reference in the tests.
 
 use std::sync::{Arc, Mutex};
 
@@ -15,12 +17,11 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use std::mem::MaybeUninit;
+use std::ops::Range;
 
-use crate::cpu::{
-    contiguous, cpu_slice, float_dispatch, masked, par_filled, relu_if, storage, vectorized,
-    write_from,
-};
+use crate::cpu::{contiguous, cpu_slice, float_dispatch, par_filled, storage, SendPtr};
+use crate::isa::{self, Isa};
+use crate::simd::{simd_call, tile_shape, Element, Simd};
 
 /// Per-channel statistics of one training batch: saved by the forward for the backward and
 /// for the running-statistics update.
@@ -36,7 +37,300 @@ pub struct BatchStats {
 
 type SavedStats = Arc<Mutex<Option<BatchStats>>>;
 
-/// Training-mode BN of x [N, C, H, W] with weight and bias [C], ReLU optional.
+/// Rows per task of the channel sums (a fixed split: see the module's notes).
+const SUM_ROWS: usize = 64;
+/// Rows a vector adds in the input's own precision before its sums join the task's f64
+/// totals: short enough that f32 rounding stays at a few ulps.
+const LANE_ROWS: usize = 16;
+/// Values per task of the element-wise passes.
+const PASS_VALUES: usize = 1 << 15;
+
+/// Rows of `c` channels of a [N, H, W, C] (or [N, C]) tensor: (rows, channels).
+fn rows_of(layout: &Layout, op: &str) -> Result<(usize, usize)> {
+    let dims = layout.dims();
+    if dims.len() < 2 {
+        candle_core::bail!("{op}: expected [N, ..., C], got {dims:?}");
+    }
+    let c = dims[dims.len() - 1];
+    Ok((layout.shape().elem_count() / c.max(1), c))
+}
+
+/// The per-channel vectors of one BN pass (scale, shift and the like), broadcast to
+/// whole vectors: `c` values padded with zeros to a multiple of the lanes.
+struct Channels<T> {
+    values: Vec<T>,
+}
+
+impl<T: Element> Channels<T> {
+    fn new(values: &[T], lanes: usize) -> Channels<T> {
+        let mut padded = values.to_vec();
+        padded.resize(values.len().div_ceil(lanes) * lanes, T::zero());
+        Channels { values: padded }
+    }
+
+    fn ptr(&self) -> *const T {
+        self.values.as_ptr()
+    }
+}
+
+/// Loads channel vector `v` of a row (`tail` lanes for the last one when c is not a
+/// multiple of the lanes).
+///
+/// # Safety
+/// `row` holds c values; the CPU runs `S`.
+#[inline(always)]
+unsafe fn load_row<S: Simd>(row: *const S::E, v: usize, c: usize) -> S::V {
+    let at = v * S::LANES;
+    // SAFETY: the vector lies in the row, or only its first c - at lanes are read.
+    unsafe {
+        if at + S::LANES <= c {
+            S::load(row.add(at))
+        } else {
+            S::load_partial(row.add(at), c - at)
+        }
+    }
+}
+
+/// Stores channel vector `v` of a row (see `load_row`).
+///
+/// # Safety
+/// `row` is valid for c writes; the CPU runs `S`.
+#[inline(always)]
+unsafe fn store_row<S: Simd>(row: *mut S::E, v: usize, c: usize, value: S::V) {
+    let at = v * S::LANES;
+    // SAFETY: as `load_row`.
+    unsafe {
+        if at + S::LANES <= c {
+            S::store(row.add(at), value)
+        } else {
+            S::store_partial(row.add(at), value, c - at)
+        }
+    }
+}
+
+/// What one pass of sums adds per channel, from the values of x (and dy) at a position.
+#[derive(Debug, Clone, Copy)]
+enum Sums {
+    /// x - k and (x - k)^2, k the first row (the statistics).
+    Shifted,
+    /// g and g * (x - mean), g = dy through the ReLU (the training backward).
+    Centred { relu: bool },
+    /// g * x and g (the evaluation backward).
+    Plain { relu: bool },
+}
+
+/// Two per-channel sums over rows `rows` of x (and dy), added into `a` and `b` in f64.
+/// `p`, `q` and `m` are per-channel vectors: the shift (Shifted), or scale, shift and mean.
+///
+/// # Safety
+/// x and dy hold `rows.end * c` values (dy may be empty for Shifted); the per-channel
+/// vectors are padded to whole vectors; the CPU runs `S`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn sum_rows<S: Simd, const MR: usize>(
+    kind: Sums,
+    x: &[S::E],
+    dy: &[S::E],
+    c: usize,
+    rows: Range<usize>,
+    (p, q, m): (*const S::E, *const S::E, *const S::E),
+    a: &mut [f64],
+    b: &mut [f64],
+) {
+    let vectors = c.div_ceil(S::LANES);
+    let mut block_a = vec![S::E::from_f64(0.0); vectors * S::LANES];
+    let mut block_b = vec![S::E::from_f64(0.0); vectors * S::LANES];
+    let mut start = rows.start;
+    // SAFETY: every row read lies below rows.end; per-channel vectors are whole.
+    unsafe {
+        while start < rows.end {
+            let end = (start + LANE_ROWS).min(rows.end);
+            for v in 0..vectors {
+                let (pv, qv, mv) = (
+                    S::load(p.add(v * S::LANES)),
+                    S::load(q.add(v * S::LANES)),
+                    S::load(m.add(v * S::LANES)),
+                );
+                let (mut sa, mut sb) = (S::zero(), S::zero());
+                for r in start..end {
+                    let xv = load_row::<S>(x.as_ptr().add(r * c), v, c);
+                    match kind {
+                        Sums::Shifted => {
+                            let d = S::sub(xv, pv);
+                            sa = S::add(sa, d);
+                            sb = S::fma(d, d, sb);
+                        }
+                        Sums::Centred { relu } => {
+                            let mut g = load_row::<S>(dy.as_ptr().add(r * c), v, c);
+                            if relu {
+                                g = S::where_positive(S::fma(xv, pv, qv), g);
+                            }
+                            sa = S::add(sa, g);
+                            sb = S::fma(g, S::sub(xv, mv), sb);
+                        }
+                        Sums::Plain { relu } => {
+                            let mut g = load_row::<S>(dy.as_ptr().add(r * c), v, c);
+                            if relu {
+                                g = S::where_positive(S::fma(xv, pv, qv), g);
+                            }
+                            sa = S::fma(g, xv, sa);
+                            sb = S::add(sb, g);
+                        }
+                    }
+                }
+                S::store(block_a.as_mut_ptr().add(v * S::LANES), sa);
+                S::store(block_b.as_mut_ptr().add(v * S::LANES), sb);
+            }
+            for ch in 0..c {
+                a[ch] += block_a[ch].to_f64();
+                b[ch] += block_b[ch].to_f64();
+            }
+            start = end;
+        }
+    }
+}
+
+/// Two per-channel sums over all rows, in the fixed task order.
+fn channel_sums<T: Element>(
+    kind: Sums,
+    x: &[T],
+    dy: &[T],
+    c: usize,
+    isa: Isa,
+    vectors: (&Channels<T>, &Channels<T>, &Channels<T>),
+) -> (Vec<f64>, Vec<f64>) {
+    let rows = x.len() / c;
+    let (p, q, m) = (
+        SendPtr(vectors.0.ptr() as *mut T),
+        SendPtr(vectors.1.ptr() as *mut T),
+        SendPtr(vectors.2.ptr() as *mut T),
+    );
+    let partials: Vec<(Vec<f64>, Vec<f64>)> = (0..rows.div_ceil(SUM_ROWS))
+        .into_par_iter()
+        .map(|task| {
+            let (mut a, mut b) = (vec![0f64; c], vec![0f64; c]);
+            let span = task * SUM_ROWS..((task + 1) * SUM_ROWS).min(rows);
+            let ptrs = (
+                p.get() as *const T,
+                q.get() as *const T,
+                m.get() as *const T,
+            );
+            // SAFETY: the rows lie in x (and dy); the per-channel vectors are padded.
+            simd_call!(isa, T, sum_rows(kind, x, dy, c, span, ptrs, &mut a, &mut b));
+            (a, b)
+        })
+        .collect();
+    let (mut a, mut b) = (vec![0f64; c], vec![0f64; c]);
+    for (pa, pb) in &partials {
+        for ch in 0..c {
+            a[ch] += pa[ch];
+            b[ch] += pb[ch];
+        }
+    }
+    (a, b)
+}
+
+/// What an output pass computes per value, from x (and dy) with per-channel vectors p, q, r.
+#[derive(Debug, Clone, Copy)]
+enum Map {
+    /// x * p + q, then the ReLU (BN's output).
+    Affine { relu: bool },
+    /// g * r + x * m + s with g = dy through the ReLU of x * p + q (the training input
+    /// gradient); see `train_backward`.
+    TrainGrad { relu: bool },
+    /// g * r with g = dy through the ReLU of x * p + q (the evaluation input gradient).
+    EvalGrad { relu: bool },
+}
+
+/// One output pass over rows `rows`, written from `out` (the rows' first value).
+///
+/// # Safety
+/// x and dy hold the rows (dy may be empty for Affine); `out` is valid for the rows'
+/// writes; per-channel vectors are padded; the CPU runs `S`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn map_rows_simd<S: Simd, const MR: usize>(
+    kind: Map,
+    x: &[S::E],
+    dy: &[S::E],
+    c: usize,
+    rows: Range<usize>,
+    vectors: [*const S::E; 5],
+    out: *mut S::E,
+) {
+    let vn = c.div_ceil(S::LANES);
+    let [p, q, r, m, s] = vectors;
+    // SAFETY: rows lie in x and dy and their outputs in `out`; vectors are whole.
+    unsafe {
+        for (i, row) in rows.enumerate() {
+            let xr = x.as_ptr().add(row * c);
+            let o = out.add(i * c);
+            for v in 0..vn {
+                let at = v * S::LANES;
+                let xv = load_row::<S>(xr, v, c);
+                let pre = S::fma(xv, S::load(p.add(at)), S::load(q.add(at)));
+                let value = match kind {
+                    Map::Affine { relu } => {
+                        if relu {
+                            S::relu(pre)
+                        } else {
+                            pre
+                        }
+                    }
+                    Map::TrainGrad { relu } | Map::EvalGrad { relu } => {
+                        let mut g = load_row::<S>(dy.as_ptr().add(row * c), v, c);
+                        if relu {
+                            g = S::where_positive(pre, g);
+                        }
+                        if let Map::TrainGrad { .. } = kind {
+                            S::fma(
+                                g,
+                                S::load(r.add(at)),
+                                S::fma(xv, S::load(m.add(at)), S::load(s.add(at))),
+                            )
+                        } else {
+                            S::mul(g, S::load(r.add(at)))
+                        }
+                    }
+                };
+                store_row::<S>(o, v, c, value);
+            }
+        }
+    }
+}
+
+/// An output pass over all rows, in parallel tasks of whole rows.
+fn map_rows<T: Element>(
+    kind: Map,
+    x: &[T],
+    dy: &[T],
+    c: usize,
+    isa: Isa,
+    vectors: [&Channels<T>; 5],
+) -> Vec<T> {
+    let len = x.len();
+    let rows_per_task = (PASS_VALUES / c.max(1)).max(1);
+    let ptrs = vectors.map(|v| SendPtr(v.ptr() as *mut T));
+    // SAFETY: each task writes every value of its rows (whole rows: the chunk length is a
+    // multiple of c, and so is the last chunk's).
+    unsafe {
+        par_filled(
+            len,
+            rows_per_task * c,
+            isa,
+            || (),
+            |_, task, part| {
+                let first = task * rows_per_task;
+                let rows = first..first + part.len() / c;
+                let vectors = ptrs.map(|p| p.get() as *const T);
+                let out = part.as_mut_ptr() as *mut T;
+                simd_call!(isa, T, map_rows_simd(kind, x, dy, c, rows, vectors, out));
+            },
+        )
+    }
+}
+
+/// Training-mode BN of x [..., C] with weight and bias [C], ReLU optional.
 #[derive(Debug, Clone)]
 struct BatchNormTrain {
     eps: f64,
@@ -44,138 +338,60 @@ struct BatchNormTrain {
     saved: SavedStats,
 }
 
-/// y = x * scale[c] + shift[c], ReLU optional: evaluation-mode BN once the running
-/// statistics are folded into scale and shift.
-#[derive(Debug, Clone, Copy)]
-struct ChannelAffine {
-    relu: bool,
+/// The per-channel multiply-add that normalizes: y = x * scale + shift.
+fn scale_shift<T: WithDType>(
+    weight: &[T],
+    bias: &[T],
+    mean: &[f64],
+    invstd: &[f64],
+) -> (Vec<T>, Vec<T>) {
+    let scale: Vec<f64> = weight
+        .iter()
+        .zip(invstd)
+        .map(|(w, s)| w.to_f64() * s)
+        .collect();
+    let shift = bias
+        .iter()
+        .zip(mean.iter().zip(&scale))
+        .map(|(b, (m, s))| T::from_f64(b.to_f64() - m * s))
+        .collect();
+    (scale.into_iter().map(T::from_f64).collect(), shift)
 }
 
-fn planes(layout: &Layout, op: &str) -> Result<(usize, usize, usize)> {
-    let dims = layout.dims();
-    if dims.len() < 2 {
-        candle_core::bail!("{op}: expected [N, C, ...], got {dims:?}");
-    }
-    Ok((dims[0], dims[1], dims[2..].iter().product()))
-}
-
-/// Per-channel pairs of sums: `f(channel, start)` sums over one plane (the `hw` values
-/// from `start`), and the planes of a channel are added in image order. Channels run in
-/// parallel; each channel's order is fixed, so the sums are reproducible.
-#[inline(always)]
-fn per_channel<F>((n, c, hw): (usize, usize, usize), f: F) -> Vec<(f64, f64)>
-where
-    F: Fn(usize, usize) -> (f64, f64) + Sync,
-{
-    (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            vectorized(|| {
-                let mut acc = (0.0, 0.0);
-                for img in 0..n {
-                    let (a, b) = f(ch, (img * c + ch) * hw);
-                    acc.0 += a;
-                    acc.1 += b;
-                }
-                acc
-            })
-        })
-        .collect()
-}
-
-/// Lanes of the plane sums: one AVX-512 register of f32, so the loop fills whole registers.
-const LANES: usize = 16;
-/// Values a lane adds in the input's own precision before its partial sum joins the f64
-/// total: short enough that f32 rounding stays at a few ulps, long enough that the loop
-/// runs at the speed of the input dtype rather than converting every value to f64.
-const LANE_BLOCK: usize = 8;
-
-/// Two sums of `term` over the positions of one plane, whose values at a position are read
-/// from the `K` equal-length `inputs`. Independent lanes let the loop vectorize (a single
-/// running sum would serialize on the add's latency); lanes and blocks are combined in a
-/// fixed order, so the result does not depend on scheduling.
-#[inline(always)]
-fn plane_sums<T: WithDType, const K: usize>(
-    inputs: [&[T]; K],
-    term: impl Fn([T; K]) -> (T, T),
-) -> (f64, f64) {
-    let len = inputs[0].len();
-    assert!(
-        inputs.iter().all(|s| s.len() == len),
-        "plane_sums: unequal inputs"
-    );
-    let (mut total_a, mut total_b) = (0f64, 0f64);
-    let whole = len / LANES * LANES;
-    let mut start = 0;
-    while start < whole {
-        let end = (start + LANE_BLOCK * LANES).min(whole);
-        let (mut a, mut b) = ([T::zero(); LANES], [T::zero(); LANES]);
-        for i in (start..end).step_by(LANES) {
-            let chunks: [&[T; LANES]; K] = std::array::from_fn(|k| {
-                inputs[k][i..i + LANES]
-                    .try_into()
-                    .expect("a chunk of LANES values")
-            });
-            for lane in 0..LANES {
-                let (p, q) = term(std::array::from_fn(|k| chunks[k][lane]));
-                a[lane] += p;
-                b[lane] += q;
-            }
-        }
-        for lane in 0..LANES {
-            total_a += a[lane].to_f64();
-            total_b += b[lane].to_f64();
-        }
-        start = end;
-    }
-    // One index reads the same position of all K inputs.
-    #[allow(clippy::needless_range_loop)]
-    for i in whole..len {
-        let (p, q) = term(std::array::from_fn(|k| inputs[k][i]));
-        total_a += p.to_f64();
-        total_b += q.to_f64();
-    }
-    (total_a, total_b)
-}
-
-fn train_forward<T: WithDType>(
+fn train_forward<T: Element>(
     x: &[T],
     weight: &[T],
     bias: &[T],
-    dims: (usize, usize, usize),
+    c: usize,
     op: &BatchNormTrain,
+    isa: Isa,
 ) -> (Vec<T>, BatchStats) {
-    let (n, c, hw) = dims;
-    let count = n * hw;
-    // One pass, shifted by a value of the channel so that the sum of squares does not
-    // cancel catastrophically when the mean is large against the spread.
-    let shift: Vec<T> = (0..c).map(|ch| x[ch * hw]).collect();
-    let sums = per_channel(dims, |ch, start| {
-        let k = shift[ch];
-        plane_sums([&x[start..start + hw]], |[v]| ((v - k), (v - k) * (v - k)))
-    });
+    let (lanes, _, _) = tile_shape::<T>(isa);
+    let count = x.len() / c;
+    // Sums shifted by the first row's values, so that the sum of squares does not cancel
+    // catastrophically when the mean is large against the spread.
+    let first = Channels::new(&x[..c], lanes);
+    let (s, ss) = channel_sums(Sums::Shifted, x, &[], c, isa, (&first, &first, &first));
     let mut mean = Vec::with_capacity(c);
     let mut var = Vec::with_capacity(c);
-    for (ch, &(s, ss)) in sums.iter().enumerate() {
-        let centred = s / count as f64;
-        mean.push(shift[ch].to_f64() + centred);
-        // Clamp rounding below zero, but keep a NaN (from an infinite input) a NaN: `max`
-        // would turn it into 0 and hide the divergence in the running statistics.
-        let v = ss / count as f64 - centred * centred;
+    for ch in 0..c {
+        let centred = s[ch] / count as f64;
+        mean.push(x[ch].to_f64() + centred);
+        // Clamp rounding below zero, but keep a NaN (from an infinite input) a NaN.
+        let v = ss[ch] / count as f64 - centred * centred;
         var.push(if v < 0.0 { 0.0 } else { v });
     }
     let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + op.eps).sqrt()).collect();
-    // SAFETY: every value of every plane is written.
-    let out = unsafe {
-        by_plane(x.len(), hw, |plane, o| {
-            let ch = plane % c;
-            let scale = weight[ch].to_f64() * invstd[ch];
-            let offset = bias[ch].to_f64() - mean[ch] * scale;
-            let (scale, offset) = (T::from_f64(scale), T::from_f64(offset));
-            let values = x[plane * hw..(plane + 1) * hw].iter();
-            write_from(o, values.map(|&v| relu_if(op.relu, v * scale + offset)));
-        })
-    };
+    let (scale, shift) = scale_shift(weight, bias, &mean, &invstd);
+    let (scale, shift) = (Channels::new(&scale, lanes), Channels::new(&shift, lanes));
+    let out = map_rows(
+        Map::Affine { relu: op.relu },
+        x,
+        &[],
+        c,
+        isa,
+        [&scale, &shift, &scale, &scale, &scale],
+    );
     let stats = BatchStats {
         mean,
         var,
@@ -186,133 +402,132 @@ fn train_forward<T: WithDType>(
 }
 
 /// Input, weight and bias gradients of training-mode BN.
-fn train_backward<T: WithDType>(
+#[allow(clippy::too_many_arguments)]
+fn train_backward<T: Element>(
     x: &[T],
-    y: &[T],
     dy: &[T],
     weight: &[T],
-    dims: (usize, usize, usize),
+    bias: &[T],
+    c: usize,
     relu: bool,
     stats: &BatchStats,
+    isa: Isa,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let (_, c, hw) = dims;
+    let (lanes, _, _) = tile_shape::<T>(isa);
     let m = stats.count as f64;
-    let sums = per_channel(dims, |ch, start| {
-        let range = start..start + hw;
-        let mean = T::from_f64(stats.mean[ch]);
-        plane_sums(
-            [&dy[range.clone()], &y[range.clone()], &x[range]],
-            |[g, y, x]| {
-                let g = masked(relu, y, g);
-                (g, g * (x - mean))
-            },
-        )
-    });
+    let (scale, shift) = scale_shift(weight, bias, &stats.mean, &stats.invstd);
+    let mean: Vec<T> = stats.mean.iter().map(|&v| T::from_f64(v)).collect();
+    let (scale, shift, mean) = (
+        Channels::new(&scale, lanes),
+        Channels::new(&shift, lanes),
+        Channels::new(&mean, lanes),
+    );
+    let (sum_g, sum_g_xmu) = channel_sums(
+        Sums::Centred { relu },
+        x,
+        dy,
+        c,
+        isa,
+        (&scale, &shift, &mean),
+    );
     // dx = w * invstd * (g - mean(g) - xhat * mean(g * xhat)), folded per channel into
-    // dx = g * p + x * q + r so that the pass over the planes is a multiply-add.
-    let coefficients: Vec<(T, T, T)> = (0..c)
-        .map(|ch| {
-            let (sum_g, sum_g_xmu) = sums[ch];
-            let invstd = stats.invstd[ch];
-            let k = weight[ch].to_f64() * invstd;
-            let a = sum_g / m;
-            let b = sum_g_xmu * invstd * invstd / m;
-            (
-                T::from_f64(k),
-                T::from_f64(-k * b),
-                T::from_f64(k * (b * stats.mean[ch] - a)),
-            )
-        })
-        .collect();
-    // SAFETY: every value of every plane is written.
-    let dx = unsafe {
-        by_plane(x.len(), hw, |plane, out| {
-            let (p, q, r) = coefficients[plane % c];
-            let range = plane * hw..(plane + 1) * hw;
-            let values = x[range.clone()]
-                .iter()
-                .zip(y[range.clone()].iter().zip(&dy[range]));
-            write_from(
-                out,
-                values.map(|(&xv, (&yv, &g))| masked(relu, yv, g) * p + xv * q + r),
-            );
-        })
-    };
+    // dx = g * p + x * q + r so that the pass over the rows is two multiply-adds.
+    let mut p = Vec::with_capacity(c);
+    let mut q = Vec::with_capacity(c);
+    let mut r = Vec::with_capacity(c);
+    for ch in 0..c {
+        let invstd = stats.invstd[ch];
+        let k = weight[ch].to_f64() * invstd;
+        let a = sum_g[ch] / m;
+        let b = sum_g_xmu[ch] * invstd * invstd / m;
+        p.push(T::from_f64(k));
+        q.push(T::from_f64(-k * b));
+        r.push(T::from_f64(k * (b * stats.mean[ch] - a)));
+    }
+    let (p, q, r) = (
+        Channels::new(&p, lanes),
+        Channels::new(&q, lanes),
+        Channels::new(&r, lanes),
+    );
+    let dx = map_rows(
+        Map::TrainGrad { relu },
+        x,
+        dy,
+        c,
+        isa,
+        [&scale, &shift, &p, &q, &r],
+    );
     let dweight = (0..c)
-        .map(|ch| T::from_f64(sums[ch].1 * stats.invstd[ch]))
+        .map(|ch| T::from_f64(sum_g_xmu[ch] * stats.invstd[ch]))
         .collect();
-    let dbias = sums.iter().map(|s| T::from_f64(s.0)).collect();
+    let dbias = sum_g.iter().map(|&s| T::from_f64(s)).collect();
     (dx, dweight, dbias)
 }
 
-fn affine_forward<T: WithDType>(
+/// y = x * scale[c] + shift[c], ReLU optional: evaluation-mode BN once the running
+/// statistics are folded into scale and shift.
+#[derive(Debug, Clone, Copy)]
+struct ChannelAffine {
+    relu: bool,
+}
+
+fn affine_forward<T: Element>(
     x: &[T],
     scale: &[T],
     shift: &[T],
-    (_, c, hw): (usize, usize, usize),
+    c: usize,
     relu: bool,
+    isa: Isa,
 ) -> Vec<T> {
-    // SAFETY: every value of every plane is written.
-    let out = unsafe {
-        by_plane(x.len(), hw, |plane, o| {
-            let (s, t) = (scale[plane % c], shift[plane % c]);
-            let values = x[plane * hw..(plane + 1) * hw].iter();
-            write_from(o, values.map(|&v| relu_if(relu, v * s + t)));
-        })
-    };
-    out
+    let (lanes, _, _) = tile_shape::<T>(isa);
+    let (scale, shift) = (Channels::new(scale, lanes), Channels::new(shift, lanes));
+    map_rows(
+        Map::Affine { relu },
+        x,
+        &[],
+        c,
+        isa,
+        [&scale, &shift, &scale, &scale, &scale],
+    )
 }
 
-fn affine_backward<T: WithDType>(
+fn affine_backward<T: Element>(
     x: &[T],
-    y: &[T],
     dy: &[T],
     scale: &[T],
-    dims: (usize, usize, usize),
+    shift: &[T],
+    c: usize,
     relu: bool,
+    isa: Isa,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let (_, c, hw) = dims;
-    let sums = per_channel(dims, |_, start| {
-        let range = start..start + hw;
-        plane_sums(
-            [&dy[range.clone()], &y[range.clone()], &x[range]],
-            |[g, y, x]| {
-                let g = masked(relu, y, g);
-                (g * x, g)
-            },
-        )
-    });
-    // SAFETY: every value of every plane is written.
-    let dx = unsafe {
-        by_plane(x.len(), hw, |plane, out| {
-            let s = scale[plane % c];
-            let range = plane * hw..(plane + 1) * hw;
-            let values = y[range.clone()].iter().zip(&dy[range]);
-            write_from(out, values.map(|(&yv, &g)| masked(relu, yv, g) * s));
-        })
-    };
-    let dscale = sums.iter().map(|s| T::from_f64(s.0)).collect();
-    let dshift = sums.iter().map(|s| T::from_f64(s.1)).collect();
-    (dx, dscale, dshift)
-}
-
-/// A tensor of `len` values that `f(plane, values)` writes one plane (`hw` values) at a
-/// time, planes in parallel.
-///
-/// # Safety
-/// `f` must write every value of its plane (see `par_filled`).
-unsafe fn by_plane<T: WithDType>(
-    len: usize,
-    hw: usize,
-    f: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync + Send,
-) -> Vec<T> {
-    // SAFETY: the caller's promise, passed on.
-    unsafe { par_filled(len, hw, || (), |_, plane, values| f(plane, values)) }
+    let (lanes, _, _) = tile_shape::<T>(isa);
+    let (scale, shift) = (Channels::new(scale, lanes), Channels::new(shift, lanes));
+    let (dscale, dshift) = channel_sums(
+        Sums::Plain { relu },
+        x,
+        dy,
+        c,
+        isa,
+        (&scale, &shift, &scale),
+    );
+    let dx = map_rows(
+        Map::EvalGrad { relu },
+        x,
+        dy,
+        c,
+        isa,
+        [&scale, &shift, &scale, &scale, &scale],
+    );
+    (
+        dx,
+        dscale.into_iter().map(T::from_f64).collect(),
+        dshift.into_iter().map(T::from_f64).collect(),
+    )
 }
 
 impl CustomOp3 for BatchNormTrain {
     fn name(&self) -> &'static str {
-        "batch-norm-train"
+        "batch-norm-train-nhwc"
     }
 
     fn cpu_fwd(
@@ -324,14 +539,16 @@ impl CustomOp3 for BatchNormTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = planes(l1, self.name())?;
+        let (_, c) = rows_of(l1, self.name())?;
+        let isa = isa::selected();
         let (out, stats) = float_dispatch!(s1.dtype(), self.name(), T => {
             let (out, stats) = train_forward::<T>(
                 contiguous(s1.as_slice::<T>()?, l1, self.name())?,
                 contiguous(s2.as_slice::<T>()?, l2, self.name())?,
                 contiguous(s3.as_slice::<T>()?, l3, self.name())?,
-                dims,
+                c,
                 self,
+                isa,
             );
             (storage(out), stats)
         });
@@ -343,8 +560,8 @@ impl CustomOp3 for BatchNormTrain {
         &self,
         x: &Tensor,
         weight: &Tensor,
-        _bias: &Tensor,
-        res: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let stats = self
@@ -355,21 +572,22 @@ impl CustomOp3 for BatchNormTrain {
             .ok_or_else(|| candle_core::Error::Msg("batch-norm: backward before forward".into()))?;
         let grad = grad_res.contiguous()?;
         let (xs, xl) = x.storage_and_layout();
-        let (ys, yl) = res.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();
         let (ws, wl) = weight.storage_and_layout();
-        let dims = planes(xl, self.name())?;
-        let c = dims.1;
+        let (bs, bl) = bias.storage_and_layout();
+        let (_, c) = rows_of(xl, self.name())?;
+        let isa = isa::selected();
         let device = x.device();
         float_dispatch!(x.dtype(), self.name(), T => {
             let (dx, dw, db) = train_backward::<T>(
                 cpu_slice(&xs, xl, self.name())?,
-                cpu_slice(&ys, yl, self.name())?,
                 cpu_slice(&gs, gl, self.name())?,
                 cpu_slice(&ws, wl, self.name())?,
-                dims,
+                cpu_slice(&bs, bl, self.name())?,
+                c,
                 self.relu,
                 &stats,
+                isa,
             );
             Ok((
                 Some(Tensor::from_vec(dx, x.shape(), device)?),
@@ -382,7 +600,7 @@ impl CustomOp3 for BatchNormTrain {
 
 impl CustomOp3 for ChannelAffine {
     fn name(&self) -> &'static str {
-        "channel-affine"
+        "channel-affine-nhwc"
     }
 
     fn cpu_fwd(
@@ -394,14 +612,15 @@ impl CustomOp3 for ChannelAffine {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = planes(l1, self.name())?;
-        let out = float_dispatch!(s1.dtype(), self.name(), T => storage(affine_forward::<T>(
-            contiguous(s1.as_slice::<T>()?, l1, self.name())?,
-            contiguous(s2.as_slice::<T>()?, l2, self.name())?,
-            contiguous(s3.as_slice::<T>()?, l3, self.name())?,
-            dims,
-            self.relu,
-        )));
+        let (_, c) = rows_of(l1, self.name())?;
+        let isa = isa::selected();
+        let relu = self.relu;
+        let out = float_dispatch!(s1.dtype(), self.name(), T => {
+            let x = contiguous(s1.as_slice::<T>()?, l1, self.name())?;
+            let scale = contiguous(s2.as_slice::<T>()?, l2, self.name())?;
+            let shift = contiguous(s3.as_slice::<T>()?, l3, self.name())?;
+            storage(affine_forward(x, scale, shift, c, relu, isa))
+        });
         Ok((out, l1.shape().clone()))
     }
 
@@ -409,37 +628,39 @@ impl CustomOp3 for ChannelAffine {
         &self,
         x: &Tensor,
         scale: &Tensor,
-        _shift: &Tensor,
-        res: &Tensor,
+        shift: &Tensor,
+        _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad_res.contiguous()?;
         let (xs, xl) = x.storage_and_layout();
-        let (ys, yl) = res.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();
         let (ss, sl) = scale.storage_and_layout();
-        let dims = planes(xl, self.name())?;
+        let (ts, tl) = shift.storage_and_layout();
+        let (_, c) = rows_of(xl, self.name())?;
+        let isa = isa::selected();
         let device = x.device();
         float_dispatch!(x.dtype(), self.name(), T => {
             let (dx, dscale, dshift) = affine_backward::<T>(
                 cpu_slice(&xs, xl, self.name())?,
-                cpu_slice(&ys, yl, self.name())?,
                 cpu_slice(&gs, gl, self.name())?,
                 cpu_slice(&ss, sl, self.name())?,
-                dims,
+                cpu_slice(&ts, tl, self.name())?,
+                c,
                 self.relu,
+                isa,
             );
             Ok((
                 Some(Tensor::from_vec(dx, x.shape(), device)?),
-                Some(Tensor::from_vec(dscale, dims.1, device)?),
-                Some(Tensor::from_vec(dshift, dims.1, device)?),
+                Some(Tensor::from_vec(dscale, c, device)?),
+                Some(Tensor::from_vec(dshift, c, device)?),
             ))
         })
     }
 }
 
-/// Training-mode batch norm of x [N, C, ...] (ReLU optional); returns the output and the
-/// batch statistics (for the running averages).
+/// Training-mode batch norm of a channels-last x [..., C] (ReLU optional); returns the
+/// output and the batch statistics (for the running averages).
 pub fn batch_norm_train(
     x: &Tensor,
     weight: &Tensor,
@@ -447,8 +668,8 @@ pub fn batch_norm_train(
     eps: f64,
     relu: bool,
 ) -> Result<(Tensor, BatchStats)> {
-    let (n, _, hw) = check_channels(x, &[weight, bias], "batch-norm")?;
-    if n * hw < 2 {
+    let (rows, _) = check_channels(x, &[weight, bias], "batch-norm")?;
+    if rows < 2 {
         // PyTorch refuses this too: one value per channel has no variance to normalize by.
         candle_core::bail!(
             "batch-norm: training needs more than one value per channel, got input {:?}",
@@ -470,8 +691,9 @@ pub fn batch_norm_train(
     Ok((y, stats))
 }
 
-/// Evaluation-mode batch norm (ReLU optional): differentiable in x, weight, bias and the
-/// running statistics, since scale and shift are computed from them by tensor ops.
+/// Evaluation-mode batch norm of a channels-last x [..., C] (ReLU optional):
+/// differentiable in x, weight, bias and the running statistics, since scale and shift are
+/// computed from them by tensor ops.
 pub fn batch_norm_eval(
     x: &Tensor,
     weight: &Tensor,
@@ -488,23 +710,25 @@ pub fn batch_norm_eval(
         .apply_op3(&scale, &shift, ChannelAffine { relu })
 }
 
-/// (N, C, values per channel) of x [N, C, ...], after checking that every per-channel
-/// tensor has C entries and that nothing is empty.
-fn check_channels(x: &Tensor, per_channel: &[&Tensor], op: &str) -> Result<(usize, usize, usize)> {
+/// (rows, C) of a channels-last x [..., C], after checking that every per-channel tensor
+/// has C entries and that nothing is empty.
+fn check_channels(x: &Tensor, per_channel: &[&Tensor], op: &str) -> Result<(usize, usize)> {
     let dims = x.dims();
     if dims.len() < 2 || x.elem_count() == 0 {
-        candle_core::bail!("{op}: expected a non-empty [N, C, ...] input, got {dims:?}");
+        candle_core::bail!(
+            "{op}: expected a non-empty channels-last [N, ..., C] input, got {dims:?}"
+        );
     }
+    let c = dims[dims.len() - 1];
     for t in per_channel {
-        if t.dims() != [dims[1]] {
+        if t.dims() != [c] {
             candle_core::bail!(
-                "{op}: {} channels in the input {dims:?} but a parameter of shape {:?}",
-                dims[1],
+                "{op}: {c} channels in the input {dims:?} but a parameter of shape {:?}",
                 t.dims()
             );
         }
     }
-    Ok((dims[0], dims[1], dims[2..].iter().product()))
+    Ok((x.elem_count() / c, c))
 }
 
 #[cfg(test)]
@@ -531,17 +755,23 @@ mod tests {
         assert!(diff <= tol * scale, "{what}: diff {diff} (scale {scale})");
     }
 
+    fn nhwc(t: &Tensor) -> Tensor {
+        t.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap()
+    }
+
     /// Values, running statistics and gradients (x, weight, bias) of both modes against
-    /// candle-nn's BatchNorm followed by candle's relu, on odd shapes, a single channel,
-    /// one image, and a large mean that would break a naive sum of squares.
+    /// candle-nn's channels-first BatchNorm followed by candle's relu, through the layout
+    /// change: odd shapes, a single channel, one image, more rows than one chunk of the
+    /// sums, and a large mean that would break a naive sum of squares.
     #[test]
     fn matches_candle_nn_batch_norm_in_both_modes() {
-        let shapes: [(&[usize], f64); 5] = [
+        let shapes: [(&[usize], f64); 6] = [
             (&[4, 3, 5, 7], 0.0),
             (&[2, 1, 9, 9], 0.5),
             (&[1, 6, 3, 3], -1.0),
             (&[3, 5, 1, 1], 0.0),
             (&[2, 4, 6, 6], 1000.0),
+            (&[3, 37, 11, 13], 0.0),
         ];
         for dtype in [DType::F64, DType::F32] {
             let tol = if dtype == DType::F64 { 1e-9 } else { 2e-4 };
@@ -552,7 +782,8 @@ mod tests {
                         let c = shape[1];
                         let what =
                             format!("{dtype:?} {shape:?} +{offset} relu={relu} train={train}");
-                        let x = Var::from_tensor(&rand(shape, dtype, offset, seed)).unwrap();
+                        let x_nchw = rand(shape, dtype, offset, seed);
+                        let x = Var::from_tensor(&nhwc(&x_nchw)).unwrap();
                         let weight = Var::from_tensor(&rand(&[c], dtype, 1.0, seed + 1)).unwrap();
                         let bias = Var::from_tensor(&rand(&[c], dtype, 0.0, seed + 2)).unwrap();
                         let rm = rand(&[c], dtype, offset, seed + 3);
@@ -566,7 +797,8 @@ mod tests {
                             1e-5,
                         )
                         .unwrap();
-                        let expected = reference.forward_t(x.as_tensor(), train).unwrap();
+                        let xr = Var::from_tensor(&x_nchw).unwrap();
+                        let expected = reference.forward_t(xr.as_tensor(), train).unwrap();
                         let expected = if relu {
                             expected.relu().unwrap()
                         } else {
@@ -604,10 +836,17 @@ mod tests {
                             )
                             .unwrap()
                         };
-                        assert_close(&ours, &expected, tol, &format!("{what} output"));
+                        assert_close(&ours, &nhwc(&expected), tol, &format!("{what} output"));
                         let up = rand(expected.dims(), dtype, 0.0, seed + 5);
-                        let (g_ours, g_ref) = (grads(&ours, &up), grads(&expected, &up));
-                        for (var, name) in [(&x, "x"), (&weight, "weight"), (&bias, "bias")] {
+                        let g_ours = grads(&ours, &nhwc(&up));
+                        let g_ref = grads(&expected, &up);
+                        assert_close(
+                            g_ours.get(x.as_tensor()).unwrap(),
+                            &nhwc(g_ref.get(xr.as_tensor()).unwrap()),
+                            tol * 10.0,
+                            &format!("{what} gradient of x"),
+                        );
+                        for (var, name) in [(&weight, "weight"), (&bias, "bias")] {
                             assert_close(
                                 g_ours.get(var.as_tensor()).unwrap(),
                                 g_ref.get(var.as_tensor()).unwrap(),
@@ -621,16 +860,39 @@ mod tests {
         }
     }
 
+    /// The sums' split depends on the shape only: the same input gives bit-identical
+    /// statistics on one thread and on several.
+    #[test]
+    fn statistics_do_not_depend_on_the_thread_count() {
+        let x = seeded(&[8, 9, 9, 24], DType::F32, 7);
+        let w = seeded(&[24], DType::F32, 8);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let (y, stats) = batch_norm_train(&x, &w, &w, 1e-5, true).unwrap();
+                (
+                    y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    stats.mean,
+                    stats.var,
+                )
+            })
+        };
+        assert_eq!(run(1), run(3));
+    }
+
     #[test]
     fn refuses_one_value_per_channel_and_mismatched_parameters() {
         let w = Tensor::ones(3, DType::F32, &Device::Cpu).unwrap();
-        let one = Tensor::ones((1, 3, 1, 1), DType::F32, &Device::Cpu).unwrap();
+        let one = Tensor::ones((1, 1, 1, 3), DType::F32, &Device::Cpu).unwrap();
         let err = batch_norm_train(&one, &w, &w, 1e-5, false).unwrap_err();
         assert!(
             err.to_string().contains("more than one value per channel"),
             "{err}"
         );
-        let x = Tensor::ones((2, 4, 3, 3), DType::F32, &Device::Cpu).unwrap();
+        let x = Tensor::ones((2, 3, 3, 4), DType::F32, &Device::Cpu).unwrap();
         let err = batch_norm_train(&x, &w, &w, 1e-5, false).unwrap_err();
         assert!(err.to_string().contains("4 channels"), "{err}");
         let err = batch_norm_eval(&x, &w, &w, &w, &w, 1e-5, false).unwrap_err();
@@ -639,7 +901,7 @@ mod tests {
 
     #[test]
     fn nan_inputs_stay_nan_through_the_relu() {
-        let x = Tensor::new(&[[[[f32::NAN, 1.0]]], [[[2.0, 3.0]]]], &Device::Cpu).unwrap();
+        let x = Tensor::new(&[[[[f32::NAN], [1.0]]], [[[2.0], [3.0]]]], &Device::Cpu).unwrap();
         let w = Tensor::new(&[1f32], &Device::Cpu).unwrap();
         let b = Tensor::new(&[0f32], &Device::Cpu).unwrap();
         let (y, _) = batch_norm_train(&x, &w, &b, 1e-5, true).unwrap();

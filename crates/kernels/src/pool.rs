@@ -1,7 +1,7 @@
-//! The ImageNet stem's 3x3 max-pool (stride 2, padding 1) as one CPU op that saves the
-//! argmax of every window, so the backward pass is a scatter instead of nine strided views
-//! and their comparisons in candle's graph (candle's own max-pool backward needs kernel ==
-//! stride).
+//! Pooling of channels-last activations: the ImageNet stem's 3x3 max-pool (stride 2,
+//! padding 1), which saves the argmax of every window so that its backward pass is a
+//! scatter (candle's own max-pool backward needs kernel == stride), and the global average
+//! pool before the classifier.
 
 use std::sync::Mutex;
 
@@ -9,7 +9,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::cpu::{contiguous, cpu_slice, float_dispatch};
+use crate::cpu::{contiguous, cpu_slice, float_dispatch, vector_loops};
+use crate::isa;
 
 /// Output side of a 3x3, stride-2, padding-1 window over `size`.
 pub fn pooled_size(size: usize) -> usize {
@@ -17,86 +18,111 @@ pub fn pooled_size(size: usize) -> usize {
 }
 
 struct MaxPool3x3S2 {
-    /// Per output element, the flat index within its input plane of the window's maximum.
-    argmax: Mutex<Vec<u32>>,
+    /// Per output value, the tap (ky * 3 + kx) of its window's maximum.
+    argmax: Mutex<Vec<u8>>,
 }
 
-/// One plane: the window maxima and their flat indices. Padding counts as -inf (as in
-/// PyTorch), ties keep the first in scan order and a NaN wins its window.
-fn pool_plane<T: WithDType + PartialOrd>(
+/// One image [h, w, c]: window maxima and their taps. Padding counts as -inf (as in
+/// PyTorch), ties keep the first tap in scan order and a NaN wins its window.
+fn pool_image<T: WithDType + PartialOrd>(
     input: &[T],
-    (h, w): (usize, usize),
+    (h, w, c): (usize, usize, usize),
     out: &mut [T],
-    argmax: &mut [u32],
+    argmax: &mut [u8],
 ) {
     let out_w = pooled_size(w);
-    for (o, (value, index)) in out.iter_mut().zip(argmax.iter_mut()).enumerate() {
+    for (o, (values, taps)) in out
+        .chunks_exact_mut(c)
+        .zip(argmax.chunks_exact_mut(c))
+        .enumerate()
+    {
         let (oy, ox) = (o / out_w, o % out_w);
-        let (y0, x0) = ((2 * oy).saturating_sub(1), (2 * ox).saturating_sub(1));
-        let (y1, x1) = ((2 * oy + 2).min(h), (2 * ox + 2).min(w));
-        let mut best = y0 * w + x0;
-        for y in y0..y1 {
-            for x in x0..x1 {
-                let i = y * w + x;
-                let v = input[i];
-                #[allow(clippy::eq_op)] // v != v: NaN
-                let nan = v != v;
-                if nan || v > input[best] {
-                    best = i;
-                    if nan {
-                        break;
+        let mut first = true;
+        for ky in 0..3 {
+            let y = (2 * oy + ky) as isize - 1;
+            if y < 0 || y >= h as isize {
+                continue;
+            }
+            for kx in 0..3 {
+                let x = (2 * ox + kx) as isize - 1;
+                if x < 0 || x >= w as isize {
+                    continue;
+                }
+                let row = &input[(y as usize * w + x as usize) * c..][..c];
+                let tap = (ky * 3 + kx) as u8;
+                if first {
+                    values.copy_from_slice(row);
+                    taps.fill(tap);
+                    first = false;
+                    continue;
+                }
+                for ((best, at), &v) in values.iter_mut().zip(taps.iter_mut()).zip(row) {
+                    #[allow(clippy::eq_op)] // v != v: NaN
+                    let nan = v != v;
+                    #[allow(clippy::eq_op)]
+                    let best_nan = *best != *best;
+                    if !best_nan && (nan || v > *best) {
+                        *best = v;
+                        *at = tap;
                     }
                 }
             }
         }
-        *value = input[best];
-        *index = best as u32;
     }
 }
 
 impl CustomOp1 for MaxPool3x3S2 {
     fn name(&self) -> &'static str {
-        "max-pool-3x3-s2"
+        "max-pool-3x3-s2-nhwc"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = layout.shape().dims4()?;
+        let (n, h, w, c) = layout.shape().dims4()?;
         let (out_h, out_w) = (pooled_size(h), pooled_size(w));
-        let plane_out = out_h * out_w;
-        let mut argmax = vec![0u32; n * c * plane_out];
+        let image_out = out_h * out_w * c;
+        let mut argmax = vec![0u8; n * image_out];
+        let isa = isa::selected();
         let out = float_dispatch!(storage.dtype(), self.name(), T => {
             let input = contiguous(storage.as_slice::<T>()?, layout, self.name())?;
-            let mut out = vec![T::from_f64(0.0); n * c * plane_out];
-            out.par_chunks_mut(plane_out)
-                .zip(argmax.par_chunks_mut(plane_out))
-                .zip(input.par_chunks(h * w))
-                .for_each(|((out, argmax), plane)| pool_plane(plane, (h, w), out, argmax));
+            let mut out = vec![T::from_f64(0.0); n * image_out];
+            out.par_chunks_mut(image_out)
+                .zip(argmax.par_chunks_mut(image_out))
+                .zip(input.par_chunks(h * w * c))
+                .for_each(|((out, argmax), image)| {
+                    vector_loops(isa, #[inline(always)] || pool_image(image, (h, w, c), out, argmax))
+                });
             T::to_cpu_storage_owned(out)
         });
         *self.argmax.lock().expect("argmax lock") = argmax;
-        Ok((out, Shape::from((n, c, out_h, out_w))))
+        Ok((out, Shape::from((n, out_h, out_w, c))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let (n, c, h, w) = arg.dims4()?;
-        let plane_out = pooled_size(h) * pooled_size(w);
+        let (n, h, w, c) = arg.dims4()?;
+        let (out_h, out_w) = (pooled_size(h), pooled_size(w));
+        let image_out = out_h * out_w * c;
         let grad = grad_res.contiguous()?;
         let (gs, gl) = grad.storage_and_layout();
         let argmax = self.argmax.lock().expect("argmax lock");
-        if argmax.len() != n * c * plane_out {
+        if argmax.len() != n * image_out {
             candle_core::bail!("{}: backward without a forward pass", self.name());
         }
         let grad_in = float_dispatch!(arg.dtype(), self.name(), T => {
             let g = cpu_slice::<T>(&gs, gl, self.name())?;
-            let mut grad_in = vec![T::from_f64(0.0); n * c * h * w];
-            // Windows overlap, so an input can be the maximum of several: add, per plane.
+            let mut grad_in = vec![T::from_f64(0.0); n * h * w * c];
+            // Windows overlap, so an input can be the maximum of several: add, per image.
             grad_in
-                .par_chunks_mut(h * w)
-                .zip(g.par_chunks(plane_out))
-                .zip(argmax.par_chunks(plane_out))
+                .par_chunks_mut(h * w * c)
+                .zip(g.par_chunks(image_out))
+                .zip(argmax.par_chunks(image_out))
                 .for_each(|((grad_in, g), argmax)| {
-                    for (&i, &v) in argmax.iter().zip(g) {
-                        grad_in[i as usize] += v;
+                    for (o, (gv, taps)) in g.chunks_exact(c).zip(argmax.chunks_exact(c)).enumerate() {
+                        let (oy, ox) = (o / out_w, o % out_w);
+                        for (ch, (&v, &tap)) in gv.iter().zip(taps).enumerate() {
+                            let (ky, kx) = ((tap / 3) as usize, (tap % 3) as usize);
+                            let (y, x) = (2 * oy + ky - 1, 2 * ox + kx - 1);
+                            grad_in[(y * w + x) * c + ch] += v;
+                        }
                     }
                 });
             Tensor::from_vec(grad_in, arg.shape(), arg.device())?
@@ -105,10 +131,11 @@ impl CustomOp1 for MaxPool3x3S2 {
     }
 }
 
-/// 3x3 max-pool, stride 2, padding 1 of x [N, C, H, W] on the CPU (f32, f64).
+/// 3x3 max-pool, stride 2, padding 1 of a channels-last x [N, H, W, C] on the CPU (f32,
+/// f64).
 pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    if h == 0 || w == 0 {
+    let (_, h, w, _) = x.dims4()?;
+    if h == 0 || w == 0 || x.elem_count() == 0 {
         candle_core::bail!("max-pool: empty input {:?}", x.dims());
     }
     x.contiguous()?.apply_op1(MaxPool3x3S2 {
@@ -116,13 +143,91 @@ pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
     })
 }
 
+/// The mean over the pixels of each image and channel.
+struct GlobalAvgPool;
+
+impl CustomOp1 for GlobalAvgPool {
+    fn name(&self) -> &'static str {
+        "global-avg-pool-nhwc"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, h, w, c) = layout.shape().dims4()?;
+        let isa = isa::selected();
+        let out = float_dispatch!(storage.dtype(), self.name(), T => {
+            let input = contiguous(storage.as_slice::<T>()?, layout, self.name())?;
+            let mut out = vec![T::from_f64(0.0); n * c];
+            let inv = T::from_f64(1.0 / (h * w) as f64);
+            out.par_chunks_mut(c)
+                .zip(input.par_chunks(h * w * c))
+                .for_each(|(mean, image)| {
+                    vector_loops(isa, #[inline(always)] || {
+                        for row in image.chunks_exact(c) {
+                            for (m, &v) in mean.iter_mut().zip(row) {
+                                *m += v;
+                            }
+                        }
+                        for m in mean.iter_mut() {
+                            *m = *m * inv;
+                        }
+                    })
+                });
+            T::to_cpu_storage_owned(out)
+        });
+        Ok((out, Shape::from((n, c))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let (n, h, w, c) = arg.dims4()?;
+        let grad = grad_res.contiguous()?;
+        let (gs, gl) = grad.storage_and_layout();
+        let grad_in = float_dispatch!(arg.dtype(), self.name(), T => {
+            let g = cpu_slice::<T>(&gs, gl, self.name())?;
+            let inv = T::from_f64(1.0 / (h * w) as f64);
+            let mut grad_in = vec![T::from_f64(0.0); n * h * w * c];
+            grad_in
+                .par_chunks_mut(h * w * c)
+                .zip(g.par_chunks(c))
+                .for_each(|(image, gv)| {
+                    for row in image.chunks_exact_mut(c) {
+                        for (o, &v) in row.iter_mut().zip(gv) {
+                            *o = v * inv;
+                        }
+                    }
+                });
+            Tensor::from_vec(grad_in, arg.shape(), arg.device())?
+        });
+        Ok(Some(grad_in))
+    }
+}
+
+/// The global average pool of a channels-last x [N, H, W, C]: [N, C] (f32, f64 on the
+/// CPU; elsewhere candle's mean).
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    let (_, h, w, _) = x.dims4()?;
+    if h == 0 || w == 0 || x.elem_count() == 0 {
+        candle_core::bail!("global average pool: empty input {:?}", x.dims());
+    }
+    if !x.device().is_cpu()
+        || !matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+    {
+        return x.mean((1, 2));
+    }
+    x.contiguous()?.apply_op1(GlobalAvgPool)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::seeded;
+    use crate::testing::{max_diff, seeded};
     use candle_core::{DType, Device, Var};
 
-    /// The reference: candle's max-pool over the input framed by a very negative value.
+    fn nhwc(t: &Tensor) -> Tensor {
+        t.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap()
+    }
+
+    /// The reference: candle's max-pool over the channels-first input framed by a very
+    /// negative value.
     fn reference(x: &Tensor) -> Tensor {
         let (n, c, h, w) = x.dims4().unwrap();
         let frame = Tensor::full(-1e30, (n, c, h + 2, w + 2), &Device::Cpu)
@@ -139,23 +244,11 @@ mod tests {
     fn values_match_candle_on_odd_sizes_and_negative_inputs() {
         for (h, w) in [(16, 16), (15, 17), (7, 8), (1, 2), (3, 1)] {
             for dtype in [DType::F32, DType::F64] {
-                let x = seeded(&[2, 3, h, w], dtype, (h * 100 + w) as u64);
-                let ours = max_pool_3x3_s2(&x).unwrap();
-                let expected = reference(&x);
+                let x = seeded(&[2, 19, h, w], dtype, (h * 100 + w) as u64);
+                let ours = max_pool_3x3_s2(&nhwc(&x)).unwrap();
+                let expected = nhwc(&reference(&x));
                 assert_eq!(ours.dims(), expected.dims(), "{h}x{w}");
-                let diff = (ours - expected)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_dtype(DType::F64)
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap();
-                assert_eq!(diff, 0.0, "{h}x{w} {dtype:?}");
+                assert_eq!(max_diff(&ours, &expected), 0.0, "{h}x{w} {dtype:?}");
             }
         }
     }
@@ -164,19 +257,19 @@ mod tests {
     fn gradient_goes_to_each_window_maximum_and_adds_where_windows_overlap() {
         // One plane, 5x5: 0..24 row-major, except 100 at (1, 1), which lies in the windows
         // of outputs (0, 0), (0, 1), (1, 0) and (1, 1) (odd positions are shared by two
-        // windows per axis).
+        // windows per axis). Two channels, the second the negated plane.
         let mut values: Vec<f64> = (0..25).map(f64::from).collect();
         values[6] = 100.0;
         let argmax = [6usize, 6, 9, 6, 6, 19, 21, 23, 24];
-        let x = Var::from_vec(values.clone(), (1, 1, 5, 5), &Device::Cpu).unwrap();
+        let two: Vec<f64> = values.iter().flat_map(|&v| [v, -v]).collect();
+        let x = Var::from_vec(two, (1, 5, 5, 2), &Device::Cpu).unwrap();
         let y = max_pool_3x3_s2(x.as_tensor()).unwrap();
-        assert_eq!(
-            y.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
-            argmax.iter().map(|&i| values[i]).collect::<Vec<_>>()
-        );
-        let weights = Tensor::arange(1f64, 10., &Device::Cpu)
+        let got = y.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let first: Vec<f64> = got.iter().step_by(2).copied().collect();
+        assert_eq!(first, argmax.iter().map(|&i| values[i]).collect::<Vec<_>>());
+        let weights = Tensor::arange(1f64, 19., &Device::Cpu)
             .unwrap()
-            .reshape((1, 1, 3, 3))
+            .reshape((1, 3, 3, 2))
             .unwrap();
         let grads = (y * &weights)
             .unwrap()
@@ -193,17 +286,18 @@ mod tests {
             .unwrap();
         let mut expected = vec![0.0; 25];
         for (out, index) in argmax.iter().enumerate() {
-            expected[*index] += (out + 1) as f64;
+            expected[*index] += (2 * out + 1) as f64;
         }
-        assert_eq!(expected[6], 1.0 + 2.0 + 4.0 + 5.0);
-        assert_eq!(g, expected);
+        let first: Vec<f64> = g.iter().step_by(2).copied().collect();
+        assert_eq!(expected[6], 1.0 + 3.0 + 7.0 + 9.0);
+        assert_eq!(first, expected);
     }
 
     #[test]
     fn nan_wins_its_window() {
         let mut values = vec![0f32; 16];
         values[5] = f32::NAN;
-        let x = Tensor::from_vec(values, (1, 1, 4, 4), &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(values, (1, 4, 4, 1), &Device::Cpu).unwrap();
         let y = max_pool_3x3_s2(&x)
             .unwrap()
             .flatten_all()
@@ -214,5 +308,35 @@ mod tests {
             y[0].is_nan() && y[1].is_nan() && y[2].is_nan() && y[3].is_nan(),
             "{y:?}"
         );
+    }
+
+    #[test]
+    fn global_average_pool_matches_the_mean_with_its_gradient() {
+        for dtype in [DType::F32, DType::F64] {
+            let x = Var::from_tensor(&seeded(&[3, 5, 7, 11], dtype, 4)).unwrap();
+            let ours = global_avg_pool(x.as_tensor()).unwrap();
+            let expected = x.as_tensor().mean((1, 2)).unwrap();
+            let tol = if dtype == DType::F64 { 1e-12 } else { 1e-6 };
+            assert!(max_diff(&ours, &expected) < tol);
+            let up = seeded(&[3, 11], dtype, 5);
+            let g1 = (&ours * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (&expected * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            assert!(
+                max_diff(
+                    g1.get(x.as_tensor()).unwrap(),
+                    g2.get(x.as_tensor()).unwrap()
+                ) < tol
+            );
+        }
     }
 }

@@ -86,11 +86,24 @@ pub enum Kernels {
     Candle,
 }
 
-/// One forward pass: BN mode, and whether the fused CPU kernels run.
+/// One forward pass: BN mode, and whether the fused CPU kernels run. With them,
+/// activations are channels-last ([N, H, W, C]) from the network's input to its pooling;
+/// with candle's ops, channels-first ([N, C, H, W]).
 #[derive(Debug, Clone, Copy)]
 struct Pass {
     train: bool,
     fused: bool,
+}
+
+impl Pass {
+    /// The channel dimension of the activations.
+    fn channel_dim(&self) -> usize {
+        if self.fused {
+            3
+        } else {
+            1
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -116,11 +129,12 @@ impl Conv {
 
 impl Conv {
     fn forward(&self, x: &Tensor, pass: Pass) -> candle_core::Result<Tensor> {
-        // On the CPU every convolution is cardinal's kernel (im2col + one gemm per group,
-        // with gemm backward passes); candle's conv2d stays the reference and serves other
-        // devices. docs/speed.md has the measured difference.
+        // On the CPU every convolution is cardinal's kernel (channels-last, products over
+        // the whole batch); candle's conv2d stays the reference and serves other devices.
         if pass.fused {
-            cardinal_kernels::conv2d(x, &self.weight, self.padding, self.stride, self.groups)
+            let options =
+                cardinal_kernels::ConvOptions::new(self.stride, self.padding, self.groups);
+            cardinal_kernels::conv2d(x, &self.weight, options)
         } else {
             x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)
         }
@@ -338,13 +352,16 @@ impl Block {
                 let h = match conv2.as_slice() {
                     [grouped] => grouped.forward(&h, pass)?,
                     split => {
-                        let width = h.dim(1)? / split.len();
+                        let dim = pass.channel_dim();
+                        let width = h.dim(dim)? / split.len();
                         let parts = split
                             .iter()
                             .enumerate()
-                            .map(|(k, conv)| conv.forward(&h.narrow(1, k * width, width)?, pass))
+                            .map(|(k, conv)| {
+                                conv.forward(&h.narrow(dim, k * width, width)?.contiguous()?, pass)
+                            })
                             .collect::<candle_core::Result<Vec<_>>>()?;
-                        Tensor::cat(&parts, 1)?
+                        Tensor::cat(&parts, dim)?
                     }
                 };
                 let h = bn2.forward(&h, pass, true)?;
@@ -511,17 +528,29 @@ impl ResNet {
         Ok(())
     }
 
-    /// Stem and residual stages: the feature map before pooling.
+    /// Whether a pass over `x` runs the fused CPU kernels: f32 and f64 on the CPU (what
+    /// models train and are checked in), unless candle's ops are chosen.
+    fn fused(&self, x: &Tensor) -> bool {
+        x.device().is_cpu()
+            && matches!(x.dtype(), DType::F32 | DType::F64)
+            && self.kernels == Kernels::Cardinal
+    }
+
+    /// Stem and residual stages: the feature map before pooling, from an input batch
+    /// [N, C, H, W]. On the fused CPU kernels it is channels-last ([N, H, W, C]: the layout
+    /// changes once, at the input), else channels-first; `forward_head` takes either.
     pub fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(x)?;
         let pass = Pass {
             train,
-            // The kernels cover f32 and f64 (what models train and are checked in).
-            fused: x.device().is_cpu()
-                && matches!(x.dtype(), DType::F32 | DType::F64)
-                && self.kernels == Kernels::Cardinal,
+            fused: self.fused(x),
         };
-        let mut h = conv_bn(&self.stem_conv, &self.stem_bn, x, pass, true)?;
+        let x = if pass.fused {
+            x.permute((0, 2, 3, 1))?.contiguous()?
+        } else {
+            x.clone()
+        };
+        let mut h = conv_bn(&self.stem_conv, &self.stem_bn, &x, pass, true)?;
         if matches!(self.spec.stem, Stem::Imagenet { .. }) {
             h = if pass.fused {
                 cardinal_kernels::max_pool_3x3_s2(&h)?
@@ -537,9 +566,13 @@ impl ResNet {
         Ok(h)
     }
 
-    /// Global average pool and the classifier.
+    /// Global average pool and the classifier, on the feature map of `forward_features`.
     pub fn forward_head(&self, features: &Tensor) -> Result<Tensor> {
-        let pooled = features.mean((2, 3))?;
+        let pooled = if self.fused(features) {
+            cardinal_kernels::global_avg_pool(features)?
+        } else {
+            features.mean((2, 3))?
+        };
         Ok(self.fc.forward(&pooled)?)
     }
 
@@ -553,12 +586,31 @@ impl ResNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Uniform [0, 1) values (post-ReLU inputs: non-negative, so zero padding equals -inf
+    /// padding), or normal ones, from a ChaCha stream of `seed`: a failure reproduces.
+    fn seeded(shape: &[usize], seed: u64, normal: bool) -> Tensor {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let count = shape.iter().product::<usize>();
+        let values: Vec<f64> = (0..count)
+            .map(|_| {
+                if normal {
+                    rand_distr::Distribution::sample(&rand_distr::StandardNormal, &mut rng)
+                } else {
+                    rng.random::<f64>()
+                }
+            })
+            .collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    }
 
     #[test]
     fn strided_max_pool_equals_candle_pool_on_zero_padded_input() {
         for (h, w) in [(16, 16), (15, 17), (7, 8), (1, 2)] {
-            // Post-ReLU inputs: non-negative, so zero padding equals -inf padding.
-            let x = Tensor::rand(0f32, 1., (2, 3, h, w), &Device::Cpu).unwrap();
+            let x = seeded(&[2, 3, h, w], (h * 31 + w) as u64, false)
+                .to_dtype(DType::F32)
+                .unwrap();
             let ours = max_pool_3x3_s2(&x).unwrap();
             let padded = x
                 .pad_with_zeros(2, 1, 1)
@@ -582,16 +634,17 @@ mod tests {
         use candle_core::Var;
         for (h, w) in [(16, 16), (15, 17), (7, 8), (2, 1)] {
             // Post-ReLU inputs, as in the stem; continuous values, so no ties.
-            let x = Var::rand(0f64, 1., (2, 3, h, w), &Device::Cpu).unwrap();
-            let weights = Tensor::randn(
-                0f64,
-                1.,
-                (2, 3, (h - 1) / 2 + 1, (w - 1) / 2 + 1),
-                &Device::Cpu,
-            )
-            .unwrap();
+            let x = Var::from_tensor(&seeded(&[2, 3, h, w], (h * 31 + w) as u64, false)).unwrap();
+            let weights = seeded(&[2, 3, (h - 1) / 2 + 1, (w - 1) / 2 + 1], 7, true);
             let mut results = Vec::new();
-            for pool in [max_pool_3x3_s2, cardinal_kernels::max_pool_3x3_s2] {
+            let nhwc = |t: &Tensor| t.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
+            let nchw = |t: &Tensor| t.permute((0, 3, 1, 2)).unwrap().contiguous().unwrap();
+            let kernel = |x: &Tensor| -> candle_core::Result<Tensor> {
+                Ok(nchw(&cardinal_kernels::max_pool_3x3_s2(&nhwc(x))?))
+            };
+            let pools: [&dyn Fn(&Tensor) -> candle_core::Result<Tensor>; 2] =
+                [&max_pool_3x3_s2, &kernel];
+            for pool in pools {
                 let y = pool(x.as_tensor()).unwrap();
                 let loss = (&y * &weights).unwrap().sum_all().unwrap();
                 let grad = loss.backward().unwrap().remove(x.as_tensor()).unwrap();

@@ -48,11 +48,15 @@ fn resnext50_forms_agree_in_f64() {
 #[test]
 fn odd_input_sizes_and_the_imagenet_stem_agree() {
     // 37 -> 19 after the 7x7/2 conv -> 10 after the padded max-pool: odd sizes everywhere.
+    // In f64: in f32 the forms' different summation orders move pre-activations by ulps,
+    // and one that crosses zero flips a ReLU (or a max-pool's choice), which moves the
+    // gradients by far more than rounding; which inputs hit that depends on the seed and on
+    // the instruction set's rounding. The identity is exact, so f64 checks it.
     let mut spec = preset("resnext50_8x14d").unwrap();
     spec.stages.truncate(2);
     spec.input_size = 37;
     spec.classes = 7;
-    assert_all_pass(&block_forms(&spec, 2, 3, DType::F32).unwrap(), 10);
+    assert_all_pass(&block_forms(&spec, 2, 3, DType::F64).unwrap(), 10);
 }
 
 #[test]

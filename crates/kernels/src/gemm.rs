@@ -1,0 +1,676 @@
+//! The product kernels of the channels-last convolutions, written once over [`Simd`].
+//!
+//! - [`igemm_tile`]: an *indirect* matrix product. A tile of `MR` output rows (pixels) by
+//!   one panel of output columns (channels) sums, over the kernel's taps and the channels
+//!   of each tap, a pixel row of the input times a packed weight row. Each output row
+//!   reads its input through one pointer per tap, which points at the input pixel the tap
+//!   sees, or at a row of zeros where it falls in the padding. So the same kernel serves
+//!   1x1, 3x3 and 7x7 convolutions at any stride without an unfolded (im2col) copy, and,
+//!   with the pointers of a transposed convolution, the input gradient.
+//! - [`wgrad_tile`]: the weight gradient's product, whose sum runs over the pixels: rows
+//!   are input channels of one tap, columns output channels.
+//! - [`band_tile`] and [`band_wgrad`]: grouped convolutions with few channels per group.
+//!   Their products would be matrices a few elements wide; instead, a group's output
+//!   channel c reads input channels c + d for the offsets d within the group, so one
+//!   vector of channels is a sum of shifted input vectors times per-channel weights
+//!   (zero where c + d leaves the group), vectorized across groups.
+//!
+//! Accumulation order is fixed by the loops, so results do not depend on scheduling.
+
+use crate::simd::Simd;
+
+/// Calls `$tiles!(MR, NV)` with the sub-tile shape of path `$s` for `$nv` vectors: rows
+/// and vectors whose accumulators, one broadcast (or loaded vector) per row and the
+/// vectors of one step fit the registers (see `igemm_panel`).
+macro_rules! by_shape {
+    ($s:ty, $nv:expr, $tiles:ident) => {
+        if <$s>::LANES == 1 {
+            match $nv {
+                1 => $tiles!(4, 1),
+                2 => $tiles!(4, 2),
+                3 => $tiles!(4, 3),
+                _ => $tiles!(4, 4),
+            }
+        } else if <$s>::NV_MAX == 2 {
+            match $nv {
+                1 => $tiles!(6, 1),
+                _ => $tiles!(4, 2),
+            }
+        } else {
+            match $nv {
+                1 => $tiles!(12, 1),
+                2 => $tiles!(8, 2),
+                3 => $tiles!(6, 3),
+                _ => $tiles!(4, 4),
+            }
+        }
+    };
+}
+
+/// Runs `$call(off, rows)` for the sub-tiles of `$mr` rows (the last with fewer) of the
+/// first `$valid` rows of a tile.
+macro_rules! sub_tiles {
+    ($mr:expr, $valid:expr, |$off:ident, $rows:ident| $call:expr) => {{
+        let mut $off = 0;
+        while $off < $valid {
+            let $rows = ($valid - $off).min($mr);
+            $call;
+            $off += $mr;
+        }
+    }};
+}
+
+/// One column panel of a packed operand: `width` real columns from `col`, stored as
+/// `nv` vectors per row (zero beyond `width`), starting at `offset`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Panel {
+    pub col: usize,
+    pub width: usize,
+    pub nv: usize,
+    pub offset: usize,
+}
+
+/// A right-hand operand [depth, n] packed into column panels, each row of a panel one
+/// contiguous run of `nv * lanes` values: the layout the tile kernels read.
+pub(crate) struct Packed<E> {
+    pub data: Vec<E>,
+    pub panels: Vec<Panel>,
+}
+
+/// Columns `0..n` cut into panels of `nv_max` vectors of `lanes` values, the last panel as
+/// narrow as it can be; offsets are those of a packed operand `depth` rows deep.
+pub(crate) fn panels(n: usize, depth: usize, lanes: usize, nv_max: usize) -> Vec<Panel> {
+    let mut panels = Vec::new();
+    let mut offset = 0;
+    let mut col = 0;
+    while col < n {
+        let width = (n - col).min(nv_max * lanes);
+        let nv = width.div_ceil(lanes);
+        panels.push(Panel {
+            col,
+            width,
+            nv,
+            offset,
+        });
+        offset += depth * nv * lanes;
+        col += width;
+    }
+    panels
+}
+
+impl<E: crate::simd::Element> Packed<E> {
+    /// Packs `value(row, col)` for rows `0..depth` and columns `0..n` (see [`panels`]).
+    pub fn new(
+        n: usize,
+        depth: usize,
+        lanes: usize,
+        nv_max: usize,
+        value: impl Fn(usize, usize) -> E,
+    ) -> Packed<E> {
+        let panels = panels(n, depth, lanes, nv_max);
+        let size = panels.last().map_or(0, |p| p.offset + depth * p.nv * lanes);
+        let mut data = Vec::with_capacity(size);
+        for panel in &panels {
+            let stride = panel.nv * lanes;
+            for row in 0..depth {
+                for j in 0..stride {
+                    data.push(if j < panel.width {
+                        value(row, panel.col + j)
+                    } else {
+                        E::zero()
+                    });
+                }
+            }
+        }
+        Packed { data, panels }
+    }
+}
+
+/// Stores `MR` rows of accumulators (the first `valid`), `width` columns of each.
+///
+/// # Safety
+/// Each of the first `valid` row pointers is valid for `width` writes.
+#[inline(always)]
+unsafe fn store_rows<S: Simd, const MR: usize, const NV: usize>(
+    acc: &[[S::V; NV]; MR],
+    c: &[*mut S::E],
+    valid: usize,
+    width: usize,
+) {
+    for i in 0..MR {
+        if i >= valid {
+            break;
+        }
+        for (j, &v) in acc[i].iter().enumerate() {
+            let start = j * S::LANES;
+            // SAFETY: the row holds `width` values (the caller's promise).
+            unsafe {
+                if start + S::LANES <= width {
+                    S::store(c[i].add(start), v);
+                } else if start < width {
+                    S::store_partial(c[i].add(start), v, width - start);
+                }
+            }
+        }
+    }
+}
+
+/// c[i][0..width] = sum over taps t and k < kc of a[t * stride + i][k] * b[t * kc + k][..]
+/// for the MR rows i of one tile.
+///
+/// # Safety
+/// - `a` holds `taps * stride` pointers (stride >= MR), each valid for `kc` reads;
+/// - `b` is valid for `taps * kc * NV * LANES` reads (a packed panel);
+/// - the first `valid` pointers of `c` are valid for `width <= NV * LANES` writes;
+/// - the CPU runs `S` (see `simd_call!`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize>(
+    a: &[*const S::E],
+    stride: usize,
+    taps: usize,
+    kc: usize,
+    b: *const S::E,
+    c: &[*mut S::E],
+    valid: usize,
+    width: usize,
+) {
+    debug_assert!(a.len() >= (taps - 1) * stride + MR || taps == 0);
+    // SAFETY: every pointer is read within the bounds the caller vouches for.
+    unsafe {
+        let mut acc = [[S::zero(); NV]; MR];
+        let mut bp = b;
+        for t in 0..taps {
+            let ap: [*const S::E; MR] = std::array::from_fn(|i| *a.get_unchecked(t * stride + i));
+            for k in 0..kc {
+                let bv: [S::V; NV] = std::array::from_fn(|j| S::load(bp.add(j * S::LANES)));
+                for i in 0..MR {
+                    let av = S::splat(*ap[i].add(k));
+                    for j in 0..NV {
+                        acc[i][j] = S::fma(av, bv[j], acc[i][j]);
+                    }
+                }
+                bp = bp.add(NV * S::LANES);
+            }
+        }
+        store_rows::<S, MR, NV>(&acc, c, valid, width);
+    }
+}
+
+/// The rows of one tile of `MT` rows (the first `valid` real) times one panel, in sub-tiles
+/// whose accumulators, with one broadcast per row and the panel's vectors, fit the path's
+/// registers (the compiler loads all of a step's broadcasts before its FMAs): 12 rows of
+/// one vector, 8 of two, 6 of three, 4 of four on AVX-512 (32 registers); 6 of one or 4 of
+/// two on AVX2 (16); 4 in plain Rust.
+///
+/// # Safety
+/// As [`igemm_tile`] with stride `MT`, `b` the start of the panel `panel` of a packed
+/// operand `taps * kc` rows deep, and `c` holding MT row pointers.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn igemm_panel<S: Simd, const MT: usize>(
+    a: &[*const S::E],
+    taps: usize,
+    kc: usize,
+    b: *const S::E,
+    panel: Panel,
+    c: &[*mut S::E; MT],
+    valid: usize,
+) {
+    macro_rules! tiles {
+        ($mr:literal, $nv:literal) => {
+            // SAFETY: the sub-tile's pointers start at `off` of each tap's MT; MR <= MT is
+            // guaranteed by the table sizes (24 for the vector paths, 4 plain).
+            sub_tiles!($mr, valid, |off, rows| unsafe {
+                igemm_tile::<S, $mr, $nv>(&a[off..], MT, taps, kc, b, &c[off..], rows, panel.width)
+            })
+        };
+    }
+    debug_assert!(MT % 24 == 0 || S::LANES == 1);
+    by_shape!(S, panel.nv, tiles)
+}
+
+/// out[i][0..width] += sum over pixels p of x[p][skip + i] * dy[p * ldy + ..width], for R
+/// rows.
+///
+/// # Safety
+/// - each `x[p] + skip` is valid for `R` reads, and `dy + p * ldy` for `width` reads, for
+///   every pixel p of `x`;
+/// - `out + i * ldo` is valid for `width` reads and writes for i < R, and initialised;
+/// - `width <= NV * LANES`; the CPU runs `S`.
+#[inline(always)]
+pub(crate) unsafe fn wgrad_tile<S: Simd, const R: usize, const NV: usize>(
+    x: &[*const S::E],
+    skip: usize,
+    dy: *const S::E,
+    ldy: usize,
+    width: usize,
+    out: *mut S::E,
+    ldo: usize,
+) {
+    let tail = width - (NV - 1) * S::LANES;
+    let partial = tail < S::LANES;
+    // SAFETY: reads and writes stay within the bounds the caller vouches for; the last
+    // vector of a narrower panel reads only its `tail` lanes.
+    unsafe {
+        let mut acc = [[S::zero(); NV]; R];
+        let mut row = dy;
+        for &xp in x {
+            let bv: [S::V; NV] = std::array::from_fn(|j| {
+                if j == NV - 1 && partial {
+                    S::load_partial(row.add(j * S::LANES), tail)
+                } else {
+                    S::load(row.add(j * S::LANES))
+                }
+            });
+            for i in 0..R {
+                let av = S::splat(*xp.add(skip + i));
+                for j in 0..NV {
+                    acc[i][j] = S::fma(av, bv[j], acc[i][j]);
+                }
+            }
+            row = row.add(ldy);
+        }
+        for (i, acc_row) in acc.iter().enumerate() {
+            let o = out.add(i * ldo);
+            for (j, &v) in acc_row.iter().enumerate() {
+                let p = o.add(j * S::LANES);
+                if j == NV - 1 && partial {
+                    S::store_partial(p, S::add(S::load_partial(p, tail), v), tail);
+                } else {
+                    S::store(p, S::add(S::load(p), v));
+                }
+            }
+        }
+    }
+}
+
+/// [`wgrad_tile`] for `rows` rows (any number) and a panel of `nv` vectors: sub-tiles of
+/// the path's shapes (see `by_shape!`).
+///
+/// # Safety
+/// As [`wgrad_tile`], for rows `skip..skip + rows` of the x rows and output rows
+/// `0..rows` from `out`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn wgrad_rows<S: Simd>(
+    rows: usize,
+    nv: usize,
+    x: &[*const S::E],
+    skip: usize,
+    dy: *const S::E,
+    ldy: usize,
+    width: usize,
+    out: *mut S::E,
+    ldo: usize,
+) {
+    macro_rules! tiles {
+        ($mr:literal, $nv:literal) => {{
+            let mut off = 0;
+            while off < rows {
+                let r = rows - off;
+                // SAFETY: passed on, for rows off..off + $mr (or fewer, one at a time).
+                unsafe {
+                    if r >= $mr {
+                        wgrad_tile::<S, $mr, $nv>(
+                            x,
+                            skip + off,
+                            dy,
+                            ldy,
+                            width,
+                            out.add(off * ldo),
+                            ldo,
+                        );
+                        off += $mr;
+                    } else {
+                        wgrad_tile::<S, 1, $nv>(
+                            x,
+                            skip + off,
+                            dy,
+                            ldy,
+                            width,
+                            out.add(off * ldo),
+                            ldo,
+                        );
+                        off += 1;
+                    }
+                }
+            }
+        }};
+    }
+    by_shape!(S, nv, tiles)
+}
+
+/// The shape of a band product: `channels` channels, offsets `d_min..d_min + nd` within a
+/// group, weights [taps][nd][padded] with `padded` a multiple of the lanes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Band {
+    pub channels: usize,
+    pub padded: usize,
+    pub d_min: isize,
+    pub nd: usize,
+}
+
+/// c[i][ch] = sum over taps t and offsets d of a[t * stride + i][ch + d] * w[t][d][ch],
+/// for the channel vectors `v0..v0 + NV` of MR pixels.
+///
+/// # Safety
+/// - `a` holds `taps * stride` pointers (stride >= MR) to rows of `band.channels` values
+///   with at least `LANES` readable values before and after each (a neighbouring pixel's
+///   row or a guard of zeros: lanes that reach there meet zero weights);
+/// - `w` holds `taps * band.nd * band.padded` values, and v0 + NV vectors lie in `padded`;
+/// - the first `valid` pointers of `c` are valid for `band.channels` writes;
+/// - the CPU runs `S`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn band_tile<S: Simd, const MR: usize, const NV: usize>(
+    a: &[*const S::E],
+    stride: usize,
+    taps: usize,
+    band: Band,
+    w: *const S::E,
+    v0: usize,
+    c: &[*mut S::E],
+    valid: usize,
+) {
+    let c0 = v0 * S::LANES;
+    // SAFETY: loads reach at most `cg - 1 < LANES` values beyond a row's ends, which lie in
+    // the neighbouring pixel's row or in a guard (the caller's promise); weights are padded
+    // to whole vectors, and stores are cut at the row's end.
+    unsafe {
+        let mut acc = [[S::zero(); NV]; MR];
+        for t in 0..taps {
+            let ap: [*const S::E; MR] = std::array::from_fn(|i| *a.get_unchecked(t * stride + i));
+            for di in 0..band.nd {
+                let d = band.d_min + di as isize;
+                let wrow = w.add((t * band.nd + di) * band.padded + c0);
+                for j in 0..NV {
+                    let wv = S::load(wrow.add(j * S::LANES));
+                    let at = (c0 + j * S::LANES) as isize + d;
+                    for i in 0..MR {
+                        let xv = S::load(ap[i].offset(at));
+                        acc[i][j] = S::fma(xv, wv, acc[i][j]);
+                    }
+                }
+            }
+        }
+        let width = band.channels.saturating_sub(c0);
+        let shifted: [*mut S::E; MR] = std::array::from_fn(|i| c[i].wrapping_add(c0));
+        store_rows::<S, MR, NV>(&acc, &shifted[..], valid, width);
+    }
+}
+
+/// One tile of MT rows (the first `valid` real) of band products for `nv` channel vectors
+/// from `v0`, in sub-tiles shaped as in [`igemm_panel`].
+///
+/// # Safety
+/// As [`band_tile`] with stride MT, and `c` holding MT row pointers.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn band_vectors<S: Simd, const MT: usize>(
+    nv: usize,
+    a: &[*const S::E],
+    taps: usize,
+    band: Band,
+    w: *const S::E,
+    v0: usize,
+    c: &[*mut S::E; MT],
+    valid: usize,
+) {
+    macro_rules! tiles {
+        ($mr:literal, $nv:literal) => {
+            // SAFETY: the sub-tile's pointers start at `off` of each tap's MT.
+            sub_tiles!($mr, valid, |off, rows| unsafe {
+                band_tile::<S, $mr, $nv>(&a[off..], MT, taps, band, w, v0, &c[off..], rows)
+            })
+        };
+    }
+    by_shape!(S, nv, tiles)
+}
+
+/// out[d][c0..] += sum over pixels p of x[p][c0 + d_min + d ..] * dy[p * ldy + c0 ..] for
+/// the one channel vector at `c0` and the ND offsets of a band.
+///
+/// # Safety
+/// - each `x[p]` points at a row of `band.channels` values with `LANES` readable values
+///   before and after it (see [`band_tile`]), `dy + p * ldy` at a row of `band.channels`;
+/// - `out + d * band.padded + c0` is valid for one vector of reads and writes, initialised;
+/// - the CPU runs `S`.
+#[inline(always)]
+pub(crate) unsafe fn band_wgrad<S: Simd, const ND: usize>(
+    x: &[*const S::E],
+    dy: *const S::E,
+    ldy: usize,
+    band: Band,
+    c0: usize,
+    out: *mut S::E,
+) {
+    let tail = band.channels - c0;
+    let partial = tail < S::LANES;
+    // SAFETY: x loads reach at most cg - 1 < LANES values beyond a row (a neighbour's row
+    // or a guard, the caller's promise); gradient loads are cut at the row's end; the
+    // output vectors lie in the padded rows.
+    unsafe {
+        let mut acc = [S::zero(); ND];
+        let mut row = dy.add(c0);
+        for &xp in x {
+            let g = if partial {
+                S::load_partial(row, tail)
+            } else {
+                S::load(row)
+            };
+            for (di, a) in acc.iter_mut().enumerate() {
+                let xv = S::load(xp.offset(c0 as isize + band.d_min + di as isize));
+                *a = S::fma(xv, g, *a);
+            }
+            row = row.add(ldy);
+        }
+        for (di, &v) in acc.iter().enumerate() {
+            let p = out.add(di * band.padded + c0);
+            S::store(p, S::add(S::load(p), v));
+        }
+    }
+}
+
+/// [`band_wgrad`] with the band's offset count (1 to 15: up to 8 channels per group) as a
+/// constant.
+///
+/// # Safety
+/// As [`band_wgrad`], with `band.nd <= 15`.
+#[inline(always)]
+pub(crate) unsafe fn band_wgrad_nd<S: Simd>(
+    x: &[*const S::E],
+    dy: *const S::E,
+    ldy: usize,
+    band: Band,
+    c0: usize,
+    out: *mut S::E,
+) {
+    macro_rules! nd {
+        ($($n:literal)*) => {
+            match band.nd {
+                $($n => band_wgrad::<S, $n>(x, dy, ldy, band, c0, out),)*
+                other => unreachable!("band of {other} offsets"),
+            }
+        };
+    }
+    // SAFETY: passed on.
+    unsafe { nd!(1 3 5 7 9 11 13 15) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::isa::available;
+    use crate::simd::{simd_call, tile_shape, Element};
+    use candle_core::WithDType;
+
+    fn values(n: usize, seed: u64) -> Vec<f64> {
+        // A small deterministic stream (xorshift) in [-1, 1).
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 11) as f64 / (1u64 << 52) as f64 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Row r, tap t of the test product reads source row (r * 7 + t * 3) % 11, or zeros
+    /// where that is beyond the 9 source rows.
+    fn pick(r: usize, t: usize) -> usize {
+        (r * 7 + t * 3) % 11
+    }
+
+    /// The test product through `igemm_panel` tile by tile.
+    ///
+    /// # Safety
+    /// The CPU runs `S`.
+    unsafe fn tiled_product<S: Simd, const MR: usize>(
+        source: &[S::E],
+        kc: usize,
+        taps: usize,
+        rows: usize,
+        packed: &Packed<S::E>,
+        n: usize,
+    ) -> Vec<S::E> {
+        let zero = vec![S::E::from_f64(0.0); kc];
+        let mut out = vec![S::E::from_f64(0.0); rows * n];
+        for tile in (0..rows).step_by(MR) {
+            let valid = (rows - tile).min(MR);
+            let mut a = vec![zero.as_ptr(); taps * MR];
+            for i in 0..valid {
+                for t in 0..taps {
+                    let s = pick(tile + i, t);
+                    if s < source.len() / kc {
+                        a[t * MR + i] = source[s * kc..].as_ptr();
+                    }
+                }
+            }
+            let base = out.as_mut_ptr();
+            for panel in &packed.panels {
+                let c: [*mut S::E; MR] = std::array::from_fn(|i| {
+                    base.wrapping_add((tile + i.min(valid - 1)) * n + panel.col)
+                });
+                // SAFETY: pointers cover kc values, the panel is packed for taps * kc rows,
+                // and each output row has panel.width values from panel.col.
+                unsafe {
+                    igemm_panel::<S, MR>(
+                        &a,
+                        taps,
+                        kc,
+                        packed.data.as_ptr().add(panel.offset),
+                        *panel,
+                        &c,
+                        valid,
+                    )
+                };
+            }
+        }
+        out
+    }
+
+    /// An indirect product with row pointers at scattered rows and at the zero row, against
+    /// a plain f64 sum, for every path, f32 and f64, panel widths from 1 to 70 and partial
+    /// row tiles.
+    fn igemm_matches_reference<T: Element>(isa: crate::isa::Isa, tol: f64) {
+        let (rows, taps, kc) = (13, 3, 7);
+        let source_rows = 9;
+        let source: Vec<T> = values(source_rows * kc, 1)
+            .into_iter()
+            .map(T::from_f64)
+            .collect();
+        let (lanes, nv_max, _) = tile_shape::<T>(isa);
+        for n in [1, 5, 16, 17, 40, 64, 70] {
+            let weights = values(taps * kc * n, 2 + n as u64);
+            let packed = Packed::new(n, taps * kc, lanes, nv_max, |k, col| {
+                T::from_f64(weights[k * n + col])
+            });
+            let out = simd_call!(isa, T, tiled_product(&source, kc, taps, rows, &packed, n));
+            for r in 0..rows {
+                for col in 0..n {
+                    let mut expect = 0.0;
+                    for t in 0..taps {
+                        let s = pick(r, t);
+                        if s < source_rows {
+                            for k in 0..kc {
+                                expect +=
+                                    source[s * kc + k].to_f64() * weights[(t * kc + k) * n + col];
+                            }
+                        }
+                    }
+                    let got = out[r * n + col].to_f64();
+                    assert!(
+                        (got - expect).abs() <= tol,
+                        "{isa} n={n} ({r}, {col}): {got} vs {expect}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn indirect_products_match_a_plain_sum_on_every_path() {
+        for isa in available() {
+            igemm_matches_reference::<f64>(isa, 1e-12);
+            igemm_matches_reference::<f32>(isa, 1e-5);
+        }
+    }
+
+    /// The weight-gradient tile of `rows` rows and `nv` vectors over `pixels` pixels.
+    ///
+    /// # Safety
+    /// The CPU runs `S`; the buffers are as large as the test makes them.
+    unsafe fn wgrad_case<S: Simd, const MR: usize>(
+        x: &[S::E],
+        dy: &[S::E],
+        pixels: usize,
+        width: usize,
+        out: &mut [S::E],
+    ) -> (usize, usize) {
+        let rows = 5usize.min(MR);
+        let nv = width.div_ceil(S::LANES).min(S::NV_MAX);
+        let width = width.min(nv * S::LANES);
+        let ptrs: Vec<*const S::E> = (0..pixels).map(|p| x[p * 8..].as_ptr()).collect();
+        // SAFETY: x rows hold 8 >= 1 + rows values, dy rows 24 >= width, out rows 24.
+        unsafe {
+            wgrad_rows::<S>(
+                rows,
+                nv,
+                &ptrs,
+                1,
+                dy.as_ptr(),
+                24,
+                width,
+                out.as_mut_ptr(),
+                24,
+            )
+        };
+        (rows, width)
+    }
+
+    #[test]
+    fn weight_gradient_tiles_match_a_plain_sum_on_every_path() {
+        for isa in available() {
+            let pixels = 37;
+            let x = values(pixels * 8, 5);
+            let dy = values(pixels * 24, 6);
+            let mut out = vec![0.5; 5 * 24];
+            let (rows, width) = simd_call!(isa, f64, wgrad_case(&x, &dy, pixels, 21, &mut out));
+            for i in 0..rows {
+                for j in 0..24 {
+                    let expect = if j < width {
+                        0.5 + (0..pixels)
+                            .map(|p| x[p * 8 + 1 + i] * dy[p * 24 + j])
+                            .sum::<f64>()
+                    } else {
+                        0.5
+                    };
+                    assert!((out[i * 24 + j] - expect).abs() < 1e-12, "{isa} ({i}, {j})");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,500 @@
+//! Vectors of f32 or f64 for each instruction-set path, behind one trait, so that every
+//! kernel is written once and compiled per path.
+//!
+//! A kernel is a generic function over `S: Simd`, marked `#[inline(always)]` all the way
+//! down; [`simd_dispatch!`] calls it inside a function compiled for the chosen path's
+//! target features, so that the intrinsics inline and the accumulators stay in registers.
+
+use candle_core::WithDType;
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use crate::isa::Isa;
+
+/// The element types the products run in.
+pub(crate) trait Element: WithDType + Copy + Send + Sync + 'static {
+    type Avx512: Simd<E = Self>;
+    type Avx2: Simd<E = Self>;
+}
+
+impl Element for f32 {
+    type Avx512 = Avx512F32;
+    type Avx2 = Avx2F32;
+}
+
+impl Element for f64 {
+    type Avx512 = Avx512F64;
+    type Avx2 = Avx2F64;
+}
+
+/// One vector register of `LANES` elements.
+///
+/// # Safety
+/// Every method is `unsafe`: it may only run on a CPU with the path's features (the caller
+/// dispatches through [`simd_dispatch!`]); pointers must be valid for the lanes read or
+/// written (`LANES`, or `n` for the partial forms).
+pub(crate) trait Simd: Copy + Send + Sync + 'static {
+    type E: Element;
+    type V: Copy;
+    const LANES: usize;
+    /// Vectors per row of a product tile (with `MR` rows, see `simd_dispatch!`).
+    const NV_MAX: usize;
+    unsafe fn zero() -> Self::V;
+    unsafe fn splat(value: Self::E) -> Self::V;
+    unsafe fn load(p: *const Self::E) -> Self::V;
+    unsafe fn store(p: *mut Self::E, v: Self::V);
+    /// The first `n` lanes (`n < LANES`), the rest zero; nothing beyond them is read.
+    unsafe fn load_partial(p: *const Self::E, n: usize) -> Self::V;
+    /// Writes the first `n` lanes (`n < LANES`) only.
+    unsafe fn store_partial(p: *mut Self::E, v: Self::V, n: usize);
+    /// a * b + c (fused where the path has FMA).
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    /// max(v, 0), except that a NaN stays NaN (a divergence must reach the loss).
+    unsafe fn relu(v: Self::V) -> Self::V;
+    /// `g` where `pre > 0`, else 0: the gradient through a ReLU whose input was `pre`.
+    unsafe fn where_positive(pre: Self::V, g: Self::V) -> Self::V;
+}
+
+/// Plain Rust, one element per "vector": the portable path (and its reference).
+#[derive(Clone, Copy)]
+pub(crate) struct Scalar<T>(std::marker::PhantomData<T>);
+
+impl<T: Element> Simd for Scalar<T> {
+    type E = T;
+    type V = T;
+    const LANES: usize = 1;
+    const NV_MAX: usize = 4;
+    #[inline(always)]
+    unsafe fn zero() -> T {
+        T::zero()
+    }
+    #[inline(always)]
+    unsafe fn splat(value: T) -> T {
+        value
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const T) -> T {
+        // SAFETY: the caller's promise (one valid element).
+        unsafe { *p }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut T, v: T) {
+        // SAFETY: the caller's promise.
+        unsafe { *p = v }
+    }
+    #[inline(always)]
+    unsafe fn load_partial(_: *const T, _: usize) -> T {
+        // n < 1: no lane is read.
+        T::zero()
+    }
+    #[inline(always)]
+    unsafe fn store_partial(_: *mut T, _: T, _: usize) {}
+    #[inline(always)]
+    unsafe fn fma(a: T, b: T, c: T) -> T {
+        a * b + c
+    }
+    #[inline(always)]
+    unsafe fn add(a: T, b: T) -> T {
+        a + b
+    }
+    #[inline(always)]
+    unsafe fn sub(a: T, b: T) -> T {
+        a - b
+    }
+    #[inline(always)]
+    unsafe fn mul(a: T, b: T) -> T {
+        a * b
+    }
+    #[inline(always)]
+    unsafe fn relu(v: T) -> T {
+        if v < T::zero() {
+            T::zero()
+        } else {
+            v
+        }
+    }
+    #[inline(always)]
+    unsafe fn where_positive(pre: T, g: T) -> T {
+        if pre > T::zero() {
+            g
+        } else {
+            T::zero()
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) struct Avx512F32;
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) struct Avx512F64;
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) struct Avx2F32;
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) struct Avx2F64;
+
+// The intrinsics below are `unsafe` target-feature functions; each method's safety rests on
+// the trait's contract (the CPU has the features, the pointers cover the lanes).
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx512F32 {
+    type E = f32;
+    type V = __m512;
+    const LANES: usize = 16;
+    const NV_MAX: usize = 4;
+    #[inline(always)]
+    unsafe fn zero() -> __m512 {
+        unsafe { _mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn splat(value: f32) -> __m512 {
+        unsafe { _mm512_set1_ps(value) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m512 {
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m512) {
+        unsafe { _mm512_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn load_partial(p: *const f32, n: usize) -> __m512 {
+        unsafe { _mm512_maskz_loadu_ps(((1u32 << n) - 1) as u16, p) }
+    }
+    #[inline(always)]
+    unsafe fn store_partial(p: *mut f32, v: __m512, n: usize) {
+        unsafe { _mm512_mask_storeu_ps(p, ((1u32 << n) - 1) as u16, v) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_add_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn relu(v: __m512) -> __m512 {
+        // max returns its second operand when either is NaN: v.
+        unsafe { _mm512_max_ps(_mm512_setzero_ps(), v) }
+    }
+    #[inline(always)]
+    unsafe fn where_positive(pre: __m512, g: __m512) -> __m512 {
+        unsafe {
+            _mm512_maskz_mov_ps(
+                _mm512_cmp_ps_mask::<_CMP_GT_OQ>(pre, _mm512_setzero_ps()),
+                g,
+            )
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx512F64 {
+    type E = f64;
+    type V = __m512d;
+    const LANES: usize = 8;
+    const NV_MAX: usize = 4;
+    #[inline(always)]
+    unsafe fn zero() -> __m512d {
+        unsafe { _mm512_setzero_pd() }
+    }
+    #[inline(always)]
+    unsafe fn splat(value: f64) -> __m512d {
+        unsafe { _mm512_set1_pd(value) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f64) -> __m512d {
+        unsafe { _mm512_loadu_pd(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f64, v: __m512d) {
+        unsafe { _mm512_storeu_pd(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn load_partial(p: *const f64, n: usize) -> __m512d {
+        unsafe { _mm512_maskz_loadu_pd(((1u32 << n) - 1) as u8, p) }
+    }
+    #[inline(always)]
+    unsafe fn store_partial(p: *mut f64, v: __m512d, n: usize) {
+        unsafe { _mm512_mask_storeu_pd(p, ((1u32 << n) - 1) as u8, v) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m512d, b: __m512d, c: __m512d) -> __m512d {
+        unsafe { _mm512_fmadd_pd(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m512d, b: __m512d) -> __m512d {
+        unsafe { _mm512_add_pd(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m512d, b: __m512d) -> __m512d {
+        unsafe { _mm512_sub_pd(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m512d, b: __m512d) -> __m512d {
+        unsafe { _mm512_mul_pd(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn relu(v: __m512d) -> __m512d {
+        // max returns its second operand when either is NaN: v.
+        unsafe { _mm512_max_pd(_mm512_setzero_pd(), v) }
+    }
+    #[inline(always)]
+    unsafe fn where_positive(pre: __m512d, g: __m512d) -> __m512d {
+        unsafe {
+            _mm512_maskz_mov_pd(
+                _mm512_cmp_pd_mask::<_CMP_GT_OQ>(pre, _mm512_setzero_pd()),
+                g,
+            )
+        }
+    }
+}
+
+/// AVX2 lane masks: lane i is set when i < n.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn avx2_mask32(n: usize) -> __m256i {
+    unsafe {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn avx2_mask64(n: usize) -> __m256i {
+    unsafe { _mm256_cmpgt_epi64(_mm256_set1_epi64x(n as i64), _mm256_setr_epi64x(0, 1, 2, 3)) }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx2F32 {
+    type E = f32;
+    type V = __m256;
+    const LANES: usize = 8;
+    const NV_MAX: usize = 2;
+    #[inline(always)]
+    unsafe fn zero() -> __m256 {
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn splat(value: f32) -> __m256 {
+        unsafe { _mm256_set1_ps(value) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m256 {
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m256) {
+        unsafe { _mm256_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn load_partial(p: *const f32, n: usize) -> __m256 {
+        unsafe { _mm256_maskload_ps(p, avx2_mask32(n)) }
+    }
+    #[inline(always)]
+    unsafe fn store_partial(p: *mut f32, v: __m256, n: usize) {
+        unsafe { _mm256_maskstore_ps(p, avx2_mask32(n), v) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_add_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn relu(v: __m256) -> __m256 {
+        // max returns its second operand when either is NaN: v.
+        unsafe { _mm256_max_ps(_mm256_setzero_ps(), v) }
+    }
+    #[inline(always)]
+    unsafe fn where_positive(pre: __m256, g: __m256) -> __m256 {
+        unsafe { _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(pre, _mm256_setzero_ps()), g) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx2F64 {
+    type E = f64;
+    type V = __m256d;
+    const LANES: usize = 4;
+    const NV_MAX: usize = 2;
+    #[inline(always)]
+    unsafe fn zero() -> __m256d {
+        unsafe { _mm256_setzero_pd() }
+    }
+    #[inline(always)]
+    unsafe fn splat(value: f64) -> __m256d {
+        unsafe { _mm256_set1_pd(value) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f64) -> __m256d {
+        unsafe { _mm256_loadu_pd(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f64, v: __m256d) {
+        unsafe { _mm256_storeu_pd(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn load_partial(p: *const f64, n: usize) -> __m256d {
+        unsafe { _mm256_maskload_pd(p, avx2_mask64(n)) }
+    }
+    #[inline(always)]
+    unsafe fn store_partial(p: *mut f64, v: __m256d, n: usize) {
+        unsafe { _mm256_maskstore_pd(p, avx2_mask64(n), v) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m256d, b: __m256d, c: __m256d) -> __m256d {
+        unsafe { _mm256_fmadd_pd(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m256d, b: __m256d) -> __m256d {
+        unsafe { _mm256_add_pd(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m256d, b: __m256d) -> __m256d {
+        unsafe { _mm256_sub_pd(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m256d, b: __m256d) -> __m256d {
+        unsafe { _mm256_mul_pd(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn relu(v: __m256d) -> __m256d {
+        // max returns its second operand when either is NaN: v.
+        unsafe { _mm256_max_pd(_mm256_setzero_pd(), v) }
+    }
+    #[inline(always)]
+    unsafe fn where_positive(pre: __m256d, g: __m256d) -> __m256d {
+        unsafe { _mm256_and_pd(_mm256_cmp_pd::<_CMP_GT_OQ>(pre, _mm256_setzero_pd()), g) }
+    }
+}
+
+/// Runs `f` compiled for AVX-512 (F, BW, VL, DQ) with AVX2 and FMA.
+///
+/// # Safety
+/// The CPU has those features (`Isa::Avx512` or above is available).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+pub(crate) unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// Runs `f` compiled for AVX2 and FMA.
+///
+/// # Safety
+/// The CPU has those features (`Isa::Avx2` or above is available).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// The f32/f64 vector path of an instruction-set choice on this build's architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VectorPath {
+    Avx512,
+    Avx2,
+    Scalar,
+}
+
+impl VectorPath {
+    /// Never a path the machine lacks, whatever `isa` asks for.
+    pub(crate) fn of(isa: Isa) -> VectorPath {
+        let isa = isa.min(crate::isa::detected());
+        if cfg!(target_arch = "x86_64") {
+            match isa.for_f32() {
+                Isa::Avx512 => VectorPath::Avx512,
+                Isa::Avx2 => VectorPath::Avx2,
+                _ => VectorPath::Scalar,
+            }
+        } else {
+            VectorPath::Scalar
+        }
+    }
+}
+
+/// Rows of the product tiles of each path (`MR` of `simd_call!`): a tile is then cut into
+/// sub-tiles whose accumulators fill the path's registers (see `gemm::igemm_panel`), so it
+/// is a multiple of their row counts on the vector paths.
+pub(crate) const MR_AVX512: usize = 24;
+pub(crate) const MR_AVX2: usize = 24;
+pub(crate) const MR_SCALAR: usize = 4;
+
+/// (lanes, vectors per tile row, rows per tile) of the path of `isa` for elements `T`.
+pub(crate) fn tile_shape<T: Element>(isa: Isa) -> (usize, usize, usize) {
+    match VectorPath::of(isa) {
+        VectorPath::Avx512 => (T::Avx512::LANES, T::Avx512::NV_MAX, MR_AVX512),
+        VectorPath::Avx2 => (T::Avx2::LANES, T::Avx2::NV_MAX, MR_AVX2),
+        VectorPath::Scalar => (1, Scalar::<T>::NV_MAX, MR_SCALAR),
+    }
+}
+
+/// Calls `$f::<S, MR>($args)` with `S` the vector type of element `$t` on the path of
+/// `$isa` and `MR` that path's tile rows, inside a function compiled for the path's target
+/// features, so that the intrinsics inline and the accumulators stay in registers. `$f`
+/// may be an `unsafe fn`: the caller's `// SAFETY:` covers its contract.
+macro_rules! simd_call {
+    ($isa:expr, $t:ty, $($f:ident)::+ ($($arg:expr),* $(,)?)) => {{
+        match $crate::simd::VectorPath::of($isa) {
+            #[cfg(target_arch = "x86_64")]
+            $crate::simd::VectorPath::Avx512 => {
+                // SAFETY: `VectorPath::of` picks AVX-512 only where the machine has it.
+                #[allow(unused_unsafe)]
+                let result = unsafe {
+                    $crate::simd::with_avx512(#[inline(always)] || {
+                        $($f)::+::<<$t as $crate::simd::Element>::Avx512, { $crate::simd::MR_AVX512 }>($($arg),*)
+                    })
+                };
+                result
+            }
+            #[cfg(target_arch = "x86_64")]
+            $crate::simd::VectorPath::Avx2 => {
+                // SAFETY: as above, for AVX2.
+                #[allow(unused_unsafe)]
+                let result = unsafe {
+                    $crate::simd::with_avx2(#[inline(always)] || {
+                        $($f)::+::<<$t as $crate::simd::Element>::Avx2, { $crate::simd::MR_AVX2 }>($($arg),*)
+                    })
+                };
+                result
+            }
+            _ => {
+                #[allow(unused_unsafe)]
+                let result = unsafe {
+                    $($f)::+::<$crate::simd::Scalar<$t>, { $crate::simd::MR_SCALAR }>($($arg),*)
+                };
+                result
+            }
+        }
+    }};
+}
+pub(crate) use simd_call;
