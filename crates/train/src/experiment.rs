@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use cardinal_data::DataConfig;
-use cardinal_zoo::{preserve_complexity, Complexity, NetSpec};
+use cardinal_zoo::{preserve_complexity, BlockForm, Complexity, NetSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -327,7 +327,8 @@ impl Experiment {
                     .map_err(|e| anyhow!("sweep cell {combo:?}: {e}"))?;
                 variant.train.validate()?;
                 let (preset, mut spec) = variant.base_spec()?;
-                let mut model = preset.clone();
+                let template = model_label(&preset, &spec);
+                let mut model = template.clone();
                 if let (Some(c), Some(sweep)) = (cardinality, &self.sweep.cardinality) {
                     if sweep.preserve_complexity {
                         if sweep.stage == 0 {
@@ -340,7 +341,10 @@ impl Experiment {
                     spec.cardinality = *c;
                     spec.validate()
                         .map_err(|e| anyhow!("`sweep.cardinality` = {c}: {e}"))?;
-                    model = format!("{preset}@{c}x{}d", spec.bottleneck_width);
+                    model = match cardinal_zoo::preset_named_for(&spec) {
+                        Some(name) => name.to_string(),
+                        None => format!("{template}@{c}x{}d", spec.bottleneck_width),
+                    };
                 }
                 let complexity = Complexity::of(&spec)?;
                 let mut labels: BTreeMap<String, String> = combo
@@ -372,5 +376,90 @@ impl Experiment {
             }
         }
         Ok(cells)
+    }
+}
+
+/// A name that says which network trains: the preset whose spec it is exactly, else the
+/// named preset with what the experiment changed, e.g. `cpu_resnet11 (blocks 2/1/1)`.
+pub fn model_label(preset: &str, spec: &NetSpec) -> String {
+    if let Some(name) = cardinal_zoo::preset_named_for(spec) {
+        return name.to_string();
+    }
+    let Ok(base) = cardinal_zoo::preset(preset) else {
+        return format!("{} {}-layer {}", preset, spec.depth(), spec.template());
+    };
+    let mut changes = Vec::new();
+    let blocks = |s: &NetSpec| {
+        s.stages
+            .iter()
+            .map(|st| st.blocks.to_string())
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let planes = |s: &NetSpec| {
+        s.stages
+            .iter()
+            .map(|st| format!("{}:{}", st.planes, st.stride))
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    if blocks(&base) != blocks(spec) {
+        changes.push(format!("blocks {}", blocks(spec)));
+    }
+    if planes(&base) != planes(spec) {
+        changes.push(format!("planes:stride {}", planes(spec)));
+    }
+    if (base.cardinality, base.bottleneck_width) != (spec.cardinality, spec.bottleneck_width) {
+        changes.push(spec.template());
+    }
+    if base.input_size != spec.input_size {
+        changes.push(format!("input {}", spec.input_size));
+    }
+    if base.in_channels != spec.in_channels {
+        changes.push(format!("{} input channels", spec.in_channels));
+    }
+    if base.classes != spec.classes {
+        changes.push(format!("{} classes", spec.classes));
+    }
+    if base.form != spec.form {
+        changes.push(format!("form {}", spec.form));
+    }
+    let known = changes.len();
+    let (mut a, mut b) = (base.clone(), spec.clone());
+    for s in [&mut a, &mut b] {
+        s.stages.clear();
+        (s.cardinality, s.bottleneck_width, s.input_size) = (0, 0, 0);
+        (s.in_channels, s.classes, s.form) = (0, 0, BlockForm::C);
+    }
+    if a != b || (known == 0 && base != *spec) {
+        changes.push("edited".into());
+    }
+    format!("{preset} ({})", changes.join(", "))
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::model_label;
+    use cardinal_zoo::preset;
+
+    #[test]
+    fn labels_name_the_network_that_trains() {
+        let mut spec = preset("cpu_resnet11").unwrap();
+        assert_eq!(model_label("cpu_resnet11", &spec), "cpu_resnet11");
+        // The grid's template is its own preset, whatever it was written from.
+        for (stage, blocks) in spec.stages.iter_mut().zip([2, 1, 1]) {
+            stage.blocks = blocks;
+        }
+        assert_eq!(model_label("cpu_resnet11", &spec), "cpu_resnet14");
+        spec.input_size = 16;
+        assert_eq!(
+            model_label("cpu_resnet11", &spec),
+            "cpu_resnet11 (blocks 2/1/1, input 16)"
+        );
+        spec.zero_init_last_bn = true;
+        assert_eq!(
+            model_label("cpu_resnet11", &spec),
+            "cpu_resnet11 (blocks 2/1/1, input 16, edited)"
+        );
     }
 }

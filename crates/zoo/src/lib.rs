@@ -24,7 +24,7 @@ pub use complexity::Complexity;
 pub use error::{Result, ZooError};
 pub use init::init_weights;
 pub use model::{Kernels, Params, ResNet};
-pub use presets::{preset, presets, Preset};
+pub use presets::{preset, preset_named_for, presets, Preset};
 pub use solver::{preserve_complexity, PreservedWidth};
 pub use spec::{BlockForm, BlockKind, NetSpec, StageSpec, Stem};
 pub use weights::{load_safetensors, save_safetensors};

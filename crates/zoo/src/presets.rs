@@ -71,13 +71,13 @@ fn cifar29(cardinality: usize, width: usize) -> NetSpec {
 /// The CPU family: a stride-2 3x3 stem of 32 channels, three stages of bottlenecks with
 /// planes 32/64/128 (outputs 128/256/512), sized for 28x28 Fashion-MNIST (and 32x32 CIFAR
 /// with `in_channels: 3, input_size: 32`). Width over depth keeps a train step cheap.
-fn cpu(blocks: usize, cardinality: usize, width: usize) -> NetSpec {
+fn cpu(blocks: [usize; 3], cardinality: usize, width: usize) -> NetSpec {
     NetSpec {
         stem: Stem::Cifar {
             channels: 32,
             stride: 2,
         },
-        stages: stages(&[blocks; 3], &[32, 64, 128], &[1, 2, 2]),
+        stages: stages(&blocks, &[32, 64, 128], &[1, 2, 2]),
         block: BlockKind::Bottleneck,
         cardinality,
         bottleneck_width: width,
@@ -239,61 +239,91 @@ pub fn presets() -> Vec<Preset> {
             "cpu_resnet11",
             "cpu (28x28 / 32x32)",
             "template: 1 block per stage, 1x32d",
-            cpu(1, 1, 32),
+            cpu([1, 1, 1], 1, 32),
         ),
         p(
             "cpu_resnext11_2x20d",
             "cpu (28x28 / 32x32)",
             "cpu_resnet11 at C=2, preserved complexity",
-            cpu(1, 2, 20),
+            cpu([1, 1, 1], 2, 20),
         ),
         p(
             "cpu_resnext11_4x12d",
             "cpu (28x28 / 32x32)",
             "cpu_resnet11 at C=4, preserved complexity",
-            cpu(1, 4, 12),
+            cpu([1, 1, 1], 4, 12),
         ),
         p(
             "cpu_resnext11_8x7d",
             "cpu (28x28 / 32x32)",
             "cpu_resnet11 at C=8, preserved complexity",
-            cpu(1, 8, 7),
+            cpu([1, 1, 1], 8, 7),
         ),
         p(
             "cpu_resnext11_32x2d",
             "cpu (28x28 / 32x32)",
             "cpu_resnet11 at C=32, preserved complexity",
-            cpu(1, 32, 2),
+            cpu([1, 1, 1], 32, 2),
+        ),
+        p(
+            "cpu_resnet14",
+            "cpu (28x28 / 32x32)",
+            "template of the cardinality grid: blocks 2/1/1, 1x32d",
+            cpu([2, 1, 1], 1, 32),
+        ),
+        p(
+            "cpu_resnext14_2x20d",
+            "cpu (28x28 / 32x32)",
+            "cpu_resnet14 at C=2, preserved complexity",
+            cpu([2, 1, 1], 2, 20),
+        ),
+        p(
+            "cpu_resnext14_4x12d",
+            "cpu (28x28 / 32x32)",
+            "cpu_resnet14 at C=4, preserved complexity",
+            cpu([2, 1, 1], 4, 12),
+        ),
+        p(
+            "cpu_resnext14_8x7d",
+            "cpu (28x28 / 32x32)",
+            "cpu_resnet14 at C=8, preserved complexity",
+            cpu([2, 1, 1], 8, 7),
+        ),
+        p(
+            "cpu_resnext14_32x2d",
+            "cpu (28x28 / 32x32)",
+            "cpu_resnet14 at C=32, preserved complexity",
+            cpu([2, 1, 1], 32, 2),
         ),
         p(
             "cpu_resnet20",
             "cpu (28x28 / 32x32)",
             "template: 2 blocks per stage, 1x32d",
-            cpu(2, 1, 32),
+            cpu([2, 2, 2], 1, 32),
         ),
         p(
             "cpu_resnext20_2x20d",
             "cpu (28x28 / 32x32)",
             "cpu_resnet20 at C=2, preserved complexity",
-            cpu(2, 2, 20),
+            cpu([2, 2, 2], 2, 20),
         ),
         p(
             "cpu_resnext20_4x12d",
             "cpu (28x28 / 32x32)",
             "cpu_resnet20 at C=4, preserved complexity",
-            cpu(2, 4, 12),
+            cpu([2, 2, 2], 4, 12),
         ),
         p(
             "cpu_resnext20_8x7d",
             "cpu (28x28 / 32x32)",
             "cpu_resnet20 at C=8, preserved complexity",
-            cpu(2, 8, 7),
+            cpu([2, 2, 2], 8, 7),
         ),
         p(
             "cpu_resnext20_32x2d",
             "cpu (28x28 / 32x32)",
             "cpu_resnet20 at C=32, preserved complexity",
-            cpu(2, 32, 2),
+            cpu([2, 2, 2], 32, 2),
         ),
     ]
 }
@@ -323,4 +353,12 @@ pub fn preset(name: &str) -> Result<NetSpec> {
         name: name.to_string(),
         suggestions,
     })
+}
+
+/// The name of the preset whose spec is exactly `spec`, if there is one.
+pub fn preset_named_for(spec: &NetSpec) -> Option<&'static str> {
+    presets()
+        .into_iter()
+        .find(|p| p.spec == *spec)
+        .map(|p| p.name)
 }
