@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use cardinal_data::{Batch, Loader};
 use cardinal_train::optim::Sgd;
-use cardinal_zoo::{init_weights, Kernels, NetSpec, ResNet};
+use cardinal_zoo::{init_weights, Kernels, NetSpec, Precision, ResNet};
 
 /// The median of `values` (the upper one of an even count); NaN when empty.
 pub fn median(mut values: Vec<f64>) -> f64 {
@@ -61,7 +61,7 @@ pub struct StepTiming {
 pub fn train_steps(
     spec: &NetSpec,
     batch_size: usize,
-    kernels: Kernels,
+    (kernels, precision): (Kernels, Precision),
     device: &Device,
     (warmup, steps): (usize, usize),
     on_step: &mut dyn FnMut(),
@@ -69,6 +69,7 @@ pub fn train_steps(
     let state = init_weights(spec, 0, device)?;
     let mut net = ResNet::new(spec, &state)?;
     net.set_kernels(kernels);
+    net.set_precision(precision);
     let shape = (
         batch_size,
         spec.in_channels,
@@ -95,6 +96,9 @@ pub fn train_steps(
         on_step();
     }
     let ms_per_step = median(times);
+    if cardinal_kernels::profile::enabled() {
+        eprint!("{}", cardinal_kernels::profile::take_report());
+    }
     Ok(StepTiming {
         ms_per_step,
         images_per_sec: batch_size as f64 / ms_per_step * 1e3,
@@ -222,7 +226,7 @@ mod tests {
         let t = train_steps(
             &spec,
             4,
-            Kernels::Cardinal,
+            (Kernels::Cardinal, Precision::F32),
             &Device::Cpu,
             (1, 2),
             &mut || calls += 1,

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use cardinal_bench::{median, peak_rss_bytes, ConvShape};
 use cardinal_data::{Loader, LoaderConfig, Transform};
-use cardinal_zoo::{BlockForm, Kernels, NetSpec, Stem};
+use cardinal_zoo::{BlockForm, Kernels, NetSpec, Precision, Stem};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
@@ -71,6 +71,9 @@ pub struct BenchTrainArgs {
     /// convolution); default: each model's own.
     #[arg(long, value_parser = parse_form)]
     form: Option<BlockForm>,
+    /// f32, or bf16-mixed (bf16 products with f32 sums, as PyTorch's bf16 autocast).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// Threads of the steps (default: all cores, or RAYON_NUM_THREADS). A machine that
     /// trains cells side by side (`ablate --jobs`) gives each a share of its cores.
     #[arg(long, value_parser = crate::at_least_one)]
@@ -96,7 +99,9 @@ struct TrainCase {
     params: u64,
     macs: u64,
     threads: usize,
-    /// The instruction set of the kernels' products (`CARDINAL_ISA` forces one).
+    precision: Precision,
+    /// The instruction set that ran the products (`amx-bf16`, `avx512-bf16`, `avx512`,
+    /// `avx2`, `portable`; `CARDINAL_ISA` forces one).
     isa: &'static str,
     /// The network timed, as data: what `benches/pytorch_reference.py` rebuilds in PyTorch.
     spec: NetSpec,
@@ -242,6 +247,7 @@ fn train(args: BenchTrainArgs) -> Result<()> {
             let mut t = Table::new([
                 "model",
                 "kernels",
+                "precision",
                 "batch",
                 "input",
                 "ms / step",
@@ -253,6 +259,7 @@ fn train(args: BenchTrainArgs) -> Result<()> {
                 t.row([
                     c.model.clone(),
                     c.kernels.to_string(),
+                    c.precision.to_string(),
                     c.batch_size.to_string(),
                     c.input_size.to_string(),
                     format!("{:.0}", c.ms_per_step),
@@ -302,7 +309,7 @@ fn train_case(
     let timing = cardinal_bench::train_steps(
         spec,
         batch_size,
-        kernels,
+        (kernels, args.precision),
         &device,
         (args.warmup, args.steps),
         &mut || progress.inc(1),
@@ -321,7 +328,12 @@ fn train_case(
         params: 0,
         macs: 0,
         threads: cardinal_train::run::threads(),
-        isa: cardinal_kernels::isa::selected().label(false),
+        precision: args.precision,
+        isa: if kernels == Kernels::Cardinal && args.device.to_string() == "cpu" {
+            cardinal_kernels::isa::selected().label(args.precision == Precision::Bf16Mixed)
+        } else {
+            "candle"
+        },
         spec: spec.clone(),
     })
 }

@@ -69,6 +69,7 @@ impl CustomOp2 for AddRelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = crate::profile::Span::new("add+relu forward");
         if l1.shape() != l2.shape() {
             candle_core::bail!(
                 "add-relu: shapes {:?} and {:?} differ",
@@ -90,6 +91,7 @@ impl CustomOp2 for AddRelu {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let _span = crate::profile::Span::new("add+relu backward");
         let grad = grad_res.contiguous()?;
         let (ys, yl) = res.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();

@@ -30,9 +30,11 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use crate::bf16::round_vec;
 use crate::cpu::{contiguous, cpu_slice, SendPtr};
 use crate::gemm::{self, Band, Packed, Panel};
 use crate::isa::{self, Isa};
+use crate::profile;
 use crate::simd::{simd_call, tile_shape, Element, Simd, VectorPath};
 
 /// The sizes of one convolution: input [n, h, w, c], weight [c_out, c / groups, k, k].
@@ -111,6 +113,14 @@ impl Geometry {
         self.n * self.ho * self.wo
     }
 
+    /// `what` and the shape, for the profile table.
+    pub(crate) fn label(&self, what: &str) -> String {
+        format!(
+            "{what} {}x{}x{}x{}->{} k{} s{} g{}",
+            self.n, self.h, self.w, self.c, self.c_out, self.k, self.stride, self.groups
+        )
+    }
+
     /// The output shape [n, ho, wo, c_out].
     pub fn out_shape(&self) -> Shape {
         Shape::from((self.n, self.ho, self.wo, self.c_out))
@@ -136,7 +146,7 @@ impl Geometry {
     /// Whether a grouped convolution takes the band path on `path`: its groups are square
     /// and narrow enough that a band of 2 * cg - 1 shifted vectors does less work than
     /// products padded to whole vectors.
-    fn band(&self, path: VectorPath) -> bool {
+    pub(crate) fn band(&self, path: VectorPath) -> bool {
         let limit = match path {
             VectorPath::Avx512 => 8,
             VectorPath::Avx2 => 4,
@@ -147,17 +157,20 @@ impl Geometry {
 }
 
 /// Rows of an output block handed to one task: whole tiles of every path's row count.
-const ROW_BLOCK: usize = 96;
+pub(crate) const ROW_BLOCK: usize = 96;
 /// Bytes of packed weights one task keeps in cache while it walks its rows.
 const PANEL_BUDGET: usize = 256 << 10;
 /// Pixels of a weight-gradient chunk: its gradient rows stay in cache across the taps.
-const CHUNK: usize = 128;
+pub(crate) const CHUNK: usize = 128;
 /// Tasks the weight gradient aims for (a fixed number, so that its split, and so its
 /// rounding, does not depend on the thread count).
-const GRAD_TASKS: usize = 16;
+pub(crate) const GRAD_TASKS: usize = 8;
+/// Pixels a partial weight gradient sums at least: each partial costs a weight-sized buffer
+/// to zero and to add.
+const SPLIT_PIXELS: usize = 512;
 
 /// `total` cut into consecutive ranges of `size` (the last shorter).
-fn ranges(total: usize, size: usize) -> impl Iterator<Item = Range<usize>> {
+pub(crate) fn ranges(total: usize, size: usize) -> impl Iterator<Item = Range<usize>> {
     let size = size.max(1);
     (0..total.div_ceil(size)).map(move |i| i * size..((i + 1) * size).min(total))
 }
@@ -186,7 +199,7 @@ fn panel_groups<T>(panels: &[Panel], depth: usize, lanes: usize) -> Vec<Range<us
 ///
 /// # Safety
 /// `fill` must write every one of the `len` values (from any threads, at disjoint places).
-unsafe fn written_by<T>(len: usize, fill: impl FnOnce(SendPtr<T>)) -> Vec<T> {
+pub(crate) unsafe fn written_by<T>(len: usize, fill: impl FnOnce(SendPtr<T>)) -> Vec<T> {
     let mut out: Vec<T> = Vec::with_capacity(len);
     fill(SendPtr(out.as_mut_ptr()));
     // SAFETY: the caller's promise: all `len` values were written.
@@ -195,7 +208,7 @@ unsafe fn written_by<T>(len: usize, fill: impl FnOnce(SendPtr<T>)) -> Vec<T> {
 }
 
 /// Offsets (in values) of each tap's pixel from the top-left pixel of its window.
-fn tap_offsets(geo: &Geometry) -> Vec<usize> {
+pub(crate) fn tap_offsets(geo: &Geometry) -> Vec<usize> {
     (0..geo.k)
         .flat_map(|ky| (0..geo.k).map(move |kx| (ky * geo.w + kx) * geo.c))
         .collect()
@@ -206,7 +219,7 @@ fn tap_offsets(geo: &Geometry) -> Vec<usize> {
 /// lie inside the image (most of them) take one base plus the precomputed `taps`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn forward_pointers<T>(
+pub(crate) fn forward_pointers<T>(
     geo: &Geometry,
     taps: &[usize],
     x: *const T,
@@ -298,15 +311,15 @@ impl<T: Element> Guard<T> {
 
 /// One class of the input gradient for stride s: the input pixels (y mod s, x mod s) =
 /// (ry, rx), and the taps that reach them.
-struct Class {
+pub(crate) struct Class {
     ry: usize,
     rx: usize,
     ny: usize,
     nx: usize,
-    taps: Vec<(usize, usize)>,
+    pub(crate) taps: Vec<(usize, usize)>,
 }
 
-fn classes(geo: &Geometry) -> Vec<Class> {
+pub(crate) fn classes(geo: &Geometry) -> Vec<Class> {
     let s = geo.stride;
     let mut out = Vec::with_capacity(s * s);
     for ry in 0..s {
@@ -332,7 +345,7 @@ fn classes(geo: &Geometry) -> Vec<Class> {
 }
 
 impl Class {
-    fn rows(&self, geo: &Geometry) -> usize {
+    pub(crate) fn rows(&self, geo: &Geometry) -> usize {
         geo.n * self.ny * self.nx
     }
 
@@ -351,7 +364,7 @@ impl Class {
     /// For input pixel `r` of the class, the output-gradient row each class tap comes
     /// from (`dy + offset`), or the zero row where it lies outside the output.
     #[inline(always)]
-    fn pointers<T>(
+    pub(crate) fn pointers<T>(
         &self,
         geo: &Geometry,
         dy: *const T,
@@ -389,7 +402,7 @@ impl Class {
 
     /// Offset of the class's input pixel `r` in the input (gradient).
     #[inline(always)]
-    fn offset(&self, geo: &Geometry, r: usize) -> usize {
+    pub(crate) fn offset(&self, geo: &Geometry, r: usize) -> usize {
         let (img, y, x) = self.pixel(geo, r);
         ((img * geo.h + y) * geo.w + x) * geo.c
     }
@@ -835,23 +848,36 @@ pub(crate) fn input_grad<T: Element>(dy: &[T], w: &[T], geo: &Geometry, isa: Isa
     }
 }
 
-/// How the weight gradient's sum is split: blocks of input channels (each re-reads the
-/// output gradient) or ranges of pixels (each adds a partial gradient); whichever costs
-/// less memory traffic, up to `GRAD_TASKS` tasks. Depends on the shapes only.
-fn grad_split(geo: &Geometry, groups: usize, rows_per_block: usize) -> (usize, usize) {
+/// How the weight gradient's sum is split: blocks of the weight (up to `max_blocks`; each
+/// re-reads the output gradient) or ranges of pixels (each adds a partial gradient);
+/// whichever costs less memory traffic, up to `GRAD_TASKS` tasks. Depends on the shapes
+/// only.
+pub(crate) fn grad_split(geo: &Geometry, groups: usize, max_blocks: usize) -> (usize, usize) {
     if groups >= GRAD_TASKS {
         return (1, 1);
     }
     let wanted = GRAD_TASKS.div_ceil(groups);
     let weight_size = geo.c_out * geo.cgi() * geo.taps();
     let grad_size = geo.out_pixels() * geo.c_out;
-    let chunks = geo.out_pixels().div_ceil(CHUNK);
+    let ranges = geo.out_pixels().div_ceil(SPLIT_PIXELS);
     if weight_size <= grad_size {
-        (1, wanted.min(chunks).max(1))
+        (1, wanted.min(ranges).max(1))
     } else {
-        let blocks = geo.cgi().div_ceil(rows_per_block);
-        (wanted.min(blocks).max(1), 1)
+        (wanted.min(max_blocks).max(1), 1)
     }
+}
+
+/// The first `len` values of `parts` plus each later run of `len`, added in order (the
+/// weight gradient's partial sums over its pixel ranges): a fixed order, so the same
+/// rounding on every run.
+pub(crate) fn sum_parts<T: Copy + std::ops::AddAssign>(parts: &mut [T], len: usize) -> &[T] {
+    let (first, rest) = parts.split_at_mut(len);
+    for part in rest.chunks_exact(len) {
+        for (a, &b) in first.iter_mut().zip(part) {
+            *a += b;
+        }
+    }
+    first
 }
 
 /// dw of y = conv(x, w) given dy, in torchvision's layout [c_out, c / groups, k, k].
@@ -916,24 +942,20 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
             }
         });
         let cg = cgi;
+        let total = sum_parts(&mut parts, part_len);
         let mut grad = vec![T::zero(); geo.c_out * cg * taps];
         for c in 0..geo.c {
             for i in 0..cg {
                 let di = (i as isize - (c % cg) as isize - band.d_min) as usize;
                 for t in 0..taps {
-                    let at = (t * band.nd + di) * band.padded + c;
-                    let mut sum = T::zero();
-                    for s in 0..splits {
-                        sum += parts[s * part_len + at];
-                    }
-                    grad[(c * cg + i) * taps + t] = sum;
+                    grad[(c * cg + i) * taps + t] = total[(t * band.nd + di) * band.padded + c];
                 }
             }
         }
         return grad;
     }
     let rows_per_block = mr * 4;
-    let (ci_blocks, splits) = grad_split(geo, geo.groups, rows_per_block);
+    let (ci_blocks, splits) = grad_split(geo, geo.groups, cgi.div_ceil(rows_per_block));
     let block_rows = cgi.div_ceil(ci_blocks);
     let panels = gemm::panels(cgo, 1, lanes, nv_max);
     let part_len = geo.groups * taps * cgi * cgo;
@@ -992,17 +1014,14 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
             }
         }
     });
+    let total = sum_parts(&mut parts, part_len);
     let mut grad = vec![T::zero(); geo.c_out * cgi * taps];
     for g in 0..geo.groups {
         for t in 0..taps {
             for ci in 0..cgi {
-                for o in 0..cgo {
-                    let at = ((g * taps + t) * cgi + ci) * cgo + o;
-                    let mut sum = T::zero();
-                    for s in 0..splits {
-                        sum += parts[s * part_len + at];
-                    }
-                    grad[((g * cgo + o) * cgi + ci) * taps + t] = sum;
+                let row = &total[((g * taps + t) * cgi + ci) * cgo..][..cgo];
+                for (o, &v) in row.iter().enumerate() {
+                    grad[((g * cgo + o) * cgi + ci) * taps + t] = v;
                 }
             }
         }
@@ -1022,13 +1041,83 @@ pub fn products_f32(x: &[f32], w: &[f32], dy: &[f32], geo: &Geometry, which: usi
     }
 }
 
-/// The convolution op: geometry besides the shapes, and whether its input needs a gradient.
+/// The three products of one bf16-mixed convolution on f32 slices (see `products_f32`).
+#[doc(hidden)]
+pub fn products_bf16(x: &[f32], w: &[f32], dy: &[f32], geo: &Geometry, which: usize) -> Vec<f32> {
+    let isa = isa::selected();
+    let op = Conv2d {
+        stride: geo.stride,
+        pad: geo.pad,
+        groups: geo.groups,
+        input_grad: true,
+        bf16: true,
+    };
+    match which {
+        0 => op.forward_bf16(Bf16Input::F32(x), w, geo, isa),
+        1 => op.input_grad_bf16(dy, w, geo, isa),
+        _ => op.weight_grad_bf16(Bf16Input::F32(x), dy, geo, isa),
+    }
+}
+
+/// The convolution op: geometry besides the shapes, whether its input needs a gradient,
+/// and whether its products run in bf16.
 #[derive(Debug, Clone, Copy)]
 struct Conv2d {
     stride: usize,
     pad: usize,
     groups: usize,
     input_grad: bool,
+    bf16: bool,
+}
+
+/// An input of the bf16 convolution: f32 (rounded as it is packed) or bf16 values.
+enum Bf16Input<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [half::bf16]),
+}
+
+impl Bf16Input<'_> {
+    /// The values rounded to bf16, as f32: what the f32 kernels multiply on the paths
+    /// without a bf16 unit (and on the band path).
+    fn rounded(&self, isa: Isa) -> Vec<f32> {
+        match self {
+            Bf16Input::F32(v) => crate::bf16::round_vec(v, isa),
+            Bf16Input::Bf16(v) => crate::bf16::from_bf16_vec(v, isa),
+        }
+    }
+}
+
+impl Conv2d {
+    /// The bf16 unit this convolution's products run on (None: the f32 kernels on rounded
+    /// values, where the CPU has no unit or the band path serves the geometry).
+    fn unit(&self, geo: &Geometry, isa: Isa) -> Option<crate::bf16::Unit> {
+        crate::bf16::Unit::of(isa).filter(|_| !geo.band(VectorPath::of(isa)))
+    }
+
+    fn forward_bf16(&self, x: Bf16Input, w: &[f32], geo: &Geometry, isa: Isa) -> Vec<f32> {
+        match (self.unit(geo, isa), x) {
+            (Some(unit), Bf16Input::F32(x)) => crate::conv_bf16::forward(x, w, geo, unit, isa),
+            (Some(unit), Bf16Input::Bf16(x)) => crate::conv_bf16::forward(x, w, geo, unit, isa),
+            (None, x) => forward(&x.rounded(isa), &round_vec(w, isa), geo, isa),
+        }
+    }
+
+    fn input_grad_bf16(&self, dy: &[f32], w: &[f32], geo: &Geometry, isa: Isa) -> Vec<f32> {
+        match self.unit(geo, isa) {
+            Some(unit) => crate::conv_bf16::input_grad(dy, w, geo, unit, isa),
+            None => input_grad(&round_vec(dy, isa), &round_vec(w, isa), geo, isa),
+        }
+    }
+
+    fn weight_grad_bf16(&self, x: Bf16Input, dy: &[f32], geo: &Geometry, isa: Isa) -> Vec<f32> {
+        match (self.unit(geo, isa), x) {
+            (Some(unit), Bf16Input::F32(x)) => crate::conv_bf16::weight_grad(x, dy, geo, unit, isa),
+            (Some(unit), Bf16Input::Bf16(x)) => {
+                crate::conv_bf16::weight_grad(x, dy, geo, unit, isa)
+            }
+            (None, x) => weight_grad(&x.rounded(isa), &round_vec(dy, isa), geo, isa),
+        }
+    }
 }
 
 macro_rules! conv_dispatch {
@@ -1061,12 +1150,33 @@ impl CustomOp2 for Conv2d {
     ) -> Result<(CpuStorage, Shape)> {
         let geo = Geometry::new(l1.dims(), l2.dims(), self.stride, self.pad, self.groups)?;
         let isa = isa::selected();
-        let y = conv_dispatch!(s1.dtype(), T => T::to_cpu_storage_owned(forward::<T>(
-            contiguous(s1.as_slice::<T>()?, l1, "conv2d")?,
-            contiguous(s2.as_slice::<T>()?, l2, "conv2d")?,
-            &geo,
-            isa,
-        )));
+        if self.bf16 {
+            let w = contiguous(s2.as_slice::<f32>()?, l2, "conv2d")?;
+            let x = match s1.dtype() {
+                DType::BF16 => {
+                    Bf16Input::Bf16(contiguous(s1.as_slice::<half::bf16>()?, l1, "conv2d")?)
+                }
+                _ => Bf16Input::F32(contiguous(s1.as_slice::<f32>()?, l1, "conv2d")?),
+            };
+            let y = profile::time(
+                || geo.label("conv bf16 forward"),
+                || self.forward_bf16(x, w, &geo, isa),
+            );
+            return Ok((f32::to_cpu_storage_owned(y), geo.out_shape()));
+        }
+        let y = profile::time(
+            || geo.label("conv forward"),
+            || -> Result<_> {
+                Ok(
+                    conv_dispatch!(s1.dtype(), T => T::to_cpu_storage_owned(forward::<T>(
+                        contiguous(s1.as_slice::<T>()?, l1, "conv2d")?,
+                        contiguous(s2.as_slice::<T>()?, l2, "conv2d")?,
+                        &geo,
+                        isa,
+                    ))),
+                )
+            },
+        )?;
         Ok((y, geo.out_shape()))
     }
 
@@ -1083,6 +1193,38 @@ impl CustomOp2 for Conv2d {
         let (xs, xl) = x.storage_and_layout();
         let (ws, wl) = weight.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();
+        if self.bf16 {
+            let (wv, gv) = (
+                cpu_slice::<f32>(&ws, wl, "conv2d")?,
+                cpu_slice::<f32>(&gs, gl, "conv2d")?,
+            );
+            let input = match x.dtype() {
+                DType::BF16 => Bf16Input::Bf16(cpu_slice::<half::bf16>(&xs, xl, "conv2d")?),
+                _ => Bf16Input::F32(cpu_slice::<f32>(&xs, xl, "conv2d")?),
+            };
+            let bf16_input = matches!(input, Bf16Input::Bf16(_));
+            let dx = if self.input_grad {
+                let dx = profile::time(
+                    || geo.label("conv bf16 input grad"),
+                    || self.input_grad_bf16(gv, wv, &geo, isa),
+                );
+                // The gradient of a bf16 tensor is bf16 (as autocast's).
+                Some(if bf16_input {
+                    let dx = crate::bf16::to_bf16_vec(&dx, isa);
+                    Tensor::from_vec(dx, x.shape(), x.device())?
+                } else {
+                    Tensor::from_vec(dx, x.shape(), x.device())?
+                })
+            } else {
+                None
+            };
+            let dw = profile::time(
+                || geo.label("conv bf16 weight grad"),
+                || self.weight_grad_bf16(input, gv, &geo, isa),
+            );
+            let dw = Tensor::from_vec(dw, weight.shape(), weight.device())?;
+            return Ok((dx, Some(dw)));
+        }
         conv_dispatch!(x.dtype(), T => {
             let (xv, wv, gv) = (
                 cpu_slice::<T>(&xs, xl, "conv2d")?,
@@ -1090,11 +1232,13 @@ impl CustomOp2 for Conv2d {
                 cpu_slice::<T>(&gs, gl, "conv2d")?,
             );
             let dx = if self.input_grad {
-                Some(Tensor::from_vec(input_grad(gv, wv, &geo, isa), x.shape(), x.device())?)
+                let dx = profile::time(|| geo.label("conv input grad"), || input_grad(gv, wv, &geo, isa));
+                Some(Tensor::from_vec(dx, x.shape(), x.device())?)
             } else {
                 None
             };
-            let dw = Tensor::from_vec(weight_grad(xv, gv, &geo, isa), weight.shape(), weight.device())?;
+            let dw = profile::time(|| geo.label("conv weight grad"), || weight_grad(xv, gv, &geo, isa));
+            let dw = Tensor::from_vec(dw, weight.shape(), weight.device())?;
             Ok((dx, Some(dw)))
         })
     }
@@ -1110,6 +1254,10 @@ pub struct ConvOptions {
     /// input is tracked by candle's graph (a variable or computed from one), so a network's
     /// first convolution, whose input is data, skips it either way.
     pub input_grad: bool,
+    /// bf16-mixed: the products take the input and the weight rounded to bf16 and
+    /// accumulate in f32 (the weight stays f32, the master copy); the input may be an f32
+    /// or a bf16 tensor, the output is f32. Off: the products run in the input's dtype.
+    pub bf16: bool,
 }
 
 impl ConvOptions {
@@ -1119,7 +1267,13 @@ impl ConvOptions {
             padding,
             groups,
             input_grad: true,
+            bf16: false,
         }
+    }
+
+    /// The same convolution with bf16 products (see `bf16`).
+    pub fn bf16(self, on: bool) -> ConvOptions {
+        ConvOptions { bf16: on, ..self }
     }
 }
 
@@ -1132,24 +1286,37 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, opts: ConvOptions) -> Result<Tensor> 
         padding,
         groups,
         input_grad,
+        bf16,
     } = opts;
     Geometry::new(x.dims(), weight.dims(), stride, padding, groups)?;
     let supported = x.device().is_cpu()
-        && matches!(x.dtype(), DType::F32 | DType::F64)
-        && x.dtype() == weight.dtype()
-        && x.elem_count() > 0;
+        && x.elem_count() > 0
+        && if bf16 {
+            matches!(x.dtype(), DType::F32 | DType::BF16) && weight.dtype() == DType::F32
+        } else {
+            matches!(x.dtype(), DType::F32 | DType::F64) && x.dtype() == weight.dtype()
+        };
     if !supported {
-        return x
+        let (x, weight) = if bf16 {
+            // Off the CPU kernels: candle's conv2d on the rounded values (f32 sums on the
+            // CPU; on other devices as candle computes bf16).
+            (x.to_dtype(DType::BF16)?, weight.to_dtype(DType::BF16)?)
+        } else {
+            (x.clone(), weight.clone())
+        };
+        let y = x
             .permute((0, 3, 1, 2))?
-            .conv2d(weight, padding, stride, 1, groups)?
+            .conv2d(&weight, padding, stride, 1, groups)?
             .permute((0, 2, 3, 1))?
-            .contiguous();
+            .contiguous()?;
+        return if bf16 { y.to_dtype(DType::F32) } else { Ok(y) };
     }
     let op = Conv2d {
         stride,
         pad: padding,
         groups,
         input_grad: input_grad && x.track_op(),
+        bf16,
     };
     x.contiguous()?.apply_op2(&weight.contiguous()?, op)
 }
@@ -1367,5 +1534,110 @@ mod tests {
         let w = Tensor::zeros((4, 4, 3, 3), DType::F32, &candle_core::Device::Cpu).unwrap();
         let err = conv2d(&x, &w, ConvOptions::new(1, 1, 1)).unwrap_err();
         assert!(err.to_string().contains("does not fit"), "{err}");
+    }
+
+    /// bf16-mixed products on every path the machine has (AMX, AVX512-BF16, and the f32
+    /// kernels on rounded values) against f64 products of the same bf16-rounded values: equal
+    /// to f32 accumulation error, for the forward, the input gradient and the weight
+    /// gradient, with f32 and bf16 input tensors.
+    #[test]
+    fn bf16_products_match_f64_products_of_the_rounded_values() {
+        use crate::bf16::round_f32;
+        let cases: [Case; 8] = [
+            (2, 32, 7, 7, 40, 3, 1, 1, 1),
+            (3, 24, 9, 8, 33, 3, 2, 1, 1),
+            (2, 64, 6, 6, 64, 3, 1, 1, 32),
+            (2, 48, 5, 5, 48, 3, 1, 1, 4),
+            (2, 70, 5, 6, 20, 1, 1, 0, 1),
+            (2, 16, 8, 8, 64, 1, 2, 0, 1),
+            (1, 3, 11, 11, 8, 7, 2, 3, 1),
+            (2, 1, 9, 9, 32, 3, 2, 1, 1),
+        ];
+        let reference = crate::isa::Isa::Portable;
+        for isa in crate::isa::available() {
+            for (i, &(n, c, h, w, c_out, k, s, p, g)) in cases.iter().enumerate() {
+                let geo = Geometry::new(&[n, h, w, c], &[c_out, c / g, k, k], s, p, g).unwrap();
+                let op = Conv2d {
+                    stride: s,
+                    pad: p,
+                    groups: g,
+                    input_grad: true,
+                    bf16: true,
+                };
+                let draw = |len: usize, seed: u64| -> Vec<f32> {
+                    seeded(&[len], DType::F32, seed).to_vec1().unwrap()
+                };
+                let x = draw(n * h * w * c, 10 * i as u64);
+                let wt = draw(c_out * (c / g) * k * k, 10 * i as u64 + 1);
+                let dy = draw(geo.out_pixels() * c_out, 10 * i as u64 + 2);
+                let f64s =
+                    |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| round_f32(x) as f64).collect() };
+                let abs = |v: &[f64]| -> Vec<f64> { v.iter().map(|x| x.abs()).collect() };
+                let (x64, w64, dy64) = (f64s(&x), f64s(&wt), f64s(&dy));
+                // Bounds of the sums' magnitudes, per output: the f32 error scales with them.
+                let checks = [
+                    (
+                        "output",
+                        op.forward_bf16(Bf16Input::F32(&x), &wt, &geo, isa),
+                        forward(&x64, &w64, &geo, reference),
+                        forward(&abs(&x64), &abs(&w64), &geo, reference),
+                    ),
+                    (
+                        "input gradient",
+                        op.input_grad_bf16(&dy, &wt, &geo, isa),
+                        input_grad(&dy64, &w64, &geo, reference),
+                        input_grad(&abs(&dy64), &abs(&w64), &geo, reference),
+                    ),
+                    (
+                        "weight gradient",
+                        op.weight_grad_bf16(Bf16Input::F32(&x), &dy, &geo, isa),
+                        weight_grad(&x64, &dy64, &geo, reference),
+                        weight_grad(&abs(&x64), &abs(&dy64), &geo, reference),
+                    ),
+                ];
+                for (what, got, expect, bound) in checks {
+                    for (j, ((&g, &e), &b)) in got.iter().zip(&expect).zip(&bound).enumerate() {
+                        assert!(
+                            (g as f64 - e).abs() <= 1e-5 * b.max(1e-3),
+                            "{isa} case {i} {what} [{j}]: {g} vs {e} (bound {b})"
+                        );
+                    }
+                }
+                // A bf16 input tensor gives the same products as its f32 values.
+                let xb: Vec<half::bf16> = x.iter().map(|&v| half::bf16::from_f32(v)).collect();
+                assert_eq!(
+                    op.forward_bf16(Bf16Input::Bf16(&xb), &wt, &geo, isa),
+                    op.forward_bf16(Bf16Input::F32(&x), &wt, &geo, isa),
+                    "{isa} case {i}: bf16 input"
+                );
+                assert_eq!(
+                    op.weight_grad_bf16(Bf16Input::Bf16(&xb), &dy, &geo, isa),
+                    op.weight_grad_bf16(Bf16Input::F32(&x), &dy, &geo, isa),
+                    "{isa} case {i}: bf16 input, weight gradient"
+                );
+            }
+        }
+    }
+
+    /// Through candle: a bf16 input tensor gets a bf16 gradient, the f32 weight an f32 one.
+    #[test]
+    fn the_bf16_op_keeps_each_tensors_dtype() {
+        let x = Var::from_tensor(
+            &seeded(&[2, 6, 5, 16], DType::F32, 1)
+                .to_dtype(DType::BF16)
+                .unwrap(),
+        )
+        .unwrap();
+        let wt = Var::from_tensor(&seeded(&[8, 16, 3, 3], DType::F32, 2)).unwrap();
+        let y = conv2d(
+            x.as_tensor(),
+            wt.as_tensor(),
+            ConvOptions::new(1, 1, 1).bf16(true),
+        )
+        .unwrap();
+        assert_eq!(y.dtype(), DType::F32);
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(grads.get(x.as_tensor()).unwrap().dtype(), DType::BF16);
+        assert_eq!(grads.get(wt.as_tensor()).unwrap().dtype(), DType::F32);
     }
 }

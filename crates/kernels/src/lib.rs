@@ -14,13 +14,16 @@
 //! and how to add one.
 
 pub mod add_relu;
+pub(crate) mod bf16;
 pub mod conv;
+pub(crate) mod conv_bf16;
 mod cpu;
 mod gemm;
 pub mod isa;
 pub mod memory;
 pub mod norm;
 pub mod pool;
+pub mod profile;
 mod simd;
 
 #[cfg(test)]

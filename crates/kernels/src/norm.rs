@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use std::ops::Range;
@@ -330,12 +330,35 @@ fn map_rows<T: Element>(
     }
 }
 
-/// Training-mode BN of x [..., C] with weight and bias [C], ReLU optional.
+/// Training-mode BN of x [..., C] with weight and bias [C], ReLU optional, its output in
+/// x's dtype or rounded to bf16 (for a bf16 convolution's input).
 #[derive(Debug, Clone)]
 struct BatchNormTrain {
     eps: f64,
     relu: bool,
+    out_bf16: bool,
     saved: SavedStats,
+}
+
+/// The output as candle storage: as computed, or rounded to bf16.
+fn output(out: Vec<f32>, out_bf16: bool, isa: Isa) -> CpuStorage {
+    if out_bf16 {
+        CpuStorage::BF16(crate::bf16::to_bf16_vec(&out, isa))
+    } else {
+        CpuStorage::F32(out)
+    }
+}
+
+/// An upstream gradient as f32 values: bf16 ones (the gradient of a bf16 output) widened.
+fn f32_grad(grad: &Tensor) -> Result<Tensor> {
+    if grad.dtype() != DType::BF16 {
+        return grad.contiguous();
+    }
+    let grad = grad.contiguous()?;
+    let (storage, layout) = grad.storage_and_layout();
+    let values = cpu_slice::<half::bf16>(&storage, layout, "batch-norm")?;
+    let widened = crate::bf16::from_bf16_vec(values, isa::selected());
+    Tensor::from_vec(widened, grad.shape(), grad.device())
 }
 
 /// The per-channel multiply-add that normalizes: y = x * scale + shift.
@@ -469,6 +492,7 @@ fn train_backward<T: Element>(
 #[derive(Debug, Clone, Copy)]
 struct ChannelAffine {
     relu: bool,
+    out_bf16: bool,
 }
 
 fn affine_forward<T: Element>(
@@ -539,19 +563,32 @@ impl CustomOp3 for BatchNormTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = crate::profile::Span::new("batch norm (train) forward");
         let (_, c) = rows_of(l1, self.name())?;
         let isa = isa::selected();
-        let (out, stats) = float_dispatch!(s1.dtype(), self.name(), T => {
-            let (out, stats) = train_forward::<T>(
-                contiguous(s1.as_slice::<T>()?, l1, self.name())?,
-                contiguous(s2.as_slice::<T>()?, l2, self.name())?,
-                contiguous(s3.as_slice::<T>()?, l3, self.name())?,
+        let (out, stats) = if self.out_bf16 {
+            let (out, stats) = train_forward::<f32>(
+                contiguous(s1.as_slice::<f32>()?, l1, self.name())?,
+                contiguous(s2.as_slice::<f32>()?, l2, self.name())?,
+                contiguous(s3.as_slice::<f32>()?, l3, self.name())?,
                 c,
                 self,
                 isa,
             );
-            (storage(out), stats)
-        });
+            (output(out, true, isa), stats)
+        } else {
+            float_dispatch!(s1.dtype(), self.name(), T => {
+                let (out, stats) = train_forward::<T>(
+                    contiguous(s1.as_slice::<T>()?, l1, self.name())?,
+                    contiguous(s2.as_slice::<T>()?, l2, self.name())?,
+                    contiguous(s3.as_slice::<T>()?, l3, self.name())?,
+                    c,
+                    self,
+                    isa,
+                );
+                (storage(out), stats)
+            })
+        };
         *self.saved.lock().expect("stats lock") = Some(stats);
         Ok((out, l1.shape().clone()))
     }
@@ -564,13 +601,14 @@ impl CustomOp3 for BatchNormTrain {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let _span = crate::profile::Span::new("batch norm (train) backward");
         let stats = self
             .saved
             .lock()
             .expect("stats lock")
             .clone()
             .ok_or_else(|| candle_core::Error::Msg("batch-norm: backward before forward".into()))?;
-        let grad = grad_res.contiguous()?;
+        let grad = f32_grad(grad_res)?;
         let (xs, xl) = x.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();
         let (ws, wl) = weight.storage_and_layout();
@@ -612,15 +650,23 @@ impl CustomOp3 for ChannelAffine {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = crate::profile::Span::new("batch norm (eval) forward");
         let (_, c) = rows_of(l1, self.name())?;
         let isa = isa::selected();
         let relu = self.relu;
-        let out = float_dispatch!(s1.dtype(), self.name(), T => {
-            let x = contiguous(s1.as_slice::<T>()?, l1, self.name())?;
-            let scale = contiguous(s2.as_slice::<T>()?, l2, self.name())?;
-            let shift = contiguous(s3.as_slice::<T>()?, l3, self.name())?;
-            storage(affine_forward(x, scale, shift, c, relu, isa))
-        });
+        let out = if self.out_bf16 {
+            let x = contiguous(s1.as_slice::<f32>()?, l1, self.name())?;
+            let scale = contiguous(s2.as_slice::<f32>()?, l2, self.name())?;
+            let shift = contiguous(s3.as_slice::<f32>()?, l3, self.name())?;
+            output(affine_forward(x, scale, shift, c, relu, isa), true, isa)
+        } else {
+            float_dispatch!(s1.dtype(), self.name(), T => {
+                let x = contiguous(s1.as_slice::<T>()?, l1, self.name())?;
+                let scale = contiguous(s2.as_slice::<T>()?, l2, self.name())?;
+                let shift = contiguous(s3.as_slice::<T>()?, l3, self.name())?;
+                storage(affine_forward(x, scale, shift, c, relu, isa))
+            })
+        };
         Ok((out, l1.shape().clone()))
     }
 
@@ -632,7 +678,8 @@ impl CustomOp3 for ChannelAffine {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad_res.contiguous()?;
+        let _span = crate::profile::Span::new("batch norm (eval) backward");
+        let grad = f32_grad(grad_res)?;
         let (xs, xl) = x.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();
         let (ss, sl) = scale.storage_and_layout();
@@ -668,7 +715,21 @@ pub fn batch_norm_train(
     eps: f64,
     relu: bool,
 ) -> Result<(Tensor, BatchStats)> {
+    batch_norm_train_to(x, weight, bias, eps, relu, false)
+}
+
+/// [`batch_norm_train`], its output rounded to bf16 when `out_bf16` (x f32): what a
+/// bf16-mixed convolution reads next. The backward takes a bf16 or f32 gradient.
+pub fn batch_norm_train_to(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    relu: bool,
+    out_bf16: bool,
+) -> Result<(Tensor, BatchStats)> {
     let (rows, _) = check_channels(x, &[weight, bias], "batch-norm")?;
+    check_bf16_output(x, out_bf16)?;
     if rows < 2 {
         // PyTorch refuses this too: one value per channel has no variance to normalize by.
         candle_core::bail!(
@@ -680,6 +741,7 @@ pub fn batch_norm_train(
     let op = BatchNormTrain {
         eps,
         relu,
+        out_bf16,
         saved: saved.clone(),
     };
     let y = x.contiguous()?.apply_op3(weight, bias, op)?;
@@ -703,11 +765,43 @@ pub fn batch_norm_eval(
     eps: f64,
     relu: bool,
 ) -> Result<Tensor> {
+    batch_norm_eval_to(
+        x,
+        weight,
+        bias,
+        (running_mean, running_var),
+        eps,
+        relu,
+        false,
+    )
+}
+
+/// [`batch_norm_eval`], its output rounded to bf16 when `out_bf16` (x f32).
+pub fn batch_norm_eval_to(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    (running_mean, running_var): (&Tensor, &Tensor),
+    eps: f64,
+    relu: bool,
+    out_bf16: bool,
+) -> Result<Tensor> {
     check_channels(x, &[weight, bias, running_mean, running_var], "batch-norm")?;
+    check_bf16_output(x, out_bf16)?;
     let scale = (weight / (running_var + eps)?.sqrt()?)?;
     let shift = (bias - (running_mean * &scale)?)?;
     x.contiguous()?
-        .apply_op3(&scale, &shift, ChannelAffine { relu })
+        .apply_op3(&scale, &shift, ChannelAffine { relu, out_bf16 })
+}
+
+fn check_bf16_output(x: &Tensor, out_bf16: bool) -> Result<()> {
+    if out_bf16 && x.dtype() != DType::F32 {
+        candle_core::bail!(
+            "batch-norm: a bf16 output needs an f32 input, got {:?}",
+            x.dtype()
+        );
+    }
+    Ok(())
 }
 
 /// (rows, C) of a channels-last x [..., C], after checking that every per-channel tensor
@@ -907,5 +1001,82 @@ mod tests {
         let (y, _) = batch_norm_train(&x, &w, &b, 1e-5, true).unwrap();
         let values: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
         assert!(values.iter().any(|v| v.is_nan()), "{values:?}");
+    }
+
+    /// A bf16 output is the f32 output rounded, in both modes; a bf16 upstream gradient
+    /// gives the gradients of its f32 values.
+    #[test]
+    fn bf16_outputs_are_the_rounded_f32_outputs() {
+        let x = Var::from_tensor(&seeded(&[3, 5, 4, 20], DType::F32, 11)).unwrap();
+        let w = Var::from_tensor(&rand(&[20], DType::F32, 1.0, 12)).unwrap();
+        let b = Var::from_tensor(&rand(&[20], DType::F32, 0.0, 13)).unwrap();
+        let rv = (rand(&[20], DType::F32, 0.0, 14).abs().unwrap() + 0.5).unwrap();
+        let up = seeded(&[3, 5, 4, 20], DType::F32, 15)
+            .to_dtype(DType::BF16)
+            .unwrap();
+        for train in [true, false] {
+            let run = |bf16: bool| {
+                let y = if train {
+                    batch_norm_train_to(
+                        x.as_tensor(),
+                        w.as_tensor(),
+                        b.as_tensor(),
+                        1e-5,
+                        true,
+                        bf16,
+                    )
+                    .unwrap()
+                    .0
+                } else {
+                    batch_norm_eval_to(
+                        x.as_tensor(),
+                        w.as_tensor(),
+                        b.as_tensor(),
+                        (&rv, &rv),
+                        1e-5,
+                        true,
+                        bf16,
+                    )
+                    .unwrap()
+                };
+                let up = if bf16 {
+                    up.clone()
+                } else {
+                    up.to_dtype(DType::F32).unwrap()
+                };
+                let grads = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                let g: Vec<Vec<f32>> = [&x, &w, &b]
+                    .iter()
+                    .map(|v| {
+                        grads
+                            .get(v.as_tensor())
+                            .unwrap()
+                            .flatten_all()
+                            .unwrap()
+                            .to_vec1()
+                            .unwrap()
+                    })
+                    .collect();
+                (y, g)
+            };
+            let (y16, g16) = run(true);
+            let (y32, g32) = run(false);
+            assert_eq!(y16.dtype(), DType::BF16);
+            let rounded = y32.to_dtype(DType::BF16).unwrap();
+            assert_eq!(
+                max_diff(
+                    &y16.to_dtype(DType::F32).unwrap(),
+                    &rounded.to_dtype(DType::F32).unwrap()
+                ),
+                0.0
+            );
+            // The products of y and a bf16 gradient round differently in the two runs' sums:
+            // the gradients agree to f32 accumulation, not bits.
+            for (a, b) in g16.iter().zip(&g32) {
+                let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+                let diff = a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+                assert!(diff <= 1e-4 * scale, "train={train}: {diff} of {scale}");
+            }
+        }
     }
 }

@@ -77,6 +77,7 @@ impl CustomOp1 for MaxPool3x3S2 {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = crate::profile::Span::new("max-pool forward");
         let (n, h, w, c) = layout.shape().dims4()?;
         let (out_h, out_w) = (pooled_size(h), pooled_size(w));
         let image_out = out_h * out_w * c;
@@ -98,6 +99,7 @@ impl CustomOp1 for MaxPool3x3S2 {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let _span = crate::profile::Span::new("max-pool backward");
         let (n, h, w, c) = arg.dims4()?;
         let (out_h, out_w) = (pooled_size(h), pooled_size(w));
         let image_out = out_h * out_w * c;
@@ -152,6 +154,7 @@ impl CustomOp1 for GlobalAvgPool {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = crate::profile::Span::new("average pool forward");
         let (n, h, w, c) = layout.shape().dims4()?;
         let isa = isa::selected();
         let out = float_dispatch!(storage.dtype(), self.name(), T => {
@@ -178,6 +181,7 @@ impl CustomOp1 for GlobalAvgPool {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let _span = crate::profile::Span::new("average pool backward");
         let (n, h, w, c) = arg.dims4()?;
         let grad = grad_res.contiguous()?;
         let (gs, gl) = grad.storage_and_layout();

@@ -62,6 +62,10 @@ pub struct TrainConfig {
     /// Evaluate on the first this-many test images.
     #[serde(default)]
     pub test_images: Option<usize>,
+    /// `f32`, or `bf16-mixed`: bf16 products with f32 sums, f32 master weights, BN, loss
+    /// and optimizer (PyTorch Lightning's names; see the README's precision section).
+    #[serde(default)]
+    pub precision: cardinal_zoo::Precision,
 }
 
 fn default_momentum() -> f64 {

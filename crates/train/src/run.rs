@@ -227,7 +227,8 @@ fn restore(spec: &RunSpec, dir: &Path, device: &Device) -> Result<Restored> {
         Some(c) => c.state.clone(),
         None => init_weights(&spec.spec, spec.seed, device)?,
     };
-    let net = ResNet::new(&spec.spec, &state)?;
+    let mut net = ResNet::new(&spec.spec, &state)?;
+    net.set_precision(spec.train.precision);
     let mut sgd = Sgd::new(
         net.params().trainable(),
         spec.train.momentum,

@@ -23,7 +23,7 @@ pub type StateDict = std::collections::BTreeMap<String, candle_core::Tensor>;
 pub use complexity::Complexity;
 pub use error::{Result, ZooError};
 pub use init::init_weights;
-pub use model::{Kernels, Params, ResNet};
+pub use model::{Kernels, Params, Precision, ResNet};
 pub use presets::{preset, preset_named_for, presets, Preset};
 pub use solver::{preserve_complexity, PreservedWidth};
 pub use spec::{BlockForm, BlockKind, NetSpec, StageSpec, Stem};

@@ -86,13 +86,58 @@ pub enum Kernels {
     Candle,
 }
 
-/// One forward pass: BN mode, and whether the fused CPU kernels run. With them,
-/// activations are channels-last ([N, H, W, C]) from the network's input to its pooling;
-/// with candle's ops, channels-first ([N, C, H, W]).
+/// How a model's products are computed: in f32, or as PyTorch's bf16 autocast does
+/// (PyTorch Lightning's `bf16-mixed`): convolutions and the classifier multiply bf16
+/// inputs and bf16 weights, rounded to nearest even from the f32 master copy each step,
+/// and accumulate in f32; batch norm, the loss and the optimizer stay f32.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub enum Precision {
+    #[default]
+    #[serde(rename = "f32")]
+    F32,
+    #[serde(rename = "bf16-mixed")]
+    Bf16Mixed,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16Mixed => "bf16-mixed",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Precision, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16-mixed" => Ok(Precision::Bf16Mixed),
+            other => Err(format!(
+                "unknown precision `{other}` (expected f32 or bf16-mixed)"
+            )),
+        }
+    }
+}
+
+/// One forward pass: BN mode, whether the fused CPU kernels run, and whether their
+/// products run in bf16. With the fused kernels, activations are channels-last
+/// ([N, H, W, C]) from the network's input to its pooling; with candle's ops,
+/// channels-first ([N, C, H, W]).
 #[derive(Debug, Clone, Copy)]
 struct Pass {
     train: bool,
     fused: bool,
+    bf16: bool,
 }
 
 impl Pass {
@@ -133,7 +178,8 @@ impl Conv {
         // the whole batch); candle's conv2d stays the reference and serves other devices.
         if pass.fused {
             let options =
-                cardinal_kernels::ConvOptions::new(self.stride, self.padding, self.groups);
+                cardinal_kernels::ConvOptions::new(self.stride, self.padding, self.groups)
+                    .bf16(pass.bf16);
             cardinal_kernels::conv2d(x, &self.weight, options)
         } else {
             x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)
@@ -155,25 +201,46 @@ struct Norm {
 /// PyTorch's default: running = (1 - momentum) * running + momentum * batch statistic.
 const BN_MOMENTUM: f64 = 0.1;
 
+/// What a batch norm's output feeds: a convolution (which, in bf16-mixed, reads it rounded
+/// to bf16, so BN writes it so) or anything else (f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feeds {
+    Conv,
+    Other,
+}
+
 impl Norm {
-    fn forward(&self, x: &Tensor, pass: Pass, relu: bool) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        pass: Pass,
+        relu: bool,
+        feeds: Feeds,
+    ) -> candle_core::Result<Tensor> {
         if !pass.fused {
             let y = self.reference.forward_t(x, pass.train)?;
             return if relu { y.relu() } else { Ok(y) };
         }
+        let out_bf16 = pass.bf16 && feeds == Feeds::Conv;
         if !pass.train {
-            return cardinal_kernels::batch_norm_eval(
+            return cardinal_kernels::norm::batch_norm_eval_to(
                 x,
                 &self.weight,
                 &self.bias,
-                self.running_mean.as_tensor(),
-                self.running_var.as_tensor(),
+                (self.running_mean.as_tensor(), self.running_var.as_tensor()),
                 BN_EPS,
                 relu,
+                out_bf16,
             );
         }
-        let (y, stats) =
-            cardinal_kernels::batch_norm_train(x, &self.weight, &self.bias, BN_EPS, relu)?;
+        let (y, stats) = cardinal_kernels::norm::batch_norm_train_to(
+            x,
+            &self.weight,
+            &self.bias,
+            BN_EPS,
+            relu,
+            out_bf16,
+        )?;
         // The running variance is unbiased, as in PyTorch (and candle-nn); count >= 2 is
         // checked by the kernel.
         let unbiased = stats.count as f64 / (stats.count - 1) as f64;
@@ -226,8 +293,9 @@ fn conv_bn(
     x: &Tensor,
     pass: Pass,
     relu: bool,
+    feeds: Feeds,
 ) -> candle_core::Result<Tensor> {
-    bn.forward(&conv.forward(x, pass)?, pass, relu)
+    bn.forward(&conv.forward(x, pass)?, pass, relu, feeds)
 }
 
 #[derive(Debug, Clone)]
@@ -348,7 +416,7 @@ impl Block {
                 conv3,
                 bn3,
             } => {
-                let h = conv_bn(conv1, bn1, x, pass, true)?;
+                let h = conv_bn(conv1, bn1, x, pass, true, Feeds::Conv)?;
                 let h = match conv2.as_slice() {
                     [grouped] => grouped.forward(&h, pass)?,
                     split => {
@@ -364,8 +432,8 @@ impl Block {
                         Tensor::cat(&parts, dim)?
                     }
                 };
-                let h = bn2.forward(&h, pass, true)?;
-                bn3.forward(&conv3.forward(&h, pass)?, pass, false)?
+                let h = bn2.forward(&h, pass, true, Feeds::Conv)?;
+                bn3.forward(&conv3.forward(&h, pass)?, pass, false, Feeds::Other)?
             }
             Body::Basic {
                 conv1,
@@ -373,15 +441,15 @@ impl Block {
                 conv2,
                 bn2,
             } => {
-                let h = conv_bn(conv1, bn1, x, pass, true)?;
-                conv_bn(conv2, bn2, &h, pass, false)?
+                let h = conv_bn(conv1, bn1, x, pass, true, Feeds::Conv)?;
+                conv_bn(conv2, bn2, &h, pass, false, Feeds::Other)?
             }
             Body::Paths { paths, bn } => {
                 let mut sum: Option<Tensor> = None;
                 for path in paths {
-                    let mut h = conv_bn(&path.conv1, &path.bn1, x, pass, true)?;
+                    let mut h = conv_bn(&path.conv1, &path.bn1, x, pass, true, Feeds::Conv)?;
                     if let Some((conv, bn)) = &path.middle {
-                        h = conv_bn(conv, bn, &h, pass, true)?;
+                        h = conv_bn(conv, bn, &h, pass, true, Feeds::Conv)?;
                     }
                     let out = path.last.forward(&h, pass)?;
                     sum = Some(match sum {
@@ -389,11 +457,16 @@ impl Block {
                         Some(s) => (s + out)?,
                     });
                 }
-                bn.forward(&sum.expect("a block has at least one path"), pass, false)?
+                bn.forward(
+                    &sum.expect("a block has at least one path"),
+                    pass,
+                    false,
+                    Feeds::Other,
+                )?
             }
         };
         let shortcut = match &self.downsample {
-            Some((conv, bn)) => conv_bn(conv, bn, x, pass, false)?,
+            Some((conv, bn)) => conv_bn(conv, bn, x, pass, false, Feeds::Other)?,
             None => x.clone(),
         };
         if pass.fused {
@@ -444,6 +517,7 @@ pub struct ResNet {
     stages: Vec<Vec<Block>>,
     fc: candle_nn::Linear,
     kernels: Kernels,
+    precision: Precision,
 }
 
 impl ResNet {
@@ -481,6 +555,7 @@ impl ResNet {
             stages,
             fc,
             kernels: Kernels::default(),
+            precision: Precision::default(),
         })
     }
 
@@ -491,6 +566,21 @@ impl ResNet {
 
     pub fn kernels(&self) -> Kernels {
         self.kernels
+    }
+
+    /// f32 or bf16-mixed products. bf16-mixed applies to the fused CPU kernels on f32
+    /// models; candle's reference ops (and f64 models) always compute in their dtype.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Whether a pass over `x` runs bf16-mixed products.
+    fn bf16(&self, x: &Tensor) -> bool {
+        self.fused(x) && x.dtype() == DType::F32 && self.precision == Precision::Bf16Mixed
     }
 
     pub fn spec(&self) -> &NetSpec {
@@ -544,13 +634,14 @@ impl ResNet {
         let pass = Pass {
             train,
             fused: self.fused(x),
+            bf16: self.bf16(x),
         };
         let x = if pass.fused {
             x.permute((0, 2, 3, 1))?.contiguous()?
         } else {
             x.clone()
         };
-        let mut h = conv_bn(&self.stem_conv, &self.stem_bn, &x, pass, true)?;
+        let mut h = conv_bn(&self.stem_conv, &self.stem_bn, &x, pass, true, Feeds::Other)?;
         if matches!(self.spec.stem, Stem::Imagenet { .. }) {
             h = if pass.fused {
                 cardinal_kernels::max_pool_3x3_s2(&h)?
@@ -573,7 +664,17 @@ impl ResNet {
         } else {
             features.mean((2, 3))?
         };
-        Ok(self.fc.forward(&pooled)?)
+        if !self.bf16(features) {
+            return Ok(self.fc.forward(&pooled)?);
+        }
+        // bf16-mixed: the product of bf16-rounded inputs and weights, summed in f32 (the
+        // gradients of the roundings pass through, rounded to bf16 as autocast's are).
+        let round = |t: &Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);
+        let logits = round(&pooled)?.matmul(&round(self.fc.weight())?.t()?)?;
+        Ok(match self.fc.bias() {
+            Some(bias) => logits.broadcast_add(bias)?,
+            None => logits,
+        })
     }
 
     /// Logits [N, classes].

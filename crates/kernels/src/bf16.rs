@@ -1,0 +1,662 @@
+//! bf16 products with f32 accumulation: the matrix kernels of `precision: bf16-mixed`.
+//!
+//! Both operands are rounded to bf16 (round to nearest even, in software, the same on every
+//! path) as they are packed, and every product accumulates in f32:
+//!
+//! - **A** (the rows: pixels, or output channels for the weight gradient) is packed in
+//!   blocks of 32 rows, each row `kpad` bf16 long (K padded with zeros to a multiple of 32);
+//! - **B** (the columns) in panels of 32 columns, K in pairs: row `kp` of a panel holds, for
+//!   each column, elements 2kp and 2kp + 1 side by side (the "VNNI" layout both the AMX tile
+//!   unit and `VDPBF16PS` multiply);
+//! - a **block** is 32 rows by one panel: C[32][32] (f32) = A x B.
+//!
+//! Two block kernels, one interface: [`amx_block`] on the AMX tile unit (`TDPBF16PS`: four
+//! 16x16 f32 tiles of C, two of A, two of B, in `asm!` since stable Rust has no AMX
+//! intrinsics; written from Intel's instruction reference, with the tile configuration
+//! loaded once per task), and [`dp_block`] with AVX512-BF16's `VDPBF16PS` (8 rows by two
+//! vectors of accumulators, a broadcast pair of A against a vector of B pairs). Machines
+//! with neither round their inputs to bf16 values and run the f32 kernels (see `conv`):
+//! the same rounding, f32 products of bf16 values (exact), f32 sums. The two units treat
+//! bf16 denormals (below 1e-38) as zero; the software paths keep them.
+
+use std::arch::asm;
+
+use half::bf16;
+
+/// bf16 bits of `x`, rounded to nearest even; a NaN stays a (quiet) NaN. Branch-free, so a
+/// loop of it vectorizes.
+#[inline(always)]
+pub(crate) fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16;
+    let nan = (bits & 0x7FFF_FFFF) > 0x7F80_0000;
+    if nan {
+        ((bits >> 16) | 0x40) as u16
+    } else {
+        rounded as u16
+    }
+}
+
+/// The f32 value of bf16 bits (exact).
+#[inline(always)]
+pub(crate) fn from_bf16(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
+/// `x` rounded to the nearest bf16, as an f32.
+#[inline(always)]
+pub(crate) fn round_f32(x: f32) -> f32 {
+    from_bf16(to_bf16(x))
+}
+
+/// Values per task of the conversions.
+const CONVERT_CHUNK: usize = 1 << 15;
+
+/// f32 values rounded to bf16, in parallel and vectorized.
+pub(crate) fn to_bf16_vec(values: &[f32], isa: crate::isa::Isa) -> Vec<bf16> {
+    use rayon::prelude::*;
+    let mut out = vec![bf16::ZERO; values.len()];
+    out.par_chunks_mut(CONVERT_CHUNK)
+        .zip(values.par_chunks(CONVERT_CHUNK))
+        .for_each(|(o, v)| {
+            crate::cpu::vector_loops(
+                isa,
+                #[inline(always)]
+                || {
+                    for (o, &v) in o.iter_mut().zip(v) {
+                        *o = bf16::from_bits(to_bf16(v));
+                    }
+                },
+            )
+        });
+    out
+}
+
+/// f32 values rounded to the nearest bf16 values, kept as f32, in parallel and vectorized.
+pub(crate) fn round_vec(values: &[f32], isa: crate::isa::Isa) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = vec![0f32; values.len()];
+    out.par_chunks_mut(CONVERT_CHUNK)
+        .zip(values.par_chunks(CONVERT_CHUNK))
+        .for_each(|(o, v)| {
+            crate::cpu::vector_loops(
+                isa,
+                #[inline(always)]
+                || {
+                    for (o, &v) in o.iter_mut().zip(v) {
+                        *o = round_f32(v);
+                    }
+                },
+            )
+        });
+    out
+}
+
+/// bf16 values as f32 (exact), in parallel and vectorized.
+pub(crate) fn from_bf16_vec(values: &[bf16], isa: crate::isa::Isa) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = vec![0f32; values.len()];
+    out.par_chunks_mut(CONVERT_CHUNK)
+        .zip(values.par_chunks(CONVERT_CHUNK))
+        .for_each(|(o, v)| {
+            crate::cpu::vector_loops(
+                isa,
+                #[inline(always)]
+                || {
+                    for (o, v) in o.iter_mut().zip(v) {
+                        *o = from_bf16(v.to_bits());
+                    }
+                },
+            )
+        });
+    out
+}
+
+/// A value the products read: f32 (rounded when packed) or bf16 (as it is).
+pub(crate) trait Source: Copy + Send + Sync + 'static {
+    const ZERO: Self;
+    /// f32 (else bf16): the packing code converts or copies.
+    const F32: bool;
+    fn bits(self) -> u16;
+}
+
+impl Source for f32 {
+    const ZERO: f32 = 0.0;
+    const F32: bool = true;
+    #[inline(always)]
+    fn bits(self) -> u16 {
+        to_bf16(self)
+    }
+}
+
+impl Source for bf16 {
+    const ZERO: bf16 = bf16::ZERO;
+    const F32: bool = false;
+    #[inline(always)]
+    fn bits(self) -> u16 {
+        self.to_bits()
+    }
+}
+
+/// Rows of a block, and columns of a panel.
+pub(crate) const BLOCK: usize = 32;
+/// K steps of the block kernels.
+pub(crate) const K_STEP: usize = 32;
+
+/// K padded to whole steps.
+pub(crate) fn padded_k(k: usize) -> usize {
+    k.div_ceil(K_STEP).max(1) * K_STEP
+}
+
+/// A right-hand operand [k, n] in panels of 32 columns, K padded to `kpad`, in pairs.
+pub(crate) struct Vnni {
+    pub data: Vec<u16>,
+    pub kpad: usize,
+    pub n: usize,
+}
+
+impl Vnni {
+    /// Packs `value(k, col)` for k < `k` and col < `n` (zero beyond), panels in parallel.
+    pub fn new(k: usize, n: usize, value: impl Fn(usize, usize) -> f32 + Sync) -> Vnni {
+        use rayon::prelude::*;
+        let kpad = padded_k(k);
+        let panel_len = kpad * BLOCK;
+        let panels = n.div_ceil(BLOCK);
+        let mut data = vec![0u16; panels * panel_len];
+        data.par_chunks_mut(panel_len)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                for (kp, row) in panel.chunks_exact_mut(2 * BLOCK).enumerate() {
+                    for j in 0..BLOCK {
+                        let col = p * BLOCK + j;
+                        if col >= n {
+                            continue;
+                        }
+                        for e in 0..2 {
+                            let kk = 2 * kp + e;
+                            if kk < k {
+                                row[2 * j + e] = to_bf16(value(kk, col));
+                            }
+                        }
+                    }
+                }
+            });
+        Vnni { data, kpad, n }
+    }
+
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(BLOCK)
+    }
+
+    /// The start of panel `p`.
+    pub fn panel(&self, p: usize) -> *const u16 {
+        self.data[p * self.kpad * BLOCK..].as_ptr()
+    }
+}
+
+/// Which block kernel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unit {
+    Amx,
+    DotBf16,
+}
+
+impl Unit {
+    /// The unit of an instruction-set choice, if it has one.
+    pub(crate) fn of(isa: crate::isa::Isa) -> Option<Unit> {
+        match isa.min(crate::isa::detected()) {
+            crate::isa::Isa::Amx => Some(Unit::Amx),
+            crate::isa::Isa::Avx512Bf16 => Some(Unit::DotBf16),
+            _ => None,
+        }
+    }
+
+    /// Runs `f` with the unit ready, compiled for AVX-512 with AVX512-BF16 (every machine
+    /// with a unit has it; the packing's conversions use it): for AMX, the tile
+    /// configuration is loaded on this thread for the duration (and released after). `f`
+    /// should be `#[inline(always)]`, so that it is compiled for those features too.
+    #[inline(always)]
+    pub(crate) fn session<R>(self, f: impl FnOnce() -> R) -> R {
+        // SAFETY: a unit exists only where the CPU has AVX512-BF16 (`Unit::of`).
+        unsafe {
+            with_unit_features(
+                #[inline(always)]
+                || self.configured(f),
+            )
+        }
+    }
+
+    #[inline(always)]
+    fn configured<R>(self, f: impl FnOnce() -> R) -> R {
+        match self {
+            Unit::Amx => {
+                // SAFETY: `Unit::of` picks AMX only where the CPU has it and Linux granted
+                // the tile data state (`isa::detected`).
+                unsafe { amx_configure() };
+                let result = f();
+                // SAFETY: as above.
+                unsafe { amx_release() };
+                result
+            }
+            Unit::DotBf16 => f(),
+        }
+    }
+
+    /// C[32][32] (row stride `ldc` floats) = (C if `accumulate`) + A[32][kpad] x B panel.
+    ///
+    /// # Safety
+    /// `a` holds 32 rows of `kpad` values (`kpad` a multiple of 32), `b` a panel `kpad`
+    /// deep, `c` 32 rows of `ldc >= 32` floats; for AMX, inside `session`.
+    #[inline(always)]
+    pub(crate) unsafe fn block(
+        self,
+        a: *const u16,
+        kpad: usize,
+        b: *const u16,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY: the caller's promises.
+        unsafe {
+            match self {
+                Unit::Amx => amx_block(a, kpad, b, c, ldc, accumulate),
+                Unit::DotBf16 => dp_block(a, kpad, b, c, ldc, accumulate),
+            }
+        }
+    }
+}
+
+/// The tile configuration: palette 1, eight tiles of 16 rows by 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+static TILES: TileConfig = TileConfig {
+    palette: 1,
+    start_row: 0,
+    reserved: [0; 14],
+    colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+    rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+};
+
+/// # Safety
+/// The CPU has AMX and the process may use its tile data (see `isa`).
+unsafe fn amx_configure() {
+    // SAFETY: TILES is a valid 64-byte palette-1 configuration (the caller vouches for AMX).
+    unsafe { asm!("ldtilecfg [{}]", in(reg) &TILES, options(nostack, readonly)) };
+}
+
+/// # Safety
+/// As `amx_configure`.
+unsafe fn amx_release() {
+    // SAFETY: returns the tile state to its initial configuration.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+}
+
+/// One block on the AMX tile unit: tiles 0-3 hold C (rows 0-15 / 16-31 by columns 0-15 /
+/// 16-31), 4-5 the two row halves of A's K step, 6-7 the two column halves of B's.
+///
+/// # Safety
+/// As `Unit::block` for AMX, with the tiles configured (`amx_configure`).
+#[inline(always)]
+unsafe fn amx_block(
+    a: *const u16,
+    kpad: usize,
+    b: *const u16,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let (lda, ldc_bytes) = (kpad * 2, ldc * 4);
+    let (a1, c1) = (a.wrapping_add(16 * kpad), c.wrapping_add(16 * ldc));
+    // SAFETY: every tile load and store stays inside the blocks the caller vouches for:
+    // 16 rows of 64 bytes at the given strides.
+    unsafe {
+        if accumulate {
+            asm!(
+                "tileloadd tmm0, [{c} + {s}*1]",
+                "tileloadd tmm1, [{c} + {s}*1 + 64]",
+                "tileloadd tmm2, [{c1} + {s}*1]",
+                "tileloadd tmm3, [{c1} + {s}*1 + 64]",
+                c = in(reg) c, c1 = in(reg) c1, s = in(reg) ldc_bytes,
+                options(nostack, readonly),
+            );
+        } else {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem),
+            );
+        }
+        asm!(
+            "2:",
+            "tileloadd tmm4, [{a} + {sa}*1]",
+            "tileloadd tmm5, [{a1} + {sa}*1]",
+            "tileloadd tmm6, [{b} + {sb}*1]",
+            "tileloadd tmm7, [{b} + {sb}*1 + 64]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {a}, 64",
+            "add {a1}, 64",
+            "add {b}, 2048",
+            "dec {n}",
+            "jnz 2b",
+            a = inout(reg) a => _,
+            a1 = inout(reg) a1 => _,
+            b = inout(reg) b => _,
+            n = inout(reg) kpad / K_STEP => _,
+            sa = in(reg) lda,
+            sb = in(reg) 4 * BLOCK,
+            options(nostack, readonly),
+        );
+        asm!(
+            "tilestored [{c} + {s}*1], tmm0",
+            "tilestored [{c} + {s}*1 + 64], tmm1",
+            "tilestored [{c1} + {s}*1], tmm2",
+            "tilestored [{c1} + {s}*1 + 64], tmm3",
+            c = in(reg) c, c1 = in(reg) c1, s = in(reg) ldc_bytes,
+            options(nostack),
+        );
+    }
+}
+
+/// One block with `VDPBF16PS`: four sub-blocks of 8 rows by two vectors of 16 columns.
+///
+/// # Safety
+/// As `Unit::block`; the CPU has AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl,avx512dq")]
+unsafe fn dp_block(
+    a: *const u16,
+    kpad: usize,
+    b: *const u16,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    const ROWS: usize = 8;
+    // SAFETY: reads stay in the 32 rows of A and the panel, writes in C's 32 rows.
+    unsafe {
+        for sub in 0..BLOCK / ROWS {
+            let (a, c) = (a.add(sub * ROWS * kpad), c.add(sub * ROWS * ldc));
+            let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
+            if accumulate {
+                for (i, row) in acc.iter_mut().enumerate() {
+                    row[0] = _mm512_loadu_ps(c.add(i * ldc));
+                    row[1] = _mm512_loadu_ps(c.add(i * ldc + 16));
+                }
+            }
+            for kp in 0..kpad / 2 {
+                let bp = b.add(kp * 2 * BLOCK);
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp as *const _));
+                let b1: __m512bh =
+                    std::mem::transmute(_mm512_loadu_si512(bp.add(BLOCK) as *const _));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let pair = (a.add(i * kpad + 2 * kp) as *const i32).read_unaligned();
+                    let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                    row[0] = _mm512_dpbf16_ps(row[0], av, b0);
+                    row[1] = _mm512_dpbf16_ps(row[1], av, b1);
+                }
+            }
+            for (i, row) in acc.iter().enumerate() {
+                _mm512_storeu_ps(c.add(i * ldc), row[0]);
+                _mm512_storeu_ps(c.add(i * ldc + 16), row[1]);
+            }
+        }
+    }
+}
+
+/// Runs `f` compiled for AVX-512 with AVX512-BF16: the packing of the units' operands,
+/// whose conversions then use the CPU's own rounding instruction.
+///
+/// # Safety
+/// The CPU has AVX512-BF16 (as every machine with a bf16 unit does).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")]
+pub(crate) unsafe fn with_unit_features<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// `n` values from `src` as bf16 bits at `dst`: f32 rounded by `VCVTNEPS2BF16` (round to
+/// nearest even, as `to_bf16`; denormals become zero, as the units would read them
+/// anyway), bf16 copied.
+///
+/// # Safety
+/// `src` is valid for `n` reads and `dst` for `n` writes; inside `with_unit_features`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn convert_run<X: Source>(src: *const X, dst: *mut u16, n: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's promises.
+    unsafe {
+        if !X::F32 {
+            std::ptr::copy_nonoverlapping(src as *const u16, dst, n);
+            return;
+        }
+        let src = src as *const f32;
+        let mut i = 0;
+        while i + 16 <= n {
+            let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.add(i)));
+            _mm256_storeu_si256(
+                dst.add(i) as *mut __m256i,
+                std::mem::transmute::<__m256bh, __m256i>(v),
+            );
+            i += 16;
+        }
+        if i < n {
+            let mask = ((1u32 << (n - i)) - 1) as u16;
+            let v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, src.add(i)));
+            _mm256_mask_storeu_epi16(
+                dst.add(i) as *mut i16,
+                mask,
+                std::mem::transmute::<__m256bh, __m256i>(v),
+            );
+        }
+    }
+}
+
+/// The bf16 values of two rows, interleaved: (a[i], b[i]) pairs for i < n (a multiple of
+/// 16), as a B panel's rows hold two K steps of each column.
+///
+/// # Safety
+/// `a` and `b` are valid for `n` reads, `dst` for `2 n` writes; inside
+/// `with_unit_features`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn interleave_rows<X: Source>(a: *const X, b: *const X, dst: *mut u16, n: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's promises.
+    unsafe {
+        let idx = _mm512_set_epi16(
+            47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6, 37, 5, 36,
+            4, 35, 3, 34, 2, 33, 1, 32, 0,
+        );
+        let mut i = 0;
+        while i + 16 <= n {
+            let (va, vb) = if X::F32 {
+                let (pa, pb) = (a as *const f32, b as *const f32);
+                (
+                    std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(
+                        pa.add(i),
+                    ))),
+                    std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(
+                        pb.add(i),
+                    ))),
+                )
+            } else {
+                (
+                    _mm256_loadu_si256((a as *const u16).add(i) as *const __m256i),
+                    _mm256_loadu_si256((b as *const u16).add(i) as *const __m256i),
+                )
+            };
+            let pairs = _mm512_permutex2var_epi16(
+                _mm512_castsi256_si512(va),
+                idx,
+                _mm512_castsi256_si512(vb),
+            );
+            _mm512_storeu_si512(dst.add(2 * i) as *mut _, pairs);
+            i += 16;
+        }
+    }
+}
+
+/// Column `col` of `rows` rows of f32 (`stride` values apart) as bf16 bits at `dst`: one
+/// gather per 16 rows (the weight gradient's A is its output gradient transposed).
+///
+/// # Safety
+/// Rows `0..rows` of `src` (each `stride` values) hold column `col`; `dst` is valid for
+/// `rows` writes; inside `with_unit_features`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn gather_column(src: *const f32, stride: usize, rows: usize, dst: *mut u16) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's promises; masked lanes are neither read nor written.
+    unsafe {
+        let step = _mm512_set1_epi32((16 * stride) as i32);
+        let mut index = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(stride as i32),
+        );
+        let mut r = 0;
+        while r < rows {
+            let mask = if rows - r >= 16 {
+                u16::MAX
+            } else {
+                ((1u32 << (rows - r)) - 1) as u16
+            };
+            let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, index, src);
+            let packed = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v));
+            _mm256_mask_storeu_epi16(dst.add(r) as *mut i16, mask, packed);
+            index = _mm512_add_epi32(index, step);
+            r += 16;
+        }
+    }
+}
+
+/// Packs one row of A on a unit's path: `taps` runs of `kc` values from `pointers`, then
+/// zeros to `row.len()`.
+///
+/// # Safety
+/// Each pointer is valid for `kc` reads; inside `with_unit_features`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn pack_row_unit<X: Source>(row: &mut [u16], pointers: &[*const X], kc: usize) {
+    for (t, &p) in pointers.iter().enumerate() {
+        // SAFETY: the caller's promise; the run lies in the row.
+        unsafe { convert_run(p, row[t * kc..(t + 1) * kc].as_mut_ptr(), kc) };
+    }
+    row[pointers.len() * kc..].fill(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::isa::available;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 11) as f64 / (1u64 << 52) as f64 * 2.0 - 1.0) as f32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even_and_keeps_nan_and_infinity() {
+        for &x in &values(10_000, 3) {
+            let r = bf16::from_f32(x).to_bits();
+            assert_eq!(to_bf16(x), r, "{x}");
+        }
+        // Ties go to even: 1 + 2^-8 lies halfway between 1 and 1 + 2^-7.
+        assert_eq!(from_bf16(to_bf16(1.0 + 1.0 / 256.0)), 1.0);
+        assert_eq!(from_bf16(to_bf16(1.0 + 3.0 / 256.0)), 1.0 + 4.0 / 256.0);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
+        assert_eq!(from_bf16(to_bf16(f32::MAX)), f32::INFINITY);
+    }
+
+    /// Each unit's block against an f64 sum of the same bf16 values: equal to f32
+    /// accumulation error, with and without accumulating into C, on partial panels.
+    #[test]
+    fn blocks_match_an_f64_reference_of_the_rounded_inputs() {
+        let units: Vec<Unit> = available().into_iter().filter_map(Unit::of).collect();
+        for unit in units {
+            for (k, n) in [(32, 32), (70, 20), (300, 64), (5, 1)] {
+                let kpad = padded_k(k);
+                let a_vals = values(BLOCK * k, 1 + k as u64);
+                let b_vals = values(k * n, 2 + n as u64);
+                let mut a = vec![0u16; BLOCK * kpad];
+                for i in 0..BLOCK {
+                    for kk in 0..k {
+                        a[i * kpad + kk] = to_bf16(a_vals[i * k + kk]);
+                    }
+                }
+                let b = Vnni::new(k, n, |kk, col| b_vals[kk * n + col]);
+                for accumulate in [false, true] {
+                    for p in 0..b.panels() {
+                        let ldc = 40;
+                        let start = values(BLOCK * ldc, 9);
+                        let mut c = start.clone();
+                        // SAFETY: A is 32 x kpad, the panel kpad deep, C 32 x 40 floats.
+                        unsafe {
+                            unit.session(|| {
+                                unit.block(
+                                    a.as_ptr(),
+                                    kpad,
+                                    b.panel(p),
+                                    c.as_mut_ptr(),
+                                    ldc,
+                                    accumulate,
+                                )
+                            })
+                        };
+                        for i in 0..BLOCK {
+                            for j in 0..BLOCK {
+                                let col = p * BLOCK + j;
+                                let mut expect = if accumulate {
+                                    start[i * ldc + j] as f64
+                                } else {
+                                    0.0
+                                };
+                                let mut scale = expect.abs();
+                                if col < n {
+                                    for kk in 0..k {
+                                        let t = round_f32(a_vals[i * k + kk]) as f64
+                                            * round_f32(b_vals[kk * n + col]) as f64;
+                                        expect += t;
+                                        scale += t.abs();
+                                    }
+                                }
+                                let got = c[i * ldc + j] as f64;
+                                assert!(
+                                    (got - expect).abs()
+                                        <= 1e-6 * scale.max(1.0) * (k as f64).sqrt(),
+                                    "{unit:?} k={k} n={n} ({i}, {col}): {got} vs {expect}"
+                                );
+                            }
+                            // Columns beyond the block are untouched.
+                            for j in BLOCK..ldc {
+                                assert_eq!(c[i * ldc + j], start[i * ldc + j]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

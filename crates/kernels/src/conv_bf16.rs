@@ -1,0 +1,382 @@
+//! The convolution's three products in bf16 with f32 accumulation, on a bf16 unit (AMX or
+//! AVX512-BF16; see `bf16`). The geometry, the gathers and the splits are `conv`'s: rows
+//! are the batch's pixels, each reading the input through one pointer per tap; here a block
+//! of 32 rows is packed (rounded to bf16) once and multiplied by every panel of packed
+//! weights.
+//!
+//! - forward: A = the input rows (taps x channels), B = the weights [(tap, ci), co];
+//! - input gradient: per stride class, A = the output-gradient rows of the class's taps,
+//!   B = the weights [(tap, co), ci];
+//! - weight gradient (transposed): C = dW^T [co, (tap, ci)], A = the output gradient's
+//!   channels over a chunk of pixels, B = the input rows of the chunk in pixel pairs; C
+//!   accumulates over the chunks, split as `conv::grad_split` decides.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::bf16::{
+    gather_column, interleave_rows, pack_row_unit, padded_k, Source, Unit, Vnni, BLOCK,
+};
+use crate::conv::{
+    classes, forward_pointers, grad_split, ranges, sum_parts, tap_offsets, written_by, Geometry,
+    CHUNK,
+};
+use crate::cpu::SendPtr;
+use crate::isa::Isa;
+
+/// Rows of one task: whole blocks.
+const TASK_ROWS: usize = 4 * BLOCK;
+
+/// Rows `rows` of a product: for each block of 32, the rows' tap pointers (`pointers`)
+/// packed into A, times every panel of `b`, each block's C copied to the rows' outputs
+/// (`out_row(r)`, `b.n` values from it).
+///
+/// # Safety
+/// Pointers are valid for `kc` reads; `out_row(r)` is valid for `b.n` writes for every row
+/// r of `rows`; `b` is `taps * kc` deep.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_rows<X: Source>(
+    unit: Unit,
+    isa: Isa,
+    rows: Range<usize>,
+    taps: usize,
+    kc: usize,
+    zero: *const X,
+    b: &Vnni,
+    pointers: impl Fn(usize, &mut [*const X]),
+    out_row: impl Fn(usize) -> *mut f32,
+) {
+    let kpad = b.kpad;
+    let mut a = vec![0u16; BLOCK * kpad];
+    let mut c = vec![0f32; BLOCK * BLOCK];
+    let mut row = vec![zero; taps];
+    let _ = isa;
+    unit.session(
+        #[inline(always)]
+        || {
+            let mut start = rows.start;
+            while start < rows.end {
+                let valid = (rows.end - start).min(BLOCK);
+                for i in 0..BLOCK {
+                    let packed = &mut a[i * kpad..(i + 1) * kpad];
+                    if i < valid {
+                        pointers(start + i, &mut row);
+                        // SAFETY: the caller's promise for the pointers.
+                        unsafe { pack_row_unit(packed, &row, kc) };
+                    } else {
+                        packed.fill(0);
+                    }
+                }
+                for p in 0..b.panels() {
+                    let width = (b.n - p * BLOCK).min(BLOCK);
+                    // SAFETY: A is 32 rows of kpad, the panel kpad deep, C 32 x 32.
+                    unsafe {
+                        unit.block(a.as_ptr(), kpad, b.panel(p), c.as_mut_ptr(), BLOCK, false)
+                    };
+                    for i in 0..valid {
+                        // SAFETY: the row's output holds b.n values (the caller's promise).
+                        let out = unsafe {
+                            std::slice::from_raw_parts_mut(out_row(start + i).add(p * BLOCK), width)
+                        };
+                        out.copy_from_slice(&c[i * BLOCK..i * BLOCK + width]);
+                    }
+                }
+                start += valid;
+            }
+        },
+    );
+}
+
+/// y = conv(x, w) in bf16 products: [n, ho, wo, c_out] f32.
+pub(crate) fn forward<X: Source>(
+    x: &[X],
+    w: &[f32],
+    geo: &Geometry,
+    unit: Unit,
+    isa: Isa,
+) -> Vec<f32> {
+    let (cgi, cgo, taps) = (geo.cgi(), geo.cgo(), geo.taps());
+    let packed: Vec<Vnni> = (0..geo.groups)
+        .map(|g| {
+            Vnni::new(taps * cgi, cgo, |row, col| {
+                let (t, ci) = (row / cgi, row % cgi);
+                w[((g * cgo + col) * cgi + ci) * taps + t]
+            })
+        })
+        .collect();
+    let zero = vec![X::ZERO; geo.c];
+    let offsets = tap_offsets(geo);
+    let (xp, zp) = (
+        SendPtr(x.as_ptr() as *mut X),
+        SendPtr(zero.as_ptr() as *mut X),
+    );
+    let rows = geo.out_pixels();
+    let tasks: Vec<(usize, Range<usize>)> = (0..geo.groups)
+        .flat_map(|g| ranges(rows, TASK_ROWS).map(move |r| (g, r)))
+        .collect();
+    // SAFETY: the tasks cover every (row, group) once and write the group's columns.
+    unsafe {
+        written_by(rows * geo.c_out, |out: SendPtr<f32>| {
+            tasks.par_iter().for_each(|(g, rows)| {
+                block_rows(
+                    unit,
+                    isa,
+                    rows.clone(),
+                    taps,
+                    cgi,
+                    zp.get(),
+                    &packed[*g],
+                    |r, row| {
+                        forward_pointers(geo, &offsets, xp.get(), zp.get(), g * cgi, r, |t, p| {
+                            row[t] = p
+                        })
+                    },
+                    |r| out.get().wrapping_add(r * geo.c_out + g * cgo),
+                )
+            })
+        })
+    }
+}
+
+/// dx of y = conv(x, w) given dy, in bf16 products: [n, h, w, c] f32.
+pub(crate) fn input_grad(dy: &[f32], w: &[f32], geo: &Geometry, unit: Unit, isa: Isa) -> Vec<f32> {
+    let (cgi, cgo, taps) = (geo.cgi(), geo.cgo(), geo.taps());
+    let classes = classes(geo);
+    let packed: Vec<Vec<Vnni>> = classes
+        .iter()
+        .map(|class| {
+            (0..geo.groups)
+                .map(|g| {
+                    Vnni::new(class.taps.len() * cgo, cgi, |row, ci| {
+                        let (ti, o) = (row / cgo, row % cgo);
+                        let (ky, kx) = class.taps[ti];
+                        w[((g * cgo + o) * cgi + ci) * taps + ky * geo.k + kx]
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    let zero = vec![0f32; geo.c_out];
+    let (dyp, zp) = (
+        SendPtr(dy.as_ptr() as *mut f32),
+        SendPtr(zero.as_ptr() as *mut f32),
+    );
+    let mut tasks: Vec<(usize, usize, Range<usize>)> = Vec::new();
+    for (ci, class) in classes.iter().enumerate() {
+        let groups = if class.taps.is_empty() { 1 } else { geo.groups };
+        for g in 0..groups {
+            for r in ranges(class.rows(geo), TASK_ROWS) {
+                tasks.push((ci, g, r));
+            }
+        }
+    }
+    // SAFETY: the classes partition the input pixels; within a class the tasks cover every
+    // row and group once; tap-less classes write their rows' zeros.
+    unsafe {
+        written_by(geo.in_pixels() * geo.c, |out: SendPtr<f32>| {
+            tasks.par_iter().for_each(|(ci, g, rows)| {
+                let class = &classes[*ci];
+                if class.taps.is_empty() {
+                    for r in rows.clone() {
+                        let row = out.get().add(class.offset(geo, r));
+                        std::slice::from_raw_parts_mut(row, geo.c).fill(0.0);
+                    }
+                    return;
+                }
+                block_rows(
+                    unit,
+                    isa,
+                    rows.clone(),
+                    class.taps.len(),
+                    cgo,
+                    zp.get(),
+                    &packed[*ci][*g],
+                    |r, row| {
+                        class.pointers(geo, dyp.get(), zp.get(), g * cgo, r, |t, p| row[t] = p)
+                    },
+                    |r| out.get().wrapping_add(class.offset(geo, r) + g * cgi),
+                )
+            })
+        })
+    }
+}
+
+/// dw of y = conv(x, w) given dy, in bf16 products, in torchvision's layout.
+pub(crate) fn weight_grad<X: Source>(
+    x: &[X],
+    dy: &[f32],
+    geo: &Geometry,
+    unit: Unit,
+    isa: Isa,
+) -> Vec<f32> {
+    let (cgi, cgo, taps) = (geo.cgi(), geo.cgo(), geo.taps());
+    let n = taps * cgi;
+    let panels = n.div_ceil(BLOCK);
+    let m_blocks = cgo.div_ceil(BLOCK);
+    let pixels = geo.out_pixels();
+    // Pixels of a chunk: the packed input of a chunk (its B) stays within about 1 MB.
+    let chunk = if n > 1024 { CHUNK } else { 2 * CHUNK };
+    let (blocks, splits) = grad_split(geo, geo.groups, panels);
+    let panel_blocks: Vec<Range<usize>> = ranges(panels, panels.div_ceil(blocks)).collect();
+    let tile = BLOCK * BLOCK;
+    // Per split, C as tiles [group][m block][panel][32][32].
+    let part_len = geo.groups * m_blocks * panels * tile;
+    let mut parts = vec![0f32; splits * part_len];
+    let pp = SendPtr(parts.as_mut_ptr());
+    let zero = vec![X::ZERO; geo.c];
+    let offsets = tap_offsets(geo);
+    let (xp, zp) = (
+        SendPtr(x.as_ptr() as *mut X),
+        SendPtr(zero.as_ptr() as *mut X),
+    );
+    let tasks: Vec<(usize, Range<usize>, usize)> = (0..geo.groups)
+        .flat_map(|g| {
+            let panel_blocks = &panel_blocks;
+            panel_blocks
+                .iter()
+                .flat_map(move |b| (0..splits).map(move |s| (g, b.clone(), s)))
+        })
+        .collect();
+    tasks.par_iter().for_each(|(g, block, s)| {
+        let span = ranges(pixels, pixels.div_ceil(splits))
+            .nth(*s)
+            .unwrap_or(0..0);
+        let kcp = padded_k(chunk);
+        let mut a = vec![0u16; m_blocks * BLOCK * kcp];
+        let mut b = vec![0u16; block.len() * kcp * BLOCK];
+        let mut table = vec![zp.get() as *const X; taps * chunk];
+        let _ = isa;
+        unit.session(
+            #[inline(always)]
+            || {
+                for part in ranges(span.len(), chunk) {
+                    let first = span.start + part.start;
+                    let len = part.len();
+                    let kc = padded_k(len);
+                    // A: the gradient's channels of the group over the chunk's pixels (its
+                    // columns gathered).
+                    if len < kc || cgo < m_blocks * BLOCK {
+                        a.fill(0);
+                    }
+                    let rows = dy[first * geo.c_out + g * cgo..].as_ptr();
+                    for co in 0..cgo {
+                        // SAFETY: the chunk's `len` rows of dy hold the group's channels, and
+                        // row co of A has kc >= len values.
+                        unsafe {
+                            gather_column(rows.add(co), geo.c_out, len, a[co * kc..].as_mut_ptr())
+                        };
+                    }
+                    // B: the input rows of each tap, pixels in pairs, panels of `block`.
+                    for i in 0..len {
+                        forward_pointers(
+                            geo,
+                            &offsets,
+                            xp.get(),
+                            zp.get(),
+                            g * cgi,
+                            first + i,
+                            |t, p| table[t * chunk + i] = p,
+                        );
+                    }
+                    let cols = (block.start * BLOCK)..(block.end * BLOCK).min(n);
+                    let fast = cgi % 16 == 0 && len % 2 == 0 && cols.end % 16 == 0;
+                    if !fast || cols.end < block.end * BLOCK {
+                        b.fill(0);
+                    }
+                    for kp in 0..len.div_ceil(2) {
+                        let (p0, p1) = (2 * kp, 2 * kp + 1);
+                        for t in 0..taps {
+                            let lo = (t * cgi).max(cols.start);
+                            let hi = ((t + 1) * cgi).min(cols.end);
+                            if lo >= hi {
+                                continue;
+                            }
+                            let r0 = table[t * chunk + p0];
+                            let r1 = if p1 < len {
+                                table[t * chunk + p1]
+                            } else {
+                                zp.get()
+                            };
+                            if fast {
+                                // Runs of 16 columns within one tap and one panel.
+                                let mut col = lo;
+                                while col < hi {
+                                    let local = col - block.start * BLOCK;
+                                    let (panel, j) = (local / BLOCK, local % BLOCK);
+                                    let dst =
+                                        b[(panel * kc + 2 * kp) * BLOCK + 2 * j..].as_mut_ptr();
+                                    // SAFETY: 16 values of each row from col - t * cgi lie in
+                                    // the rows (cgi % 16 == 0), and 32 slots from dst in the
+                                    // panel's row.
+                                    unsafe {
+                                        interleave_rows(
+                                            r0.add(col - t * cgi),
+                                            r1.add(col - t * cgi),
+                                            dst,
+                                            16,
+                                        )
+                                    };
+                                    col += 16;
+                                }
+                                continue;
+                            }
+                            for col in lo..hi {
+                                let local = col - block.start * BLOCK;
+                                let (panel, j) = (local / BLOCK, local % BLOCK);
+                                let at = (panel * kc + 2 * kp) * BLOCK + 2 * j;
+                                // SAFETY: the pointers are pixel rows (or the zero row) with
+                                // cgi values after the group's offset.
+                                unsafe {
+                                    b[at] = (*r0.add(col - t * cgi)).bits();
+                                    if p1 < len {
+                                        b[at + 1] = (*r1.add(col - t * cgi)).bits();
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    for mb in 0..m_blocks {
+                        for (local, panel) in block.clone().enumerate() {
+                            let c = pp.get().wrapping_add(
+                                s * part_len + ((g * m_blocks + mb) * panels + panel) * tile,
+                            );
+                            // SAFETY: A rows mb*32.. of kc values, the panel kc deep, C a
+                            // 32 x 32 tile of this task's (group, panel) in its split.
+                            unsafe {
+                                unit.block(
+                                    a[mb * BLOCK * kc..].as_ptr(),
+                                    kc,
+                                    b[local * kc * BLOCK..].as_ptr(),
+                                    c,
+                                    BLOCK,
+                                    true,
+                                )
+                            };
+                        }
+                    }
+                }
+            },
+        );
+    });
+    let total = sum_parts(&mut parts, part_len);
+    let mut grad = vec![0f32; geo.c_out * cgi * taps];
+    for g in 0..geo.groups {
+        for co in 0..cgo {
+            let (mb, i) = (co / BLOCK, co % BLOCK);
+            let out = &mut grad[(g * cgo + co) * cgi * taps..][..cgi * taps];
+            for panel in 0..panels {
+                let row =
+                    &total[((g * m_blocks + mb) * panels + panel) * tile + i * BLOCK..][..BLOCK];
+                for (j, &v) in row.iter().enumerate() {
+                    let col = panel * BLOCK + j;
+                    if col < n {
+                        let (t, ci) = (col / cgi, col % cgi);
+                        out[ci * taps + t] = v;
+                    }
+                }
+            }
+        }
+    }
+    grad
+}
