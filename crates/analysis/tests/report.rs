@@ -89,6 +89,8 @@ fn write_cell(runs: &Path, cell: &Cell, finished: bool) -> Vec<PathBuf> {
                     lr: 0.1,
                     images_per_sec: cell.images_per_sec,
                     wall_seconds: wall,
+                    progress: epoch as f64,
+                    precision: "f32".into(),
                 });
             }
         }

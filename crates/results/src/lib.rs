@@ -35,6 +35,11 @@ pub struct MetricRow {
     pub lr: f64,
     pub images_per_sec: f64,
     pub wall_seconds: f64,
+    /// Epochs of training done when the row was measured: `epoch` for the end-of-epoch
+    /// rows, a fraction of the way through `epoch` for [`INTERIM`] rows.
+    pub progress: f64,
+    /// `f32` or `bf16-mixed`: the products the run trained with.
+    pub precision: String,
 }
 
 /// The type of a column, for readers that build a typed schema.
@@ -46,7 +51,7 @@ pub enum Kind {
 }
 
 /// The columns of `metrics.csv`, in order: [`MetricRow`]'s fields.
-pub const COLUMNS: [(&str, Kind); 17] = [
+pub const COLUMNS: [(&str, Kind); 19] = [
     ("experiment", Kind::Text),
     ("run_id", Kind::Text),
     ("model", Kind::Text),
@@ -64,10 +69,16 @@ pub const COLUMNS: [(&str, Kind); 17] = [
     ("lr", Kind::Float),
     ("images_per_sec", Kind::Float),
     ("wall_seconds", Kind::Float),
+    ("progress", Kind::Float),
+    ("precision", Kind::Text),
 ];
 
 /// The splits every epoch of a run records.
 pub const SPLITS: [&str; 2] = ["train", "test"];
+
+/// The split of test evaluations within an epoch (`train.eval_every`): the points of the
+/// training curves between the epochs' ends.
+pub const INTERIM: &str = "test-interim";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -274,6 +285,8 @@ mod tests {
             lr: 0.05,
             images_per_sec: 512.25,
             wall_seconds: 61.0 / 7.0,
+            progress: epoch as f64,
+            precision: "bf16-mixed".into(),
         }
     }
 

@@ -62,6 +62,11 @@ pub struct TrainConfig {
     /// Evaluate on the first this-many test images.
     #[serde(default)]
     pub test_images: Option<usize>,
+    /// Also evaluate the test set every this many epochs within an epoch (e.g. 0.25: four
+    /// times an epoch, counting its end), for training curves with more points than epochs.
+    /// Unset: at each epoch's end only.
+    #[serde(default)]
+    pub eval_every: Option<f64>,
     /// `f32`, or `bf16-mixed`: bf16 products with f32 sums, f32 master weights, BN, loss
     /// and optimizer (PyTorch Lightning's names; see the README's precision section).
     #[serde(default)]
@@ -152,6 +157,15 @@ impl TrainConfig {
             self.warmup_epochs >= 0.0 && self.warmup_epochs <= self.epochs as f64,
             "warmup_epochs",
             format!("{} is not in [0, epochs]", self.warmup_epochs),
+        )?;
+        check(
+            self.eval_every
+                .is_none_or(|e| e > 0.0 && e <= 1.0 && e.is_finite()),
+            "eval_every",
+            format!(
+                "{:?} is not in (0, 1] epochs",
+                self.eval_every.unwrap_or(0.0)
+            ),
         )?;
         check(
             self.milestones.windows(2).all(|w| w[0] < w[1]),

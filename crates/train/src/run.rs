@@ -26,6 +26,7 @@ pub use crate::run_spec::RunSpec;
 pub use crate::status::{State, Status};
 
 pub use cardinal_results::MetricRow;
+use cardinal_results::INTERIM;
 
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -302,25 +303,36 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
     bar.set_prefix(format!("{} s{}", spec.model, spec.seed));
     bar.set_position((start_epoch * steps_per_epoch) as u64);
 
-    let row = |epoch: usize, split: &str, t: &Totals, lr: f64, ips: f64, wall: f64| MetricRow {
-        experiment: spec.experiment.clone(),
-        run_id: run_id.clone(),
-        model: spec.model.clone(),
-        cardinality: spec.spec.cardinality,
-        bottleneck_width: spec.spec.bottleneck_width,
-        form: format!("{:?}", spec.spec.form),
-        params: spec.params,
-        macs: spec.macs,
-        seed: spec.seed,
-        epoch,
-        split: split.to_string(),
-        loss: t.loss / t.images.max(1) as f64,
-        top1_err: t.top1 as f64 / t.images.max(1) as f64,
-        top5_err: t.top5 as f64 / t.images.max(1) as f64,
-        lr,
-        images_per_sec: ips,
-        wall_seconds: wall,
-    };
+    let row =
+        |(epoch, progress): (usize, f64), split: &str, t: &Totals, lr: f64, ips: f64, wall: f64| {
+            MetricRow {
+                experiment: spec.experiment.clone(),
+                run_id: run_id.clone(),
+                model: spec.model.clone(),
+                cardinality: spec.spec.cardinality,
+                bottleneck_width: spec.spec.bottleneck_width,
+                form: format!("{:?}", spec.spec.form),
+                params: spec.params,
+                macs: spec.macs,
+                seed: spec.seed,
+                epoch,
+                split: split.to_string(),
+                loss: t.loss / t.images.max(1) as f64,
+                top1_err: t.top1 as f64 / t.images.max(1) as f64,
+                top5_err: t.top5 as f64 / t.images.max(1) as f64,
+                lr,
+                images_per_sec: ips,
+                wall_seconds: wall,
+                progress,
+                precision: spec.train.precision.to_string(),
+            }
+        };
+    // Steps between the evaluations within an epoch (train.eval_every); the epoch's end is
+    // evaluated anyway.
+    let interim_steps = spec
+        .train
+        .eval_every
+        .map(|e| ((e * steps_per_epoch as f64).round() as usize).max(1));
 
     let last_epoch = ctx
         .stop_after_epochs
@@ -329,6 +341,7 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
         let started_epoch = Instant::now();
         let mut totals = Totals::default();
         let mut lr = 0.0;
+        let mut interim_seconds = 0.0;
         for (b, batch) in train_loader.epoch(epoch as u64).enumerate() {
             let batch = batch?;
             let (images, labels) = (
@@ -359,6 +372,16 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
             let grads = loss.backward()?;
             sgd.step(&grads, lr)?;
             totals.add(&logits.detach(), &labels, value)?;
+            if let Some(every) = interim_steps {
+                if (b + 1) % every == 0 && b + 1 < steps_per_epoch {
+                    let (test, seconds) = evaluate(&net, &test_loader, &device)?;
+                    let progress = epoch as f64 + (b + 1) as f64 / steps_per_epoch as f64;
+                    let elapsed = wall + started_epoch.elapsed().as_secs_f64();
+                    let ips = test.images as f64 / seconds;
+                    interim_seconds += seconds;
+                    rows.push(row((epoch + 1, progress), INTERIM, &test, lr, ips, elapsed));
+                }
+            }
             bar.inc(1);
             bar.set_message(format!(
                 "epoch {}/{epochs} loss {:.3}",
@@ -366,11 +389,12 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
                 totals.loss / totals.images as f64
             ));
         }
-        let train_seconds = started_epoch.elapsed().as_secs_f64();
+        let train_seconds = started_epoch.elapsed().as_secs_f64() - interim_seconds;
         let (test, test_seconds) = evaluate(&net, &test_loader, &device)?;
         wall += started_epoch.elapsed().as_secs_f64();
+        let done = (epoch + 1, (epoch + 1) as f64);
         let train_row = row(
-            epoch + 1,
+            done,
             "train",
             &totals,
             lr,
@@ -378,7 +402,7 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
             wall,
         );
         let test_row = row(
-            epoch + 1,
+            done,
             "test",
             &test,
             lr,

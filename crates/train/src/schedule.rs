@@ -77,6 +77,7 @@ mod tests {
             eval_batch_size: 500,
             train_images: None,
             test_images: None,
+            eval_every: None,
             precision: Default::default(),
         }
     }

@@ -200,3 +200,40 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `train.eval_every` adds test evaluations within each epoch, at the fractions of it
+/// asked for, without changing what trains; `train.precision` is recorded in every row.
+#[test]
+fn interim_evaluations_add_curve_points_and_change_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dataset(&tmp.path().join("mnist"));
+    let progress = hidden();
+    let ctx = |dir: &str| RunContext {
+        runs_dir: tmp.path().join(dir),
+        progress: &progress,
+        stop_after_epochs: None,
+        device: candle_core::Device::Cpu,
+    };
+    let plain = cardinal_train::train(&spec(tmp.path(), &[]), &ctx("plain")).unwrap();
+    let interim = cardinal_train::train(
+        &spec(tmp.path(), &["train.eval_every=0.5"]),
+        &ctx("interim"),
+    )
+    .unwrap();
+    // 10 steps an epoch (320 images, batch 32): one evaluation after step 5 of each.
+    let points: Vec<(usize, f64)> = interim
+        .rows
+        .iter()
+        .filter(|r| r.split == cardinal_results::INTERIM)
+        .map(|r| (r.epoch, r.progress))
+        .collect();
+    assert_eq!(points, vec![(1, 0.5), (2, 1.5), (3, 2.5)]);
+    let ends: Vec<MetricRow> = interim
+        .rows
+        .iter()
+        .filter(|r| r.split != cardinal_results::INTERIM)
+        .cloned()
+        .collect();
+    assert_eq!(results(&ends), results(&plain.rows));
+    assert!(interim.rows.iter().all(|r| r.precision == "f32"));
+}
