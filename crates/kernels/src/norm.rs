@@ -19,7 +19,7 @@ use rayon::prelude::*;
 
 use std::ops::Range;
 
-use crate::cpu::{contiguous, cpu_slice, float_dispatch, par_filled, storage, SendPtr};
+use crate::cpu::{contiguous, cpu_slice, float_dispatch, storage, SendPtr};
 use crate::isa::{self, Isa};
 use crate::simd::{simd_call, tile_shape, Element, Simd};
 
@@ -108,6 +108,35 @@ unsafe fn store_row<S: Simd>(row: *mut S::E, v: usize, c: usize, value: S::V) {
     }
 }
 
+/// The upstream gradient of a BN backward: in the activations' dtype, or bf16 (the gradient
+/// of a bf16 output), read and widened inside the passes.
+#[derive(Clone, Copy)]
+enum Grad<'a, T> {
+    Values(&'a [T]),
+    Bf16(&'a [half::bf16]),
+}
+
+impl<T> Grad<'_, T> {
+    /// Channel vector `v` of row `row`.
+    ///
+    /// # Safety
+    /// The row lies in the gradient; the CPU runs `S`.
+    #[inline(always)]
+    unsafe fn load<S: Simd<E = T>>(&self, row: usize, v: usize, c: usize) -> S::V {
+        // SAFETY: the caller's promise.
+        unsafe {
+            match self {
+                Grad::Values(dy) => load_row::<S>(dy.as_ptr().add(row * c), v, c),
+                Grad::Bf16(dy) => {
+                    let at = v * S::LANES;
+                    let p = (dy.as_ptr() as *const u16).add(row * c + at);
+                    S::load_bf16(p, (c - at).min(S::LANES))
+                }
+            }
+        }
+    }
+}
+
 /// What one pass of sums adds per channel, from the values of x (and dy) at a position.
 #[derive(Debug, Clone, Copy)]
 enum Sums {
@@ -130,7 +159,7 @@ enum Sums {
 unsafe fn sum_rows<S: Simd, const MR: usize>(
     kind: Sums,
     x: &[S::E],
-    dy: &[S::E],
+    dy: Grad<S::E>,
     c: usize,
     rows: Range<usize>,
     (p, q, m): (*const S::E, *const S::E, *const S::E),
@@ -161,7 +190,7 @@ unsafe fn sum_rows<S: Simd, const MR: usize>(
                             sb = S::fma(d, d, sb);
                         }
                         Sums::Centred { relu } => {
-                            let mut g = load_row::<S>(dy.as_ptr().add(r * c), v, c);
+                            let mut g = dy.load::<S>(r, v, c);
                             if relu {
                                 g = S::where_positive(S::fma(xv, pv, qv), g);
                             }
@@ -169,7 +198,7 @@ unsafe fn sum_rows<S: Simd, const MR: usize>(
                             sb = S::fma(g, S::sub(xv, mv), sb);
                         }
                         Sums::Plain { relu } => {
-                            let mut g = load_row::<S>(dy.as_ptr().add(r * c), v, c);
+                            let mut g = dy.load::<S>(r, v, c);
                             if relu {
                                 g = S::where_positive(S::fma(xv, pv, qv), g);
                             }
@@ -194,7 +223,7 @@ unsafe fn sum_rows<S: Simd, const MR: usize>(
 fn channel_sums<T: Element>(
     kind: Sums,
     x: &[T],
-    dy: &[T],
+    dy: Grad<T>,
     c: usize,
     isa: Isa,
     vectors: (&Channels<T>, &Channels<T>, &Channels<T>),
@@ -230,6 +259,13 @@ fn channel_sums<T: Element>(
     (a, b)
 }
 
+/// Where an output pass writes: values of the input's dtype, or bf16 bits.
+#[derive(Clone, Copy)]
+enum Out<T> {
+    Values(*mut T),
+    Bf16(*mut u16),
+}
+
 /// What an output pass computes per value, from x (and dy) with per-channel vectors p, q, r.
 #[derive(Debug, Clone, Copy)]
 enum Map {
@@ -252,11 +288,11 @@ enum Map {
 unsafe fn map_rows_simd<S: Simd, const MR: usize>(
     kind: Map,
     x: &[S::E],
-    dy: &[S::E],
+    dy: Grad<S::E>,
     c: usize,
     rows: Range<usize>,
     vectors: [*const S::E; 5],
-    out: *mut S::E,
+    out: Out<S::E>,
 ) {
     let vn = c.div_ceil(S::LANES);
     let [p, q, r, m, s] = vectors;
@@ -264,7 +300,6 @@ unsafe fn map_rows_simd<S: Simd, const MR: usize>(
     unsafe {
         for (i, row) in rows.enumerate() {
             let xr = x.as_ptr().add(row * c);
-            let o = out.add(i * c);
             for v in 0..vn {
                 let at = v * S::LANES;
                 let xv = load_row::<S>(xr, v, c);
@@ -278,7 +313,7 @@ unsafe fn map_rows_simd<S: Simd, const MR: usize>(
                         }
                     }
                     Map::TrainGrad { relu } | Map::EvalGrad { relu } => {
-                        let mut g = load_row::<S>(dy.as_ptr().add(row * c), v, c);
+                        let mut g = dy.load::<S>(row, v, c);
                         if relu {
                             g = S::where_positive(pre, g);
                         }
@@ -293,41 +328,55 @@ unsafe fn map_rows_simd<S: Simd, const MR: usize>(
                         }
                     }
                 };
-                store_row::<S>(o, v, c, value);
+                match out {
+                    Out::Values(o) => store_row::<S>(o.add(i * c), v, c, value),
+                    Out::Bf16(o) => S::store_bf16(o.add(i * c + at), value, (c - at).min(S::LANES)),
+                }
             }
         }
     }
 }
 
-/// An output pass over all rows, in parallel tasks of whole rows.
-fn map_rows<T: Element>(
+/// An output pass over all rows, in parallel tasks of whole rows, into values of type `O`:
+/// the input's dtype, or bf16.
+fn map_rows<T: Element, O: Copy + Send + Sync + 'static>(
     kind: Map,
     x: &[T],
-    dy: &[T],
+    dy: Grad<T>,
     c: usize,
     isa: Isa,
     vectors: [&Channels<T>; 5],
-) -> Vec<T> {
+) -> Vec<O> {
+    let bf16 = std::any::TypeId::of::<O>() == std::any::TypeId::of::<half::bf16>();
+    assert!(
+        bf16 || std::any::TypeId::of::<O>() == std::any::TypeId::of::<T>(),
+        "map_rows: outputs are T or bf16"
+    );
     let len = x.len();
     let rows_per_task = (PASS_VALUES / c.max(1)).max(1);
     let ptrs = vectors.map(|v| SendPtr(v.ptr() as *mut T));
-    // SAFETY: each task writes every value of its rows (whole rows: the chunk length is a
-    // multiple of c, and so is the last chunk's).
-    unsafe {
-        par_filled(
-            len,
-            rows_per_task * c,
-            isa,
-            || (),
-            |_, task, part| {
-                let first = task * rows_per_task;
-                let rows = first..first + part.len() / c;
-                let vectors = ptrs.map(|p| p.get() as *const T);
-                let out = part.as_mut_ptr() as *mut T;
-                simd_call!(isa, T, map_rows_simd(kind, x, dy, c, rows, vectors, out));
-            },
-        )
-    }
+    let chunk = rows_per_task * c;
+    let mut out: Vec<O> = Vec::with_capacity(len);
+    let base = SendPtr(out.as_mut_ptr());
+    (0..len.div_ceil(chunk.max(1)))
+        .into_par_iter()
+        .for_each(|task| {
+            let first = task * rows_per_task;
+            let rows = first..(first + rows_per_task).min(len / c);
+            let vectors = ptrs.map(|p| p.get() as *const T);
+            let at = base.get().wrapping_add(first * c);
+            let out = if bf16 {
+                Out::Bf16(at as *mut u16)
+            } else {
+                Out::Values(at as *mut T)
+            };
+            // SAFETY: the task's rows lie in x (and dy), and their outputs in `out`'s capacity.
+            simd_call!(isa, T, map_rows_simd(kind, x, dy, c, rows, vectors, out));
+        });
+    // SAFETY: the tasks wrote every value: whole rows, all of them (O is T or bf16, whose
+    // values are plain bits).
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// Training-mode BN of x [..., C] with weight and bias [C], ReLU optional, its output in
@@ -338,27 +387,6 @@ struct BatchNormTrain {
     relu: bool,
     out_bf16: bool,
     saved: SavedStats,
-}
-
-/// The output as candle storage: as computed, or rounded to bf16.
-fn output(out: Vec<f32>, out_bf16: bool, isa: Isa) -> CpuStorage {
-    if out_bf16 {
-        CpuStorage::BF16(crate::bf16::to_bf16_vec(&out, isa))
-    } else {
-        CpuStorage::F32(out)
-    }
-}
-
-/// An upstream gradient as f32 values: bf16 ones (the gradient of a bf16 output) widened.
-fn f32_grad(grad: &Tensor) -> Result<Tensor> {
-    if grad.dtype() != DType::BF16 {
-        return grad.contiguous();
-    }
-    let grad = grad.contiguous()?;
-    let (storage, layout) = grad.storage_and_layout();
-    let values = cpu_slice::<half::bf16>(&storage, layout, "batch-norm")?;
-    let widened = crate::bf16::from_bf16_vec(values, isa::selected());
-    Tensor::from_vec(widened, grad.shape(), grad.device())
 }
 
 /// The per-channel multiply-add that normalizes: y = x * scale + shift.
@@ -381,20 +409,21 @@ fn scale_shift<T: WithDType>(
     (scale.into_iter().map(T::from_f64).collect(), shift)
 }
 
-fn train_forward<T: Element>(
+fn train_forward<T: Element, O: Copy + Send + Sync + 'static>(
     x: &[T],
     weight: &[T],
     bias: &[T],
     c: usize,
     op: &BatchNormTrain,
     isa: Isa,
-) -> (Vec<T>, BatchStats) {
+) -> (Vec<O>, BatchStats) {
     let (lanes, _, _) = tile_shape::<T>(isa);
     let count = x.len() / c;
     // Sums shifted by the first row's values, so that the sum of squares does not cancel
     // catastrophically when the mean is large against the spread.
     let first = Channels::new(&x[..c], lanes);
-    let (s, ss) = channel_sums(Sums::Shifted, x, &[], c, isa, (&first, &first, &first));
+    let none = Grad::Values(&[]);
+    let (s, ss) = channel_sums(Sums::Shifted, x, none, c, isa, (&first, &first, &first));
     let mut mean = Vec::with_capacity(c);
     let mut var = Vec::with_capacity(c);
     for ch in 0..c {
@@ -410,7 +439,7 @@ fn train_forward<T: Element>(
     let out = map_rows(
         Map::Affine { relu: op.relu },
         x,
-        &[],
+        none,
         c,
         isa,
         [&scale, &shift, &scale, &scale, &scale],
@@ -428,7 +457,7 @@ fn train_forward<T: Element>(
 #[allow(clippy::too_many_arguments)]
 fn train_backward<T: Element>(
     x: &[T],
-    dy: &[T],
+    dy: Grad<T>,
     weight: &[T],
     bias: &[T],
     c: usize,
@@ -495,20 +524,20 @@ struct ChannelAffine {
     out_bf16: bool,
 }
 
-fn affine_forward<T: Element>(
+fn affine_forward<T: Element, O: Copy + Send + Sync + 'static>(
     x: &[T],
     scale: &[T],
     shift: &[T],
     c: usize,
     relu: bool,
     isa: Isa,
-) -> Vec<T> {
+) -> Vec<O> {
     let (lanes, _, _) = tile_shape::<T>(isa);
     let (scale, shift) = (Channels::new(scale, lanes), Channels::new(shift, lanes));
     map_rows(
         Map::Affine { relu },
         x,
-        &[],
+        Grad::Values(&[]),
         c,
         isa,
         [&scale, &shift, &scale, &scale, &scale],
@@ -517,7 +546,7 @@ fn affine_forward<T: Element>(
 
 fn affine_backward<T: Element>(
     x: &[T],
-    dy: &[T],
+    dy: Grad<T>,
     scale: &[T],
     shift: &[T],
     c: usize,
@@ -567,7 +596,7 @@ impl CustomOp3 for BatchNormTrain {
         let (_, c) = rows_of(l1, self.name())?;
         let isa = isa::selected();
         let (out, stats) = if self.out_bf16 {
-            let (out, stats) = train_forward::<f32>(
+            let (out, stats) = train_forward::<f32, half::bf16>(
                 contiguous(s1.as_slice::<f32>()?, l1, self.name())?,
                 contiguous(s2.as_slice::<f32>()?, l2, self.name())?,
                 contiguous(s3.as_slice::<f32>()?, l3, self.name())?,
@@ -575,10 +604,10 @@ impl CustomOp3 for BatchNormTrain {
                 self,
                 isa,
             );
-            (output(out, true, isa), stats)
+            (CpuStorage::BF16(out), stats)
         } else {
             float_dispatch!(s1.dtype(), self.name(), T => {
-                let (out, stats) = train_forward::<T>(
+                let (out, stats) = train_forward::<T, T>(
                     contiguous(s1.as_slice::<T>()?, l1, self.name())?,
                     contiguous(s2.as_slice::<T>()?, l2, self.name())?,
                     contiguous(s3.as_slice::<T>()?, l3, self.name())?,
@@ -608,7 +637,7 @@ impl CustomOp3 for BatchNormTrain {
             .expect("stats lock")
             .clone()
             .ok_or_else(|| candle_core::Error::Msg("batch-norm: backward before forward".into()))?;
-        let grad = f32_grad(grad_res)?;
+        let grad = grad_res.contiguous()?;
         let (xs, xl) = x.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();
         let (ws, wl) = weight.storage_and_layout();
@@ -617,9 +646,13 @@ impl CustomOp3 for BatchNormTrain {
         let isa = isa::selected();
         let device = x.device();
         float_dispatch!(x.dtype(), self.name(), T => {
+            let dy = match grad.dtype() {
+                DType::BF16 => Grad::Bf16(cpu_slice(&gs, gl, self.name())?),
+                _ => Grad::Values(cpu_slice(&gs, gl, self.name())?),
+            };
             let (dx, dw, db) = train_backward::<T>(
                 cpu_slice(&xs, xl, self.name())?,
-                cpu_slice(&gs, gl, self.name())?,
+                dy,
                 cpu_slice(&ws, wl, self.name())?,
                 cpu_slice(&bs, bl, self.name())?,
                 c,
@@ -658,13 +691,15 @@ impl CustomOp3 for ChannelAffine {
             let x = contiguous(s1.as_slice::<f32>()?, l1, self.name())?;
             let scale = contiguous(s2.as_slice::<f32>()?, l2, self.name())?;
             let shift = contiguous(s3.as_slice::<f32>()?, l3, self.name())?;
-            output(affine_forward(x, scale, shift, c, relu, isa), true, isa)
+            CpuStorage::BF16(affine_forward::<f32, half::bf16>(
+                x, scale, shift, c, relu, isa,
+            ))
         } else {
             float_dispatch!(s1.dtype(), self.name(), T => {
                 let x = contiguous(s1.as_slice::<T>()?, l1, self.name())?;
                 let scale = contiguous(s2.as_slice::<T>()?, l2, self.name())?;
                 let shift = contiguous(s3.as_slice::<T>()?, l3, self.name())?;
-                storage(affine_forward(x, scale, shift, c, relu, isa))
+                storage(affine_forward::<T, T>(x, scale, shift, c, relu, isa))
             })
         };
         Ok((out, l1.shape().clone()))
@@ -679,7 +714,7 @@ impl CustomOp3 for ChannelAffine {
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let _span = crate::profile::Span::new("batch norm (eval) backward");
-        let grad = f32_grad(grad_res)?;
+        let grad = grad_res.contiguous()?;
         let (xs, xl) = x.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();
         let (ss, sl) = scale.storage_and_layout();
@@ -688,9 +723,13 @@ impl CustomOp3 for ChannelAffine {
         let isa = isa::selected();
         let device = x.device();
         float_dispatch!(x.dtype(), self.name(), T => {
+            let dy = match grad.dtype() {
+                DType::BF16 => Grad::Bf16(cpu_slice(&gs, gl, self.name())?),
+                _ => Grad::Values(cpu_slice(&gs, gl, self.name())?),
+            };
             let (dx, dscale, dshift) = affine_backward::<T>(
                 cpu_slice(&xs, xl, self.name())?,
-                cpu_slice(&gs, gl, self.name())?,
+                dy,
                 cpu_slice(&ss, sl, self.name())?,
                 cpu_slice(&ts, tl, self.name())?,
                 c,

@@ -57,6 +57,28 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     unsafe fn relu(v: Self::V) -> Self::V;
     /// `g` where `pre > 0`, else 0: the gradient through a ReLU whose input was `pre`.
     unsafe fn where_positive(pre: Self::V, g: Self::V) -> Self::V;
+    /// `n <= LANES` bf16 values (bits) as a vector, the rest zero.
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const u16, n: usize) -> Self::V {
+        let mut values = [Self::E::from_f64(0.0); 16];
+        for (i, v) in values.iter_mut().enumerate().take(n.min(Self::LANES)) {
+            // SAFETY: the caller's promise for the n values.
+            *v = Self::E::from_f64(crate::bf16::from_bf16(unsafe { *p.add(i) }) as f64);
+        }
+        // SAFETY: the array holds at least LANES values.
+        unsafe { Self::load(values.as_ptr()) }
+    }
+    /// The first `n <= LANES` lanes rounded to bf16 (to nearest even), as bits.
+    #[inline(always)]
+    unsafe fn store_bf16(p: *mut u16, v: Self::V, n: usize) {
+        let mut values = [Self::E::from_f64(0.0); 16];
+        // SAFETY: the array holds at least LANES values.
+        unsafe { Self::store(values.as_mut_ptr(), v) };
+        for (i, value) in values.iter().enumerate().take(n.min(Self::LANES)) {
+            // SAFETY: the caller's promise for the n values.
+            unsafe { *p.add(i) = crate::bf16::to_bf16(value.to_f64() as f32) };
+        }
+    }
 }
 
 /// Plain Rust, one element per "vector": the portable path (and its reference).
@@ -200,6 +222,41 @@ impl Simd for Avx512F32 {
                 _mm512_cmp_ps_mask::<_CMP_GT_OQ>(pre, _mm512_setzero_ps()),
                 g,
             )
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const u16, n: usize) -> __m512 {
+        // SAFETY: the caller's promise for the n values; the rest are masked off.
+        unsafe {
+            let mask = if n >= 16 {
+                u16::MAX
+            } else {
+                ((1u32 << n) - 1) as u16
+            };
+            let bits = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p as *const i16));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bits))
+        }
+    }
+    #[inline(always)]
+    unsafe fn store_bf16(p: *mut u16, v: __m512, n: usize) {
+        // Round to nearest even in integers, as `bf16::to_bf16`; NaNs stay quiet NaNs.
+        // SAFETY: the caller's promise for the n values; the rest are masked off.
+        unsafe {
+            let bits = _mm512_castps_si512(v);
+            let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+            let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(
+                bits,
+                _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd),
+            ));
+            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(0x40));
+            let out = _mm512_mask_mov_epi32(rounded, nan, quiet);
+            let mask = if n >= 16 {
+                u16::MAX
+            } else {
+                ((1u32 << n) - 1) as u16
+            };
+            _mm512_mask_cvtepi32_storeu_epi16(p as *mut i16, mask, out);
         }
     }
 }

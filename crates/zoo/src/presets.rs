@@ -325,6 +325,18 @@ pub fn presets() -> Vec<Preset> {
             "cpu_resnet20 at C=32, preserved complexity",
             cpu([2, 2, 2], 32, 2),
         ),
+        p(
+            "cpu_resnet29",
+            "cpu (28x28 / 32x32)",
+            "template of the deeper cardinality grid (about twice cpu_resnet14's MACs): 3 blocks per stage, 1x32d",
+            cpu([3, 3, 3], 1, 32),
+        ),
+        p(
+            "cpu_resnext29_32x2d",
+            "cpu (28x28 / 32x32)",
+            "cpu_resnet29 at C=32, preserved complexity",
+            cpu([3, 3, 3], 32, 2),
+        ),
     ]
 }
 
