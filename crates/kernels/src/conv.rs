@@ -1090,8 +1090,13 @@ impl Bf16Input<'_> {
 impl Conv2d {
     /// The bf16 unit this convolution's products run on (None: the f32 kernels on rounded
     /// values, where the CPU has no unit or the band path serves the geometry).
+    /// The bf16 unit this convolution's products run on. Grouped convolutions with fewer
+    /// than 32 channels per group take the f32 kernels on rounded values instead: their
+    /// products are too narrow for the unit's 32-column blocks, whose packing would cost
+    /// more than it saves.
     fn unit(&self, geo: &Geometry, isa: Isa) -> Option<crate::bf16::Unit> {
-        crate::bf16::Unit::of(isa).filter(|_| !geo.band(VectorPath::of(isa)))
+        let narrow = geo.groups > 1 && geo.cgi().min(geo.cgo()) < crate::bf16::BLOCK;
+        crate::bf16::Unit::of(isa).filter(|_| !narrow && !geo.band(VectorPath::of(isa)))
     }
 
     fn forward_bf16(&self, x: Bf16Input, w: &[f32], geo: &Geometry, isa: Isa) -> Vec<f32> {
@@ -1543,8 +1548,9 @@ mod tests {
     #[test]
     fn bf16_products_match_f64_products_of_the_rounded_values() {
         use crate::bf16::round_f32;
-        let cases: [Case; 8] = [
+        let cases: [Case; 9] = [
             (2, 32, 7, 7, 40, 3, 1, 1, 1),
+            (2, 64, 5, 5, 64, 3, 1, 1, 2),
             (3, 24, 9, 8, 33, 3, 2, 1, 1),
             (2, 64, 6, 6, 64, 3, 1, 1, 32),
             (2, 48, 5, 5, 48, 3, 1, 1, 4),
