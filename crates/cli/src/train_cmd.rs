@@ -93,6 +93,7 @@ struct CellRow {
     params: u64,
     macs: u64,
     seed: u64,
+    precision: String,
     labels: std::collections::BTreeMap<String, String>,
 }
 
@@ -110,6 +111,7 @@ fn dry_run(cells: &[RunSpec], format: Format) -> Result<()> {
             params: c.params,
             macs: c.macs,
             seed: c.seed,
+            precision: c.train.precision.to_string(),
             labels: c.labels.clone(),
         })
         .collect();
@@ -117,7 +119,15 @@ fn dry_run(cells: &[RunSpec], format: Format) -> Result<()> {
         Format::Json => print_json(&rows),
         _ => {
             let mut t = Table::new([
-                "cell", "run id", "model", "C x d", "form", "params", "MACs", "seed",
+                "cell",
+                "run id",
+                "model",
+                "C x d",
+                "form",
+                "params",
+                "MACs",
+                "precision",
+                "seed",
             ]);
             for r in &rows {
                 t.row([
@@ -128,6 +138,7 @@ fn dry_run(cells: &[RunSpec], format: Format) -> Result<()> {
                     r.form.clone(),
                     thousands(r.params),
                     thousands(r.macs),
+                    r.precision.clone(),
                     r.seed.to_string(),
                 ]);
             }

@@ -102,6 +102,18 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// What training defaults to on this machine: bf16-mixed where the CPU multiplies bf16
+    /// in hardware (AMX or AVX512-BF16, as `CARDINAL_ISA` leaves it), f32 elsewhere, where
+    /// bf16 products would only be emulated. `reports/precision` holds the accuracy
+    /// comparison this rests on.
+    pub fn default_here() -> Precision {
+        if cardinal_kernels::isa::selected() >= cardinal_kernels::isa::Isa::Avx512Bf16 {
+            Precision::Bf16Mixed
+        } else {
+            Precision::F32
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
