@@ -16,9 +16,17 @@ for lib in cudart cublas cublasLt curand nvrtc; do
     real=$(ls "$root/lib/lib$lib.so."* 2> /dev/null | grep -v builtins | sort | head -n 1 || true)
     [ -n "$real" ] && ln -sf "$real" "$out/lib$lib.so"
 done
-if ldconfig -p 2> /dev/null | grep -q 'libcuda\.so\b'; then
+# The driver's link name (libcuda.so, from a development package) or, on a machine with
+# only the driver, its runtime name libcuda.so.1 under the link name the linker looks for.
+if ldconfig -p 2> /dev/null | grep -qE '^\s*libcuda\.so\s'; then
     echo "cuda-link-dir: linking against the installed driver's libcuda.so"
     rm -f "$out/libcuda.so"
+    exit 0
+fi
+driver=$(ldconfig -p 2> /dev/null | awk '$1 == "libcuda.so.1" { print $NF; exit }')
+if [ -n "$driver" ]; then
+    echo "cuda-link-dir: linking against the installed driver ($driver)"
+    ln -sf "$driver" "$out/libcuda.so"
     exit 0
 fi
 # One do-nothing function per driver entry point that cudarc declares.

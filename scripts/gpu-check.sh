@@ -36,8 +36,9 @@ echo "== 2. block-form equivalence on cuda"
     tee "$out/equivalence-cpu.txt"
 
 echo "== 3. one training step, CPU against CUDA"
-CARGO_TARGET_DIR="$root/target/cuda" cargo test --release -p cardinal-train --features cuda \
-    --test cuda 2>&1 | tee "$out/train-step.txt"
+# The link names that `just build-cuda` made (the wheels ship only versioned libraries).
+LIBRARY_PATH="$root/target/cuda/link:${LIBRARY_PATH:-}" CARGO_TARGET_DIR="$root/target/cuda" \
+    cargo test --release -p cardinal-train --features cuda --test cuda 2>&1 | tee "$out/train-step.txt"
 
 echo "== 4. training speed on cuda"
 "$cardinal" bench train --device cuda --format json \

@@ -87,7 +87,7 @@ pub enum DataError {
     MissingFile { dir: PathBuf, file: String },
     #[error("invalid data config: `{key}`: {reason}")]
     InvalidConfig { key: String, reason: String },
-    #[error("building a batch tensor: {0}")]
+    #[error("building a batch tensor")]
     Tensor(#[from] candle_core::Error),
     #[error("{0}")]
     Image(String),

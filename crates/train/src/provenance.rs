@@ -9,7 +9,7 @@ use anyhow::Result;
 use crate::files::write_atomic;
 use crate::run_spec::RunSpec;
 
-/// UTC time as ISO 8601 (civil-from-days, so no date crate is needed for a timestamp).
+/// UTC time as RFC 3339 (ISO 8601), to the second.
 pub fn utc_now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
@@ -64,6 +64,11 @@ pub(crate) fn write_meta(
     meta["candle_version"] = env!("CARDINAL_CANDLE").into();
     meta["host"] = host.into();
     meta["threads"] = threads().into();
+    meta["precision"] = spec.train.precision.to_string().into();
+    // The instruction set that ran the products, as `bench train` names it.
+    meta["isa"] = cardinal_kernels::isa::selected()
+        .label(spec.train.precision == cardinal_zoo::Precision::Bf16Mixed)
+        .into();
     if let Some(cpu) = cpu_model() {
         meta["cpu"] = cpu.into();
     }

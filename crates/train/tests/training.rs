@@ -237,3 +237,87 @@ fn interim_evaluations_add_curve_points_and_change_nothing_else() {
     assert_eq!(results(&ends), results(&plain.rows));
     assert!(interim.rows.iter().all(|r| r.precision == "f32"));
 }
+
+/// A run directory held by another trainer is skipped, naming the holder, and not trained
+/// twice; once free, an interrupted run's leftover temporary files are removed as it
+/// resumes.
+#[test]
+fn a_held_run_is_skipped_and_a_resumed_run_sweeps_its_temporary_files() {
+    use cardinal_train::files::{Locked, RunLock};
+    let tmp = tempfile::tempdir().unwrap();
+    write_dataset(&tmp.path().join("mnist"));
+    let run = spec(tmp.path(), &["train.epochs=2"]);
+    let progress = hidden();
+    let ctx = |stop: Option<usize>| RunContext {
+        runs_dir: tmp.path().join("runs"),
+        progress: &progress,
+        stop_after_epochs: stop,
+        device: candle_core::Device::Cpu,
+    };
+    let dir = run.dir(&tmp.path().join("runs"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let held = match RunLock::acquire(&dir).unwrap() {
+        Locked::Acquired(lock) => lock,
+        Locked::HeldBy(who) => panic!("free directory held by {who}"),
+    };
+    let skipped = cardinal_train::train(&run, &ctx(None)).unwrap();
+    assert!(skipped.skipped && skipped.held_by.is_some(), "{skipped:?}");
+    assert!(
+        !dir.join("checkpoint.safetensors").exists(),
+        "trained while held"
+    );
+    drop(held);
+    // One epoch, then a leftover of an interrupted write beside the checkpoint.
+    let first = cardinal_train::train(&run, &ctx(Some(1))).unwrap();
+    assert_eq!(first.state, State::Running);
+    let leftover = dir.join(".checkpoint.safetensors.4242.tmp");
+    std::fs::write(&leftover, b"half a checkpoint").unwrap();
+    let done = cardinal_train::train(&run, &ctx(None)).unwrap();
+    assert_eq!(done.state, State::Finished);
+    assert!(
+        !leftover.exists(),
+        "the stale temporary file is still there"
+    );
+    let log = std::fs::read_to_string(dir.join("log.txt")).unwrap();
+    assert!(log.contains(".checkpoint.safetensors.4242.tmp"), "{log}");
+}
+
+/// meta.json names what trained the run: the commit the binary was built from beside the
+/// checkout's, candle with its vendored patch, the precision and the instruction set.
+#[test]
+fn run_metadata_records_the_build_precision_and_instruction_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dataset(&tmp.path().join("mnist"));
+    let run = spec(
+        tmp.path(),
+        &["train.epochs=1", "train.precision=bf16-mixed"],
+    );
+    let progress = hidden();
+    let ctx = RunContext {
+        runs_dir: tmp.path().join("runs"),
+        progress: &progress,
+        stop_after_epochs: None,
+        device: candle_core::Device::Cpu,
+    };
+    let outcome = cardinal_train::train(&run, &ctx).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(outcome.dir.join("meta.json")).unwrap())
+            .unwrap();
+    assert!(
+        meta["candle_version"]
+            .as_str()
+            .unwrap()
+            .contains("vendored patch"),
+        "{meta}"
+    );
+    let build = meta["sessions"][0]["build_commit"].as_str().unwrap();
+    assert!(!build.is_empty(), "{meta}");
+    assert!(meta["sessions"][0].get("git_commit").is_some(), "{meta}");
+    assert_eq!(meta["precision"], "bf16-mixed");
+    let isa = meta["isa"].as_str().unwrap();
+    assert!(
+        ["amx-bf16", "avx512-bf16", "avx512", "avx2", "portable"].contains(&isa),
+        "{isa}"
+    );
+    assert!(outcome.rows.iter().all(|r| r.precision == "bf16-mixed"));
+}

@@ -146,6 +146,23 @@ struct FormRun {
     running_stats: StateDict,
 }
 
+/// The gradient of `tensor` in `grads`. A gradient that backward did not produce is a broken
+/// graph, not a zero gradient (comparing zeros with zeros would pass): an error naming it.
+fn gradient(
+    grads: &candle_core::backprop::GradStore,
+    tensor: &Tensor,
+    form: BlockForm,
+    of: &str,
+) -> Result<Tensor> {
+    grads
+        .get(tensor)
+        .cloned()
+        .ok_or_else(|| crate::ZooError::InvalidSpec {
+            field: "form".into(),
+            reason: format!("form {form}: backward produced no gradient for {of}"),
+        })
+}
+
 fn run_form(spec: &NetSpec, state: &StateDict, x: &Tensor, direction: &Tensor) -> Result<FormRun> {
     let model = ResNet::new(spec, state)?;
     let eval_logits = model.forward_t(x, false)?;
@@ -154,22 +171,13 @@ fn run_form(spec: &NetSpec, state: &StateDict, x: &Tensor, direction: &Tensor) -
     // A random projection of the logits, so every output contributes a distinct gradient.
     let loss = (&train_logits * direction)?.sum_all()?;
     let grads = loss.backward()?;
-    // A gradient that backward did not produce is a broken graph, not a zero gradient:
-    // comparing zeros with zeros would pass.
-    let no_gradient = |of: &str| crate::ZooError::InvalidSpec {
-        field: "form".into(),
-        reason: format!("form {}: backward produced no gradient for {of}", spec.form),
-    };
-    let input_grad = grads
-        .get(input.as_tensor())
-        .cloned()
-        .ok_or_else(|| no_gradient("the input"))?;
+    let input_grad = gradient(&grads, input.as_tensor(), spec.form, "the input")?;
     let mut weight_grads = StateDict::new();
     for (name, var) in model.params().trainable() {
-        let g = grads
-            .get(var.as_tensor())
-            .ok_or_else(|| no_gradient(name))?;
-        weight_grads.insert(name.clone(), g.clone());
+        weight_grads.insert(
+            name.clone(),
+            gradient(&grads, var.as_tensor(), spec.form, name)?,
+        );
     }
     let weight_grads = convert(spec, &weight_grads, spec.form, BlockForm::C)?;
     let running_stats: StateDict = model
@@ -482,5 +490,20 @@ mod tests {
         assert!(err.to_string().contains("lack `b`"), "{err}");
         let err = compare_states("grads", &StateDict::new(), &StateDict::new()).unwrap_err();
         assert!(err.to_string().contains("no tensors"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_gradient_is_an_error_not_zeros() {
+        let x = candle_core::Var::new(&[1f64, 2.0], &candle_core::Device::Cpu).unwrap();
+        let unrelated = candle_core::Var::new(&[3f64], &candle_core::Device::Cpu).unwrap();
+        let grads = x.as_tensor().sum_all().unwrap().backward().unwrap();
+        assert!(gradient(&grads, x.as_tensor(), BlockForm::A, "the input").is_ok());
+        let err = gradient(&grads, unrelated.as_tensor(), BlockForm::A, "the input")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("form A: backward produced no gradient for the input"),
+            "{err}"
+        );
     }
 }
