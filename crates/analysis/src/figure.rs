@@ -9,8 +9,9 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::conclusion::forms_only;
-use crate::summary::{Config, Point};
+use crate::comparison::{across_complexity, forms_only};
+use crate::stats::LEVEL;
+use crate::summary::{Config, Point, Stat};
 use crate::{Error, Result};
 
 /// DejaVu Sans (licence in `assets/fonts/LICENSE-DejaVu.txt`).
@@ -71,7 +72,7 @@ enum Marker {
     None,
 }
 
-/// One line of a chart: (x, mean, std) points.
+/// One line of a chart: (x, mean, half-width of the 95% interval) points.
 #[derive(Debug, Clone)]
 struct Series {
     color: RGBColor,
@@ -79,6 +80,11 @@ struct Series {
     marker: Marker,
     /// Draw the points with vertical error bars instead of a band and a line.
     error_bars: bool,
+    /// With error bars, also join the points with a line (a family across complexity).
+    joined: bool,
+    /// Markers only at whole x (the epochs' ends), so that curves with evaluations within
+    /// epochs stay readable.
+    markers_at_whole_x: bool,
     points: Vec<(f64, f64, Option<f64>)>,
 }
 
@@ -237,6 +243,11 @@ impl Panel {
             .map_err(text)?;
         for s in &self.series {
             let means: Vec<(f64, f64)> = s.points.iter().map(|&(x, m, _)| (x, m)).collect();
+            if s.error_bars && s.joined {
+                chart
+                    .draw_series(LineSeries::new(means.clone(), s.color.stroke_width(2)))
+                    .map_err(text)?;
+            }
             if s.error_bars {
                 chart
                     .draw_series(s.points.iter().filter_map(|&(x, m, sd)| {
@@ -287,14 +298,19 @@ impl Panel {
                         .map_err(text)?;
                 }
             }
+            let marked: Vec<(f64, f64)> = means
+                .iter()
+                .copied()
+                .filter(|(x, _)| !s.markers_at_whole_x || x.fract() == 0.0)
+                .collect();
             match s.marker {
                 Marker::Circle => chart
-                    .draw_series(means.iter().map(|&p| Circle::new(p, 4, s.color.filled())))
+                    .draw_series(marked.iter().map(|&p| Circle::new(p, 4, s.color.filled())))
                     .map(|_| ())
                     .map_err(text)?,
                 Marker::Triangle => chart
                     .draw_series(
-                        means
+                        marked
                             .iter()
                             .map(|&p| TriangleMarker::new(p, 6, s.color.filled())),
                     )
@@ -393,12 +409,17 @@ fn save(chart: &Chart, dir: &Path, stem: &str) -> Result<()> {
     Ok(())
 }
 
+/// The half-width of the 95% t interval of a mean over seeds; none for one seed.
+fn ci(stat: &Stat) -> Option<f64> {
+    stat.half_width(LEVEL).filter(|v| v.is_finite())
+}
+
 /// Finite points only: a NaN (a diverged epoch) would draw to the edge of the plot.
 fn points(curve: &[Point]) -> Vec<(f64, f64, Option<f64>)> {
     curve
         .iter()
         .filter(|(_, s)| s.mean.is_finite())
-        .map(|(epoch, s)| (*epoch as f64, s.mean, s.std.filter(|v| v.is_finite())))
+        .map(|(x, s)| (*x, s.mean, ci(s)))
         .collect()
 }
 
@@ -420,9 +441,20 @@ fn entries(configs: &[Config]) -> Vec<(String, RGBColor, Marker)> {
 
 fn seeds_note(configs: &[Config]) -> String {
     if configs.iter().all(|c| c.seeds() == 1) {
-        "one seed: no spread".into()
+        "one seed: no interval".into()
     } else {
-        "band / bars: ± 1 std over seeds".into()
+        "band / bars: 95% CI of the mean".into()
+    }
+}
+
+/// What the bars of a final-error figure show, for its caption.
+fn bars_text(configs: &[Config]) -> &'static str {
+    if configs.iter().all(|c| c.seeds() > 1) {
+        "mean over seeds with bars of the 95% confidence interval of the mean, from Student's t"
+    } else if configs.iter().any(|c| c.seeds() > 1) {
+        "mean over seeds with bars of the 95% confidence interval of the mean, from Student's t, where there are several seeds"
+    } else {
+        "single runs, no error bars"
     }
 }
 
@@ -435,6 +467,11 @@ pub fn all(configs: &[Config], dir: &Path) -> Result<Vec<Figure>> {
     if forms_only(configs) {
         figures.push(epoch_time(configs, dir)?);
         figures.push(form_difference(configs, dir)?);
+    } else if across_complexity(configs) {
+        // One line per family reads the question off one picture; the cardinality plot
+        // would stack the levels' points on the same few x.
+        figures.push(error_vs_macs_by_family(configs, dir)?);
+        figures.push(error_vs_complexity(configs, dir)?);
     } else {
         if cardinalities.len() > 1 && cardinalities.iter().all(|&c| c > 0) {
             figures.push(error_vs_cardinality(configs, dir)?);
@@ -446,7 +483,8 @@ pub fn all(configs: &[Config], dir: &Path) -> Result<Vec<Figure>> {
     Ok(figures)
 }
 
-/// Train and test top-1 error against epoch: the analogue of the paper's Fig. 5.
+/// Train and test top-1 error against epochs of training (the test curve with its
+/// evaluations within epochs): the analogue of the paper's Fig. 5.
 pub fn curves(configs: &[Config], dir: &Path) -> Result<Figure> {
     let mut series = Vec::new();
     for (i, c) in configs.iter().enumerate() {
@@ -456,14 +494,19 @@ pub fn curves(configs: &[Config], dir: &Path) -> Result<Figure> {
                 dashed,
                 marker: if dashed { Marker::None } else { marker(c) },
                 error_bars: false,
+                joined: false,
+                markers_at_whole_x: true,
                 points: points(curve),
             });
         }
     }
+    let within_epochs = configs
+        .iter()
+        .any(|c| c.curves.test_top1.iter().any(|(x, _)| x.fract() != 0.0));
     let chart = Chart {
         panels: vec![Panel {
             title: "Top-1 error during training".into(),
-            x_desc: "epoch".into(),
+            x_desc: "epochs of training".into(),
             y_desc: "top-1 error (%)".into(),
             log2_x: false,
             non_negative: false,
@@ -483,9 +526,14 @@ pub fn curves(configs: &[Config], dir: &Path) -> Result<Figure> {
         stem: "curves".into(),
         title: "Training curves".into(),
         caption: format!(
-            "Top-1 error against epoch, train (dashed, on augmented images, as the epoch trained) and test (solid); {}. The analogue of the paper's Fig. 5.",
+            "Top-1 error against epochs of training, train (dashed, on augmented images, as the epoch trained) and test (solid{}); {}. The analogue of the paper's Fig. 5.",
+            if within_epochs {
+                ", evaluated several times per epoch; markers at the epochs' ends"
+            } else {
+                ", at the end of each epoch"
+            },
             if configs.iter().any(|c| c.seeds() > 1) {
-                "mean over seeds with a ± 1 std band"
+                "mean over seeds with a shaded band of the 95% confidence interval of the mean (Student's t, over the seeds at each point)"
             } else {
                 "one seed each, so no band"
             }
@@ -493,7 +541,7 @@ pub fn curves(configs: &[Config], dir: &Path) -> Result<Figure> {
     })
 }
 
-/// Final test error against cardinality with ± 1 std error bars: Table 3 as a plot.
+/// Final test error against cardinality with 95% confidence bars: Table 3 as a plot.
 pub fn error_vs_cardinality(configs: &[Config], dir: &Path) -> Result<Figure> {
     let mut sorted: Vec<(usize, &Config)> = configs.iter().enumerate().collect();
     sorted.sort_by_key(|(_, c)| c.cardinality);
@@ -505,10 +553,12 @@ pub fn error_vs_cardinality(configs: &[Config], dir: &Path) -> Result<Figure> {
             dashed: false,
             marker: marker(c),
             error_bars: true,
+            joined: false,
+            markers_at_whole_x: false,
             points: vec![(
                 (c.cardinality as f64).log2(),
                 c.final_test_top1.mean,
-                c.final_test_top1.std,
+                ci(&c.final_test_top1),
             )],
         });
     }
@@ -533,11 +583,7 @@ pub fn error_vs_cardinality(configs: &[Config], dir: &Path) -> Result<Figure> {
         caption: format!(
             "Final top-1 test error against cardinality C, {} ({}): the paper's Table 3 as a plot.",
             complexity_spread(configs),
-            if configs.iter().all(|c| c.seeds() > 1) {
-                "mean ± 1 std over seeds"
-            } else {
-                "single runs, no error bars"
-            }
+            bars_text(configs)
         ),
     })
 }
@@ -578,7 +624,9 @@ pub fn error_vs_complexity(configs: &[Config], dir: &Path) -> Result<Figure> {
                 dashed: false,
                 marker: marker(c),
                 error_bars: true,
-                points: vec![(x(c), c.final_test_top1.mean, c.final_test_top1.std)],
+                joined: false,
+                markers_at_whole_x: false,
+                points: vec![(x(c), c.final_test_top1.mean, ci(&c.final_test_top1))],
             })
             .collect(),
     };
@@ -604,7 +652,86 @@ pub fn error_vs_complexity(configs: &[Config], dir: &Path) -> Result<Figure> {
     Ok(Figure {
         stem: "error-vs-complexity".into(),
         title: "Error against complexity".into(),
-        caption: "Final top-1 test error against multiply-adds (left) and parameters (right), ResNet (C = 1) as circles and ResNeXt as triangles: at equal complexity, lower is better.".into(),
+        caption: format!(
+            "Final top-1 test error against multiply-adds (left) and parameters (right), ResNet (C = 1) as circles and ResNeXt as triangles, {}: at equal complexity, lower is better.",
+            bars_text(configs)
+        ),
+    })
+}
+
+/// The family name of a cardinality: ResNet for C = 1.
+fn family(cardinality: usize) -> String {
+    if cardinality == 1 {
+        "ResNet (C = 1)".into()
+    } else {
+        format!("ResNeXt (C = {cardinality})")
+    }
+}
+
+/// Final test error against multiply-adds, one line per cardinality (ResNet and ResNeXt)
+/// through the complexity levels, with 95% confidence bars: "at equal FLOPs, is ResNeXt
+/// better?" read off one picture.
+pub fn error_vs_macs_by_family(configs: &[Config], dir: &Path) -> Result<Figure> {
+    let mut cardinalities: Vec<usize> = configs.iter().map(|c| c.cardinality).collect();
+    cardinalities.sort_unstable();
+    cardinalities.dedup();
+    let mut series = Vec::new();
+    let mut legend = Vec::new();
+    for (i, &cardinality) in cardinalities.iter().enumerate() {
+        let mut members: Vec<&Config> = configs
+            .iter()
+            .filter(|c| c.cardinality == cardinality)
+            .collect();
+        members.sort_by_key(|c| c.macs);
+        let marker = if cardinality == 1 {
+            Marker::Circle
+        } else {
+            Marker::Triangle
+        };
+        series.push(Series {
+            color: color(i),
+            dashed: false,
+            marker,
+            error_bars: true,
+            joined: true,
+            markers_at_whole_x: false,
+            points: members
+                .iter()
+                .map(|c| {
+                    (
+                        c.macs as f64 / 1e6,
+                        c.final_test_top1.mean,
+                        ci(&c.final_test_top1),
+                    )
+                })
+                .collect(),
+        });
+        legend.push((family(cardinality), color(i), marker));
+    }
+    let chart = Chart {
+        panels: vec![Panel {
+            title: "Final test error against multiply-adds, by family".into(),
+            x_desc: "MACs (millions)".into(),
+            y_desc: "final top-1 test error (%)".into(),
+            log2_x: false,
+            non_negative: false,
+            series,
+        }],
+        legend: Legend {
+            entries: legend,
+            notes: vec![(seeds_note(configs), Note::Text)],
+        },
+    };
+    let stem = "error_vs_macs_by_family";
+    save(&chart, dir, stem)?;
+    Ok(Figure {
+        stem: stem.into(),
+        title: "ResNet against ResNeXt across complexity".into(),
+        caption: format!(
+            "Final top-1 test error against multiply-adds, one line per family through {} complexity levels ({}): where the ResNeXt line lies below the ResNet line at the same MACs, ResNeXt is better at equal FLOPs. The paper's Fig. 5 question, across complexity.",
+            crate::comparison::complexity_levels(configs).len(),
+            bars_text(configs)
+        ),
     })
 }
 
@@ -618,6 +745,8 @@ pub fn epoch_time(configs: &[Config], dir: &Path) -> Result<Figure> {
             dashed: false,
             marker: marker(c),
             error_bars: false,
+            joined: false,
+            markers_at_whole_x: false,
             points: points(&c.curves.epoch_seconds),
         })
         .collect();
@@ -648,15 +777,15 @@ pub fn form_difference(configs: &[Config], dir: &Path) -> Result<Figure> {
     let reference = &configs[0];
     let gap = |a: &[Point], b: &[Point]| -> Vec<(f64, f64, Option<f64>)> {
         a.iter()
-            .filter_map(|(epoch, sa)| {
-                let (_, sb) = b.iter().find(|(e, _)| e == epoch)?;
-                Some((*epoch as f64, (sb.mean - sa.mean).abs(), None))
+            .filter_map(|(x, sa)| {
+                let (_, sb) = b.iter().find(|(e, _)| e == x)?;
+                Some((*x, (sb.mean - sa.mean).abs(), None))
             })
             .collect()
     };
     let panel = |title: &str, y_desc: &str, curve: &dyn Fn(&Config) -> &Vec<Point>| Panel {
         title: title.into(),
-        x_desc: "epoch".into(),
+        x_desc: "epochs of training".into(),
         y_desc: y_desc.into(),
         log2_x: false,
         non_negative: true,
@@ -669,6 +798,8 @@ pub fn form_difference(configs: &[Config], dir: &Path) -> Result<Figure> {
                 dashed: false,
                 marker: Marker::Circle,
                 error_bars: false,
+                joined: false,
+                markers_at_whole_x: false,
                 points: gap(curve(reference), curve(c)),
             })
             .collect(),
@@ -707,7 +838,7 @@ pub fn form_difference(configs: &[Config], dir: &Path) -> Result<Figure> {
         stem: "form-difference".into(),
         title: "Gap between the forms".into(),
         caption: format!(
-            "Absolute difference of each form's test top-1 error (left) and training loss (right) from {}'s, per epoch. The forms start from converted weights, as one function; any gap grows from floating-point rounding.",
+            "Absolute difference of each form's test top-1 error (left) and training loss (right) from {}'s, at each test evaluation. The forms start from converted weights, as one function; any gap grows from floating-point rounding.",
             reference.label
         ),
     })

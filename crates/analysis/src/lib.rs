@@ -4,15 +4,19 @@
 //!
 //! - [`store`]: reading runs; [`summary`]: aggregating over seeds with polars;
 //! - [`table`]: Markdown and terminal tables; [`figure`]: plotters figures (SVG and PNG);
-//! - [`conclusion`]: differences against the seed-to-seed spread;
+//! - [`stats`]: t quantiles, paired differences, Holm's correction, slopes;
+//! - [`comparison`]: each configuration against its reference, and the trend across C;
+//! - [`conclusion`]: what the comparisons found, in sentences;
 //! - [`report`]: `reports/<experiment>/README.md`; [`paper`]: the paper's numbers.
 
 use std::path::PathBuf;
 
+pub mod comparison;
 pub mod conclusion;
 pub mod figure;
 pub mod paper;
 pub mod report;
+pub mod stats;
 pub mod store;
 pub mod summary;
 pub mod table;

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 
-use crate::conclusion::conclude;
-use crate::store::{f64s, scan_run, Run};
-use crate::summary::summarize;
+use crate::comparison::{comparisons, trend};
+use crate::conclusion::{conclude, paper_trend_text, trend_sentence, METHOD};
+use crate::store::{f64s, scan_run, strings, Run};
+use crate::summary::{summarize, Config};
 use crate::table::{self, has_paper_cardinality, Table};
 use crate::{figure, Error, Result};
 
@@ -113,6 +114,7 @@ pub fn write_report(input: &ReportInput, out: &Path) -> Result<Written> {
     for (name, value) in &input.setup {
         let _ = writeln!(md, "| {name} | {value} |");
     }
+    let _ = writeln!(md, "| Precision | {} |", precision_line(&configs));
     for (name, value) in provenance(&finished) {
         let _ = writeln!(md, "| {name} | {value} |");
     }
@@ -153,6 +155,8 @@ pub fn write_report(input: &ReportInput, out: &Path) -> Result<Written> {
             unsteady.join(", ")
         );
     }
+    md.push_str(&comparisons_section(&configs));
+    md.push_str(&trend_section(&configs));
     md.push_str("\n\n## Figures\n\n");
     for f in &figures {
         let _ = writeln!(
@@ -178,7 +182,7 @@ pub fn write_report(input: &ReportInput, out: &Path) -> Result<Written> {
             absent.join(", ")
         );
     }
-    md.push_str("\nA difference counts as larger than the seed-to-seed spread when it exceeds twice the standard error of the difference, sqrt(s1²/n1 + s2²/n2): a screen rather than a formal test (with three seeds a side, roughly p < 0.1; no correction for several comparisons with one reference).\n");
+    let _ = writeln!(md, "\n{METHOD}");
 
     md.push_str("\n## Runs\n\n");
     md.push_str(&runs_table(&runs)?.markdown());
@@ -197,6 +201,95 @@ pub fn write_report(input: &ReportInput, out: &Path) -> Result<Written> {
         finished: finished.len(),
         total: runs.len(),
     })
+}
+
+/// "f32", or each precision with its configurations when they differ.
+fn precision_line(configs: &[Config]) -> String {
+    let mut by_precision: Vec<(String, Vec<&str>)> = Vec::new();
+    for c in configs {
+        match by_precision.iter_mut().find(|(p, _)| *p == c.precision) {
+            Some((_, labels)) => labels.push(&c.label),
+            None => by_precision.push((c.precision.clone(), vec![&c.label])),
+        }
+    }
+    match by_precision.as_slice() {
+        [(only, _)] => only.clone(),
+        _ => by_precision
+            .iter()
+            .map(|(p, labels)| format!("{p} ({})", labels.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
+/// The "Comparisons" section: each configuration against its reference, paired over seeds.
+fn comparisons_section(configs: &[Config]) -> String {
+    let rows = comparisons(configs);
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from("\n\n## Comparisons\n\n");
+    md.push_str(&table::comparisons(&rows, configs).markdown());
+    md.push_str("\nFinal top-1 test error of each configuration minus its reference's, paired by seed, in percentage points (negative: lower error than the reference). Verdicts are Holm-corrected over the table's rows; the method is under the conclusion.");
+    if has_paper_cardinality(configs) {
+        md.push_str(" The paper's column is the same difference in its Table 3 (ImageNet-1K, 50 layers), for the trend, not as a target.");
+    }
+    let unmatched: Vec<String> = rows
+        .iter()
+        .filter_map(|c| {
+            let seeds = &c.paired.as_ref().ok()?.unmatched;
+            (!seeds.is_empty()).then(|| {
+                let seeds: Vec<String> = seeds.iter().map(u64::to_string).collect();
+                format!(
+                    "{} vs {}: seeds {}",
+                    c.config.label,
+                    c.reference.label,
+                    seeds.join(", ")
+                )
+            })
+        })
+        .collect();
+    if !unmatched.is_empty() {
+        let _ = write!(
+            md,
+            " Seeds that only one side of a comparison has are not in it (no partner to pair with): {}.",
+            unmatched.join("; ")
+        );
+    }
+    md
+}
+
+/// The "Trend" section of a cardinality sweep: per-seed slopes against log2 C, their mean
+/// and its interval, in one sentence and a table.
+fn trend_section(configs: &[Config]) -> String {
+    let Some(trend) = trend(configs) else {
+        return String::new();
+    };
+    let mut md = String::from("\n\n## Trend\n\n");
+    md.push_str(&trend_sentence(&trend));
+    md.push_str("\n\n");
+    md.push_str(&table::trend(&trend).markdown());
+    let cardinalities: Vec<String> = trend.cardinalities.iter().map(usize::to_string).collect();
+    let _ = write!(
+        md,
+        "\nPer seed, the least-squares slope of final top-1 test error (percentage points) against log2 C over C = {}; then the mean slope over seeds with its 95% t interval. Error falls with C when the interval lies entirely below 0.",
+        cardinalities.join(", ")
+    );
+    if !trend.left_out.is_empty() {
+        let seeds: Vec<String> = trend.left_out.iter().map(u64::to_string).collect();
+        let _ = write!(
+            md,
+            " Left out: {} {} (not every cardinality has {} exactly once).",
+            if seeds.len() == 1 { "seed" } else { "seeds" },
+            seeds.join(", "),
+            if seeds.len() == 1 { "it" } else { "them" }
+        );
+    }
+    if has_paper_cardinality(configs) {
+        md.push(' ');
+        md.push_str(&paper_trend_text());
+    }
+    md
 }
 
 /// The experiment, and the preset and overrides that chose its runs: `cardinality`,
@@ -324,18 +417,19 @@ fn runs_table(runs: &[Run]) -> Result<Table> {
             "state",
             "last test top-1 err (%)",
             "wall time",
+            "precision",
             "checkout when trained",
         ]
         .map(String::from)
         .to_vec(),
         rows: Vec::new(),
-        numeric: vec![false, false, true, false, true, true, false],
+        numeric: vec![false, false, true, false, true, true, false, false],
     };
     for run in runs {
-        let (error, wall) = if run.metrics_path().is_file() {
+        let (error, wall, precision) = if run.metrics_path().is_file() {
             last_test(run)?
         } else {
-            (None, None)
+            (None, None, None)
         };
         table.rows.push(vec![
             format!("`{}`", run.run_id),
@@ -348,6 +442,7 @@ fn runs_table(runs: &[Run]) -> Result<Table> {
                 .map(|e| format!("{:.2}", e * 100.0))
                 .unwrap_or_else(|| "–".into()),
             wall.map(duration).unwrap_or_else(|| "–".into()),
+            precision.unwrap_or_else(|| "–".into()),
             commits(run),
         ]);
     }
@@ -375,17 +470,20 @@ fn commits(run: &Run) -> String {
     }
 }
 
-/// The last epoch's test error and the run's wall seconds so far.
-fn last_test(run: &Run) -> Result<(Option<f64>, Option<f64>)> {
+/// The last end-of-epoch test error, the run's wall seconds so far and the precision it
+/// trained with.
+fn last_test(run: &Run) -> Result<(Option<f64>, Option<f64>, Option<String>)> {
     let df = scan_run(run)?
         .filter(col("split").eq(lit("test")))
         .sort(["epoch"], SortMultipleOptions::default())
         .collect()?;
     let errors = f64s(&df, "top1_err")?;
     let walls = f64s(&df, "wall_seconds")?;
+    let precisions = strings(&df, "precision")?;
     Ok((
         errors.last().copied().flatten(),
         walls.last().copied().flatten(),
+        precisions.last().cloned(),
     ))
 }
 
@@ -437,6 +535,10 @@ pub fn compare(mut runs: Vec<Run>) -> Result<Table> {
         let mut s = epochs.map(|e| format!("{e} epochs")).unwrap_or_default();
         if let Some(n) = images {
             s.push_str(&format!(", {n} images"));
+        }
+        // Runs trained at different precisions are different experiments.
+        if let Some(p) = r.config_value("train.precision").and_then(|v| v.as_str()) {
+            s.push_str(&format!(", {p}"));
         }
         s
     };

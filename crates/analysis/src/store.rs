@@ -1,7 +1,7 @@
 //! The results store: each run directory's `metrics.csv` (one row per epoch and split), its
 //! `config.yaml`, `meta.json` and `status.json`, read and aggregated over seeds with polars.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use polars::prelude::*;
 use serde::Deserialize;
 use serde_json::Value;
 
-use cardinal_results::{Kind, COLUMNS};
+use cardinal_results::{Kind, MetricRow, COLUMNS, INTERIM, SPLITS};
 
 use crate::{Error, Result};
 
@@ -201,12 +201,69 @@ pub fn label_of(config: &Value) -> String {
     }
 }
 
+/// Why a row cannot be placed on a curve or in a table, if it cannot: a split the store
+/// does not define, an end-of-epoch row whose progress is not its epoch, or a within-epoch
+/// evaluation outside the epoch it names.
+fn misplaced(row: &MetricRow) -> Option<String> {
+    let epoch = row.epoch as f64;
+    if SPLITS.contains(&row.split.as_str()) {
+        (row.progress != epoch).then(|| {
+            format!(
+                "the {} row of epoch {} has progress {}, not {epoch} (end-of-epoch rows are measured after whole epochs)",
+                row.split, row.epoch, row.progress
+            )
+        })
+    } else if row.split == INTERIM {
+        (!(row.progress > epoch - 1.0 && row.progress < epoch)).then(|| {
+            format!(
+                "the {INTERIM} row of epoch {} has progress {}, outside that epoch ({} to {epoch}, exclusive)",
+                row.epoch,
+                row.progress,
+                epoch - 1.0
+            )
+        })
+    } else {
+        Some(format!(
+            "split {:?} is none of the store's ({}, {INTERIM})",
+            row.split,
+            SPLITS.join(", ")
+        ))
+    }
+}
+
+/// An error naming the file and line of the first row that [`misplaced`] refuses, or of a
+/// second row at the same (split, progress): read on, it would be averaged as if it were
+/// another seed.
+fn check_rows(path: &Path, rows: &[MetricRow]) -> Result<()> {
+    let mut seen: BTreeSet<(&str, u64)> = BTreeSet::new();
+    for (i, row) in rows.iter().enumerate() {
+        // The header is line 1 and each row one line (no field holds a line break).
+        let line = i + 2;
+        let refuse = |message: String| Error::Parse {
+            path: path.to_path_buf(),
+            message: format!("line {line}: {message}"),
+        };
+        if let Some(message) = misplaced(row) {
+            return Err(refuse(message));
+        }
+        if !seen.insert((row.split.as_str(), row.progress.to_bits())) {
+            return Err(refuse(format!(
+                "a second {} row at progress {} (epoch {})",
+                row.split, row.progress, row.epoch
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Reads one run's metrics with the store's schema. The error names the file: the first
 /// column of the header that is not the store's (columns are read by position), a value
-/// that does not parse, or, for a finished run, the epochs whose rows are missing.
+/// that does not parse, a row that fits no curve or table ([`check_rows`]), or, for a
+/// finished run, the epochs whose rows are missing.
 pub fn scan_run(run: &Run) -> Result<LazyFrame> {
     let path = run.metrics_path();
     let rows = cardinal_results::read_metrics(&path)?;
+    check_rows(&path, &rows)?;
     if let Some(status) = run.status.as_ref().filter(|_| run.finished()) {
         cardinal_results::check_complete(&path, &rows, status.epochs_done)?;
     }

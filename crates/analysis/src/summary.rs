@@ -5,28 +5,14 @@ use std::collections::BTreeMap;
 
 use polars::prelude::*;
 
+use cardinal_results::INTERIM;
+
 use crate::store::{f64s, scan, strings, Run};
 use crate::{Error, Result};
 
-/// Mean, sample standard deviation (none for a single value) and count.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Stat {
-    pub mean: f64,
-    pub std: Option<f64>,
-    pub n: usize,
-}
+pub use crate::stats::Stat;
 
 impl Stat {
-    pub fn of(values: &[f64]) -> Stat {
-        let n = values.len();
-        let mean = values.iter().sum::<f64>() / n as f64;
-        let std = (n > 1).then(|| {
-            let ss: f64 = values.iter().map(|v| (v - mean).powi(2)).sum();
-            (ss / (n - 1) as f64).sqrt()
-        });
-        Stat { mean, std, n }
-    }
-
     fn from_columns(mean: Option<f64>, std: Option<f64>, n: Option<f64>) -> Option<Stat> {
         let n = n? as usize;
         Some(Stat {
@@ -46,13 +32,15 @@ impl Stat {
     }
 }
 
-/// One point of a curve: the epoch and the statistic over seeds.
-pub type Point = (usize, Stat);
+/// One point of a curve: the epochs of training done (fractional for the test evaluations
+/// within an epoch) and the statistic over seeds.
+pub type Point = (f64, Stat);
 
-/// Curves of one configuration against epoch, errors in percent.
+/// Curves of one configuration against epochs of training, errors in percent.
 #[derive(Debug, Clone, Default)]
 pub struct Curves {
     pub train_top1: Vec<Point>,
+    /// End-of-epoch and within-epoch (`test-interim`) test evaluations, by progress.
     pub test_top1: Vec<Point>,
     pub train_loss: Vec<Point>,
     pub test_loss: Vec<Point>,
@@ -72,6 +60,9 @@ pub struct Config {
     pub macs: u64,
     pub epochs: usize,
     pub final_test_top1: Stat,
+    /// Each seed's final test top-1 error (the last end-of-epoch test row), by seed: what
+    /// paired comparisons match.
+    pub final_test_top1_by_seed: Vec<(u64, f64)>,
     pub best_test_top1: Stat,
     pub final_test_top5: Stat,
     pub best_test_top5: Stat,
@@ -82,6 +73,9 @@ pub struct Config {
     /// a quiet machine; well above it when other work shared the CPU, which makes the
     /// timings incomparable.
     pub throughput_variation: f64,
+    /// The precision its runs trained with (`f32`, `bf16-mixed`); several, comma-separated,
+    /// if its seeds differ.
+    pub precision: String,
     pub curves: Curves,
 }
 
@@ -113,19 +107,29 @@ pub fn summarize(runs: &[&Run]) -> Result<Vec<Config>> {
         }
     }
 
-    // Per run: the last epoch's and the best epoch's test error, then over seeds.
+    // Per run: the last epoch's and the best epoch's test error (end-of-epoch rows only:
+    // the within-epoch evaluations are points of the curves), then over seeds.
     let last = |name: &str| col(name).sort_by([col("epoch")], by_epoch()).last();
     let per_run_test = metrics
         .clone()
         .filter(col("split").eq(lit(TEST)))
         .group_by([col("config"), col("run_id")])
         .agg([
+            col("seed").first().alias("seed"),
             last("top1_err").alias("final_top1"),
             col("top1_err").min().alias("best_top1"),
             last("top5_err").alias("final_top5"),
             col("top5_err").min().alias("best_top5"),
             col("epoch").max().alias("epochs"),
-        ]);
+        ])
+        .collect()?;
+    let per_seed = per_run_test
+        .clone()
+        .lazy()
+        .select([col("config"), col("seed"), col("final_top1")])
+        .sort(["config", "seed"], SortMultipleOptions::default())
+        .collect()?;
+    let per_run_test = per_run_test.lazy();
     let per_run_train = metrics
         .clone()
         .filter(col("split").eq(lit(TRAIN)))
@@ -167,6 +171,12 @@ pub fn summarize(runs: &[&Run]) -> Result<Vec<Config>> {
             .concat(),
         )
         .collect()?;
+    let precisions = metrics
+        .clone()
+        .group_by([col("config"), col("precision")])
+        .agg([col("run_id").count().alias("rows")])
+        .sort(["config", "precision"], SortMultipleOptions::default())
+        .collect()?;
     let complexity = metrics
         .clone()
         .group_by([col("config")])
@@ -179,11 +189,20 @@ pub fn summarize(runs: &[&Run]) -> Result<Vec<Config>> {
             col("macs").first(),
         ])
         .collect()?;
+    // The test curve joins the end-of-epoch and the within-epoch evaluations, by progress.
+    let curve = when(col("split").eq(lit(INTERIM)))
+        .then(lit(TEST))
+        .otherwise(col("split"))
+        .alias("curve");
     let curves = metrics
         .clone()
-        .group_by([col("config"), col("split"), col("epoch")])
+        .with_column(curve)
+        .group_by([col("config"), col("curve"), col("progress")])
         .agg(stat_exprs(&["top1_err", "loss"]))
-        .sort(["config", "split", "epoch"], SortMultipleOptions::default())
+        .sort(
+            ["config", "curve", "progress"],
+            SortMultipleOptions::default(),
+        )
         .collect()?;
     let walls = metrics
         .filter(col("split").eq(lit(TEST)))
@@ -199,6 +218,8 @@ pub fn summarize(runs: &[&Run]) -> Result<Vec<Config>> {
     let finals = Rows::new(&finals)?;
     let train = Rows::new(&train)?;
     let complexity = Rows::new(&complexity)?;
+    let by_seed = finals_by_seed(&Rows::new(&per_seed)?)?;
+    let precisions = precisions_by_config(&Rows::new(&precisions)?)?;
     let mut configs = Vec::new();
     for label in &order {
         let Some(f) = finals.index(label) else {
@@ -232,6 +253,7 @@ pub fn summarize(runs: &[&Run]) -> Result<Vec<Config>> {
             macs: complexity.f("macs", c)?.unwrap_or(0.0) as u64,
             epochs: finals.f("epochs", f)?.unwrap_or(0.0) as usize,
             final_test_top1: stat(&finals, f, "final_top1", 100.0)?,
+            final_test_top1_by_seed: by_seed.get(label).cloned().unwrap_or_default(),
             best_test_top1: stat(&finals, f, "best_top1", 100.0)?,
             final_test_top5: stat(&finals, f, "final_top5", 100.0)?,
             best_test_top5: stat(&finals, f, "best_top5", 100.0)?,
@@ -247,6 +269,7 @@ pub fn summarize(runs: &[&Run]) -> Result<Vec<Config>> {
                 Some(t) => train.f("variation", t)?.unwrap_or(f64::NAN),
                 None => f64::NAN,
             },
+            precision: precisions.get(label).cloned().unwrap_or_default(),
             curves: Curves::default(),
         });
     }
@@ -257,16 +280,16 @@ pub fn summarize(runs: &[&Run]) -> Result<Vec<Config>> {
         let Some(config) = configs.iter_mut().find(|c| c.label == label) else {
             continue;
         };
-        let epoch = curves.f("epoch", i)?.unwrap_or(0.0) as usize;
+        let progress = curves.f("progress", i)?.unwrap_or(f64::NAN);
         let point = |name: &str, factor: f64| -> Result<Option<Point>> {
             Ok(Stat::from_columns(
                 curves.f(&format!("{name}_mean"), i)?,
                 curves.f(&format!("{name}_std"), i)?,
                 curves.f(&format!("{name}_n"), i)?,
             )
-            .map(|s| (epoch, s.scaled(factor))))
+            .map(|s| (progress, s.scaled(factor))))
         };
-        let (top1, loss) = match curves.s("split", i)?.as_str() {
+        let (top1, loss) = match curves.s("curve", i)?.as_str() {
             TRAIN => (&mut config.curves.train_top1, &mut config.curves.train_loss),
             TEST => (&mut config.curves.test_top1, &mut config.curves.test_loss),
             _ => continue,
@@ -295,10 +318,44 @@ pub fn summarize(runs: &[&Run]) -> Result<Vec<Config>> {
     }
     for ((label, epoch), values) in seconds {
         if let Some(config) = configs.iter_mut().find(|c| c.label == label) {
-            config.curves.epoch_seconds.push((epoch, Stat::of(&values)));
+            config
+                .curves
+                .epoch_seconds
+                .push((epoch as f64, Stat::of(&values)));
         }
     }
     Ok(configs)
+}
+
+/// Each configuration's final test top-1 errors in percent, by seed, from rows of
+/// (config, seed, final_top1).
+fn finals_by_seed(rows: &Rows) -> Result<BTreeMap<String, Vec<(u64, f64)>>> {
+    let mut by_seed: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
+    for i in 0..rows.len() {
+        let (Some(seed), Some(error)) = (rows.f("seed", i)?, rows.f("final_top1", i)?) else {
+            continue; // polars gives null only for an empty group, which has no run
+        };
+        by_seed
+            .entry(rows.s("config", i)?)
+            .or_default()
+            .push((seed as u64, error * 100.0));
+    }
+    Ok(by_seed)
+}
+
+/// Each configuration's precisions, comma-separated, from rows of (config, precision).
+fn precisions_by_config(rows: &Rows) -> Result<BTreeMap<String, String>> {
+    let mut by_config: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for i in 0..rows.len() {
+        by_config
+            .entry(rows.s("config", i)?)
+            .or_default()
+            .push(rows.s("precision", i)?);
+    }
+    Ok(by_config
+        .into_iter()
+        .map(|(config, values)| (config, values.join(", ")))
+        .collect())
 }
 
 /// Row access by column name over a collected frame.

@@ -1,6 +1,8 @@
 //! The report's tables, as Markdown, and the same rows aligned for a terminal.
 
+use crate::comparison::{Comparison, Trend};
 use crate::paper;
+use crate::stats::LEVEL;
 use crate::summary::{Config, Stat};
 
 /// Rows of cells under a header; rendered as Markdown or as aligned text.
@@ -221,6 +223,103 @@ pub fn errors(configs: &[Config]) -> Table {
         }
         table.rows.push(row);
     }
+    table
+}
+
+/// "0.012", "< 0.001", "–".
+fn p_cell(p: Option<f64>) -> String {
+    match p {
+        Some(p) if p < 0.001 => "< 0.001".into(),
+        Some(p) => format!("{p:.3}"),
+        None => "–".into(),
+    }
+}
+
+/// The paper's Table 3 difference from C = 1 at the same C (50 layers), where both exist.
+fn paper_difference(c: &Comparison) -> String {
+    let (Some(config), Some(reference)) = (
+        paper::table3_50_layer(c.config.cardinality),
+        paper::table3_50_layer(c.reference.cardinality),
+    ) else {
+        return "–".into();
+    };
+    format!(
+        "{:+.1} ({}x{}d vs {}x{}d)",
+        config.top1 - reference.top1,
+        config.cardinality,
+        config.bottleneck_width,
+        reference.cardinality,
+        reference.bottleneck_width
+    )
+}
+
+/// Each configuration against its reference: the mean paired difference of final test
+/// top-1 error over seeds, its 95% t interval, the paired t test's p before and after
+/// Holm's correction, and the verdict; the paper's difference beside it where it has one.
+pub fn comparisons(rows: &[Comparison], configs: &[Config]) -> Table {
+    let paper = has_paper_cardinality(configs)
+        && rows
+            .iter()
+            .all(|c| paper::table3_50_layer(c.reference.cardinality).is_some());
+    let mut header = vec![
+        ("configuration", false),
+        ("reference", false),
+        ("paired seeds", true),
+        ("mean difference (points)", true),
+        ("95% CI (points)", true),
+        ("p", true),
+        ("Holm-adjusted p", true),
+        ("verdict", false),
+    ];
+    if paper {
+        header.push(("paper: Table 3 difference (points)", true));
+    }
+    let mut table = Table::new(&header);
+    for c in rows {
+        let difference = c.difference();
+        let interval = match (c.interval(), c.verdict.computed()) {
+            (Some((lo, hi)), true) => format!("{lo:+.2} to {hi:+.2}"),
+            _ => c.verdict.words(),
+        };
+        let mut row = vec![
+            c.config.label.clone(),
+            c.reference.label.clone(),
+            c.seeds().to_string(),
+            difference
+                .map(|d| format!("{:+.2}", d.mean))
+                .unwrap_or_else(|| "–".into()),
+            interval,
+            p_cell(c.p),
+            p_cell(c.holm_p),
+            if c.verdict.computed() {
+                c.verdict.words()
+            } else {
+                "–".into()
+            },
+        ];
+        if paper {
+            row.push(paper_difference(c));
+        }
+        table.rows.push(row);
+    }
+    table
+}
+
+/// Each seed's slope of final test top-1 error against log2 C, and their mean with its
+/// 95% t interval.
+pub fn trend(trend: &Trend) -> Table {
+    let mut table = Table::new(&[("seed", false), ("slope (points per doubling of C)", true)]);
+    for (seed, slope) in &trend.slopes {
+        table
+            .rows
+            .push(vec![seed.to_string(), format!("{slope:+.3}")]);
+    }
+    let mean = match trend.slope.interval(LEVEL) {
+        Some((lo, hi)) => format!("{:+.3} (95% CI {lo:+.3} to {hi:+.3})", trend.slope.mean),
+        None if trend.slope.n > 0 => format!("{:+.3} (one seed: no interval)", trend.slope.mean),
+        None => "–".into(),
+    };
+    table.rows.push(vec!["**mean**".into(), mean]);
     table
 }
 

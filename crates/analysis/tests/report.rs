@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use cardinal_analysis::figure::SIZE;
 use cardinal_analysis::{compare, write_report, ReportInput, Run};
 
-use cardinal_results::MetricRow;
+use cardinal_results::{MetricRow, INTERIM};
 
 struct Cell<'a> {
     cardinality: usize,
@@ -18,6 +18,10 @@ struct Cell<'a> {
     finals: &'a [f64],
     images_per_sec: f64,
     seconds_per_epoch: f64,
+    /// Also write a test evaluation half-way through each epoch (`test-interim`), at an
+    /// error below every end-of-epoch one, so a table that took it as final would show.
+    interim: bool,
+    precision: &'a str,
 }
 
 /// Writes one run directory per seed of `cell`; returns them.
@@ -70,7 +74,11 @@ fn write_cell(runs: &Path, cell: &Cell, finished: bool) -> Vec<PathBuf> {
             let test = final_err + 0.02 * (3 - epoch) as f64;
             let train = test + 0.01;
             let wall = cell.seconds_per_epoch * epoch as f64;
-            for (split, err) in [("train", train), ("test", test)] {
+            let mut splits = vec![("train", train, epoch as f64), ("test", test, epoch as f64)];
+            if cell.interim {
+                splits.insert(0, (INTERIM, 0.001, epoch as f64 - 0.5));
+            }
+            for (split, err, progress) in splits {
                 rows.push(MetricRow {
                     experiment: "toy".into(),
                     run_id: run_id.clone(),
@@ -89,8 +97,8 @@ fn write_cell(runs: &Path, cell: &Cell, finished: bool) -> Vec<PathBuf> {
                     lr: 0.1,
                     images_per_sec: cell.images_per_sec,
                     wall_seconds: wall,
-                    progress: epoch as f64,
-                    precision: "f32".into(),
+                    progress,
+                    precision: cell.precision.into(),
                 });
             }
         }
@@ -124,6 +132,8 @@ fn resnet(finals: &[f64]) -> Cell<'_> {
         finals,
         images_per_sec: 210.0,
         seconds_per_epoch: 300.0,
+        interim: false,
+        precision: "f32",
     }
 }
 
@@ -137,6 +147,8 @@ fn resnext(finals: &[f64]) -> Cell<'_> {
         finals,
         images_per_sec: 180.0,
         seconds_per_epoch: 350.0,
+        interim: false,
+        precision: "f32",
     }
 }
 
@@ -220,10 +232,21 @@ fn a_clear_difference_is_reported_with_tables_and_figures() {
     );
     assert!(md.contains("abcdef0123"));
 
-    // 2 points apart with a standard error of 0.08: a real difference, and said so.
-    assert!(md.contains("2.00 points lower"), "{md}");
-    assert!(md.contains("larger than the seed-to-seed spread"), "{md}");
-    assert!(!md.contains("no significant difference"), "{md}");
+    assert!(md.contains("| Precision | f32 |"), "{md}");
+    assert!(md.contains("| 15 min 0 s | f32 | abcdef0123 |"), "{md}");
+    // Every seed 2 points lower: a paired difference with no spread, and said so, with
+    // the paper's Table 3 difference (22.2 - 23.9) beside it.
+    assert!(
+        md.contains("| 32x2d | 1x32d | 3 | -2.00 | -2.00 to -2.00 | < 0.001 | < 0.001 | lower | -1.7 (32x4d vs 1x64d) |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("paired difference -2.00 points (95% CI -2.00 to -2.00, 3 seeds): **lower**"),
+        "{md}"
+    );
+    assert!(!md.contains("| no difference detected"), "{md}");
+    // Two cardinalities are a comparison, not a trend.
+    assert!(!md.contains("## Trend"), "{md}");
 
     for stem in ["curves", "error-vs-cardinality", "error-vs-complexity"] {
         assert!(md.contains(&format!("]({stem}.svg)")), "{stem}");
@@ -237,19 +260,25 @@ fn a_clear_difference_is_reported_with_tables_and_figures() {
 fn overlapping_spreads_are_not_called_a_difference() {
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");
-    // Means 10.0 and 9.8, std 1.0 each: 0.2 points against a standard error of 0.82.
+    // Seeds 0, 1, 2: 9, 10, 11% against 10.8, 8.8, 9.8%. Paired differences +1.8, -1.2,
+    // -1.2: mean -0.2, sd sqrt(6 / 2) = 1.732, se 1.0, so the 95% interval is
+    // -0.2 ± 4.303 = -4.50 to +4.10: nothing detected, and how much could hide in it.
     let mut dirs = write_cell(&runs, &resnet(&[0.09, 0.10, 0.11]), true);
-    dirs.extend(write_cell(&runs, &resnext(&[0.088, 0.098, 0.108]), true));
+    dirs.extend(write_cell(&runs, &resnext(&[0.108, 0.088, 0.098]), true));
     let out = tmp.path().join("report");
     write_report(&input(dirs), &out).unwrap();
     let md = std::fs::read_to_string(out.join("README.md")).unwrap();
-    assert!(md.contains("0.20 points lower"), "{md}");
-    assert!(md.contains("no significant difference"), "{md}");
-    assert!(!md.contains("spread (more than twice"), "{md}");
     assert!(
-        md.contains(
-            "None of the 1 measured differences from 1x32d is larger than the seed-to-seed spread"
-        ),
+        md.contains("paired difference -0.20 points (95% CI -4.50 to +4.10, 3 seeds): **no difference detected (±4.30)**"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| 32x2d | 1x32d | 3 | -0.20 | -4.50 to +4.10 |"),
+        "{md}"
+    );
+    assert!(md.contains("| no difference detected (±4.30) |"), "{md}");
+    assert!(
+        !md.contains("| lower |") && !md.contains("**lower**"),
         "{md}"
     );
 }
@@ -279,8 +308,14 @@ fn one_seed_makes_no_claim_and_unfinished_runs_are_listed() {
     assert!(!md.contains("**5.00**"), "{md}");
     assert!(md.contains("Not in the tables, figures or comparisons (no finished run yet): 4x12d, never-started."), "{md}");
     assert!(md.contains("cannot be told apart from noise"), "{md}");
-    assert!(md.contains("seed-to-seed spread is not measured"), "{md}");
-    assert!(!md.contains("spread (more than twice"), "{md}");
+    assert!(
+        md.contains("With 1 seed per configuration no confidence interval can be computed"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| 32x2d | 1x32d | 1 | -5.00 | cannot be computed (one seed) | – | – | – |"),
+        "{md}"
+    );
     assert!(md.contains("| running (2/3 epochs) |"), "{md}");
     assert!(
         md.contains("| `never-started` | never-started | – | not started |"),
@@ -303,6 +338,8 @@ fn block_forms_get_time_and_gap_figures() {
         finals,
         images_per_sec: 180.0,
         seconds_per_epoch: seconds,
+        interim: false,
+        precision: "f32",
     };
     let mut dirs = write_cell(&runs, &form("A", &[0.100], 600.0), true);
     dirs.extend(write_cell(&runs, &form("B", &[0.101], 450.0), true));
@@ -333,6 +370,8 @@ fn timings_from_a_shared_machine_are_flagged_not_compared() {
         finals,
         images_per_sec: 180.0,
         seconds_per_epoch: 300.0,
+        interim: false,
+        precision: "f32",
     };
     let mut dirs = write_cell(&runs, &form("A", &[0.100]), true);
     dirs.extend(write_cell(&runs, &form("C", &[0.100]), true));
@@ -379,7 +418,7 @@ fn a_mix_of_measured_and_single_seed_cells_claims_only_the_measured() {
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");
     let mut dirs = write_cell(&runs, &resnet(&[0.09, 0.10, 0.11]), true);
-    dirs.extend(write_cell(&runs, &resnext(&[0.088, 0.098, 0.108]), true));
+    dirs.extend(write_cell(&runs, &resnext(&[0.108, 0.088, 0.098]), true));
     dirs.extend(write_cell(
         &runs,
         &Cell {
@@ -392,13 +431,21 @@ fn a_mix_of_measured_and_single_seed_cells_claims_only_the_measured() {
     let out = tmp.path().join("report");
     write_report(&input(dirs), &out).unwrap();
     let md = std::fs::read_to_string(out.join("README.md")).unwrap();
-    assert!(md.contains("None of the 1 measured differences"), "{md}");
     assert!(
-        md.contains("Not weighed against the spread (one seed, or identical seeds): 4x12d."),
+        md.contains("Of the 1 comparison against 1x32d with a confidence interval (1 to 3 seeds per configuration), 0 are lower, 0 higher and 1 shows no difference detected"),
         "{md}"
     );
     assert!(
-        md.contains("without a measured spread for every cell they do not rank"),
+        md.contains("No confidence interval for: 4x12d (one seed)."),
+        "{md}"
+    );
+    // The trend needs every cardinality at a seed: only seed 0 has them all.
+    assert!(
+        md.contains("comes from one seed: its interval cannot be computed"),
+        "{md}"
+    );
+    assert!(
+        md.contains("Left out: seeds 1, 2 (not every cardinality has them exactly once)."),
         "{md}"
     );
 }
@@ -490,5 +537,248 @@ fn compare_aggregates_seeds_side_by_side() {
     assert!(
         row.contains("10.00 ± 0.14") && row.contains(" 300"),
         "{text}"
+    );
+}
+
+/// A cell of a sweep at the paper's widths: C, d from Table 2, MACs within a few percent.
+fn sweep_cell(cardinality: usize, finals: &[f64]) -> Cell<'_> {
+    let width = match cardinality {
+        1 => 64,
+        2 => 40,
+        4 => 24,
+        8 => 14,
+        _ => 4,
+    };
+    Cell {
+        cardinality,
+        width,
+        macs: 20_000_000 + 100_000 * cardinality as u64,
+        interim: true,
+        ..resnet(finals)
+    }
+}
+
+/// Percent values as the fractions the store holds.
+fn fractions(percent: &[f64]) -> Vec<f64> {
+    percent.iter().map(|p| p / 100.0).collect()
+}
+
+#[test]
+fn a_cardinality_sweep_reports_paired_intervals_holm_verdicts_and_the_trend() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    // Four seeds (t_{0.975, 3} = 3.182). The reference C = 1: 10.0, 10.4, 9.8, 10.2%.
+    // Paired differences from it, by seed:
+    //   C = 2: +0.1, -0.1, +0.2, -0.2: mean 0, sd sqrt(0.1 / 3) = 0.1826, se 0.0913,
+    //          half-width 0.29: no difference detected (±0.29);
+    //   C = 4: -0.9, -1.1, -1.0, -1.0: mean -1.0, sd sqrt(0.02 / 3) = 0.0816, se 0.0408,
+    //          half-width 0.13: -1.13 to -0.87, lower;
+    //   C = 8: -2.1, -1.9, -2.0, -2.0: -2.13 to -1.87, lower.
+    // Slopes against log2 C = 0, 1, 2, 3 (Sxx = 5; slope = (-0.5 d2 + 0.5 d4 + 1.5 d8) / 5):
+    //   seeds 0..3: -0.73, -0.67, -0.72, -0.68; mean -0.70, sd sqrt(0.0026 / 3) = 0.02944,
+    //   se 0.01472, half-width 0.0468: -0.747 to -0.653, so error falls with C.
+    let reference = [10.0, 10.4, 9.8, 10.2];
+    let shifted = |d: [f64; 4]| -> Vec<f64> {
+        fractions(
+            &reference
+                .iter()
+                .zip(d)
+                .map(|(r, d)| r + d)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let cells = [
+        (1, fractions(&reference)),
+        (2, shifted([0.1, -0.1, 0.2, -0.2])),
+        (4, shifted([-0.9, -1.1, -1.0, -1.0])),
+        (8, shifted([-2.1, -1.9, -2.0, -2.0])),
+    ];
+    let mut dirs = Vec::new();
+    for (c, finals) in &cells {
+        dirs.extend(write_cell(&runs, &sweep_cell(*c, finals), true));
+    }
+    let out = tmp.path().join("report");
+    write_report(&input(dirs), &out).unwrap();
+    let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+
+    // Final and best errors are the end-of-epoch ones, not the lower interim evaluations.
+    assert!(
+        md.contains("| 4x24d | 4 | 3 | 9.10 ± 0.22 | 9.10 ± 0.22 |"),
+        "{md}"
+    );
+    assert!(md.contains("## Comparisons"), "{md}");
+    assert!(md.contains("| 2x40d | 1x64d | 4 |"), "{md}");
+    assert!(
+        md.contains("| 4x24d | 1x64d | 4 | -1.00 | -1.13 to -0.87 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| 8x14d | 1x64d | 4 | -2.00 | -2.13 to -1.87 |"),
+        "{md}"
+    );
+    let verdicts: Vec<&str> = md
+        .lines()
+        .filter(|l| l.contains(" | 1x64d | 4 | "))
+        .map(|l| l.split(" | ").nth(7).unwrap())
+        .collect();
+    assert_eq!(
+        verdicts,
+        ["no difference detected (±0.29)", "lower", "lower"],
+        "{md}"
+    );
+    // The paper's differences beside ours: 23.0 - 23.9, 22.6 - 23.9, 22.3 - 23.9.
+    assert!(md.contains("| -0.9 (2x40d vs 1x64d) |"), "{md}");
+    assert!(md.contains("| -1.6 (8x14d vs 1x64d) |"), "{md}");
+
+    assert!(md.contains("## Trend"), "{md}");
+    let trend = "At preserved complexity, error falls with C: slope -0.700 points per doubling of C (95% CI -0.747 to -0.653, 4 seeds).";
+    // In the Trend section and in the conclusion.
+    assert_eq!(md.matches(trend).count(), 2, "{md}");
+    assert!(
+        md.contains("| 0 | -0.730 |") && md.contains("| 3 | -0.680 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("a least-squares slope of -0.318 points per doubling of C"),
+        "{md}"
+    );
+    assert!(
+        md.contains("Of the 3 comparisons against 1x64d with a confidence interval (4 seeds per configuration), 2 are lower, 0 higher and 1 shows no difference detected"),
+        "{md}"
+    );
+    // Curves through the evaluations within epochs, with the band named.
+    assert!(md.contains("evaluated several times per epoch"), "{md}");
+    assert!(md.contains("95% confidence interval of the mean"), "{md}");
+    for stem in ["curves", "error-vs-cardinality", "error-vs-complexity"] {
+        check_png(&out.join(format!("{stem}.png")));
+    }
+    assert!(!out.join("error_vs_macs_by_family.png").exists());
+}
+
+#[test]
+fn resnet_and_resnext_across_complexity_get_a_line_each() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    // Three complexity levels (5, 20 and 80 M MACs), a ResNet and a ResNeXt at each, three
+    // seeds; the ResNeXt is 0.5 points lower at every seed of every level, with a spread.
+    let level = |cardinality, width, macs, finals| Cell {
+        cardinality,
+        width,
+        macs,
+        ..resnet(finals)
+    };
+    let resnets = [
+        fractions(&[12.0, 12.5, 11.8]),
+        fractions(&[10.0, 10.4, 9.9]),
+        fractions(&[9.0, 9.3, 8.8]),
+    ];
+    let resnexts: Vec<Vec<f64>> = resnets
+        .iter()
+        .map(|r| {
+            r.iter()
+                .zip([-0.004, -0.006, -0.005])
+                .map(|(v, d)| v + d)
+                .collect()
+        })
+        .collect();
+    let mut dirs = Vec::new();
+    for (i, (width, macs)) in [(16, 5_000_000), (32, 20_000_000), (64, 80_000_000)]
+        .into_iter()
+        .enumerate()
+    {
+        dirs.extend(write_cell(&runs, &level(1, width, macs, &resnets[i]), true));
+        let resnext = level(32, width / 16, macs + macs / 25, &resnexts[i]);
+        dirs.extend(write_cell(&runs, &resnext, true));
+    }
+    let out = tmp.path().join("report");
+    write_report(&input(dirs), &out).unwrap();
+    let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+    // Each ResNeXt against the ResNet of its own level; differences -0.4, -0.6, -0.5:
+    // mean -0.5, sd 0.1, se 0.0577, half-width 4.303 x 0.0577 = 0.248.
+    for (resnext, resnet) in [("32x1d", "1x16d"), ("32x2d", "1x32d"), ("32x4d", "1x64d")] {
+        let row = format!("| {resnext} | {resnet} | 3 | -0.50 | -0.75 to -0.25 |");
+        assert!(md.contains(&row), "{row}\n{md}");
+    }
+    assert!(
+        md.contains("At equal multiply-adds, is ResNeXt better than ResNet? Of 3 comparisons with an interval (one per ResNeXt and complexity level, 3 levels), ResNeXt is lower in 3, higher in 0, and no difference is detected in 0"),
+        "{md}"
+    );
+    // The family sentence is the summary: not said twice.
+    assert!(!md.contains("Of the 3 comparisons against"), "{md}");
+    assert!(md.contains("](error_vs_macs_by_family.svg)"), "{md}");
+    check_png(&out.join("error_vs_macs_by_family.png"));
+    check_svg(&out.join("error_vs_macs_by_family.svg"));
+    let svg = std::fs::read_to_string(out.join("error_vs_macs_by_family.svg")).unwrap();
+    assert!(svg.contains("ResNet (C = 1)") && svg.contains("ResNeXt (C = 32)"));
+    assert!(!out.join("error-vs-cardinality.png").exists());
+    assert!(!md.contains("## Trend"), "{md}");
+}
+
+#[test]
+fn precisions_are_shown_per_configuration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let mut dirs = write_cell(&runs, &resnet(&[0.1]), true);
+    let bf16 = Cell {
+        precision: "bf16-mixed",
+        ..resnext(&[0.1])
+    };
+    dirs.extend(write_cell(&runs, &bf16, true));
+    let out = tmp.path().join("report");
+    write_report(&input(dirs), &out).unwrap();
+    let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(
+        md.contains("| Precision | f32 (1x32d); bf16-mixed (32x2d) |"),
+        "{md}"
+    );
+    assert!(md.contains("| 17 min 30 s | bf16-mixed |"), "{md}");
+}
+
+/// Rows the store does not define, or that fit no place on a curve, are errors naming the
+/// file and line, not rows left out of the figures.
+#[test]
+fn rows_that_fit_no_curve_are_refused_by_line() {
+    type Spoil = fn(&mut MetricRow);
+    let cases: [(&str, Spoil); 3] = [
+        ("split \"valid\" is none of the store's", |r| {
+            r.split = "valid".into()
+        }),
+        ("outside that epoch", |r| {
+            r.split = INTERIM.into();
+            r.progress = r.epoch as f64 + 0.5;
+        }),
+        ("has progress 2.5, not 2", |r| r.progress = 2.5),
+    ];
+    for (expected, spoil) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let runs = tmp.path().join("runs");
+        let dirs = write_cell(&runs, &resnet(&[0.1]), true);
+        let metrics = dirs[0].join("metrics.csv");
+        let mut rows = cardinal_results::read_metrics(&metrics).unwrap();
+        // Line 4 of the file (after the header and epoch 1's two rows): epoch 2's train row.
+        spoil(&mut rows[2]);
+        cardinal_results::write_metrics(&metrics, &rows).unwrap();
+        let err = write_report(&input(dirs), &tmp.path().join("report"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("metrics.csv") && err.contains("line 4") && err.contains(expected),
+            "{expected}: {err}"
+        );
+    }
+    // A second evaluation at the same point would count as another seed.
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let dirs = write_cell(&runs, &resnet(&[0.1]), true);
+    let metrics = dirs[0].join("metrics.csv");
+    let mut rows = cardinal_results::read_metrics(&metrics).unwrap();
+    rows.push(rows[1].clone());
+    cardinal_results::write_metrics(&metrics, &rows).unwrap();
+    let err = write_report(&input(dirs), &tmp.path().join("report"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 8") && err.contains("a second test row at progress 1"),
+        "{err}"
     );
 }
