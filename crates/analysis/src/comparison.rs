@@ -3,9 +3,9 @@
 //! intervals, Holm's correction over the comparisons of one report), and the trend of final
 //! error across cardinality (per-seed least-squares slopes against log2 C).
 //!
-//! The reference is the ResNet (C = 1) when the configurations differ in cardinality: the
-//! one at the same complexity level when there are several; otherwise the first
-//! configuration.
+//! The reference is the same network in f32 when the configurations differ in precision;
+//! else the ResNet (C = 1) when they differ in cardinality (the one at the same complexity
+//! level when there are several); otherwise the first configuration.
 
 use crate::paper;
 use crate::stats::{holm, paired, slope, unique_seeds, Paired, RepeatedSeed, Stat, ALPHA, LEVEL};
@@ -75,6 +75,25 @@ pub fn cardinality_sweep(configs: &[Config]) -> bool {
 
 /// The index of the configuration `i` is compared with; none for a reference itself.
 pub fn reference_of(configs: &[Config], i: usize) -> Option<usize> {
+    // A precision sweep asks whether a precision changes a network's error: each
+    // configuration against the same network trained in f32.
+    if configs.iter().any(|c| c.precision != configs[0].precision) {
+        if configs[i].precision == "f32" {
+            return None;
+        }
+        let same_network = |c: &Config| {
+            (&c.model, c.cardinality, c.bottleneck_width, &c.form)
+                == (
+                    &configs[i].model,
+                    configs[i].cardinality,
+                    configs[i].bottleneck_width,
+                    &configs[i].form,
+                )
+        };
+        return configs
+            .iter()
+            .position(|c| c.precision == "f32" && same_network(c));
+    }
     let resnets: Vec<usize> = (0..configs.len())
         .filter(|&j| configs[j].cardinality == 1)
         .collect();
@@ -403,6 +422,22 @@ mod tests {
         ];
         assert_eq!(reference_of(&same_c, 1), Some(0));
         assert_eq!(reference_of(&same_c, 0), None);
+    }
+
+    #[test]
+    fn a_precision_sweep_compares_each_network_with_itself_in_f32() {
+        let mut configs = vec![
+            config("a", 1, 100, &seeds(&[1.0, 2.0])),
+            config("a", 1, 100, &seeds(&[1.0, 2.0])),
+            config("b", 32, 100, &seeds(&[1.0, 2.0])),
+            config("b", 32, 100, &seeds(&[1.0, 2.0])),
+        ];
+        configs[1].precision = "bf16-mixed".into();
+        configs[3].precision = "bf16-mixed".into();
+        let references: Vec<Option<usize>> = (0..configs.len())
+            .map(|i| reference_of(&configs, i))
+            .collect();
+        assert_eq!(references, [None, Some(0), None, Some(2)]);
     }
 
     #[test]

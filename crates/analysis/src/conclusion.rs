@@ -386,5 +386,36 @@ fn comparison(configs: &[Config]) -> Vec<String> {
     }
     lines.extend(uncomputed_note(&rows));
     lines.extend(identical_seeds_note(configs));
+    lines.extend(rows.iter().filter_map(|c| precision_parity(c, configs)));
     lines
+}
+
+/// For a precision comparison: whether the difference of the two precisions' mean errors
+/// is within two standard errors of that difference (sqrt(s1^2/n1 + s2^2/n2), the seeds
+/// taken as independent) and within the seed-to-seed spread (the larger standard deviation):
+/// the parity rule that decides the default precision.
+fn precision_parity(c: &Comparison, configs: &[Config]) -> Option<String> {
+    if c.config.precision == c.reference.precision
+        || !configs.iter().any(|x| x.precision != configs[0].precision)
+    {
+        return None;
+    }
+    let (a, b) = (&c.reference.final_test_top1, &c.config.final_test_top1);
+    let (sa, sb) = (a.std?, b.std?);
+    let se = (sa * sa / a.n as f64 + sb * sb / b.n as f64).sqrt();
+    let delta = b.mean - a.mean;
+    let spread = sa.max(sb);
+    let within = |ok: bool| if ok { "within" } else { "outside" };
+    Some(format!(
+        "{}: {} against {}: the mean errors differ by {:+.2} points, {} two standard \
+         errors (2 x {:.2}) and {} the seed-to-seed spread (standard deviation {:.2}).",
+        c.config.model,
+        c.config.precision,
+        c.reference.precision,
+        delta,
+        within(delta.abs() <= 2.0 * se),
+        se,
+        within(delta.abs() <= spread),
+        spread,
+    ))
 }

@@ -69,7 +69,9 @@ pub struct TrainConfig {
     pub eval_every: Option<f64>,
     /// `f32`, or `bf16-mixed`: bf16 products with f32 sums, f32 master weights, BN, loss
     /// and optimizer (PyTorch Lightning's names; see the README's precision section).
-    #[serde(default)]
+    /// Unset: bf16-mixed where the CPU multiplies bf16 in hardware (AMX, AVX512-BF16), f32
+    /// elsewhere; the resolved config (and so the run id) records the value.
+    #[serde(default = "cardinal_zoo::Precision::default_here")]
     pub precision: cardinal_zoo::Precision,
 }
 

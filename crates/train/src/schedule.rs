@@ -78,7 +78,7 @@ mod tests {
             train_images: None,
             test_images: None,
             eval_every: None,
-            precision: Default::default(),
+            precision: cardinal_zoo::Precision::F32,
         }
     }
 

@@ -27,9 +27,11 @@ train:
 fn every_committed_experiment_expands() {
     for (name, cells) in [
         ("cardinality", 5),
-        ("resnet-vs-resnext", 2),
+        ("cardinality-deep", 5),
+        ("resnet-vs-resnext", 6),
         ("block-forms", 3),
         ("depth2", 2),
+        ("precision", 4),
     ] {
         let e = repo_experiment(name);
         for preset in [None, Some("quick"), Some("full")] {
@@ -46,7 +48,10 @@ fn every_committed_experiment_expands() {
 
 #[test]
 fn cardinality_grid_preserves_complexity_within_5_percent() {
-    let (e, _) = repo_experiment("cardinality").resolve(None, &[]).unwrap();
+    let overrides = parse_overrides(&["seeds=[0]".to_string()]).unwrap();
+    let (e, _) = repo_experiment("cardinality")
+        .resolve(None, &overrides)
+        .unwrap();
     let cells = e.cells("cardinality").unwrap();
     let c: Vec<usize> = cells.iter().map(|c| c.spec.cardinality).collect();
     assert_eq!(c, vec![1, 2, 4, 8, 32]);

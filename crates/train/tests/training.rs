@@ -214,7 +214,8 @@ fn interim_evaluations_add_curve_points_and_change_nothing_else() {
         stop_after_epochs: None,
         device: candle_core::Device::Cpu,
     };
-    let plain = cardinal_train::train(&spec(tmp.path(), &[]), &ctx("plain")).unwrap();
+    let plain =
+        cardinal_train::train(&spec(tmp.path(), &["train.precision=f32"]), &ctx("plain")).unwrap();
     let interim = cardinal_train::train(
         &spec(tmp.path(), &["train.eval_every=0.5"]),
         &ctx("interim"),
