@@ -217,7 +217,7 @@ fn interim_evaluations_add_curve_points_and_change_nothing_else() {
     let plain =
         cardinal_train::train(&spec(tmp.path(), &["train.precision=f32"]), &ctx("plain")).unwrap();
     let interim = cardinal_train::train(
-        &spec(tmp.path(), &["train.eval_every=0.5"]),
+        &spec(tmp.path(), &["train.eval_every=0.5", "train.precision=f32"]),
         &ctx("interim"),
     )
     .unwrap();
