@@ -72,16 +72,26 @@ bench: build
     {{cardinal}} bench train --kernels both
 
 # PyTorch is only a reference: point CARDINAL_TORCH_PYTHON at a Python that has torch
-# (default: python3). Networks are rebuilt from the specs cardinal reports. Each case
-# alternates between the two ROUNDS times (medians, and the range of the ratios).
-# Time train steps and convolutions in cardinal and in PyTorch, side by side, with ratios.
-bench-compare ROUNDS="3": build
+# (default: python3). Networks are rebuilt from the specs cardinal reports; each case runs
+# ROUNDS times, cardinal then PyTorch in f32 NCHW, f32 channels_last and bf16 autocast
+# channels_last (medians, and the range of the ratios), for each of PRECISIONS.
+# Time train steps and convolutions in cardinal and in PyTorch's three CPU modes, with ratios.
+bench-compare ROUNDS="3" PRECISIONS="f32 bf16-mixed": build
+    #!/usr/bin/env bash
+    set -euo pipefail
     mkdir -p target/bench
-    {{cardinal}} bench train --format json --model cpu_resnet11 --model cpu_resnet20 --model cpu_resnext20_4x12d --model cpu_resnext20_32x2d > target/bench/train-cpu.json
-    for form in A B C; do {{cardinal}} bench train --format json --model cpu_resnext20_4x12d --form $form > target/bench/train-form-$form.json; done
-    {{cardinal}} bench train --format json --model resnet50 --model resnext50_32x4d --steps 3 > target/bench/train-imagenet.json
+    cpu="--model cpu_resnet20 --model cpu_resnext20_4x12d --model cpu_resnext20_32x2d"
+    grid="--model cpu_resnet14 --model cpu_resnext14_2x20d --model cpu_resnext14_4x12d --model cpu_resnext14_8x7d --model cpu_resnext14_32x2d"
+    files=()
+    for p in {{PRECISIONS}}; do
+        {{cardinal}} bench train --format json --precision $p $cpu $grid > target/bench/train-cpu-$p.json
+        # One thread: the cells a machine trains side by side (`ablate --jobs`).
+        {{cardinal}} bench train --format json --precision $p --threads 1 $grid > target/bench/train-grid-1t-$p.json
+        {{cardinal}} bench train --format json --precision $p --model resnet50 --model resnext50_32x4d --steps 3 > target/bench/train-imagenet-$p.json
+        files+=(--train target/bench/train-cpu-$p.json --train target/bench/train-grid-1t-$p.json --train target/bench/train-imagenet-$p.json)
+    done
     {{cardinal}} bench conv --format json > target/bench/conv.json
-    {{torch_python}} benches/pytorch_reference.py --train target/bench/train-cpu.json --train target/bench/train-form-A.json --train target/bench/train-form-B.json --train target/bench/train-form-C.json --train target/bench/train-imagenet.json --conv target/bench/conv.json --json target/bench/compare.json --cardinal {{cardinal}} --rounds {{ROUNDS}}
+    {{torch_python}} benches/pytorch_reference.py "${files[@]}" --conv target/bench/conv.json --json target/bench/compare.json --cardinal {{cardinal}} --rounds {{ROUNDS}}
 
 # Fuzz the IDX and CIFAR parsers for SECONDS each (needs nightly and cargo-fuzz).
 fuzz SECONDS="300":
