@@ -56,15 +56,12 @@ fn pool_image<T: WithDType + PartialOrd>(
                     first = false;
                     continue;
                 }
+                // Branch-free, so that it vectorizes across the channels.
                 for ((best, at), &v) in values.iter_mut().zip(taps.iter_mut()).zip(row) {
                     #[allow(clippy::eq_op)] // v != v: NaN
-                    let nan = v != v;
-                    #[allow(clippy::eq_op)]
-                    let best_nan = *best != *best;
-                    if !best_nan && (nan || v > *best) {
-                        *best = v;
-                        *at = tap;
-                    }
+                    let better = (v > *best || v != v) && *best == *best;
+                    *best = if better { v } else { *best };
+                    *at = if better { tap } else { *at };
                 }
             }
         }
