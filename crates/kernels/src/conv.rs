@@ -160,8 +160,6 @@ impl Geometry {
 pub(crate) const ROW_BLOCK: usize = 96;
 /// Bytes of packed weights one task keeps in cache while it walks its rows.
 const PANEL_BUDGET: usize = 256 << 10;
-/// Bytes of a panel's rows that one K chunk of a product covers.
-const K_CHUNK_BYTES: usize = 32 << 10;
 /// Pixels of a weight-gradient chunk: its gradient rows stay in cache across the taps.
 pub(crate) const CHUNK: usize = 128;
 /// Tasks the weight gradient aims for (a fixed number, so that its split, and so its
@@ -471,10 +469,6 @@ unsafe fn product_rows<S: Simd, const MR: usize>(
     pointers: impl Fn(usize, &mut [*const S::E]),
     out_row: impl Fn(usize) -> *mut S::E,
 ) {
-    // Taps per K chunk: a chunk's rows of a panel stay in the first-level cache while the
-    // tile's sub-tiles walk it (the sums continue across chunks, in the same order).
-    let row_bytes = kc * S::NV_MAX * S::LANES * std::mem::size_of::<S::E>();
-    let chunk = (K_CHUNK_BYTES / row_bytes.max(1)).clamp(1, taps.max(1));
     for_each_tile::<S::E, MR>(
         rows,
         taps,
@@ -482,29 +476,20 @@ unsafe fn product_rows<S: Simd, const MR: usize>(
         pointers,
         out_row,
         |table, starts, valid| {
-            let mut t0 = 0;
-            while t0 < taps {
-                let ct = chunk.min(taps - t0);
-                for panel in panels {
-                    let c: [*mut S::E; MR] =
-                        std::array::from_fn(|i| starts[i].wrapping_add(panel.col));
-                    let b = packed.data[panel.offset + t0 * kc * panel.nv * S::LANES..].as_ptr();
-                    // SAFETY: the caller's promises, for this tile, panel and chunk of taps; the
-                    // rows were written by the previous chunks when accumulating.
-                    unsafe {
-                        gemm::igemm_panel::<S, MR>(
-                            &table[t0 * MR..],
-                            ct,
-                            kc,
-                            b,
-                            *panel,
-                            &c,
-                            valid,
-                            t0 > 0,
-                        );
-                    }
+            for panel in panels {
+                let c: [*mut S::E; MR] = std::array::from_fn(|i| starts[i].wrapping_add(panel.col));
+                // SAFETY: the caller's promises, for this tile and panel.
+                unsafe {
+                    gemm::igemm_panel::<S, MR>(
+                        table,
+                        taps,
+                        kc,
+                        packed.data.as_ptr().add(panel.offset),
+                        *panel,
+                        &c,
+                        valid,
+                    );
                 }
-                t0 += ct;
             }
         },
     );

@@ -156,13 +156,12 @@ unsafe fn store_rows<S: Simd, const MR: usize, const NV: usize>(
 }
 
 /// c[i][0..width] = sum over taps t and k < kc of a[t * stride + i][k] * b[t * kc + k][..]
-/// for the MR rows i of one tile, added to c's values when `accumulate`.
+/// for the MR rows i of one tile.
 ///
 /// # Safety
 /// - `a` holds `taps * stride` pointers (stride >= MR), each valid for `kc` reads;
 /// - `b` is valid for `taps * kc * NV * LANES` reads (a packed panel);
-/// - the first `valid` pointers of `c` are valid for `width <= NV * LANES` writes (and
-///   reads of initialised values when `accumulate`);
+/// - the first `valid` pointers of `c` are valid for `width <= NV * LANES` writes;
 /// - the CPU runs `S` (see `simd_call!`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -175,26 +174,11 @@ pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize>(
     c: &[*mut S::E],
     valid: usize,
     width: usize,
-    accumulate: bool,
 ) {
     debug_assert!(a.len() >= (taps - 1) * stride + MR || taps == 0);
     // SAFETY: every pointer is read within the bounds the caller vouches for.
     unsafe {
         let mut acc = [[S::zero(); NV]; MR];
-        if accumulate {
-            // The sums of the earlier K chunks: stored exactly, so continuing from them
-            // gives the bits of one unchunked sum.
-            for (i, row) in acc.iter_mut().enumerate().take(valid) {
-                for (j, v) in row.iter_mut().enumerate() {
-                    let start = j * S::LANES;
-                    if start + S::LANES <= width {
-                        *v = S::load(c[i].add(start));
-                    } else if start < width {
-                        *v = S::load_partial(c[i].add(start), width - start);
-                    }
-                }
-            }
-        }
         let mut bp = b;
         for t in 0..taps {
             let ap: [*const S::E; MR] = std::array::from_fn(|i| *a.get_unchecked(t * stride + i));
@@ -232,24 +216,13 @@ pub(crate) unsafe fn igemm_panel<S: Simd, const MT: usize>(
     panel: Panel,
     c: &[*mut S::E; MT],
     valid: usize,
-    accumulate: bool,
 ) {
     macro_rules! tiles {
         ($mr:literal, $nv:literal) => {
             // SAFETY: the sub-tile's pointers start at `off` of each tap's MT; MR <= MT is
             // guaranteed by the table sizes (24 for the vector paths, 4 plain).
             sub_tiles!($mr, valid, |off, rows| unsafe {
-                igemm_tile::<S, $mr, $nv>(
-                    &a[off..],
-                    MT,
-                    taps,
-                    kc,
-                    b,
-                    &c[off..],
-                    rows,
-                    panel.width,
-                    accumulate,
-                )
+                igemm_tile::<S, $mr, $nv>(&a[off..], MT, taps, kc, b, &c[off..], rows, panel.width)
             })
         };
     }
@@ -592,7 +565,6 @@ mod tests {
                         *panel,
                         &c,
                         valid,
-                        false,
                     )
                 };
             }
