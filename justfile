@@ -74,9 +74,10 @@ bench: build
 # PyTorch is only a reference: point CARDINAL_TORCH_PYTHON at a Python that has torch
 # (default: python3). Networks are rebuilt from the specs cardinal reports; each case runs
 # ROUNDS times, cardinal then PyTorch in f32 NCHW, f32 channels_last and bf16 autocast
-# channels_last (medians, and the range of the ratios), for each of PRECISIONS.
+# channels_last (medians, and the range of the ratios), for each of PRECISIONS; MODES picks
+# PyTorch's modes (f32,f32-cl,bf16-cl: drop bf16-cl where the CPU has no bf16 units).
 # Time train steps and convolutions in cardinal and in PyTorch's three CPU modes, with ratios.
-bench-compare ROUNDS="3" PRECISIONS="f32 bf16-mixed": build
+bench-compare ROUNDS="3" PRECISIONS="f32 bf16-mixed" MODES="f32,f32-cl,bf16-cl": build
     #!/usr/bin/env bash
     set -euo pipefail
     mkdir -p target/bench
@@ -91,7 +92,7 @@ bench-compare ROUNDS="3" PRECISIONS="f32 bf16-mixed": build
         files+=(--train target/bench/train-cpu-$p.json --train target/bench/train-grid-1t-$p.json --train target/bench/train-imagenet-$p.json)
     done
     {{cardinal}} bench conv --format json > target/bench/conv.json
-    {{torch_python}} benches/pytorch_reference.py "${files[@]}" --conv target/bench/conv.json --json target/bench/compare.json --cardinal {{cardinal}} --rounds {{ROUNDS}}
+    {{torch_python}} benches/pytorch_reference.py "${files[@]}" --conv target/bench/conv.json --json target/bench/compare.json --cardinal {{cardinal}} --rounds {{ROUNDS}} --modes {{MODES}}
 
 # Fuzz the IDX and CIFAR parsers for SECONDS each (needs nightly and cargo-fuzz).
 fuzz SECONDS="300":

@@ -271,7 +271,15 @@ def main():
     parser.add_argument("--cardinal", help="the cardinal binary: time every case again in it, "
                         "alternating with PyTorch, for --rounds rounds")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="PyTorch modes to time, comma-separated, of " + ", ".join(MODES)
+                        + " (bf16-cl is emulated, and slow, on CPUs without bf16 units)")
     args = parser.parse_args()
+    unknown = [m for m in args.modes.split(",") if m not in MODES]
+    if unknown:
+        parser.error(f"--modes: unknown mode {unknown[0]!r}; expected some of {', '.join(MODES)}")
+    for mode in [m for m in MODES if m not in args.modes.split(",")]:
+        del MODES[mode]
     rounds = args.rounds if args.cardinal else 1
     try:
         import torch
@@ -318,7 +326,7 @@ def main():
             bf16 = case.get("precision", "f32") != "f32"
             mem_mode = "bf16-cl" if bf16 else "f32-cl"
             ours_mem = [o["peak_rss_bytes"] for o in ours_runs if o.get("peak_rss_bytes")]
-            theirs_mem = [t["peak_rss_bytes"] for t in theirs_runs[mem_mode] if t["peak_rss_bytes"]]
+            theirs_mem = [t["peak_rss_bytes"] for t in theirs_runs.get(mem_mode, []) if t["peak_rss_bytes"]]
             mem = None
             if ours_mem and theirs_mem:
                 ours_mem, theirs_mem = statistics.median(ours_mem), statistics.median(theirs_mem)

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use cardinal_train::{RunContext, RunSpec, State};
+use cardinal_zoo::Precision;
 use clap::Args;
 use indicatif::MultiProgress;
 use serde::Serialize;
@@ -33,8 +34,30 @@ pub struct RunArgs {
     /// CPU kernels fall back to candle's own ops there).
     #[arg(long, value_parser = crate::device_arg::parse, default_value = "cpu")]
     pub device: DeviceArg,
+    /// f32, or bf16-mixed (bf16 products with f32 sums, as PyTorch's bf16 autocast): the
+    /// same as the override train.precision=P. Unset: the experiment's, else bf16-mixed
+    /// where the CPU multiplies bf16 in hardware (AMX, AVX512-BF16) and f32 elsewhere.
+    #[arg(long)]
+    pub precision: Option<Precision>,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+}
+
+impl RunArgs {
+    /// The key=value overrides as typed, then `--precision` as the override it stands for.
+    fn overrides(&self) -> Result<Vec<String>> {
+        let mut overrides = self.overrides.clone();
+        if let Some(precision) = self.precision {
+            if let Some(typed) = overrides
+                .iter()
+                .find(|o| o.split('=').next().map(str::trim) == Some("train.precision"))
+            {
+                bail!("--precision {precision} and the override `{typed}` both set train.precision; give one");
+            }
+            overrides.push(format!("train.precision={precision}"));
+        }
+        Ok(overrides)
+    }
 }
 
 #[derive(Args)]
@@ -268,7 +291,7 @@ fn run_cells(cells: &[RunSpec], run: &RunArgs, jobs: Jobs) -> Result<bool> {
 pub fn train(args: TrainArgs) -> Result<bool> {
     let run = &args.run;
     let experiment =
-        ResolvedExperiment::load_path(&args.config, run.preset.as_deref(), &run.overrides)?;
+        ResolvedExperiment::load_path(&args.config, run.preset.as_deref(), &run.overrides()?)?;
     let cells = experiment.cells;
     if cells.len() > 1 && run.cell.is_none() {
         bail!(
@@ -286,7 +309,8 @@ pub fn train(args: TrainArgs) -> Result<bool> {
 pub fn ablate(args: AblateArgs) -> Result<bool> {
     let run = &args.run;
     // Resolved once: the same value trains the cells and writes the report.
-    let experiment = ResolvedExperiment::load(&args.name, run.preset.as_deref(), &run.overrides)?;
+    let overrides = run.overrides()?;
+    let experiment = ResolvedExperiment::load(&args.name, run.preset.as_deref(), &overrides)?;
     if args.slurm.launcher == Launcher::Slurm && !args.dry_run {
         if run.cell.is_some() {
             bail!("--cell picks one cell to run here; --launcher slurm submits them all");
@@ -298,7 +322,7 @@ pub fn ablate(args: AblateArgs) -> Result<bool> {
             name: &experiment.name,
             experiment: &experiment.path,
             preset: experiment.preset.as_deref(),
-            overrides: &run.overrides,
+            overrides: &overrides,
             runs_dir: &run.runs_dir,
             reports_dir: &args.reports_dir,
             device: run.device,

@@ -255,8 +255,9 @@ fn a_trained_run_infers_and_exports() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--model"));
 }
 
-#[test]
-fn ablate_dry_run_lists_the_cardinality_grid() {
+/// `cardinal ablate cardinality --dry-run --format json seeds=[0] EXTRA...` in the workspace:
+/// the grid's cells as JSON.
+fn grid_cells(extra: &[&str]) -> Vec<Value> {
     let out = Command::cargo_bin("cardinal")
         .unwrap()
         .current_dir(workspace())
@@ -268,12 +269,18 @@ fn ablate_dry_run_lists_the_cardinality_grid() {
             "json",
             "seeds=[0]",
         ])
+        .args(extra)
         .assert()
         .success()
         .get_output()
         .stdout
         .clone();
-    let cells: Vec<Value> = serde_json::from_slice(&out).unwrap();
+    serde_json::from_slice(&out).unwrap()
+}
+
+#[test]
+fn ablate_dry_run_lists_the_cardinality_grid() {
+    let cells = grid_cells(&[]);
     assert_eq!(cells.len(), 5);
     for key in [
         "run_id",
@@ -291,6 +298,37 @@ fn ablate_dry_run_lists_the_cardinality_grid() {
         .map(|c| c["cardinality"].as_u64().unwrap())
         .collect();
     assert_eq!(c, vec![1, 2, 4, 8, 32]);
+}
+
+/// `--precision P` is the override `train.precision=P`: it reaches every cell (and so its
+/// run id), and naming the key twice is refused rather than silently resolved.
+#[test]
+fn the_precision_flag_sets_every_cells_precision() {
+    let f32_cells = grid_cells(&["--precision", "f32"]);
+    let bf16_cells = grid_cells(&["--precision", "bf16-mixed"]);
+    assert_eq!(grid_cells(&["train.precision=f32"]), f32_cells);
+    assert!(
+        f32_cells.iter().all(|c| c["precision"] == "f32"),
+        "{f32_cells:?}"
+    );
+    assert!(
+        bf16_cells.iter().all(|c| c["precision"] == "bf16-mixed"),
+        "{bf16_cells:?}"
+    );
+    assert_ne!(f32_cells[0]["run_id"], bf16_cells[0]["run_id"]);
+
+    let refused = Command::cargo_bin("cardinal")
+        .unwrap()
+        .current_dir(workspace())
+        .args(["ablate", "cardinality", "--dry-run", "--precision", "f32"])
+        .arg("train.precision=bf16-mixed")
+        .assert()
+        .failure();
+    let text = String::from_utf8_lossy(&refused.get_output().stderr);
+    assert!(
+        text.contains("--precision f32") && text.contains("train.precision=bf16-mixed"),
+        "{text}"
+    );
 }
 
 #[test]
