@@ -30,7 +30,18 @@ fn write_experiment(tmp: &Path, epochs: usize) -> PathBuf {
     path
 }
 
-/// Metrics rows without the timing columns (images_per_sec, wall_seconds).
+/// A metrics line without its timing columns (images_per_sec, wall_seconds: the 16th and
+/// 17th), which differ between runs; every other column, progress and precision included.
+fn without_timings(line: &str) -> String {
+    line.split(',')
+        .enumerate()
+        .filter(|(i, _)| !matches!(i, 15 | 16))
+        .map(|(_, v)| v)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Metrics rows without the timing columns.
 fn metrics(runs: &Path) -> Vec<String> {
     let run_dir = std::fs::read_dir(runs.join("tiny"))
         .unwrap()
@@ -41,7 +52,7 @@ fn metrics(runs: &Path) -> Vec<String> {
     std::fs::read_to_string(run_dir.join("metrics.csv"))
         .unwrap()
         .lines()
-        .map(|l| l.split(',').take(15).collect::<Vec<_>>().join(","))
+        .map(without_timings)
         .collect()
 }
 
@@ -475,7 +486,7 @@ fn all_metrics(runs: &Path) -> std::collections::BTreeMap<String, Vec<String>> {
             let rows = std::fs::read_to_string(p.join("metrics.csv"))
                 .unwrap()
                 .lines()
-                .map(|l| l.split(',').take(15).collect::<Vec<_>>().join(","))
+                .map(without_timings)
                 .collect();
             (p.file_name().unwrap().to_string_lossy().into_owned(), rows)
         })

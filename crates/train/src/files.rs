@@ -85,7 +85,7 @@ impl RunLock {
             file,
             "pid {} on {host} since {}",
             std::process::id(),
-            crate::run::utc_now()
+            crate::provenance::utc_now()
         )?;
         file.flush()?;
         Ok(Locked::Acquired(RunLock { _file: file }))
