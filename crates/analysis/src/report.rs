@@ -128,7 +128,11 @@ pub fn write_report(input: &ReportInput, out: &Path) -> Result<Written> {
         duration(wall),
         finished.len()
     );
-    let _ = writeln!(md, "| Reproduce | `{}` |\n", input.reproduce);
+    let _ = writeln!(
+        md,
+        "| Reproduce | `{}`: the runs are deterministic, so it gives these metrics bit for bit on a machine with the same instruction-set path, thread count and precision |\n",
+        input.reproduce
+    );
 
     md.push_str("## Complexity\n\n");
     md.push_str(&table::complexity(&configs).markdown());
@@ -318,6 +322,7 @@ fn provenance(runs: &[&Run]) -> Vec<(String, String)> {
     );
     let cpus = join(metas.iter().filter_map(|m| m.cpu.clone()).collect());
     let devices = join(metas.iter().filter_map(|m| m.device.clone()).collect());
+    let isas = join(metas.iter().filter_map(|m| m.isa.clone()).collect());
     let mut machine = format!("host {hosts}, {threads} threads");
     if !cpus.is_empty() {
         machine.push_str(&format!(", {cpus}"));
@@ -325,6 +330,9 @@ fn provenance(runs: &[&Run]) -> Vec<(String, String)> {
         machine.push_str(&format!(
             ", {cpu} (read when this report was written on the same host)"
         ));
+    }
+    if !isas.is_empty() {
+        machine.push_str(&format!(", products on {isas}"));
     }
     if !devices.is_empty() {
         machine.push_str(&format!(", device {devices}"));

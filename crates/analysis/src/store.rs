@@ -49,6 +49,9 @@ pub struct Meta {
     pub cpu: Option<String>,
     #[serde(default)]
     pub device: Option<String>,
+    /// The instruction-set path that ran the products (`amx`, `avx2`, ...).
+    #[serde(default)]
+    pub isa: Option<String>,
     #[serde(default)]
     pub candle_version: Option<String>,
     #[serde(default)]

@@ -56,7 +56,7 @@ fn write_cell(runs: &Path, cell: &Cell, finished: bool) -> Vec<PathBuf> {
         .unwrap();
         std::fs::write(
             dir.join("meta.json"),
-            r#"{"host":"testhost","threads":2,"cardinal_version":"0.1.0","candle_version":"0.11.1",
+            r#"{"host":"testhost","threads":2,"isa":"avx2","cardinal_version":"0.1.0","candle_version":"0.11.1",
                "sessions":[{"git_commit":"abcdef0123456789","git_dirty":false,
                             "start":"2026-11-28T01:00:00Z","end":"2026-11-28T01:10:00Z"}]}"#,
         )
@@ -225,6 +225,11 @@ fn a_clear_difference_is_reported_with_tables_and_figures() {
     assert!(md.contains("22.2 (32x4d) |"));
     assert!(md.contains("a different dataset and scale"));
     assert!(md.contains("host testhost, 2 threads"));
+    assert!(md.contains(", products on avx2"), "{md}");
+    assert!(
+        md.contains("the runs are deterministic, so it gives these metrics bit for bit on a machine with the same instruction-set path, thread count and precision"),
+        "{md}"
+    );
     // 3 seeds x (900 s + 1050 s).
     assert!(
         md.contains("| Wall time | 1 h 37 min for the 6 finished runs"),
