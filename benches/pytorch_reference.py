@@ -275,10 +275,11 @@ def main():
                         help="PyTorch modes to time, comma-separated, of " + ", ".join(MODES)
                         + " (bf16-cl is emulated, and slow, on CPUs without bf16 units)")
     args = parser.parse_args()
-    unknown = [m for m in args.modes.split(",") if m not in MODES]
+    wanted = args.modes.split(",")
+    unknown = [m for m in wanted if m not in MODES]
     if unknown:
         parser.error(f"--modes: unknown mode {unknown[0]!r}; expected some of {', '.join(MODES)}")
-    for mode in [m for m in MODES if m not in args.modes.split(",")]:
+    for mode in [m for m in MODES if m not in wanted]:
         del MODES[mode]
     rounds = args.rounds if args.cardinal else 1
     try:

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
+use cardinal_train::experiment::parse_overrides;
 use cardinal_train::{RunContext, RunSpec, State};
 use cardinal_zoo::Precision;
 use clap::Args;
@@ -48,11 +49,12 @@ impl RunArgs {
     fn overrides(&self) -> Result<Vec<String>> {
         let mut overrides = self.overrides.clone();
         if let Some(precision) = self.precision {
-            if let Some(typed) = overrides
-                .iter()
-                .find(|o| o.split('=').next().map(str::trim) == Some("train.precision"))
-            {
-                bail!("--precision {precision} and the override `{typed}` both set train.precision; give one");
+            let parsed = parse_overrides(&overrides)?;
+            if let Some(i) = parsed.iter().position(|(key, _)| key == "train.precision") {
+                bail!(
+                    "--precision {precision} and the override `{}` both set train.precision; give one",
+                    overrides[i]
+                );
             }
             overrides.push(format!("train.precision={precision}"));
         }
