@@ -129,9 +129,9 @@ impl Geometry {
     /// (image, y, x) of output pixel `r`.
     #[inline(always)]
     fn out_pixel(&self, r: usize) -> (usize, usize, usize) {
-        let plane = self.ho * self.wo;
-        let (img, rest) = (r / plane, r % plane);
-        (img, rest / self.wo, rest % self.wo)
+        let (img, rest) = div_rem(r, self.ho * self.wo);
+        let (y, x) = div_rem(rest, self.wo);
+        (img, y, x)
     }
 
     /// Offset of input pixel (img, y, x) in values, or None where it lies in the padding.
@@ -168,6 +168,16 @@ pub(crate) const GRAD_TASKS: usize = 8;
 /// Pixels a partial weight gradient sums at least: each partial costs a weight-sized buffer
 /// to zero and to add.
 const SPLIT_PIXELS: usize = 512;
+
+/// (a / b, a % b), in 32 bits where both fit: every product row finds its pixel by two
+/// divisions, and a 64-bit division costs several times a 32-bit one on many x86 cores.
+#[inline(always)]
+fn div_rem(a: usize, b: usize) -> (usize, usize) {
+    match (u32::try_from(a), u32::try_from(b)) {
+        (Ok(a), Ok(b)) => ((a / b) as usize, (a % b) as usize),
+        _ => (a / b, a % b),
+    }
+}
 
 /// `total` cut into consecutive ranges of `size` (the last shorter).
 pub(crate) fn ranges(total: usize, size: usize) -> impl Iterator<Item = Range<usize>> {
@@ -352,13 +362,9 @@ impl Class {
     /// (image, y, x) of the class's input pixel `r`.
     #[inline(always)]
     fn pixel(&self, geo: &Geometry, r: usize) -> (usize, usize, usize) {
-        let plane = self.ny * self.nx;
-        let (img, rest) = (r / plane, r % plane);
-        (
-            img,
-            self.ry + geo.stride * (rest / self.nx),
-            self.rx + geo.stride * (rest % self.nx),
-        )
+        let (img, rest) = div_rem(r, self.ny * self.nx);
+        let (y, x) = div_rem(rest, self.nx);
+        (img, self.ry + geo.stride * y, self.rx + geo.stride * x)
     }
 
     /// For input pixel `r` of the class, the output-gradient row each class tap comes
@@ -450,13 +456,53 @@ fn for_each_tile<E, const MR: usize>(
     }
 }
 
-/// Rows of indirect products (see `for_each_tile`); each tile runs every panel of
-/// `panels`.
+/// The groups of a grouped product that one task runs, sharing each tile's row pointers:
+/// group g reads channels `g * skip..` of the rows those pointers give, multiplies them by
+/// `packed[g]`'s panels `panels` and writes its columns from `g * width` of each output row.
+/// Computing the pointers once for the groups, rather than once per group, is what keeps
+/// narrow groups (a few channels each) from spending more time on their pointers than on
+/// their products.
+#[derive(Clone)]
+pub(crate) struct GroupBlock {
+    pub groups: Range<usize>,
+    pub panels: Range<usize>,
+}
+
+/// Group blocks covering every (group, panel) of a grouped product once: groups whose packed
+/// weights fit one task's cache budget whole are taken several at a time (as many as fit),
+/// wider ones one group and one cache-sized range of its panels at a time.
+pub(crate) fn group_blocks<T>(packed: &[Packed<T>], depth: usize, lanes: usize) -> Vec<GroupBlock> {
+    let panels = &packed[0].panels;
+    let per_group = panel_groups::<T>(panels, depth, lanes);
+    if per_group.len() > 1 {
+        return (0..packed.len())
+            .flat_map(|g| {
+                per_group.iter().map(move |p| GroupBlock {
+                    groups: g..g + 1,
+                    panels: p.clone(),
+                })
+            })
+            .collect();
+    }
+    let bytes = packed[0].data.len() * std::mem::size_of::<T>();
+    let together = (PANEL_BUDGET / bytes.max(1)).max(1);
+    ranges(packed.len(), together)
+        .map(|groups| GroupBlock {
+            groups,
+            panels: 0..panels.len(),
+        })
+        .collect()
+}
+
+/// Rows of indirect products (see `for_each_tile`); each tile runs every group and panel of
+/// `block`, group g reading its channels `g * skip..` of the rows and writing its columns
+/// `g * width..` (see [`GroupBlock`]).
 ///
 /// # Safety
-/// Pointers given by `pointers` are valid for `kc` reads (the zero row where a row is
-/// absent), `packed` holds `taps * kc`-deep panels, and `out_row(r) + panel.col` is valid
-/// for `panel.width` writes for every row r of `rows`; the CPU runs `S`.
+/// Pointers given by `pointers` are valid for `skip * block.groups.end` reads (the zero row
+/// where a row is absent), every `packed[g]` holds `taps * kc`-deep panels, and
+/// `out_row(r) + g * width + panel.col` is valid for `panel.width` writes for every row r of
+/// `rows` and group g of the block; the CPU runs `S`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn product_rows<S: Simd, const MR: usize>(
@@ -464,8 +510,10 @@ unsafe fn product_rows<S: Simd, const MR: usize>(
     taps: usize,
     kc: usize,
     zero: *const S::E,
-    packed: &Packed<S::E>,
-    panels: &[Panel],
+    packed: &[Packed<S::E>],
+    block: &GroupBlock,
+    skip: usize,
+    width: usize,
     pointers: impl Fn(usize, &mut [*const S::E]),
     out_row: impl Fn(usize) -> *mut S::E,
 ) {
@@ -476,19 +524,24 @@ unsafe fn product_rows<S: Simd, const MR: usize>(
         pointers,
         out_row,
         |table, starts, valid| {
-            for panel in panels {
-                let c: [*mut S::E; MR] = std::array::from_fn(|i| starts[i].wrapping_add(panel.col));
-                // SAFETY: the caller's promises, for this tile and panel.
-                unsafe {
-                    gemm::igemm_panel::<S, MR>(
-                        table,
-                        taps,
-                        kc,
-                        packed.data.as_ptr().add(panel.offset),
-                        *panel,
-                        &c,
-                        valid,
-                    );
+            for g in block.groups.clone() {
+                let packed = &packed[g];
+                for panel in &packed.panels[block.panels.clone()] {
+                    let c: [*mut S::E; MR] =
+                        std::array::from_fn(|i| starts[i].wrapping_add(g * width + panel.col));
+                    // SAFETY: the caller's promises, for this tile, group and panel.
+                    unsafe {
+                        gemm::igemm_panel::<S, MR>(
+                            table,
+                            g * skip,
+                            taps,
+                            kc,
+                            packed.data.as_ptr().add(panel.offset),
+                            *panel,
+                            &c,
+                            valid,
+                        );
+                    }
                 }
             }
         },
@@ -651,20 +704,15 @@ pub(crate) fn forward<T: Element>(x: &[T], w: &[T], geo: &Geometry, isa: Isa) ->
             })
         })
         .collect();
-    let groups = panel_groups::<T>(&packed[0].panels, depth, lanes);
-    let tasks: Vec<(usize, Range<usize>, Range<usize>)> = (0..geo.groups)
-        .flat_map(|g| {
-            let groups = &groups;
-            ranges(rows, ROW_BLOCK)
-                .flat_map(move |r| groups.iter().map(move |p| (g, r.clone(), p.clone())))
-        })
+    let blocks = group_blocks(&packed, depth, lanes);
+    let tasks: Vec<(Range<usize>, &GroupBlock)> = ranges(rows, ROW_BLOCK)
+        .flat_map(|r| blocks.iter().map(move |b| (r.clone(), b)))
         .collect();
     // SAFETY: tasks cover every (row, group, panel) once, and a panel's columns lie in its
-    // group's; pointers read rows of c values or the zero row.
+    // group's; pointers read rows of c values or the zero row (c values too).
     unsafe {
         written_by(rows * geo.c_out, |out: SendPtr<T>| {
-            tasks.par_iter().for_each(|(g, rows, panels)| {
-                let packed = &packed[*g];
+            tasks.par_iter().for_each(|(rows, block)| {
                 simd_call!(
                     isa,
                     T,
@@ -673,18 +721,20 @@ pub(crate) fn forward<T: Element>(x: &[T], w: &[T], geo: &Geometry, isa: Isa) ->
                         taps,
                         cgi,
                         zp.get(),
-                        packed,
-                        &packed.panels[panels.clone()],
+                        &packed,
+                        block,
+                        cgi,
+                        cgo,
                         |r, row| forward_pointers(
                             geo,
                             &offsets,
                             xp.get(),
                             zp.get(),
-                            g * cgi,
+                            0,
                             r,
                             |t, p| row[t] = p
                         ),
-                        |r| out.get().wrapping_add(r * geo.c_out + g * cgo),
+                        |r| out.get().wrapping_add(r * geo.c_out),
                     )
                 )
             })
@@ -754,32 +804,36 @@ pub(crate) fn input_grad<T: Element>(dy: &[T], w: &[T], geo: &Geometry, isa: Isa
             )
         })
         .collect();
-    // Tasks: (class, group, rows, panels or vectors).
-    let mut tasks: Vec<(usize, usize, Range<usize>, Range<usize>)> = Vec::new();
+    // What a task does for its class's rows.
+    enum Work {
+        Products(GroupBlock),
+        BandVectors(Range<usize>),
+        Zeros,
+    }
+    // Tasks: (class, rows, work).
+    let mut tasks: Vec<(usize, Range<usize>, Work)> = Vec::new();
     for (ci, class) in classes.iter().enumerate() {
         let rows = class.rows(geo);
         match &weights[ci] {
             Weights::Products(packed) => {
                 let depth = class.taps.len() * cgo;
-                let groups = panel_groups::<T>(&packed[0].panels, depth, lanes);
-                for g in 0..geo.groups {
-                    for r in ranges(rows, ROW_BLOCK) {
-                        for p in &groups {
-                            tasks.push((ci, g, r.clone(), p.clone()));
-                        }
+                let blocks = group_blocks(packed, depth, lanes);
+                for r in ranges(rows, ROW_BLOCK) {
+                    for b in &blocks {
+                        tasks.push((ci, r.clone(), Work::Products(b.clone())));
                     }
                 }
             }
             Weights::Band(..) => {
                 for r in ranges(rows, ROW_BLOCK) {
                     for v in ranges(geo.c.div_ceil(lanes), nv_max) {
-                        tasks.push((ci, 0, r.clone(), v));
+                        tasks.push((ci, r.clone(), Work::BandVectors(v)));
                     }
                 }
             }
             Weights::None => {
                 for r in ranges(rows, ROW_BLOCK) {
-                    tasks.push((ci, 0, r, 0..0));
+                    tasks.push((ci, r, Work::Zeros));
                 }
             }
         }
@@ -788,12 +842,11 @@ pub(crate) fn input_grad<T: Element>(dy: &[T], w: &[T], geo: &Geometry, isa: Isa
     // row, group and panel (or vector) once, and tap-less classes write their rows' zeros.
     unsafe {
         written_by(geo.in_pixels() * geo.c, |out: SendPtr<T>| {
-            tasks.par_iter().for_each(|(ci, g, rows, part)| {
+            tasks.par_iter().for_each(|(ci, rows, work)| {
                 let class = &classes[*ci];
                 let ct = class.taps.len();
-                match &weights[*ci] {
-                    Weights::Products(packed) => {
-                        let packed = &packed[*g];
+                match (&weights[*ci], work) {
+                    (Weights::Products(packed), Work::Products(block)) => {
                         simd_call!(
                             isa,
                             T,
@@ -803,20 +856,16 @@ pub(crate) fn input_grad<T: Element>(dy: &[T], w: &[T], geo: &Geometry, isa: Isa
                                 cgo,
                                 zp.get(),
                                 packed,
-                                &packed.panels[part.clone()],
-                                |r, row| class.pointers(
-                                    geo,
-                                    dyp.get(),
-                                    zp.get(),
-                                    g * cgo,
-                                    r,
-                                    |t, p| row[t] = p
-                                ),
-                                |r| out.get().wrapping_add(class.offset(geo, r) + g * cgi),
+                                block,
+                                cgo,
+                                cgi,
+                                |r, row| class
+                                    .pointers(geo, dyp.get(), zp.get(), 0, r, |t, p| row[t] = p),
+                                |r| out.get().wrapping_add(class.offset(geo, r)),
                             )
                         )
                     }
-                    Weights::Band(b, wt) => {
+                    (Weights::Band(b, wt), Work::BandVectors(vectors)) => {
                         simd_call!(
                             isa,
                             T,
@@ -825,7 +874,7 @@ pub(crate) fn input_grad<T: Element>(dy: &[T], w: &[T], geo: &Geometry, isa: Isa
                                 ct,
                                 *b,
                                 wt,
-                                part.clone(),
+                                vectors.clone(),
                                 gz.get(),
                                 |r, row| class
                                     .pointers(geo, dyp.get(), gz.get(), 0, r, |t, p| row[t] =
@@ -834,7 +883,7 @@ pub(crate) fn input_grad<T: Element>(dy: &[T], w: &[T], geo: &Geometry, isa: Isa
                             )
                         )
                     }
-                    Weights::None => {
+                    (_, Work::Zeros) => {
                         for r in rows.clone() {
                             let row = out.get().add(class.offset(geo, r));
                             for i in 0..geo.c {
@@ -842,6 +891,7 @@ pub(crate) fn input_grad<T: Element>(dy: &[T], w: &[T], geo: &Geometry, isa: Isa
                             }
                         }
                     }
+                    _ => unreachable!("a task's work matches its class's weights"),
                 }
             })
         })
@@ -961,12 +1011,23 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
     let part_len = geo.groups * taps * cgi * cgo;
     let mut parts = vec![T::zero(); splits * part_len];
     let pp = SendPtr(parts.as_mut_ptr());
-    let tasks: Vec<(usize, Range<usize>, usize)> = (0..geo.groups)
+    // Groups with whole channel blocks are taken several to a task, so that a chunk's
+    // pointers serve them all (each group's sums, and so the result, are the same however
+    // the groups are shared out, which may then follow the thread count).
+    let together = if ci_blocks == 1 && splits == 1 {
+        geo.groups.div_ceil(2 * rayon::current_num_threads()).max(1)
+    } else {
+        1
+    };
+    let tasks: Vec<(Range<usize>, Range<usize>, usize)> = ranges(geo.groups, together)
         .flat_map(|g| {
-            ranges(cgi, block_rows).flat_map(move |b| (0..splits).map(move |s| (g, b.clone(), s)))
+            ranges(cgi, block_rows).flat_map(move |b| {
+                let g = g.clone();
+                (0..splits).map(move |s| (g.clone(), b.clone(), s))
+            })
         })
         .collect();
-    tasks.par_iter().for_each(|(g, block, s)| {
+    tasks.par_iter().for_each(|(groups, block, s)| {
         let span = ranges(pixels, pixels.div_ceil(splits))
             .nth(*s)
             .unwrap_or(0..0);
@@ -974,42 +1035,45 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
         for chunk in ranges(span.len(), CHUNK) {
             let chunk = span.start + chunk.start..span.start + chunk.end;
             let len = chunk.len();
-            let dy_rows = dyp.get().wrapping_add(chunk.start * geo.c_out + g * cgo) as *const T;
             for (i, r) in chunk.clone().enumerate() {
-                forward_pointers(geo, &offsets, xp.get(), zp.get(), g * cgi, r, |t, p| {
+                forward_pointers(geo, &offsets, xp.get(), zp.get(), 0, r, |t, p| {
                     table[t * CHUNK + i] = p
                 });
             }
             for t in 0..taps {
                 let ptrs = &table[t * CHUNK..t * CHUNK + len];
-                let out = pp
-                    .get()
-                    .wrapping_add(s * part_len + ((g * taps + t) * cgi) * cgo);
-                let mut ci = block.start;
-                while ci < block.end {
-                    let rows = (block.end - ci).min(mr);
-                    for panel in &panels {
-                        // SAFETY: pointers are pixel rows (or the zero row) with at least
-                        // ci + rows values after the group's offset; gradient rows hold the
-                        // panel's columns; the task owns rows `block` of (g, t) in its
-                        // split's zeroed part.
-                        simd_call!(
-                            isa,
-                            T,
-                            wgrad_entry(
-                                rows,
-                                panel.nv,
-                                ptrs,
-                                ci,
-                                dy_rows.add(panel.col),
-                                geo.c_out,
-                                panel.width,
-                                out.add(ci * cgo + panel.col),
-                                cgo,
-                            )
-                        );
+                for g in groups.clone() {
+                    let dy_rows =
+                        dyp.get().wrapping_add(chunk.start * geo.c_out + g * cgo) as *const T;
+                    let out = pp
+                        .get()
+                        .wrapping_add(s * part_len + ((g * taps + t) * cgi) * cgo);
+                    let mut ci = block.start;
+                    while ci < block.end {
+                        let rows = (block.end - ci).min(mr);
+                        for panel in &panels {
+                            // SAFETY: pointers are pixel rows (or the zero row) of c values,
+                            // so they hold g * cgi + ci + rows; gradient rows hold the group's
+                            // panel columns; the task owns rows `block` of (g, t) for its
+                            // groups in its split's zeroed part.
+                            simd_call!(
+                                isa,
+                                T,
+                                wgrad_entry(
+                                    rows,
+                                    panel.nv,
+                                    ptrs,
+                                    g * cgi + ci,
+                                    dy_rows.add(panel.col),
+                                    geo.c_out,
+                                    panel.width,
+                                    out.add(ci * cgo + panel.col),
+                                    cgo,
+                                )
+                            );
+                        }
+                        ci += rows;
                     }
-                    ci += rows;
                 }
             }
         }
@@ -1345,7 +1409,7 @@ mod tests {
         usize,
     );
 
-    const CASES: [Case; 22] = [
+    const CASES: [Case; 23] = [
         (3, 28, 10, 10, 28, 3, 2, 1, 1),
         (3, 256, 10, 10, 28, 1, 1, 0, 1),
         (3, 256, 10, 10, 512, 1, 2, 0, 1),
@@ -1368,6 +1432,8 @@ mod tests {
         (2, 4, 1, 1, 6, 3, 1, 1, 2),
         (2, 4, 2, 2, 4, 3, 1, 1, 1),
         (1, 2, 3, 3, 2, 5, 1, 2, 1),
+        // Groups whose packed weights fill the cache budget after 7 of them: two blocks.
+        (1, 256, 3, 3, 256, 3, 1, 1, 8),
     ];
 
     fn close(a: &Tensor, b: &Tensor, tol: f64, what: &str) {

@@ -155,11 +155,12 @@ unsafe fn store_rows<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// c[i][0..width] = sum over taps t and k < kc of a[t * stride + i][k] * b[t * kc + k][..]
-/// for the MR rows i of one tile.
+/// c[i][0..width] = sum over taps t and k < kc of a[t * stride + i][skip + k] *
+/// b[t * kc + k][..] for the MR rows i of one tile. `skip` selects a group's channels
+/// within rows shared by every group.
 ///
 /// # Safety
-/// - `a` holds `taps * stride` pointers (stride >= MR), each valid for `kc` reads;
+/// - `a` holds `taps * stride` pointers (stride >= MR), each valid for `skip + kc` reads;
 /// - `b` is valid for `taps * kc * NV * LANES` reads (a packed panel);
 /// - the first `valid` pointers of `c` are valid for `width <= NV * LANES` writes;
 /// - the CPU runs `S` (see `simd_call!`).
@@ -168,6 +169,7 @@ unsafe fn store_rows<S: Simd, const MR: usize, const NV: usize>(
 pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize>(
     a: &[*const S::E],
     stride: usize,
+    skip: usize,
     taps: usize,
     kc: usize,
     b: *const S::E,
@@ -181,7 +183,8 @@ pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize>(
         let mut acc = [[S::zero(); NV]; MR];
         let mut bp = b;
         for t in 0..taps {
-            let ap: [*const S::E; MR] = std::array::from_fn(|i| *a.get_unchecked(t * stride + i));
+            let ap: [*const S::E; MR] =
+                std::array::from_fn(|i| a.get_unchecked(t * stride + i).add(skip));
             for k in 0..kc {
                 let bv: [S::V; NV] = std::array::from_fn(|j| S::load(bp.add(j * S::LANES)));
                 for i in 0..MR {
@@ -210,6 +213,7 @@ pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize>(
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn igemm_panel<S: Simd, const MT: usize>(
     a: &[*const S::E],
+    skip: usize,
     taps: usize,
     kc: usize,
     b: *const S::E,
@@ -222,7 +226,17 @@ pub(crate) unsafe fn igemm_panel<S: Simd, const MT: usize>(
             // SAFETY: the sub-tile's pointers start at `off` of each tap's MT; MR <= MT is
             // guaranteed by the table sizes (24 for the vector paths, 4 plain).
             sub_tiles!($mr, valid, |off, rows| unsafe {
-                igemm_tile::<S, $mr, $nv>(&a[off..], MT, taps, kc, b, &c[off..], rows, panel.width)
+                igemm_tile::<S, $mr, $nv>(
+                    &a[off..],
+                    MT,
+                    skip,
+                    taps,
+                    kc,
+                    b,
+                    &c[off..],
+                    rows,
+                    panel.width,
+                )
             })
         };
     }
@@ -559,6 +573,7 @@ mod tests {
                 unsafe {
                     igemm_panel::<S, MR>(
                         &a,
+                        0,
                         taps,
                         kc,
                         packed.data.as_ptr().add(panel.offset),
