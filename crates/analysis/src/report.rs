@@ -124,7 +124,7 @@ pub fn write_report(input: &ReportInput, out: &Path) -> Result<Written> {
     }
     let _ = writeln!(
         md,
-        "| Wall time | {} for the {} finished runs, one after another |",
+        "| Wall time | {} summed over the {} finished runs (runs trained side by side with `--jobs` overlap; Trained gives the span) |",
         duration(wall),
         finished.len()
     );
@@ -323,7 +323,8 @@ fn provenance(runs: &[&Run]) -> Vec<(String, String)> {
     let cpus = join(metas.iter().filter_map(|m| m.cpu.clone()).collect());
     let devices = join(metas.iter().filter_map(|m| m.device.clone()).collect());
     let isas = join(metas.iter().filter_map(|m| m.isa.clone()).collect());
-    let mut machine = format!("host {hosts}, {threads} threads");
+    let plural = if threads == "1" { "" } else { "s" };
+    let mut machine = format!("host {hosts}, {threads} thread{plural} a run");
     if !cpus.is_empty() {
         machine.push_str(&format!(", {cpus}"));
     } else if let Some(cpu) = local_cpu(&hosts) {

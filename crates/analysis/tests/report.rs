@@ -224,7 +224,7 @@ fn a_clear_difference_is_reported_with_tables_and_figures() {
     assert!(md.contains("| 32x2d | 3 | 3 | **8.00 ± 0.10** |"), "{md}");
     assert!(md.contains("22.2 (32x4d) |"));
     assert!(md.contains("a different dataset and scale"));
-    assert!(md.contains("host testhost, 2 threads"));
+    assert!(md.contains("host testhost, 2 threads a run"));
     assert!(md.contains(", products on avx2"), "{md}");
     assert!(
         md.contains("the runs are deterministic, so it gives these metrics bit for bit on a machine with the same instruction-set path, thread count and precision"),
@@ -232,7 +232,7 @@ fn a_clear_difference_is_reported_with_tables_and_figures() {
     );
     // 3 seeds x (900 s + 1050 s).
     assert!(
-        md.contains("| Wall time | 1 h 37 min for the 6 finished runs"),
+        md.contains("| Wall time | 1 h 37 min summed over the 6 finished runs"),
         "{md}"
     );
     assert!(md.contains("abcdef0123"));
