@@ -7,7 +7,8 @@
 //! input is made, and a 1x1 convolution is one product of [N*H*W, Cin] x [Cin, Cout].
 //!
 //! - **Forward**: per group, an indirect product over the taps, tiled over rows and column
-//!   panels, the tiles spread over threads.
+//!   panels, the tiles spread over threads; a tile's row pointers serve several groups
+//!   (`GroupBlock`).
 //! - **Input gradient**: the transposed convolution as a gather. For stride s the input
 //!   pixels fall into s x s classes by (y mod s, x mod s); within a class the same taps
 //!   reach an output pixel, so each class is one indirect product over only those taps
@@ -457,8 +458,8 @@ fn for_each_tile<E, const MR: usize>(
 }
 
 /// The groups of a grouped product that one task runs, sharing each tile's row pointers:
-/// group g reads channels `g * skip..` of the rows those pointers give, multiplies them by
-/// `packed[g]`'s panels `panels` and writes its columns from `g * width` of each output row.
+/// group g multiplies its own channels of the rows those pointers give by `packed[g]`'s
+/// panels `panels` and writes its own columns of each output row (see `product_rows`).
 /// Computing the pointers once for the groups, rather than once per group, is what keeps
 /// narrow groups (a few channels each) from spending more time on their pointers than on
 /// their products.
