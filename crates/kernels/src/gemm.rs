@@ -299,8 +299,13 @@ pub(crate) unsafe fn wgrad_tile<S: Simd, const R: usize, const NV: usize>(
     }
 }
 
-/// [`wgrad_tile`] for `rows` rows (any number) and a panel of `nv` vectors: sub-tiles of
-/// the path's shapes (see `by_shape!`).
+/// [`wgrad_tile`] for `rows` rows (any number) and a panel of `nv` vectors.
+///
+/// Every tile passes over all the pixels, loading each pixel's `dy` row once, so the rows
+/// are cut into as few tiles as the registers allow, of near-equal sizes: a tile may hold
+/// one row more than the path's product sub-tile (see `by_shape!`), since it needs no
+/// broadcast per row of `dy`. Each output keeps its order of summation over the pixels,
+/// whatever the cut.
 ///
 /// # Safety
 /// As [`wgrad_tile`], for rows `skip..skip + rows` of the x rows and output rows
@@ -319,14 +324,16 @@ pub(crate) unsafe fn wgrad_rows<S: Simd>(
     ldo: usize,
 ) {
     macro_rules! tiles {
-        ($mr:literal, $nv:literal) => {{
+        ($nv:literal; $($r:literal)+) => {{
+            let most = [$($r),+].len();
+            let count = rows.div_ceil(most);
             let mut off = 0;
-            while off < rows {
-                let r = rows - off;
-                // SAFETY: passed on, for rows off..off + $mr (or fewer, one at a time).
+            for k in 0..count {
+                let r = (rows - off).div_ceil(count - k);
+                // SAFETY: passed on, for rows off..off + r of the `rows`.
                 unsafe {
-                    if r >= $mr {
-                        wgrad_tile::<S, $mr, $nv>(
+                    match r {
+                        $($r => wgrad_tile::<S, $r, $nv>(
                             x,
                             skip + off,
                             dy,
@@ -334,25 +341,34 @@ pub(crate) unsafe fn wgrad_rows<S: Simd>(
                             width,
                             out.add(off * ldo),
                             ldo,
-                        );
-                        off += $mr;
-                    } else {
-                        wgrad_tile::<S, 1, $nv>(
-                            x,
-                            skip + off,
-                            dy,
-                            ldy,
-                            width,
-                            out.add(off * ldo),
-                            ldo,
-                        );
-                        off += 1;
+                        ),)+
+                        _ => unreachable!("a weight-gradient tile of {r} rows"),
                     }
                 }
+                off += r;
             }
         }};
     }
-    by_shape!(S, nv, tiles)
+    if S::LANES == 1 {
+        match nv {
+            1 => tiles!(1; 1 2 3 4 5),
+            2 => tiles!(2; 1 2 3 4 5),
+            3 => tiles!(3; 1 2 3 4 5),
+            _ => tiles!(4; 1 2 3 4 5),
+        }
+    } else if S::NV_MAX == 2 {
+        match nv {
+            1 => tiles!(1; 1 2 3 4 5 6 7),
+            _ => tiles!(2; 1 2 3 4 5),
+        }
+    } else {
+        match nv {
+            1 => tiles!(1; 1 2 3 4 5 6 7 8 9 10 11 12 13),
+            2 => tiles!(2; 1 2 3 4 5 6 7 8 9),
+            3 => tiles!(3; 1 2 3 4 5 6 7),
+            _ => tiles!(4; 1 2 3 4 5),
+        }
+    }
 }
 
 /// The shape of a band product: `channels` channels, offsets `d_min..d_min + nd` within a
@@ -642,14 +658,14 @@ mod tests {
         x: &[S::E],
         dy: &[S::E],
         pixels: usize,
+        rows: usize,
         width: usize,
         out: &mut [S::E],
     ) -> (usize, usize) {
-        let rows = 5usize.min(MR);
         let nv = width.div_ceil(S::LANES).min(S::NV_MAX);
         let width = width.min(nv * S::LANES);
-        let ptrs: Vec<*const S::E> = (0..pixels).map(|p| x[p * 8..].as_ptr()).collect();
-        // SAFETY: x rows hold 8 >= 1 + rows values, dy rows 24 >= width, out rows 24.
+        let ptrs: Vec<*const S::E> = (0..pixels).map(|p| x[p * 32..].as_ptr()).collect();
+        // SAFETY: x rows hold 32 >= 1 + rows values, dy rows 24 >= width, out rows 24.
         unsafe {
             wgrad_rows::<S>(
                 rows,
@@ -666,24 +682,34 @@ mod tests {
         (rows, width)
     }
 
+    /// Every row count from 1 to 30 (one tile, several, and the cuts between them) and
+    /// widths of whole and partial vectors, against a plain sum.
     #[test]
     fn weight_gradient_tiles_match_a_plain_sum_on_every_path() {
         for isa in available() {
             let pixels = 37;
-            let x = values(pixels * 8, 5);
+            let x = values(pixels * 32, 5);
             let dy = values(pixels * 24, 6);
-            let mut out = vec![0.5; 5 * 24];
-            let (rows, width) = simd_call!(isa, f64, wgrad_case(&x, &dy, pixels, 21, &mut out));
-            for i in 0..rows {
-                for j in 0..24 {
-                    let expect = if j < width {
-                        0.5 + (0..pixels)
-                            .map(|p| x[p * 8 + 1 + i] * dy[p * 24 + j])
-                            .sum::<f64>()
-                    } else {
-                        0.5
-                    };
-                    assert!((out[i * 24 + j] - expect).abs() < 1e-12, "{isa} ({i}, {j})");
+            for rows in 1..=30 {
+                for width in [3, 8, 21] {
+                    let mut out = vec![0.5; rows * 24];
+                    let (rows, width) =
+                        simd_call!(isa, f64, wgrad_case(&x, &dy, pixels, rows, width, &mut out));
+                    for i in 0..rows {
+                        for j in 0..24 {
+                            let expect = if j < width {
+                                0.5 + (0..pixels)
+                                    .map(|p| x[p * 32 + 1 + i] * dy[p * 24 + j])
+                                    .sum::<f64>()
+                            } else {
+                                0.5
+                            };
+                            assert!(
+                                (out[i * 24 + j] - expect).abs() < 1e-12,
+                                "{isa} rows={rows} width={width} ({i}, {j})"
+                            );
+                        }
+                    }
                 }
             }
         }
