@@ -169,29 +169,39 @@ fn setup(cells: &[RunSpec]) -> Vec<(String, String)> {
             "; no augmentation"
         }
     );
-    let mut models: Vec<&str> = Vec::new();
+    // Models that share a block kind and stages are named together, so a sweep over
+    // depths describes each depth it trained (the grouped widths are in the tables).
+    let mut shapes: Vec<(String, Vec<&str>)> = Vec::new();
     for cell in cells {
-        if !models.contains(&cell.model.as_str()) {
-            models.push(&cell.model);
+        let stages: Vec<String> = cell
+            .spec
+            .stages
+            .iter()
+            .map(|s| format!("{}x{} (stride {})", s.blocks, s.planes, s.stride))
+            .collect();
+        let shape = format!(
+            "{} blocks, stages (blocks x width) {}",
+            format!("{:?}", cell.spec.block).to_lowercase(),
+            stages.join(", ")
+        );
+        match shapes.iter_mut().find(|(s, _)| *s == shape) {
+            Some((_, models)) if models.contains(&cell.model.as_str()) => {}
+            Some((_, models)) => models.push(&cell.model),
+            None => shapes.push((shape, vec![&cell.model])),
         }
     }
-    let stages: Vec<String> = spec
-        .stages
-        .iter()
-        .map(|s| format!("{}x{} (stride {})", s.blocks, s.planes, s.stride))
-        .collect();
     let model = format!(
-        "{}: {:?} blocks, stages (blocks x width) {}, input {}x{}x{}, {} classes",
-        models.join(", "),
-        spec.block,
-        stages.join(", "),
+        "{}; input {}x{}x{}, {} classes",
+        shapes
+            .iter()
+            .map(|(shape, models)| format!("{}: {shape}", models.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; "),
         spec.in_channels,
         spec.input_size,
         spec.input_size,
         spec.classes
-    )
-    .replace("Bottleneck", "bottleneck")
-    .replace("Basic", "basic");
+    );
     let reference = train
         .lr_reference_batch
         .map(|b| format!(" per batch of {b}, scaled linearly"))
@@ -289,5 +299,31 @@ fn resolve_target(target: &str, runs_dir: &Path) -> Result<Vec<PathBuf>> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sweep over depths names the stages of each depth, not only the first model's.
+    #[test]
+    fn the_model_line_describes_every_depth_of_a_sweep() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/resnet-vs-resnext.yaml");
+        let experiment = ResolvedExperiment::load_path(&path, None, &[]).unwrap();
+        let rows = setup(&experiment.cells);
+        let (_, model) = rows.iter().find(|(k, _)| k == "Model").unwrap();
+        for (models, blocks) in [
+            ("cpu_resnet11, cpu_resnext11_32x2d", 1),
+            ("cpu_resnet20, cpu_resnext20_32x2d", 2),
+            ("cpu_resnet29, cpu_resnext29_32x2d", 3),
+        ] {
+            let stages = format!(
+                "{models}: bottleneck blocks, stages (blocks x width) {blocks}x32 (stride 1), {blocks}x64 (stride 2), {blocks}x128 (stride 2)"
+            );
+            assert!(model.contains(&stages), "{model}");
+        }
+        assert!(model.ends_with("; input 1x28x28, 10 classes"), "{model}");
     }
 }
