@@ -560,3 +560,81 @@ fn cells_trained_side_by_side_match_cells_trained_in_turn() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-parallel"));
 }
+
+/// A cell that another experiment already trained (same spec, data, recipe and seed, on
+/// this machine's path and thread count) is copied under the new experiment's names, not
+/// trained again; the experiment's other cells train as usual.
+#[test]
+fn a_cell_finished_by_another_experiment_is_copied_not_retrained() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dataset(&tmp.path().join("mnist"));
+    let experiment = |name: &str, values: &str| {
+        let path = tmp.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "question: q\ndataset:\n  name: mnist\n  dir: {}\nmodel:\n  preset: cpu_resnet11\n  input_size: 16\ntrain:\n  epochs: 1\n  batch_size: 32\n  lr: 0.1\n  warmup_epochs: 0.5\nsweep:\n  cardinality: {{values: [{values}]}}\nseeds: [0]\n",
+                tmp.path().display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (first, second) = (experiment("first", "1"), experiment("second", "1, 4"));
+    let runs = tmp.path().join("runs");
+    let ablate = |path: &Path| {
+        let out = Command::cargo_bin("cardinal")
+            .unwrap()
+            .arg("ablate")
+            .arg(path)
+            .arg("--runs-dir")
+            .arg(&runs)
+            .arg("--reports-dir")
+            .arg(tmp.path().join("reports"))
+            .env("RAYON_NUM_THREADS", "2")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    ablate(&first);
+    let stderr = ablate(&second);
+    let shared = std::fs::read_dir(runs.join("first"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    assert!(stderr.contains("copied from"), "{stderr}");
+    let copy = runs.join("second").join(&shared);
+    let log = std::fs::read_to_string(copy.join("log.txt")).unwrap();
+    assert!(log.contains("copied from"), "{log}");
+    let status: Value =
+        serde_json::from_str(&std::fs::read_to_string(copy.join("status.json")).unwrap()).unwrap();
+    assert_eq!(status["state"], "finished");
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(copy.join("meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["experiment"], "second");
+    // The same metrics, timings included (they are the first run's), under the new name.
+    let original =
+        std::fs::read_to_string(runs.join("first").join(&shared).join("metrics.csv")).unwrap();
+    let copied = std::fs::read_to_string(copy.join("metrics.csv")).unwrap();
+    assert_eq!(copied, original.replace("\nfirst,", "\nsecond,"));
+    // The other cell trained here, from its own start.
+    let trained: Vec<_> = std::fs::read_dir(runs.join("second"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name() != Some(shared.as_os_str()))
+        .collect();
+    assert_eq!(trained.len(), 1);
+    let log = std::fs::read_to_string(trained[0].join("log.txt")).unwrap();
+    assert!(
+        log.contains("started run") && !log.contains("copied"),
+        "{log}"
+    );
+    assert!(tmp.path().join("reports/second/README.md").is_file());
+}

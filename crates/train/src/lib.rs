@@ -19,6 +19,7 @@ pub mod run_spec;
 pub mod schedule;
 pub mod status;
 pub mod trained;
+mod twin;
 
 pub use config::{ScheduleKind, TrainConfig};
 pub use experiment::Experiment;

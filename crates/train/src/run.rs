@@ -19,6 +19,7 @@ use crate::optim::Sgd;
 use crate::provenance::write_meta;
 use crate::schedule::Schedule;
 use crate::status::{log_line, write_status};
+use crate::twin::{copy_twin, finished_twin, Machine};
 
 pub use crate::evaluate::{cross_entropy, topk_mistakes};
 pub use crate::provenance::{cpu_model, threads, utc_now};
@@ -33,8 +34,9 @@ pub struct Outcome {
     pub run_id: String,
     pub dir: PathBuf,
     pub state: State,
-    /// The run was already finished (or diverged), or another process holds it, and was
-    /// not trained here.
+    /// The run was already finished (or diverged), was copied from another experiment's
+    /// finished run of the same configuration, or another process holds it: it was not
+    /// trained here.
     pub skipped: bool,
     pub rows: Vec<MetricRow>,
     /// The process training this run elsewhere, when its lock was held.
@@ -56,7 +58,7 @@ pub fn read_metrics_csv(path: &Path) -> Result<Vec<MetricRow>> {
     Ok(cardinal_results::read_metrics(path)?)
 }
 
-fn write_metrics(dir: &Path, rows: &[MetricRow]) -> Result<()> {
+pub(crate) fn write_metrics(dir: &Path, rows: &[MetricRow]) -> Result<()> {
     Ok(cardinal_results::write_metrics(
         &dir.join("metrics.csv"),
         rows,
@@ -269,6 +271,31 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
     };
     let config_yaml = serde_saphyr::to_string(spec).map_err(|e| anyhow!("config.yaml: {e}"))?;
     write_atomic(&dir.join("config.yaml"), config_yaml.as_bytes())?;
+    if !dir.join("checkpoint.safetensors").exists() {
+        let machine = Machine {
+            isa: cardinal_kernels::isa::selected()
+                .label(spec.train.precision == cardinal_zoo::Precision::Bf16Mixed)
+                .to_string(),
+            threads: threads(),
+        };
+        if let Some(twin) = finished_twin(spec, &dir, &ctx.runs_dir, &machine) {
+            let rows = copy_twin(spec, &dir, &twin)?;
+            let message = format!(
+                "run {run_id}: copied from {}, a finished run of the same configuration on this instruction-set path and thread count",
+                twin.display()
+            );
+            ctx.progress.suspend(|| eprintln!("{message}"));
+            tracing::info!("{message}");
+            return Ok(Outcome {
+                run_id,
+                dir,
+                state: State::Finished,
+                skipped: true,
+                rows,
+                held_by: None,
+            });
+        }
+    }
     let started = utc_now();
     write_meta(&dir, spec, &started, None)?;
 

@@ -32,9 +32,7 @@ impl RunSpec {
     /// Stable for a config: a readable prefix and a hash of everything that changes the
     /// result (spec, dataset, recipe, seed), so an interrupted sweep finds its runs again.
     pub fn run_id(&self) -> String {
-        let key = serde_json::to_string(&(&self.spec, &self.dataset, &self.train, self.seed))
-            .expect("a run spec serializes");
-        let hash: String = Sha256::digest(key.as_bytes())
+        let hash: String = Sha256::digest(self.result_key().as_bytes())
             .iter()
             .take(5)
             .map(|b| format!("{b:02x}"))
@@ -47,6 +45,13 @@ impl RunSpec {
             "c{}x{}d{form}-s{}-{hash}",
             self.spec.cardinality, self.spec.bottleneck_width, self.seed
         )
+    }
+
+    /// Everything that changes the result (spec, dataset, recipe, seed), as JSON: what the
+    /// run id hashes, and what two runs must share to be the same run.
+    pub fn result_key(&self) -> String {
+        serde_json::to_string(&(&self.spec, &self.dataset, &self.train, self.seed))
+            .expect("a run spec serializes")
     }
 
     pub fn dir(&self, runs_dir: &Path) -> PathBuf {
