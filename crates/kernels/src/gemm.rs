@@ -302,10 +302,11 @@ pub(crate) unsafe fn wgrad_tile<S: Simd, const R: usize, const NV: usize>(
 /// [`wgrad_tile`] for `rows` rows (any number) and a panel of `nv` vectors.
 ///
 /// Every tile passes over all the pixels, loading each pixel's `dy` row once, so the rows
-/// are cut into as few tiles as the registers allow, of near-equal sizes: a tile may hold
-/// one row more than the path's product sub-tile (see `by_shape!`), since it needs no
-/// broadcast per row of `dy`. Each output keeps its order of summation over the pixels,
-/// whatever the cut.
+/// are cut into as few tiles as the registers allow, of near-equal sizes. A tile holds its
+/// accumulators, the pixel's `dy` vectors and one broadcast per row (the compiler loads a
+/// step's broadcasts before its FMAs): 7 rows of one vector or 4 of two fit AVX2's 16
+/// registers, 13, 9, 7 and 5 rows of one to four vectors AVX-512's 32. Each output keeps
+/// its order of summation over the pixels, whatever the cut.
 ///
 /// # Safety
 /// As [`wgrad_tile`], for rows `skip..skip + rows` of the x rows and output rows
@@ -359,7 +360,7 @@ pub(crate) unsafe fn wgrad_rows<S: Simd>(
     } else if S::NV_MAX == 2 {
         match nv {
             1 => tiles!(1; 1 2 3 4 5 6 7),
-            _ => tiles!(2; 1 2 3 4 5),
+            _ => tiles!(2; 1 2 3 4),
         }
     } else {
         match nv {
