@@ -97,6 +97,9 @@ struct Panel {
     log2_x: bool,
     /// The quantity cannot be negative (a gap): the axis starts at 0 or above.
     non_negative: bool,
+    /// The values are rates in percent (errors): intervals, which a t interval over few
+    /// seeds can stretch past them, and the axis are clipped to 0-100.
+    percent: bool,
     series: Vec<Series>,
 }
 
@@ -183,11 +186,13 @@ impl Panel {
             (0.1 * magnitude).max(1e-9)
         };
         let (x0, x1) = range(xs(), 0.04, min_span);
+        let percent = self.percent;
+        let clip = move |y: f64| if percent { y.clamp(0.0, 100.0) } else { y };
         let ys = || {
             self.series.iter().flat_map(|s| {
                 s.points.iter().flat_map(|&(_, m, sd)| {
                     let sd = sd.unwrap_or(0.0);
-                    [m - sd, m + sd]
+                    [clip(m - sd), clip(m + sd)]
                 })
             })
         };
@@ -254,9 +259,9 @@ impl Panel {
                         sd.map(|sd| {
                             ErrorBar::new_vertical(
                                 x,
-                                m - sd,
+                                clip(m - sd),
                                 m,
-                                m + sd,
+                                clip(m + sd),
                                 s.color.stroke_width(2),
                                 12,
                             )
@@ -267,12 +272,12 @@ impl Panel {
                 let band: Vec<(f64, f64)> = s
                     .points
                     .iter()
-                    .filter_map(|&(x, m, sd)| sd.map(|sd| (x, m + sd)))
+                    .filter_map(|&(x, m, sd)| sd.map(|sd| (x, clip(m + sd))))
                     .chain(
                         s.points
                             .iter()
                             .rev()
-                            .filter_map(|&(x, m, sd)| sd.map(|sd| (x, m - sd))),
+                            .filter_map(|&(x, m, sd)| sd.map(|sd| (x, clip(m - sd)))),
                     )
                     .collect();
                 if band.len() >= 4 {
@@ -510,6 +515,7 @@ pub fn curves(configs: &[Config], dir: &Path) -> Result<Figure> {
             y_desc: "top-1 error (%)".into(),
             log2_x: false,
             non_negative: false,
+            percent: true,
             series,
         }],
         legend: Legend {
@@ -533,7 +539,7 @@ pub fn curves(configs: &[Config], dir: &Path) -> Result<Figure> {
                 ", at the end of each epoch"
             },
             if configs.iter().any(|c| c.seeds() > 1) {
-                "mean over seeds with a shaded band of the 95% confidence interval of the mean (Student's t, over the seeds at each point)"
+                "mean over seeds with a shaded band of the 95% confidence interval of the mean (Student's t, over the seeds at each point, clipped to 0-100%)"
             } else {
                 "one seed each, so no band"
             }
@@ -569,6 +575,7 @@ pub fn error_vs_cardinality(configs: &[Config], dir: &Path) -> Result<Figure> {
             y_desc: "final top-1 test error (%)".into(),
             log2_x: true,
             non_negative: false,
+            percent: true,
             series,
         }],
         legend: Legend {
@@ -616,6 +623,7 @@ pub fn error_vs_complexity(configs: &[Config], dir: &Path) -> Result<Figure> {
         y_desc: "final top-1 test error (%)".into(),
         log2_x: false,
         non_negative: false,
+        percent: true,
         series: configs
             .iter()
             .enumerate()
@@ -715,6 +723,7 @@ pub fn error_vs_macs_by_family(configs: &[Config], dir: &Path) -> Result<Figure>
             y_desc: "final top-1 test error (%)".into(),
             log2_x: false,
             non_negative: false,
+            percent: true,
             series,
         }],
         legend: Legend {
@@ -722,7 +731,7 @@ pub fn error_vs_macs_by_family(configs: &[Config], dir: &Path) -> Result<Figure>
             notes: vec![(seeds_note(configs), Note::Text)],
         },
     };
-    let stem = "error_vs_macs_by_family";
+    let stem = "error-vs-macs-by-family";
     save(&chart, dir, stem)?;
     Ok(Figure {
         stem: stem.into(),
@@ -757,6 +766,7 @@ pub fn epoch_time(configs: &[Config], dir: &Path) -> Result<Figure> {
             y_desc: "seconds per epoch (s)".into(),
             log2_x: false,
             non_negative: false,
+            percent: false,
             series,
         }],
         legend: Legend {
@@ -789,6 +799,7 @@ pub fn form_difference(configs: &[Config], dir: &Path) -> Result<Figure> {
         y_desc: y_desc.into(),
         log2_x: false,
         non_negative: true,
+        percent: false,
         series: configs
             .iter()
             .enumerate()

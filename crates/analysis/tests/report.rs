@@ -657,7 +657,7 @@ fn a_cardinality_sweep_reports_paired_intervals_holm_verdicts_and_the_trend() {
     for stem in ["curves", "error-vs-cardinality", "error-vs-complexity"] {
         check_png(&out.join(format!("{stem}.png")));
     }
-    assert!(!out.join("error_vs_macs_by_family.png").exists());
+    assert!(!out.join("error-vs-macs-by-family.png").exists());
 }
 
 #[test]
@@ -710,10 +710,10 @@ fn resnet_and_resnext_across_complexity_get_a_line_each() {
     );
     // The family sentence is the summary: not said twice.
     assert!(!md.contains("Of the 3 comparisons against"), "{md}");
-    assert!(md.contains("](error_vs_macs_by_family.svg)"), "{md}");
-    check_png(&out.join("error_vs_macs_by_family.png"));
-    check_svg(&out.join("error_vs_macs_by_family.svg"));
-    let svg = std::fs::read_to_string(out.join("error_vs_macs_by_family.svg")).unwrap();
+    assert!(md.contains("](error-vs-macs-by-family.svg)"), "{md}");
+    check_png(&out.join("error-vs-macs-by-family.png"));
+    check_svg(&out.join("error-vs-macs-by-family.svg"));
+    let svg = std::fs::read_to_string(out.join("error-vs-macs-by-family.svg")).unwrap();
     assert!(svg.contains("ResNet (C = 1)") && svg.contains("ResNeXt (C = 32)"));
     assert!(!out.join("error-vs-cardinality.png").exists());
     assert!(!md.contains("## Trend"), "{md}");
