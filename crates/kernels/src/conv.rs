@@ -591,11 +591,12 @@ unsafe fn wgrad_entry<S: Simd, const MR: usize>(
     dy: *const S::E,
     ldy: usize,
     width: usize,
+    readable: usize,
     out: *mut S::E,
     ldo: usize,
 ) {
     // SAFETY: passed on.
-    unsafe { gemm::wgrad_rows::<S>(rows, nv, x, skip, dy, ldy, width, out, ldo) }
+    unsafe { gemm::wgrad_rows::<S>(rows, nv, x, skip, dy, ldy, width, readable, out, ldo) }
 }
 
 /// The band weight gradient of channel vector `v` (see `gemm::band_wgrad`).
@@ -1054,9 +1055,10 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
                         let rows = (block.end - ci).min(mr);
                         for panel in &panels {
                             // SAFETY: pointers are pixel rows (or the zero row) of c values,
-                            // so they hold g * cgi + ci + rows; gradient rows hold the group's
-                            // panel columns; the task owns rows `block` of (g, t) for its
-                            // groups in its split's zeroed part.
+                            // so they hold g * cgi + ci + rows; gradient rows hold c_out
+                            // values, so the panel's row is readable to the row's end; the
+                            // task owns rows `block` of (g, t) for its groups in its split's
+                            // zeroed part.
                             simd_call!(
                                 isa,
                                 T,
@@ -1068,6 +1070,7 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
                                     dy_rows.add(panel.col),
                                     geo.c_out,
                                     panel.width,
+                                    geo.c_out - g * cgo - panel.col,
                                     out.add(ci * cgo + panel.col),
                                     cgo,
                                 )

@@ -245,25 +245,31 @@ pub(crate) unsafe fn igemm_panel<S: Simd, const MT: usize>(
 }
 
 /// out[i][0..width] += sum over pixels p of x[p][skip + i] * dy[p * ldy + ..width], for R
-/// rows.
+/// rows. Where each `dy` row can be read past `width` to the end of its last vector
+/// (`readable >= NV * LANES`: the columns of the next group), it is read whole, since a
+/// masked load costs more than a plain one; the extra lanes only reach accumulator lanes
+/// that are not stored.
 ///
 /// # Safety
-/// - each `x[p] + skip` is valid for `R` reads, and `dy + p * ldy` for `width` reads, for
-///   every pixel p of `x`;
+/// - each `x[p] + skip` is valid for `R` reads, and `dy + p * ldy` for
+///   `readable.max(width)` reads, for every pixel p of `x`;
 /// - `out + i * ldo` is valid for `width` reads and writes for i < R, and initialised;
 /// - `width <= NV * LANES`; the CPU runs `S`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn wgrad_tile<S: Simd, const R: usize, const NV: usize>(
     x: &[*const S::E],
     skip: usize,
     dy: *const S::E,
     ldy: usize,
     width: usize,
+    readable: usize,
     out: *mut S::E,
     ldo: usize,
 ) {
     let tail = width - (NV - 1) * S::LANES;
     let partial = tail < S::LANES;
+    let partial_load = partial && readable < NV * S::LANES;
     // SAFETY: reads and writes stay within the bounds the caller vouches for; the last
     // vector of a narrower panel reads only its `tail` lanes.
     unsafe {
@@ -271,7 +277,7 @@ pub(crate) unsafe fn wgrad_tile<S: Simd, const R: usize, const NV: usize>(
         let mut row = dy;
         for &xp in x {
             let bv: [S::V; NV] = std::array::from_fn(|j| {
-                if j == NV - 1 && partial {
+                if j == NV - 1 && partial_load {
                     S::load_partial(row.add(j * S::LANES), tail)
                 } else {
                     S::load(row.add(j * S::LANES))
@@ -321,6 +327,7 @@ pub(crate) unsafe fn wgrad_rows<S: Simd>(
     dy: *const S::E,
     ldy: usize,
     width: usize,
+    readable: usize,
     out: *mut S::E,
     ldo: usize,
 ) {
@@ -340,6 +347,7 @@ pub(crate) unsafe fn wgrad_rows<S: Simd>(
                             dy,
                             ldy,
                             width,
+                            readable,
                             out.add(off * ldo),
                             ldo,
                         ),)+
@@ -661,12 +669,14 @@ mod tests {
         pixels: usize,
         rows: usize,
         width: usize,
+        whole_rows: bool,
         out: &mut [S::E],
     ) -> (usize, usize) {
         let nv = width.div_ceil(S::LANES).min(S::NV_MAX);
         let width = width.min(nv * S::LANES);
         let ptrs: Vec<*const S::E> = (0..pixels).map(|p| x[p * 32..].as_ptr()).collect();
-        // SAFETY: x rows hold 32 >= 1 + rows values, dy rows 24 >= width, out rows 24.
+        // SAFETY: x rows hold 32 >= 1 + rows values, dy rows 24 (whole vectors of the widest
+        // panel fit), out rows 24.
         unsafe {
             wgrad_rows::<S>(
                 rows,
@@ -676,6 +686,7 @@ mod tests {
                 dy.as_ptr(),
                 24,
                 width,
+                if whole_rows { 24 } else { width },
                 out.as_mut_ptr(),
                 24,
             )
@@ -683,8 +694,9 @@ mod tests {
         (rows, width)
     }
 
-    /// Every row count from 1 to 30 (one tile, several, and the cuts between them) and
-    /// widths of whole and partial vectors, against a plain sum.
+    /// Every row count from 1 to 30 (one tile, several, and the cuts between them), widths
+    /// of whole and partial vectors, and `dy` rows read masked or whole, against a plain
+    /// sum.
     #[test]
     fn weight_gradient_tiles_match_a_plain_sum_on_every_path() {
         for isa in available() {
@@ -692,10 +704,15 @@ mod tests {
             let x = values(pixels * 32, 5);
             let dy = values(pixels * 24, 6);
             for rows in 1..=30 {
-                for width in [3, 8, 21] {
+                for (width, whole_rows) in
+                    [3, 8, 21].into_iter().flat_map(|w| [(w, false), (w, true)])
+                {
                     let mut out = vec![0.5; rows * 24];
-                    let (rows, width) =
-                        simd_call!(isa, f64, wgrad_case(&x, &dy, pixels, rows, width, &mut out));
+                    let (rows, width) = simd_call!(
+                        isa,
+                        f64,
+                        wgrad_case(&x, &dy, pixels, rows, width, whole_rows, &mut out)
+                    );
                     for i in 0..rows {
                         for j in 0..24 {
                             let expect = if j < width {
@@ -707,7 +724,7 @@ mod tests {
                             };
                             assert!(
                                 (out[i * 24 + j] - expect).abs() < 1e-12,
-                                "{isa} rows={rows} width={width} ({i}, {j})"
+                                "{isa} rows={rows} width={width} whole={whole_rows} ({i}, {j})"
                             );
                         }
                     }
