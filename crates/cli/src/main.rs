@@ -64,7 +64,9 @@ enum Command {
     /// Train one run of an experiment file (resumes it if it was interrupted).
     Train(train_cmd::TrainArgs),
     /// Run an experiment's sweep (experiments/NAME.yaml): finished cells are skipped,
-    /// interrupted ones resume, diverged ones are recorded. Exits with 1 if a run diverged.
+    /// interrupted ones resume, diverged ones are recorded, and a cell that another
+    /// experiment has finished (same config and seed, same instruction set and threads) is
+    /// copied, not trained again. Exits with 1 if a run diverged.
     Ablate(train_cmd::AblateArgs),
     /// Write an experiment's report (reports/NAME/README.md with its figures): question,
     /// setup, complexity and error tables beside the paper's, training curves, and a
