@@ -58,6 +58,10 @@ pub struct Meta {
     pub cardinal_version: Option<String>,
     #[serde(default)]
     pub sessions: Vec<Session>,
+    /// The run directory this run was copied from: another experiment's finished run of
+    /// the same configuration (its sessions are the original's).
+    #[serde(default)]
+    pub copied_from: Option<String>,
 }
 
 /// `status.json`: whether a run finished.
@@ -123,11 +127,26 @@ impl Run {
         self.status.as_ref().is_some_and(|s| s.state == "finished")
     }
 
-    /// "finished", "running (2/3 epochs)", "not started", ...
+    /// "finished", "finished (copied from resnet-vs-resnext)", "running (2/3 epochs)",
+    /// "not started", ...
     pub fn state(&self) -> String {
+        let copied_from = self
+            .meta
+            .as_ref()
+            .and_then(|m| m.copied_from.as_deref())
+            .map(|dir| {
+                // `runs/<experiment>/<run-id>`: the experiment names it well enough.
+                let path = Path::new(dir);
+                path.parent()
+                    .and_then(Path::file_name)
+                    .map_or(dir.to_string(), |e| e.to_string_lossy().into_owned())
+            });
         match &self.status {
             None => "not started".into(),
-            Some(s) if s.state == "finished" => s.state.clone(),
+            Some(s) if s.state == "finished" => match copied_from {
+                Some(experiment) => format!("finished (copied from {experiment})"),
+                None => s.state.clone(),
+            },
             Some(s) => format!("{} ({}/{} epochs)", s.state, s.epochs_done, s.epochs),
         }
     }
@@ -315,4 +334,28 @@ pub(crate) fn strings(df: &DataFrame, name: &str) -> Result<Vec<String>> {
         .iter()
         .map(|s| s.unwrap_or_default().to_string())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run copied from another experiment says so in its state, by that experiment's name.
+    #[test]
+    fn a_copied_run_names_the_experiment_it_came_from() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("c1x32d-s0-0123456789");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("status.json"), r#"{"state": "finished"}"#).unwrap();
+        assert_eq!(Run::open(&dir).unwrap().state(), "finished");
+        std::fs::write(
+            dir.join("meta.json"),
+            r#"{"sessions": [], "copied_from": "runs/resnet-vs-resnext/c1x32d-s0-0123456789"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            Run::open(&dir).unwrap().state(),
+            "finished (copied from resnet-vs-resnext)"
+        );
+    }
 }
