@@ -42,6 +42,13 @@ pub fn cpu_model() -> Option<String> {
     Some(format!("{model}, {logical} logical CPUs"))
 }
 
+/// The instruction set that runs a run's products, as `bench train` names it (`avx2`,
+/// `amx-bf16`, ...).
+pub(crate) fn isa_label(spec: &RunSpec) -> &'static str {
+    cardinal_kernels::isa::selected()
+        .label(spec.train.precision == cardinal_zoo::Precision::Bf16Mixed)
+}
+
 pub(crate) fn write_meta(
     dir: &Path,
     spec: &RunSpec,
@@ -65,10 +72,7 @@ pub(crate) fn write_meta(
     meta["host"] = host.into();
     meta["threads"] = threads().into();
     meta["precision"] = spec.train.precision.to_string().into();
-    // The instruction set that ran the products, as `bench train` names it.
-    meta["isa"] = cardinal_kernels::isa::selected()
-        .label(spec.train.precision == cardinal_zoo::Precision::Bf16Mixed)
-        .into();
+    meta["isa"] = isa_label(spec).into();
     if let Some(cpu) = cpu_model() {
         meta["cpu"] = cpu.into();
     }

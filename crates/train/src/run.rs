@@ -16,7 +16,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use crate::checkpoint::{load_checkpoint_on, save_checkpoint, Checkpoint};
 use crate::evaluate::{evaluate, Totals};
 use crate::optim::Sgd;
-use crate::provenance::write_meta;
+use crate::provenance::{isa_label, write_meta};
 use crate::schedule::Schedule;
 use crate::status::{log_line, write_status};
 use crate::twin::{copy_twin, finished_twin, Machine};
@@ -273,9 +273,7 @@ pub fn train(spec: &RunSpec, ctx: &RunContext) -> Result<Outcome> {
     write_atomic(&dir.join("config.yaml"), config_yaml.as_bytes())?;
     if !dir.join("checkpoint.safetensors").exists() {
         let machine = Machine {
-            isa: cardinal_kernels::isa::selected()
-                .label(spec.train.precision == cardinal_zoo::Precision::Bf16Mixed)
-                .to_string(),
+            isa: isa_label(spec).to_string(),
             threads: threads(),
         };
         if let Some(twin) = finished_twin(spec, &dir, &ctx.runs_dir, &machine) {
