@@ -902,16 +902,26 @@ pub(crate) fn input_grad<T: Element>(dy: &[T], w: &[T], geo: &Geometry, isa: Isa
 
 /// How the weight gradient's sum is split: blocks of the weight (up to `max_blocks`; each
 /// re-reads the output gradient) or ranges of pixels (each adds a partial gradient);
-/// whichever costs less memory traffic, up to `GRAD_TASKS` tasks. Depends on the shapes
-/// only.
-pub(crate) fn grad_split(geo: &Geometry, groups: usize, max_blocks: usize) -> (usize, usize) {
+/// whichever costs less memory traffic, up to `GRAD_TASKS` tasks. Where a task can take
+/// every group (`whole_groups`), a small weight is split by pixels whatever the groups:
+/// each task then reads whole rows and finds each pixel's pointers once, rather than a
+/// task per few groups walking every pixel. Depends on the shapes only.
+pub(crate) fn grad_split(
+    geo: &Geometry,
+    groups: usize,
+    max_blocks: usize,
+    whole_groups: bool,
+) -> (usize, usize) {
+    let weight_size = geo.c_out * geo.cgi() * geo.taps();
+    let grad_size = geo.out_pixels() * geo.c_out;
+    let ranges = geo.out_pixels().div_ceil(SPLIT_PIXELS);
+    if whole_groups && weight_size <= grad_size {
+        return (1, GRAD_TASKS.min(ranges).max(1));
+    }
     if groups >= GRAD_TASKS {
         return (1, 1);
     }
     let wanted = GRAD_TASKS.div_ceil(groups);
-    let weight_size = geo.c_out * geo.cgi() * geo.taps();
-    let grad_size = geo.out_pixels() * geo.c_out;
-    let ranges = geo.out_pixels().div_ceil(SPLIT_PIXELS);
     if weight_size <= grad_size {
         (1, wanted.min(ranges).max(1))
     } else {
@@ -948,12 +958,13 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
         let band = band_of(geo, lanes);
         let guard = Guard::new(x, geo.c, lanes);
         let gz = SendPtr(guard.zero() as *mut T);
+        // Split by pixels first: a task then finds each of its pixels' pointers once for
+        // every channel vector (the band's weight, a few offsets per channel, is small to
+        // keep per split); by channel vectors only where the pixels are too few to share.
         let vectors = geo.c.div_ceil(lanes);
-        let blocks: Vec<Range<usize>> = ranges(vectors, vectors.div_ceil(GRAD_TASKS)).collect();
-        let splits = GRAD_TASKS
-            .div_ceil(blocks.len())
-            .min(pixels.div_ceil(CHUNK))
-            .max(1);
+        let splits = GRAD_TASKS.min(pixels.div_ceil(SPLIT_PIXELS)).max(1);
+        let wanted = GRAD_TASKS.div_ceil(splits);
+        let blocks: Vec<Range<usize>> = ranges(vectors, vectors.div_ceil(wanted)).collect();
         let part_len = taps * band.nd * band.padded;
         let mut parts = vec![T::zero(); splits * part_len];
         let pp = SendPtr(parts.as_mut_ptr());
@@ -974,13 +985,15 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
                         table[t * CHUNK + i] = guard.fix(p)
                     });
                 }
-                for t in 0..taps {
-                    let ptrs = &table[t * CHUNK..t * CHUNK + len];
-                    let out = pp
-                        .get()
-                        .wrapping_add(s * part_len + t * band.nd * band.padded);
-                    let dy_rows = dyp.get().wrapping_add(chunk.start * geo.c_out) as *const T;
-                    for v in vectors.clone() {
+                // Vector by vector, every tap: a vector's columns of the chunk's rows stay
+                // in the first-level cache across the taps.
+                let dy_rows = dyp.get().wrapping_add(chunk.start * geo.c_out) as *const T;
+                for v in vectors.clone() {
+                    for t in 0..taps {
+                        let ptrs = &table[t * CHUNK..t * CHUNK + len];
+                        let out = pp
+                            .get()
+                            .wrapping_add(s * part_len + t * band.nd * band.padded);
                         // SAFETY: pointers are pixel rows of c values (or the zero row), the
                         // gradient rows hold c values, and the task owns the vectors `v` of
                         // its split's part, which is zeroed.
@@ -1007,19 +1020,20 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
         return grad;
     }
     let rows_per_block = mr * 4;
-    let (ci_blocks, splits) = grad_split(geo, geo.groups, cgi.div_ceil(rows_per_block));
+    let (ci_blocks, splits) = grad_split(geo, geo.groups, cgi.div_ceil(rows_per_block), true);
     let block_rows = cgi.div_ceil(ci_blocks);
     let panels = gemm::panels(cgo, 1, lanes, nv_max);
     let part_len = geo.groups * taps * cgi * cgo;
     let mut parts = vec![T::zero(); splits * part_len];
     let pp = SendPtr(parts.as_mut_ptr());
-    // Groups with whole channel blocks are taken several to a task, so that a chunk's
-    // pointers serve them all (each group's sums, and so the result, are the same however
+    // A task takes several groups where their channels are not split, so that a chunk's
+    // pointers serve them all: every group where the pixels are split, else enough groups
+    // for a few tasks per thread (each group's sums, and so the result, are the same however
     // the groups are shared out, which may then follow the thread count).
-    let together = if ci_blocks == 1 && splits == 1 {
-        geo.groups.div_ceil(2 * rayon::current_num_threads()).max(1)
-    } else {
-        1
+    let together = match (ci_blocks, splits) {
+        (1, 1) => geo.groups.div_ceil(2 * rayon::current_num_threads()).max(1),
+        (1, _) => geo.groups,
+        _ => 1,
     };
     let tasks: Vec<(Range<usize>, Range<usize>, usize)> = ranges(geo.groups, together)
         .flat_map(|g| {
@@ -1042,11 +1056,12 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
                     table[t * CHUNK + i] = p
                 });
             }
-            for t in 0..taps {
-                let ptrs = &table[t * CHUNK..t * CHUNK + len];
-                for g in groups.clone() {
-                    let dy_rows =
-                        dyp.get().wrapping_add(chunk.start * geo.c_out + g * cgo) as *const T;
+            // Group by group, every tap: a group's columns of the chunk's rows (a few cache
+            // lines per row) stay in the first-level cache across its taps.
+            for g in groups.clone() {
+                let dy_rows = dyp.get().wrapping_add(chunk.start * geo.c_out + g * cgo) as *const T;
+                for t in 0..taps {
+                    let ptrs = &table[t * CHUNK..t * CHUNK + len];
                     let out = pp
                         .get()
                         .wrapping_add(s * part_len + ((g * taps + t) * cgi) * cgo);
@@ -1413,7 +1428,7 @@ mod tests {
         usize,
     );
 
-    const CASES: [Case; 23] = [
+    const CASES: [Case; 26] = [
         (3, 28, 10, 10, 28, 3, 2, 1, 1),
         (3, 256, 10, 10, 28, 1, 1, 0, 1),
         (3, 256, 10, 10, 512, 1, 2, 0, 1),
@@ -1438,6 +1453,12 @@ mod tests {
         (1, 2, 3, 3, 2, 5, 1, 2, 1),
         // Groups whose packed weights fill the cache budget after 7 of them: two blocks.
         (1, 256, 3, 3, 256, 3, 1, 1, 8),
+        // Enough pixels (over `SPLIT_PIXELS`) that the weight gradient splits them, each
+        // split taking every group, over several chunks: 7 channels per group (products),
+        // 2 and 3 (band; 3 leaves a partial vector on AVX2).
+        (4, 56, 17, 17, 56, 3, 1, 1, 8),
+        (3, 64, 19, 19, 64, 3, 1, 1, 32),
+        (5, 27, 12, 13, 27, 3, 1, 1, 9),
     ];
 
     fn close(a: &Tensor, b: &Tensor, tol: f64, what: &str) {

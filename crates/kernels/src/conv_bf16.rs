@@ -217,7 +217,7 @@ pub(crate) fn weight_grad<X: Source>(
     let pixels = geo.out_pixels();
     // Pixels of a chunk: the packed input of a chunk (its B) stays within about 1 MB.
     let chunk = if n > 1024 { CHUNK } else { 2 * CHUNK };
-    let (blocks, splits) = grad_split(geo, geo.groups, panels);
+    let (blocks, splits) = grad_split(geo, geo.groups, panels, false);
     let panel_blocks: Vec<Range<usize>> = ranges(panels, panels.div_ceil(blocks)).collect();
     let tile = BLOCK * BLOCK;
     // Per split, C as tiles [group][m block][panel][32][32].

@@ -273,24 +273,13 @@ pub(crate) unsafe fn wgrad_tile<S: Simd, const R: usize, const NV: usize>(
     // SAFETY: reads and writes stay within the bounds the caller vouches for; the last
     // vector of a narrower panel reads only its `tail` lanes.
     unsafe {
-        let mut acc = [[S::zero(); NV]; R];
-        let mut row = dy;
-        for &xp in x {
-            let bv: [S::V; NV] = std::array::from_fn(|j| {
-                if j == NV - 1 && partial_load {
-                    S::load_partial(row.add(j * S::LANES), tail)
-                } else {
-                    S::load(row.add(j * S::LANES))
-                }
-            });
-            for i in 0..R {
-                let av = S::splat(*xp.add(skip + i));
-                for j in 0..NV {
-                    acc[i][j] = S::fma(av, bv[j], acc[i][j]);
-                }
-            }
-            row = row.add(ldy);
-        }
+        // The pixel loop in two copies, so that the choice of load is made once per tile
+        // and the loop body holds nothing but loads and FMAs.
+        let acc = if partial_load {
+            wgrad_sums::<S, R, NV, true>(x, skip, dy, ldy, tail)
+        } else {
+            wgrad_sums::<S, R, NV, false>(x, skip, dy, ldy, tail)
+        };
         for (i, acc_row) in acc.iter().enumerate() {
             let o = out.add(i * ldo);
             for (j, &v) in acc_row.iter().enumerate() {
@@ -302,6 +291,44 @@ pub(crate) unsafe fn wgrad_tile<S: Simd, const R: usize, const NV: usize>(
                 }
             }
         }
+    }
+}
+
+/// The sums of [`wgrad_tile`] over its pixels, the last `dy` vector read masked to `tail`
+/// lanes where `PARTIAL`.
+///
+/// # Safety
+/// As [`wgrad_tile`].
+#[inline(always)]
+unsafe fn wgrad_sums<S: Simd, const R: usize, const NV: usize, const PARTIAL: bool>(
+    x: &[*const S::E],
+    skip: usize,
+    dy: *const S::E,
+    ldy: usize,
+    tail: usize,
+) -> [[S::V; NV]; R] {
+    // SAFETY: the caller's bounds (see `wgrad_tile`).
+    unsafe {
+        let mut acc = [[S::zero(); NV]; R];
+        let mut row = dy;
+        for &xp in x {
+            let bv: [S::V; NV] = std::array::from_fn(|j| {
+                if PARTIAL && j == NV - 1 {
+                    S::load_partial(row.add(j * S::LANES), tail)
+                } else {
+                    S::load(row.add(j * S::LANES))
+                }
+            });
+            let xs = xp.add(skip);
+            for (i, acc_row) in acc.iter_mut().enumerate() {
+                let av = S::splat(*xs.add(i));
+                for (a, &b) in acc_row.iter_mut().zip(&bv) {
+                    *a = S::fma(av, b, *a);
+                }
+            }
+            row = row.add(ldy);
+        }
+        acc
     }
 }
 
@@ -485,29 +512,54 @@ pub(crate) unsafe fn band_wgrad<S: Simd, const ND: usize>(
     out: *mut S::E,
 ) {
     let tail = band.channels - c0;
-    let partial = tail < S::LANES;
     // SAFETY: x loads reach at most cg - 1 < LANES values beyond a row (a neighbour's row
     // or a guard, the caller's promise); gradient loads are cut at the row's end; the
     // output vectors lie in the padded rows.
     unsafe {
-        let mut acc = [S::zero(); ND];
-        let mut row = dy.add(c0);
-        for &xp in x {
-            let g = if partial {
-                S::load_partial(row, tail)
-            } else {
-                S::load(row)
-            };
-            for (di, a) in acc.iter_mut().enumerate() {
-                let xv = S::load(xp.offset(c0 as isize + band.d_min + di as isize));
-                *a = S::fma(xv, g, *a);
-            }
-            row = row.add(ldy);
-        }
+        // The pixel loop in two copies, the choice of load made once (see `wgrad_tile`).
+        let acc = if tail < S::LANES {
+            band_wgrad_sums::<S, ND, true>(x, dy.add(c0), ldy, band.d_min + c0 as isize, tail)
+        } else {
+            band_wgrad_sums::<S, ND, false>(x, dy.add(c0), ldy, band.d_min + c0 as isize, tail)
+        };
         for (di, &v) in acc.iter().enumerate() {
             let p = out.add(di * band.padded + c0);
             S::store(p, S::add(S::load(p), v));
         }
+    }
+}
+
+/// The sums of [`band_wgrad`] over its pixels, from `dy` at the vector's first channel and
+/// x at `first` (the vector's first channel plus the band's lowest offset); the gradient
+/// read masked to `tail` lanes where `PARTIAL`.
+///
+/// # Safety
+/// As [`band_wgrad`].
+#[inline(always)]
+unsafe fn band_wgrad_sums<S: Simd, const ND: usize, const PARTIAL: bool>(
+    x: &[*const S::E],
+    dy: *const S::E,
+    ldy: usize,
+    first: isize,
+    tail: usize,
+) -> [S::V; ND] {
+    // SAFETY: the caller's bounds (see `band_wgrad`).
+    unsafe {
+        let mut acc = [S::zero(); ND];
+        let mut row = dy;
+        for &xp in x {
+            let g = if PARTIAL {
+                S::load_partial(row, tail)
+            } else {
+                S::load(row)
+            };
+            let xs = xp.offset(first);
+            for (di, a) in acc.iter_mut().enumerate() {
+                *a = S::fma(S::load(xs.add(di)), g, *a);
+            }
+            row = row.add(ldy);
+        }
+        acc
     }
 }
 
