@@ -14,10 +14,11 @@
 //!   reach an output pixel, so each class is one indirect product over only those taps
 //!   (no product with zeros).
 //! - **Weight gradient**: a product summed over the pixels, in chunks whose gradient rows
-//!   stay in cache while every tap uses them. Work is split over groups, blocks of input
-//!   channels and, where those are few, fixed ranges of pixels whose partial sums are added
-//!   in order: the split depends on the shapes only, so results are bit-identical on every
-//!   run and thread count.
+//!   stay in cache while every tap uses them. Work is split into fixed ranges of pixels
+//!   whose partial sums are added in order (every group in each, where the weight is small
+//!   beside the output gradient), else over groups and blocks of input channels: the split
+//!   depends on the shapes only, so results are bit-identical on every run and thread
+//!   count.
 //! - **Grouped convolutions with few channels per group** (up to 8 on AVX-512, 4 on AVX2)
 //!   take the band path (`gemm::band_tile`): vectorized across groups instead of products
 //!   a few columns wide.
