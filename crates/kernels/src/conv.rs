@@ -1044,11 +1044,22 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
             })
         })
         .collect();
+    // Pack the gradient's panels where its rows are a kilobyte or more apart and enough
+    // row tiles re-read each panel to pay for the copy.
+    let panel_stride = nv_max * lanes;
+    let pack_dy = geo.c_out * std::mem::size_of::<T>() >= 1024 && taps * cgi >= 4 * mr;
+    // Likewise the input rows of a dense 1x1 convolution (one tap, so one copy serves the
+    // product): each run of `mr` channels of the chunk's rows, as rows `mr` values apart.
+    let pack_x = taps == 1 && geo.groups == 1 && geo.c * std::mem::size_of::<T>() >= 1024;
     tasks.par_iter().for_each(|(groups, block, s)| {
         let span = ranges(pixels, pixels.div_ceil(splits))
             .nth(*s)
             .unwrap_or(0..0);
         let mut table = vec![zp.get() as *const T; taps * CHUNK];
+        let mut packed = vec![T::zero(); if pack_dy { CHUNK * panel_stride } else { 0 }];
+        let runs = block.len().div_ceil(mr);
+        let mut x_packed = vec![T::zero(); if pack_x { runs * CHUNK * mr } else { 0 }];
+        let mut x_rows = vec![zp.get() as *const T; if pack_x { runs * CHUNK } else { 0 }];
         for chunk in ranges(span.len(), CHUNK) {
             let chunk = span.start + chunk.start..span.start + chunk.end;
             let len = chunk.len();
@@ -1057,24 +1068,63 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
                     table[t * CHUNK + i] = p
                 });
             }
-            // Group by group, every tap: a group's columns of the chunk's rows (a few cache
-            // lines per row) stay in the first-level cache across its taps.
+            if pack_x {
+                for (run, channels) in ranges(block.len(), mr).enumerate() {
+                    let from = block.start + channels.start;
+                    for i in 0..len {
+                        let at = (run * CHUNK + i) * mr;
+                        // SAFETY: each pointer is a pixel row of c values or the zero row
+                        // (as long), which hold channels `block`.
+                        let src = unsafe {
+                            std::slice::from_raw_parts(table[i].add(from), channels.len())
+                        };
+                        x_packed[at..at + channels.len()].copy_from_slice(src);
+                    }
+                }
+                for (k, row) in x_rows.iter_mut().enumerate() {
+                    *row = x_packed[k * mr..].as_ptr();
+                }
+            }
+            // Group by group, panel by panel, every tap and row tile: a panel's columns of
+            // the chunk's gradient rows stay in the first-level cache while every tile reads
+            // them.
             for g in groups.clone() {
-                let dy_rows = dyp.get().wrapping_add(chunk.start * geo.c_out + g * cgo) as *const T;
-                for t in 0..taps {
-                    let ptrs = &table[t * CHUNK..t * CHUNK + len];
-                    let out = pp
-                        .get()
-                        .wrapping_add(s * part_len + ((g * taps + t) * cgi) * cgo);
-                    let mut ci = block.start;
-                    while ci < block.end {
-                        let rows = (block.end - ci).min(mr);
-                        for panel in &panels {
+                for panel in &panels {
+                    let col = g * cgo + panel.col;
+                    // Gradient rows a kilobyte or more apart fall into a few cache sets and
+                    // evict each other: their panel columns are copied into adjacent rows.
+                    let (dy_panel, ldy, readable) = if pack_dy {
+                        for (i, r) in chunk.clone().enumerate() {
+                            let src = &dy[r * geo.c_out + col..][..panel.width];
+                            packed[i * panel_stride..][..panel.width].copy_from_slice(src);
+                        }
+                        (packed.as_ptr(), panel_stride, panel_stride)
+                    } else {
+                        (
+                            dyp.get().wrapping_add(chunk.start * geo.c_out + col) as *const T,
+                            geo.c_out,
+                            geo.c_out - col,
+                        )
+                    };
+                    for t in 0..taps {
+                        let out = pp
+                            .get()
+                            .wrapping_add(s * part_len + ((g * taps + t) * cgi) * cgo);
+                        let mut ci = block.start;
+                        while ci < block.end {
+                            let rows = (block.end - ci).min(mr);
+                            let (ptrs, skip) = if pack_x {
+                                let run = (ci - block.start) / mr;
+                                (&x_rows[run * CHUNK..run * CHUNK + len], 0)
+                            } else {
+                                (&table[t * CHUNK..t * CHUNK + len], g * cgi + ci)
+                            };
                             // SAFETY: pointers are pixel rows (or the zero row) of c values,
-                            // so they hold g * cgi + ci + rows; gradient rows hold c_out
-                            // values, so the panel's row is readable to the row's end; the
-                            // task owns rows `block` of (g, t) for its groups in its split's
-                            // zeroed part.
+                            // so they hold g * cgi + ci + rows, or packed runs of `mr`
+                            // channels from ci; the panel's gradient rows are readable for
+                            // `readable` values (to the row's end, or the packed row's whole
+                            // stride); the task owns rows `block` of (g, t) for its groups
+                            // in its split's zeroed part.
                             simd_call!(
                                 isa,
                                 T,
@@ -1082,17 +1132,17 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
                                     rows,
                                     panel.nv,
                                     ptrs,
-                                    g * cgi + ci,
-                                    dy_rows.add(panel.col),
-                                    geo.c_out,
+                                    skip,
+                                    dy_panel,
+                                    ldy,
                                     panel.width,
-                                    geo.c_out - g * cgo - panel.col,
+                                    readable,
                                     out.add(ci * cgo + panel.col),
                                     cgo,
                                 )
                             );
+                            ci += rows;
                         }
-                        ci += rows;
                     }
                 }
             }
