@@ -1081,6 +1081,8 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
                         x_packed[at..at + channels.len()].copy_from_slice(src);
                     }
                 }
+                // Taken again after every copy: a pointer taken before a write through the
+                // vector would not be valid after it.
                 for (k, row) in x_rows.iter_mut().enumerate() {
                     *row = x_packed[k * mr..].as_ptr();
                 }
