@@ -291,7 +291,9 @@ impl Experiment {
         Ok((preset.to_string(), spec))
     }
 
-    /// Every cell of the sweep, for every seed, fully resolved.
+    /// Every cell of the sweep, for every seed, fully resolved; seed by seed (every
+    /// configuration of the first seed, then of the next), so a sweep stopped part way holds
+    /// whole seeds: paired comparisons need every configuration of a seed.
     pub fn cells(&self, name: &str) -> Result<Vec<RunSpec>> {
         let grid: Vec<(String, Vec<Value>)> = self.sweep.grid.clone().into_iter().collect();
         let mut combos: Vec<Vec<(String, Value)>> = vec![vec![]];
@@ -315,7 +317,8 @@ impl Experiment {
             Some(c) => c.values.iter().map(|&v| Some(v)).collect(),
             None => vec![None],
         };
-        let mut cells = Vec::new();
+        // (the seed's position in its seed list, the cell), sorted stably at the end.
+        let mut cells: Vec<(usize, RunSpec)> = Vec::new();
         for cardinality in &cardinalities {
             for combo in &combos {
                 let mut tree = serde_json::to_value(self)?;
@@ -360,22 +363,26 @@ impl Experiment {
                     .collect();
                 labels.insert("cardinality".into(), spec.cardinality.to_string());
                 labels.insert("bottleneck_width".into(), spec.bottleneck_width.to_string());
-                for &seed in &variant.seeds {
-                    cells.push(RunSpec {
-                        experiment: name.to_string(),
-                        model: model.clone(),
-                        spec: spec.clone(),
-                        dataset: variant.dataset.clone(),
-                        train: variant.train.clone(),
-                        seed,
-                        labels: labels.clone(),
-                        params: complexity.params,
-                        macs: complexity.macs,
-                    });
+                for (position, &seed) in variant.seeds.iter().enumerate() {
+                    cells.push((
+                        position,
+                        RunSpec {
+                            experiment: name.to_string(),
+                            model: model.clone(),
+                            spec: spec.clone(),
+                            dataset: variant.dataset.clone(),
+                            train: variant.train.clone(),
+                            seed,
+                            labels: labels.clone(),
+                            params: complexity.params,
+                            macs: complexity.macs,
+                        },
+                    ));
                 }
             }
         }
-        Ok(cells)
+        cells.sort_by_key(|(position, _)| *position);
+        Ok(cells.into_iter().map(|(_, cell)| cell).collect())
     }
 }
 

@@ -514,7 +514,7 @@ mod tests {
                 .map(|b| b.unwrap().images.flatten_all().unwrap().to_vec1().unwrap())
                 .collect()
         };
-        let (c1s0, c1s1, c4s0) = (&cells[0], &cells[1], &cells[2]);
+        let (c1s0, c4s0, c1s1) = (&cells[0], &cells[1], &cells[2]);
         assert_eq!((c1s0.spec.cardinality, c4s0.spec.cardinality), (1, 4));
         assert_eq!((c1s0.seed, c1s1.seed, c4s0.seed), (0, 1, 0));
         assert_eq!(batches(c1s0), batches(c4s0));

@@ -72,6 +72,26 @@ fn cardinality_grid_preserves_complexity_within_5_percent() {
 }
 
 #[test]
+fn cells_come_seed_by_seed() {
+    // A sweep stopped part way must hold whole seeds, every configuration of each.
+    let overrides = parse_overrides(&["seeds=[3, 1]".to_string()]).unwrap();
+    let (e, _) = repo_experiment("cardinality")
+        .resolve(None, &overrides)
+        .unwrap();
+    let order: Vec<(u64, usize)> = e
+        .cells("cardinality")
+        .unwrap()
+        .iter()
+        .map(|c| (c.seed, c.spec.cardinality))
+        .collect();
+    let expected: Vec<(u64, usize)> = [3, 1]
+        .iter()
+        .flat_map(|&s| [1, 2, 4, 8, 32].map(|c| (s, c)))
+        .collect();
+    assert_eq!(order, expected);
+}
+
+#[test]
 fn unknown_key_names_the_line() {
     let text = MINIMAL.replace("  lr: 0.1", "  lr: 0.1\n  epochz: 3");
     let err = experiment::parse(&text).unwrap_err().to_string();
