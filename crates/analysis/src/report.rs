@@ -32,6 +32,9 @@ pub struct ReportInput {
     /// The commit the report is written at, and the date (UTC).
     pub commit: Option<String>,
     pub generated: String,
+    /// The half-width (percentage points) the paired intervals should reach; the report
+    /// gives the seeds it takes at the spread measured.
+    pub target_half_width: Option<f64>,
 }
 
 /// What `write_report` wrote.
@@ -124,7 +127,7 @@ pub fn write_report(input: &ReportInput, out: &Path) -> Result<Written> {
     }
     let _ = writeln!(
         md,
-        "| Wall time | {} summed over the {} finished runs (runs trained side by side with `--jobs` overlap; Trained gives the span) |",
+        "| Wall time | {} summed over the {} finished runs (Trained gives the span, shorter than the sum where runs trained side by side with `--jobs`) |",
         duration(wall),
         finished.len()
     );
@@ -159,7 +162,7 @@ pub fn write_report(input: &ReportInput, out: &Path) -> Result<Written> {
             unsteady.join(", ")
         );
     }
-    md.push_str(&comparisons_section(&configs));
+    md.push_str(&comparisons_section(&configs, input.target_half_width));
     md.push_str(&trend_section(&configs));
     md.push_str("\n\n## Figures\n\n");
     for f in &figures {
@@ -227,14 +230,20 @@ fn precision_line(configs: &[Config]) -> String {
 }
 
 /// The "Comparisons" section: each configuration against its reference, paired over seeds.
-fn comparisons_section(configs: &[Config]) -> String {
+fn comparisons_section(configs: &[Config], target_half_width: Option<f64>) -> String {
     let rows = comparisons(configs);
     if rows.is_empty() {
         return String::new();
     }
     let mut md = String::from("\n\n## Comparisons\n\n");
-    md.push_str(&table::comparisons(&rows, configs).markdown());
-    md.push_str("\nFinal top-1 test error of each configuration minus its reference's, paired by seed, in percentage points (negative: lower error than the reference). Verdicts are Holm-corrected over the table's rows; the method is under the conclusion.");
+    md.push_str(&table::comparisons(&rows, configs, target_half_width).markdown());
+    md.push_str("\nFinal top-1 test error of each configuration minus its reference's, paired by seed, in percentage points (negative: lower error than the reference). Verdicts are Holm-corrected over the table's rows; the method is under the conclusion. The standard deviation is that of the per-seed differences: the seed-to-seed spread that pairing leaves.");
+    if let Some(w) = target_half_width {
+        let _ = write!(
+            md,
+            " The experiment asks for 95% intervals of at most ±{w} points: the seeds column is the fewest seeds whose interval would be that narrow if the differences kept the spread measured here (t interval, n seeds: t(n - 1) x std / sqrt(n)); a spread measured on few seeds is itself uncertain, so read it as a first sizing."
+        );
+    }
     if has_paper_cardinality(configs) {
         md.push_str(" The paper's column is the same difference in its Table 3 (ImageNet-1K, 50 layers), for the trend, not as a target.");
     }

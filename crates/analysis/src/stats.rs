@@ -267,9 +267,43 @@ pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
     (sxx > 0.0).then(|| sxy / sxx)
 }
 
+/// The fewest values (2 or more) whose two-sided t interval of the mean at `level` is at
+/// most `half_width` wide on each side, when the values spread with standard deviation
+/// `std`: the smallest n with t((1 + level) / 2, n - 1) * std / sqrt(n) <= half_width. None
+/// past [`MAX_SEEDS`], or for a spread or width that is not a positive finite number (a
+/// zero spread needs the minimum, 2).
+pub fn seeds_for_half_width(std: f64, half_width: f64, level: f64) -> Option<usize> {
+    if !(std.is_finite() && std >= 0.0 && half_width.is_finite() && half_width > 0.0) {
+        return None;
+    }
+    (2..=MAX_SEEDS).find(|&n| {
+        t_quantile((1.0 + level) / 2.0, (n - 1) as f64) * std / (n as f64).sqrt() <= half_width
+    })
+}
+
+/// Where [`seeds_for_half_width`] stops looking.
+pub const MAX_SEEDS: usize = 10_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seeds_for_a_half_width_match_the_t_table() {
+        // sd 1, width 1: n = 6 gives t(5) 2.571 / sqrt 6 = 1.050, n = 7 gives t(6) 2.447 /
+        // sqrt 7 = 0.925.
+        assert_eq!(seeds_for_half_width(1.0, 1.0, 0.95), Some(7));
+        // sd 0.25, width 0.2: n = 8 gives 2.365 * 0.25 / 2.828 = 0.209, n = 9 gives
+        // 2.306 * 0.25 / 3 = 0.192.
+        assert_eq!(seeds_for_half_width(0.25, 0.2, 0.95), Some(9));
+        // Large n: t tends to 1.96, so n is about (1.96 sd / w)^2 = 384.1 for sd = 10 w.
+        let n = seeds_for_half_width(10.0, 1.0, 0.95).unwrap();
+        assert!((385..=390).contains(&n), "{n}");
+        assert_eq!(seeds_for_half_width(0.0, 0.2, 0.95), Some(2));
+        assert_eq!(seeds_for_half_width(1e6, 0.2, 0.95), None);
+        assert_eq!(seeds_for_half_width(f64::NAN, 0.2, 0.95), None);
+        assert_eq!(seeds_for_half_width(0.3, 0.0, 0.95), None);
+    }
 
     fn close(a: f64, b: f64, tolerance: f64) -> bool {
         (a - b).abs() <= tolerance

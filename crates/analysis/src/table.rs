@@ -256,7 +256,13 @@ fn paper_difference(c: &Comparison) -> String {
 /// Each configuration against its reference: the mean paired difference of final test
 /// top-1 error over seeds, its 95% t interval, the paired t test's p before and after
 /// Holm's correction, and the verdict; the paper's difference beside it where it has one.
-pub fn comparisons(rows: &[Comparison], configs: &[Config]) -> Table {
+/// `target_half_width` (points) adds the seeds that half-width would take at each
+/// comparison's measured spread.
+pub fn comparisons(
+    rows: &[Comparison],
+    configs: &[Config],
+    target_half_width: Option<f64>,
+) -> Table {
     let paper = has_paper_cardinality(configs)
         && rows
             .iter()
@@ -270,7 +276,12 @@ pub fn comparisons(rows: &[Comparison], configs: &[Config]) -> Table {
         ("p", true),
         ("Holm-adjusted p", true),
         ("verdict", false),
+        ("std of the differences (points)", true),
     ];
+    let seeds_header = target_half_width.map(|w| format!("seeds for ±{w}"));
+    if let Some(h) = &seeds_header {
+        header.push((h, true));
+    }
     if paper {
         header.push(("paper: Table 3 difference (points)", true));
     }
@@ -296,7 +307,20 @@ pub fn comparisons(rows: &[Comparison], configs: &[Config]) -> Table {
             } else {
                 "–".into()
             },
+            difference
+                .and_then(|d| d.std)
+                .map(|s| format!("{s:.2}"))
+                .unwrap_or_else(|| "–".into()),
         ];
+        if let Some(w) = target_half_width {
+            let seeds = difference.and_then(|d| d.std).map(|s| {
+                match crate::stats::seeds_for_half_width(s, w, LEVEL) {
+                    Some(n) => n.to_string(),
+                    None => format!("over {}", crate::stats::MAX_SEEDS),
+                }
+            });
+            row.push(seeds.unwrap_or_else(|| "–".into()));
+        }
         if paper {
             row.push(paper_difference(c));
         }

@@ -191,6 +191,9 @@ fn a_clear_difference_is_reported_with_tables_and_figures() {
     let md = std::fs::read_to_string(out.join("README.md")).unwrap();
     // The title names the preset (and any overrides) that chose the runs.
     assert!(md.starts_with("# toy, preset default\n"), "{md}");
+    // No target half-width, no seeds column; the spread of the differences is always there.
+    assert!(!md.contains("seeds for ±"), "{md}");
+    assert!(md.contains("| std of the differences (points) |"), "{md}");
     let mut custom = input(dirs.clone());
     custom.overrides = vec!["train.epochs=3".into()];
     let other = tmp.path().join("reports/toy-custom");
@@ -242,7 +245,7 @@ fn a_clear_difference_is_reported_with_tables_and_figures() {
     // Every seed 2 points lower: a paired difference with no spread, and said so, with
     // the paper's Table 3 difference (22.2 - 23.9) beside it.
     assert!(
-        md.contains("| 32x2d | 1x32d | 3 | -2.00 | -2.00 to -2.00 | < 0.001 | < 0.001 | lower | -1.7 (32x4d vs 1x64d) |"),
+        md.contains("| 32x2d | 1x32d | 3 | -2.00 | -2.00 to -2.00 | < 0.001 | < 0.001 | lower | 0.00 | -1.7 (32x4d vs 1x64d) |"),
         "{md}"
     );
     assert!(
@@ -603,8 +606,22 @@ fn a_cardinality_sweep_reports_paired_intervals_holm_verdicts_and_the_trend() {
         dirs.extend(write_cell(&runs, &sweep_cell(*c, finals), true));
     }
     let out = tmp.path().join("report");
-    write_report(&input(dirs), &out).unwrap();
+    let input = ReportInput {
+        target_half_width: Some(0.2),
+        ..input(dirs)
+    };
+    write_report(&input, &out).unwrap();
     let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+
+    // The spread of the differences, and the seeds that ±0.2 would take at it: sd 0.1826
+    // needs 6 (t(4) 2.776 x 0.1826 / sqrt 5 = 0.227, t(5) 2.571 x 0.1826 / sqrt 6 = 0.192);
+    // sd 0.0816 needs 4 (3 seeds: 4.303 x 0.0816 / sqrt 3 = 0.203).
+    assert!(md.contains("| seeds for ±0.2 |"), "{md}");
+    assert!(
+        md.contains("| no difference detected (±0.29) | 0.18 | 6 |"),
+        "{md}"
+    );
+    assert_eq!(md.matches("| lower | 0.08 | 4 |").count(), 2, "{md}");
 
     // Final and best errors are the end-of-epoch ones, not the lower interim evaluations.
     assert!(

@@ -21,6 +21,8 @@ pub struct ResolvedExperiment {
     pub overrides: Vec<String>,
     /// Every run of the sweep, for every seed.
     pub cells: Vec<RunSpec>,
+    /// The half-width its report's paired intervals should reach, after the preset.
+    pub target_half_width: Option<f64>,
 }
 
 /// `experiments/NAME.yaml` for a bare name; a path (with `/` or a YAML extension) as it is.
@@ -78,6 +80,7 @@ impl ResolvedExperiment {
             preset,
             overrides: overrides.to_vec(),
             cells,
+            target_half_width: resolved.target_half_width,
         })
     }
 }

@@ -89,6 +89,7 @@ pub fn write(
         preset,
         overrides,
         cells,
+        target_half_width,
     } = experiment;
     let default_preset = file.default_preset.as_deref();
     let out = out.unwrap_or_else(|| {
@@ -118,6 +119,7 @@ pub fn write(
         reproduce,
         commit: git_commit(),
         generated: cardinal_train::run::utc_now()[..10].to_string(),
+        target_half_width: *target_half_width,
     };
     let written = cardinal_analysis::write_report(&input, &out)?;
     eprintln!(

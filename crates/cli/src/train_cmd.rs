@@ -357,8 +357,10 @@ pub fn ablate(args: AblateArgs) -> Result<bool> {
     };
     if jobs.jobs > 1 && run.format != Format::Json {
         eprintln!(
-            "{} cells at a time, {} threads each",
-            jobs.jobs, jobs.threads_per_job
+            "{} cells at a time, {} thread{} each",
+            jobs.jobs,
+            jobs.threads_per_job,
+            if jobs.threads_per_job == 1 { "" } else { "s" }
         );
     }
     let all_finished = run_cells(&cells, run, jobs)?;

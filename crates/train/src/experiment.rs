@@ -33,6 +33,12 @@ pub struct Experiment {
     /// The preset used when none is named (`--preset`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_preset: Option<String>,
+    /// The half-width, in percentage points, that the 95% intervals of the report's paired
+    /// differences should reach: the report says how many seeds that takes at the spread it
+    /// measured, so the seeds of a long preset can be sized from a first few. (Serialized
+    /// even when unset, so that an override or a preset can set it.)
+    #[serde(default)]
+    pub target_half_width: Option<f64>,
     /// The text of the file this was read from, to name the line of a bad value.
     #[serde(skip)]
     source: Option<std::sync::Arc<str>>,
@@ -261,6 +267,14 @@ impl Experiment {
             .map_err(|e| anyhow!("{e} ({})", origin_of(&e.key)))?;
         if resolved.seeds.is_empty() {
             bail!("`seeds`: give at least one seed ({})", origin_of("seeds"));
+        }
+        if let Some(w) = resolved.target_half_width {
+            if !(w.is_finite() && w > 0.0) {
+                bail!(
+                    "`target_half_width`: give a positive number of percentage points, not {w} ({})",
+                    origin_of("target_half_width")
+                );
+            }
         }
         Ok((resolved, preset))
     }

@@ -205,6 +205,11 @@ fn bad_values_name_their_key_and_origin() {
             && text.contains("override `train.epochs=0`"),
         "{text}"
     );
+    let text = err(&["target_half_width=-0.2"]);
+    assert!(
+        text.contains("`target_half_width`") && text.contains("override `target_half_width=-0.2`"),
+        "{text}"
+    );
     let text = format!("{:#}", e.resolve(Some("broken"), &[]).unwrap_err());
     assert!(
         text.contains("`train.batch_size`") && text.contains("preset `broken`"),
