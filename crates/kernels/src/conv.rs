@@ -162,6 +162,11 @@ impl Geometry {
 pub(crate) const ROW_BLOCK: usize = 96;
 /// Bytes of packed weights one task keeps in cache while it walks its rows.
 const PANEL_BUDGET: usize = 256 << 10;
+/// Bytes of band weights one task keeps in cache while it walks its rows: a band task takes
+/// as many channel vectors as fit, so that it finds each row's tap pointers once for all of
+/// them (for groups of two or four channels, finding the pointers costs as much as the
+/// products of a vector or two).
+const BAND_BUDGET: usize = 16 << 10;
 /// Pixels of a weight-gradient chunk: its gradient rows stay in cache across the taps.
 pub(crate) const CHUNK: usize = 128;
 /// Tasks the weight gradient aims for (a fixed number, so that its split, and so its
@@ -636,6 +641,20 @@ fn band_weights<T: Element>(w: &[T], geo: &Geometry, band: Band) -> Vec<T> {
     out
 }
 
+/// The channel vectors of a band product cut into the blocks one task takes: as many whole
+/// tiles of `nv_max` vectors as keep the block's weights (`taps` taps) within `BAND_BUDGET`.
+fn band_vector_blocks<T>(
+    band: Band,
+    taps: usize,
+    lanes: usize,
+    nv_max: usize,
+) -> Vec<Range<usize>> {
+    let vectors = band.padded / lanes;
+    let per_vector = taps * band.nd * lanes * std::mem::size_of::<T>();
+    let tiles = (BAND_BUDGET / (per_vector * nv_max).max(1)).max(1);
+    ranges(vectors, tiles * nv_max).collect()
+}
+
 fn band_of(geo: &Geometry, lanes: usize) -> Band {
     let cg = geo.cgi();
     Band {
@@ -662,9 +681,9 @@ pub(crate) fn forward<T: Element>(x: &[T], w: &[T], geo: &Geometry, isa: Isa) ->
         let wb = band_weights(w, geo, band);
         let guard = Guard::new(x, geo.c, lanes);
         let gz = SendPtr(guard.zero() as *mut T);
-        let vectors = geo.c.div_ceil(lanes);
+        let blocks = band_vector_blocks::<T>(band, taps, lanes, nv_max);
         let tasks: Vec<(Range<usize>, Range<usize>)> = ranges(rows, ROW_BLOCK)
-            .flat_map(|r| ranges(vectors, nv_max).map(move |v| (r.clone(), v)))
+            .flat_map(|r| blocks.iter().map(move |v| (r.clone(), v.clone())))
             .collect();
         // SAFETY: the tasks cover every row and channel vector once; each writes the
         // channels of its vectors for its rows.
@@ -827,10 +846,11 @@ pub(crate) fn input_grad<T: Element>(dy: &[T], w: &[T], geo: &Geometry, isa: Isa
                     }
                 }
             }
-            Weights::Band(..) => {
+            Weights::Band(b, _) => {
+                let blocks = band_vector_blocks::<T>(*b, class.taps.len(), lanes, nv_max);
                 for r in ranges(rows, ROW_BLOCK) {
-                    for v in ranges(geo.c.div_ceil(lanes), nv_max) {
-                        tasks.push((ci, r.clone(), Work::BandVectors(v)));
+                    for v in &blocks {
+                        tasks.push((ci, r.clone(), Work::BandVectors(v.clone())));
                     }
                 }
             }
@@ -1481,7 +1501,7 @@ mod tests {
         usize,
     );
 
-    const CASES: [Case; 26] = [
+    const CASES: [Case; 27] = [
         (3, 28, 10, 10, 28, 3, 2, 1, 1),
         (3, 256, 10, 10, 28, 1, 1, 0, 1),
         (3, 256, 10, 10, 512, 1, 2, 0, 1),
@@ -1512,6 +1532,9 @@ mod tests {
         (4, 56, 17, 17, 56, 3, 1, 1, 8),
         (3, 64, 19, 19, 64, 3, 1, 1, 32),
         (5, 27, 12, 13, 27, 3, 1, 1, 9),
+        // Band weights over `BAND_BUDGET`: the channel vectors in several blocks, the last
+        // one shorter (4 channels per group, stride 2 for the input gradient's classes).
+        (2, 136, 5, 5, 136, 3, 2, 1, 34),
     ];
 
     fn close(a: &Tensor, b: &Tensor, tol: f64, what: &str) {
