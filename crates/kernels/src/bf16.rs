@@ -112,6 +112,46 @@ pub(crate) fn from_bf16_vec(values: &[bf16], isa: crate::isa::Isa) -> Vec<f32> {
     out
 }
 
+/// What the units' products are stored as: their f32 sums, or the sums rounded to bf16
+/// (a bf16-mixed convolution's output, as autocast writes it).
+pub(crate) trait Sink: Copy + Send + Sync + 'static {
+    /// Stores `src` at `dst`, rounded to nearest even where `Self` is bf16.
+    ///
+    /// # Safety
+    /// `dst` is valid for `src.len()` writes.
+    unsafe fn store_run(dst: *mut Self, src: &[f32]);
+
+    /// Whole f32 results as `Self` (the paths that sum in f32 kernels).
+    fn from_f32_vec(values: Vec<f32>, isa: crate::isa::Isa) -> Vec<Self>;
+}
+
+impl Sink for f32 {
+    #[inline(always)]
+    unsafe fn store_run(dst: *mut f32, src: &[f32]) {
+        // SAFETY: the caller's promise.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+    }
+
+    fn from_f32_vec(values: Vec<f32>, _: crate::isa::Isa) -> Vec<f32> {
+        values
+    }
+}
+
+impl Sink for bf16 {
+    #[inline(always)]
+    unsafe fn store_run(dst: *mut bf16, src: &[f32]) {
+        let dst = dst as *mut u16;
+        for (i, &v) in src.iter().enumerate() {
+            // SAFETY: the caller's promise.
+            unsafe { *dst.add(i) = to_bf16(v) };
+        }
+    }
+
+    fn from_f32_vec(values: Vec<f32>, isa: crate::isa::Isa) -> Vec<bf16> {
+        to_bf16_vec(&values, isa)
+    }
+}
+
 /// A value the products read: f32 (rounded when packed) or bf16 (as it is).
 pub(crate) trait Source: Copy + Send + Sync + 'static {
     const ZERO: Self;

@@ -1207,11 +1207,12 @@ pub fn products_bf16(x: &[f32], w: &[f32], dy: &[f32], geo: &Geometry, which: us
         groups: geo.groups,
         input_grad: true,
         bf16: true,
+        out_bf16: false,
     };
     match which {
         0 => op.forward_bf16(Bf16Input::F32(x), w, geo, isa),
-        1 => op.input_grad_bf16(dy, w, geo, isa),
-        _ => op.weight_grad_bf16(Bf16Input::F32(x), dy, geo, isa),
+        1 => op.input_grad_bf16::<f32>(Bf16Input::F32(dy), w, geo, isa),
+        _ => op.weight_grad_bf16(Bf16Input::F32(x), Bf16Input::F32(dy), geo, isa),
     }
 }
 
@@ -1224,9 +1225,11 @@ struct Conv2d {
     groups: usize,
     input_grad: bool,
     bf16: bool,
+    out_bf16: bool,
 }
 
 /// An input of the bf16 convolution: f32 (rounded as it is packed) or bf16 values.
+#[derive(Clone, Copy)]
 enum Bf16Input<'a> {
     F32(&'a [f32]),
     Bf16(&'a [half::bf16]),
@@ -1244,8 +1247,6 @@ impl Bf16Input<'_> {
 }
 
 impl Conv2d {
-    /// The bf16 unit this convolution's products run on (None: the f32 kernels on rounded
-    /// values, where the CPU has no unit or the band path serves the geometry).
     /// The bf16 unit this convolution's products run on. Grouped convolutions with fewer
     /// than 32 channels per group take the f32 kernels on rounded values instead: their
     /// products are too narrow for the unit's 32-column blocks, whose packing would cost
@@ -1255,28 +1256,57 @@ impl Conv2d {
         crate::bf16::Unit::of(isa).filter(|_| !narrow && !geo.band(VectorPath::of(isa)))
     }
 
-    fn forward_bf16(&self, x: Bf16Input, w: &[f32], geo: &Geometry, isa: Isa) -> Vec<f32> {
+    /// The output in f32 or, where `O` is bf16, rounded to bf16 (autocast's output).
+    fn forward_bf16<O: crate::bf16::Sink>(
+        &self,
+        x: Bf16Input,
+        w: &[f32],
+        geo: &Geometry,
+        isa: Isa,
+    ) -> Vec<O> {
         match (self.unit(geo, isa), x) {
             (Some(unit), Bf16Input::F32(x)) => crate::conv_bf16::forward(x, w, geo, unit, isa),
             (Some(unit), Bf16Input::Bf16(x)) => crate::conv_bf16::forward(x, w, geo, unit, isa),
-            (None, x) => forward(&x.rounded(isa), &round_vec(w, isa), geo, isa),
-        }
-    }
-
-    fn input_grad_bf16(&self, dy: &[f32], w: &[f32], geo: &Geometry, isa: Isa) -> Vec<f32> {
-        match self.unit(geo, isa) {
-            Some(unit) => crate::conv_bf16::input_grad(dy, w, geo, unit, isa),
-            None => input_grad(&round_vec(dy, isa), &round_vec(w, isa), geo, isa),
-        }
-    }
-
-    fn weight_grad_bf16(&self, x: Bf16Input, dy: &[f32], geo: &Geometry, isa: Isa) -> Vec<f32> {
-        match (self.unit(geo, isa), x) {
-            (Some(unit), Bf16Input::F32(x)) => crate::conv_bf16::weight_grad(x, dy, geo, unit, isa),
-            (Some(unit), Bf16Input::Bf16(x)) => {
-                crate::conv_bf16::weight_grad(x, dy, geo, unit, isa)
+            (None, x) => {
+                O::from_f32_vec(forward(&x.rounded(isa), &round_vec(w, isa), geo, isa), isa)
             }
-            (None, x) => weight_grad(&x.rounded(isa), &round_vec(dy, isa), geo, isa),
+        }
+    }
+
+    /// The input gradient in f32 or, where `O` is bf16 (a bf16 input's), rounded to bf16.
+    fn input_grad_bf16<O: crate::bf16::Sink>(
+        &self,
+        dy: Bf16Input,
+        w: &[f32],
+        geo: &Geometry,
+        isa: Isa,
+    ) -> Vec<O> {
+        match (self.unit(geo, isa), dy) {
+            (Some(unit), Bf16Input::F32(dy)) => crate::conv_bf16::input_grad(dy, w, geo, unit, isa),
+            (Some(unit), Bf16Input::Bf16(dy)) => {
+                crate::conv_bf16::input_grad(dy, w, geo, unit, isa)
+            }
+            (None, dy) => O::from_f32_vec(
+                input_grad(&dy.rounded(isa), &round_vec(w, isa), geo, isa),
+                isa,
+            ),
+        }
+    }
+
+    fn weight_grad_bf16(&self, x: Bf16Input, dy: Bf16Input, geo: &Geometry, isa: Isa) -> Vec<f32> {
+        use crate::conv_bf16::weight_grad as unit_grad;
+        match (self.unit(geo, isa), x, dy) {
+            (Some(unit), Bf16Input::F32(x), Bf16Input::F32(dy)) => unit_grad(x, dy, geo, unit, isa),
+            (Some(unit), Bf16Input::F32(x), Bf16Input::Bf16(dy)) => {
+                unit_grad(x, dy, geo, unit, isa)
+            }
+            (Some(unit), Bf16Input::Bf16(x), Bf16Input::F32(dy)) => {
+                unit_grad(x, dy, geo, unit, isa)
+            }
+            (Some(unit), Bf16Input::Bf16(x), Bf16Input::Bf16(dy)) => {
+                unit_grad(x, dy, geo, unit, isa)
+            }
+            (None, x, dy) => weight_grad(&x.rounded(isa), &dy.rounded(isa), geo, isa),
         }
     }
 }
@@ -1321,9 +1351,15 @@ impl CustomOp2 for Conv2d {
             };
             let y = profile::time(
                 || geo.label("conv bf16 forward"),
-                || self.forward_bf16(x, w, &geo, isa),
+                || {
+                    if self.out_bf16 {
+                        CpuStorage::BF16(self.forward_bf16(x, w, &geo, isa))
+                    } else {
+                        CpuStorage::F32(self.forward_bf16(x, w, &geo, isa))
+                    }
+                },
             );
-            return Ok((f32::to_cpu_storage_owned(y), geo.out_shape()));
+            return Ok((y, geo.out_shape()));
         }
         let y = profile::time(
             || geo.label("conv forward"),
@@ -1355,25 +1391,27 @@ impl CustomOp2 for Conv2d {
         let (ws, wl) = weight.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();
         if self.bf16 {
-            let (wv, gv) = (
-                cpu_slice::<f32>(&ws, wl, "conv2d")?,
-                cpu_slice::<f32>(&gs, gl, "conv2d")?,
-            );
+            let wv = cpu_slice::<f32>(&ws, wl, "conv2d")?;
             let input = match x.dtype() {
                 DType::BF16 => Bf16Input::Bf16(cpu_slice::<half::bf16>(&xs, xl, "conv2d")?),
                 _ => Bf16Input::F32(cpu_slice::<f32>(&xs, xl, "conv2d")?),
             };
+            // The gradient of a bf16 output is bf16; either is rounded as it is packed.
+            let gv = match grad.dtype() {
+                DType::BF16 => Bf16Input::Bf16(cpu_slice::<half::bf16>(&gs, gl, "conv2d")?),
+                _ => Bf16Input::F32(cpu_slice::<f32>(&gs, gl, "conv2d")?),
+            };
             let bf16_input = matches!(input, Bf16Input::Bf16(_));
             let dx = if self.input_grad {
-                let dx = profile::time(
-                    || geo.label("conv bf16 input grad"),
-                    || self.input_grad_bf16(gv, wv, &geo, isa),
-                );
+                let label = || geo.label("conv bf16 input grad");
                 // The gradient of a bf16 tensor is bf16 (as autocast's).
                 Some(if bf16_input {
-                    let dx = crate::bf16::to_bf16_vec(&dx, isa);
+                    let dx: Vec<half::bf16> =
+                        profile::time(label, || self.input_grad_bf16(gv, wv, &geo, isa));
                     Tensor::from_vec(dx, x.shape(), x.device())?
                 } else {
+                    let dx: Vec<f32> =
+                        profile::time(label, || self.input_grad_bf16(gv, wv, &geo, isa));
                     Tensor::from_vec(dx, x.shape(), x.device())?
                 })
             } else {
@@ -1417,8 +1455,12 @@ pub struct ConvOptions {
     pub input_grad: bool,
     /// bf16-mixed: the products take the input and the weight rounded to bf16 and
     /// accumulate in f32 (the weight stays f32, the master copy); the input may be an f32
-    /// or a bf16 tensor, the output is f32. Off: the products run in the input's dtype.
+    /// or a bf16 tensor, the output is f32 (bf16 with `out_bf16`). Off: the products run in
+    /// the input's dtype.
     pub bf16: bool,
+    /// With `bf16`: the output is rounded to bf16, as autocast's convolutions write theirs
+    /// (the f32 sums are rounded once, as they are stored). Its gradient may then be bf16 too.
+    pub out_bf16: bool,
 }
 
 impl ConvOptions {
@@ -1429,12 +1471,21 @@ impl ConvOptions {
             groups,
             input_grad: true,
             bf16: false,
+            out_bf16: false,
         }
     }
 
     /// The same convolution with bf16 products (see `bf16`).
     pub fn bf16(self, on: bool) -> ConvOptions {
         ConvOptions { bf16: on, ..self }
+    }
+
+    /// The same convolution writing a bf16 output (see `out_bf16`; needs `bf16`).
+    pub fn out_bf16(self, on: bool) -> ConvOptions {
+        ConvOptions {
+            out_bf16: on,
+            ..self
+        }
     }
 }
 
@@ -1448,8 +1499,12 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, opts: ConvOptions) -> Result<Tensor> 
         groups,
         input_grad,
         bf16,
+        out_bf16,
     } = opts;
     Geometry::new(x.dims(), weight.dims(), stride, padding, groups)?;
+    if out_bf16 && !bf16 {
+        candle_core::bail!("conv2d: a bf16 output (out_bf16) needs bf16 products (bf16)");
+    }
     let supported = x.device().is_cpu()
         && x.elem_count() > 0
         && if bf16 {
@@ -1470,7 +1525,11 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, opts: ConvOptions) -> Result<Tensor> 
             .conv2d(&weight, padding, stride, 1, groups)?
             .permute((0, 2, 3, 1))?
             .contiguous()?;
-        return if bf16 { y.to_dtype(DType::F32) } else { Ok(y) };
+        return match (bf16, out_bf16) {
+            (true, true) => Ok(y),
+            (true, false) => y.to_dtype(DType::F32),
+            _ => Ok(y),
+        };
     }
     let op = Conv2d {
         stride,
@@ -1478,6 +1537,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, opts: ConvOptions) -> Result<Tensor> 
         groups,
         input_grad: input_grad && x.track_op(),
         bf16,
+        out_bf16,
     };
     x.contiguous()?.apply_op2(&weight.contiguous()?, op)
 }
@@ -1736,6 +1796,7 @@ mod tests {
                     groups: g,
                     input_grad: true,
                     bf16: true,
+                    out_bf16: false,
                 };
                 let draw = |len: usize, seed: u64| -> Vec<f32> {
                     seeded(&[len], DType::F32, seed).to_vec1().unwrap()
@@ -1751,19 +1812,19 @@ mod tests {
                 let checks = [
                     (
                         "output",
-                        op.forward_bf16(Bf16Input::F32(&x), &wt, &geo, isa),
+                        op.forward_bf16::<f32>(Bf16Input::F32(&x), &wt, &geo, isa),
                         forward(&x64, &w64, &geo, reference),
                         forward(&abs(&x64), &abs(&w64), &geo, reference),
                     ),
                     (
                         "input gradient",
-                        op.input_grad_bf16(&dy, &wt, &geo, isa),
+                        op.input_grad_bf16::<f32>(Bf16Input::F32(&dy), &wt, &geo, isa),
                         input_grad(&dy64, &w64, &geo, reference),
                         input_grad(&abs(&dy64), &abs(&w64), &geo, reference),
                     ),
                     (
                         "weight gradient",
-                        op.weight_grad_bf16(Bf16Input::F32(&x), &dy, &geo, isa),
+                        op.weight_grad_bf16(Bf16Input::F32(&x), Bf16Input::F32(&dy), &geo, isa),
                         weight_grad(&x64, &dy64, &geo, reference),
                         weight_grad(&abs(&x64), &abs(&dy64), &geo, reference),
                     ),
@@ -1778,15 +1839,48 @@ mod tests {
                 }
                 // A bf16 input tensor gives the same products as its f32 values.
                 let xb: Vec<half::bf16> = x.iter().map(|&v| half::bf16::from_f32(v)).collect();
+                let y = op.forward_bf16::<f32>(Bf16Input::F32(&x), &wt, &geo, isa);
                 assert_eq!(
-                    op.forward_bf16(Bf16Input::Bf16(&xb), &wt, &geo, isa),
-                    op.forward_bf16(Bf16Input::F32(&x), &wt, &geo, isa),
+                    op.forward_bf16::<f32>(Bf16Input::Bf16(&xb), &wt, &geo, isa),
+                    y,
                     "{isa} case {i}: bf16 input"
                 );
+                // A bf16 output is the f32 output rounded to nearest even, bit for bit.
+                let yb: Vec<half::bf16> = op.forward_bf16(Bf16Input::Bf16(&xb), &wt, &geo, isa);
+                let rounded: Vec<half::bf16> = y.iter().map(|&v| half::bf16::from_f32(v)).collect();
+                assert!(
+                    yb.iter()
+                        .zip(&rounded)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{isa} case {i}: bf16 output"
+                );
+                let dw = op.weight_grad_bf16(Bf16Input::F32(&x), Bf16Input::F32(&dy), &geo, isa);
                 assert_eq!(
-                    op.weight_grad_bf16(Bf16Input::Bf16(&xb), &dy, &geo, isa),
-                    op.weight_grad_bf16(Bf16Input::F32(&x), &dy, &geo, isa),
+                    op.weight_grad_bf16(Bf16Input::Bf16(&xb), Bf16Input::F32(&dy), &geo, isa),
+                    dw,
                     "{isa} case {i}: bf16 input, weight gradient"
+                );
+                // A bf16 gradient gives the products of its f32 values, which are rounded to
+                // bf16 as they are packed anyway: the same bits as the f32 gradient's.
+                let dyb: Vec<half::bf16> = dy.iter().map(|&v| half::bf16::from_f32(v)).collect();
+                assert_eq!(
+                    op.weight_grad_bf16(Bf16Input::Bf16(&xb), Bf16Input::Bf16(&dyb), &geo, isa),
+                    dw,
+                    "{isa} case {i}: bf16 gradient, weight gradient"
+                );
+                let dx: Vec<f32> = op.input_grad_bf16(Bf16Input::F32(&dy), &wt, &geo, isa);
+                assert_eq!(
+                    op.input_grad_bf16::<f32>(Bf16Input::Bf16(&dyb), &wt, &geo, isa),
+                    dx,
+                    "{isa} case {i}: bf16 gradient, input gradient"
+                );
+                let dxb: Vec<half::bf16> =
+                    op.input_grad_bf16(Bf16Input::Bf16(&dyb), &wt, &geo, isa);
+                assert!(
+                    dxb.iter()
+                        .zip(&dx)
+                        .all(|(a, &b)| a.to_bits() == half::bf16::from_f32(b).to_bits()),
+                    "{isa} case {i}: bf16 input gradient"
                 );
             }
         }
@@ -1812,5 +1906,47 @@ mod tests {
         let grads = y.sum_all().unwrap().backward().unwrap();
         assert_eq!(grads.get(x.as_tensor()).unwrap().dtype(), DType::BF16);
         assert_eq!(grads.get(wt.as_tensor()).unwrap().dtype(), DType::F32);
+        // With a bf16 output, the output and its gradient are bf16 too, and the weight's
+        // gradient is the one the f32 output gets: the upstream gradient, 1 everywhere, is
+        // exact in bf16.
+        let options = ConvOptions::new(1, 1, 1).bf16(true).out_bf16(true);
+        let yb = conv2d(x.as_tensor(), wt.as_tensor(), options).unwrap();
+        assert_eq!(yb.dtype(), DType::BF16);
+        assert_eq!(
+            yb.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            y.to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        );
+        let grads_b = yb.sum_all().unwrap().backward().unwrap();
+        assert_eq!(grads_b.get(x.as_tensor()).unwrap().dtype(), DType::BF16);
+        let dw = |g: &candle_core::backprop::GradStore| {
+            g.get(wt.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(dw(&grads_b), dw(&grads));
+        let refused = conv2d(
+            x.as_tensor(),
+            wt.as_tensor(),
+            ConvOptions::new(1, 1, 1).out_bf16(true),
+        );
+        assert!(refused
+            .unwrap_err()
+            .to_string()
+            .contains("needs bf16 products"));
     }
 }

@@ -16,7 +16,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::bf16::{
-    gather_column, interleave_rows, pack_row_unit, padded_k, Source, Unit, Vnni, BLOCK,
+    gather_column, interleave_rows, pack_row_unit, padded_k, Sink, Source, Unit, Vnni, BLOCK,
 };
 use crate::conv::{
     classes, forward_pointers, grad_split, ranges, sum_parts, tap_offsets, written_by, Geometry,
@@ -30,13 +30,13 @@ const TASK_ROWS: usize = 4 * BLOCK;
 
 /// Rows `rows` of a product: for each block of 32, the rows' tap pointers (`pointers`)
 /// packed into A, times every panel of `b`, each block's C copied to the rows' outputs
-/// (`out_row(r)`, `b.n` values from it).
+/// (`out_row(r)`, `b.n` values from it), as f32 or rounded to bf16.
 ///
 /// # Safety
 /// Pointers are valid for `kc` reads; `out_row(r)` is valid for `b.n` writes for every row
 /// r of `rows`; `b` is `taps * kc` deep.
 #[allow(clippy::too_many_arguments)]
-unsafe fn block_rows<X: Source>(
+unsafe fn block_rows<X: Source, O: Sink>(
     unit: Unit,
     isa: Isa,
     rows: Range<usize>,
@@ -45,7 +45,7 @@ unsafe fn block_rows<X: Source>(
     zero: *const X,
     b: &Vnni,
     pointers: impl Fn(usize, &mut [*const X]),
-    out_row: impl Fn(usize) -> *mut f32,
+    out_row: impl Fn(usize) -> *mut O,
 ) {
     let kpad = b.kpad;
     let mut a = vec![0u16; BLOCK * kpad];
@@ -76,10 +76,12 @@ unsafe fn block_rows<X: Source>(
                     };
                     for i in 0..valid {
                         // SAFETY: the row's output holds b.n values (the caller's promise).
-                        let out = unsafe {
-                            std::slice::from_raw_parts_mut(out_row(start + i).add(p * BLOCK), width)
+                        unsafe {
+                            O::store_run(
+                                out_row(start + i).add(p * BLOCK),
+                                &c[i * BLOCK..i * BLOCK + width],
+                            )
                         };
-                        out.copy_from_slice(&c[i * BLOCK..i * BLOCK + width]);
                     }
                 }
                 start += valid;
@@ -88,14 +90,14 @@ unsafe fn block_rows<X: Source>(
     );
 }
 
-/// y = conv(x, w) in bf16 products: [n, ho, wo, c_out] f32.
-pub(crate) fn forward<X: Source>(
+/// y = conv(x, w) in bf16 products: [n, ho, wo, c_out], f32 or rounded to bf16.
+pub(crate) fn forward<X: Source, O: Sink>(
     x: &[X],
     w: &[f32],
     geo: &Geometry,
     unit: Unit,
     isa: Isa,
-) -> Vec<f32> {
+) -> Vec<O> {
     let (cgi, cgo, taps) = (geo.cgi(), geo.cgo(), geo.taps());
     let packed: Vec<Vnni> = (0..geo.groups)
         .map(|g| {
@@ -117,7 +119,7 @@ pub(crate) fn forward<X: Source>(
         .collect();
     // SAFETY: the tasks cover every (row, group) once and write the group's columns.
     unsafe {
-        written_by(rows * geo.c_out, |out: SendPtr<f32>| {
+        written_by(rows * geo.c_out, |out: SendPtr<O>| {
             tasks.par_iter().for_each(|(g, rows)| {
                 block_rows(
                     unit,
@@ -139,8 +141,15 @@ pub(crate) fn forward<X: Source>(
     }
 }
 
-/// dx of y = conv(x, w) given dy, in bf16 products: [n, h, w, c] f32.
-pub(crate) fn input_grad(dy: &[f32], w: &[f32], geo: &Geometry, unit: Unit, isa: Isa) -> Vec<f32> {
+/// dx of y = conv(x, w) given dy (f32 or bf16), in bf16 products: [n, h, w, c], f32 or
+/// rounded to bf16.
+pub(crate) fn input_grad<D: Source, O: Sink>(
+    dy: &[D],
+    w: &[f32],
+    geo: &Geometry,
+    unit: Unit,
+    isa: Isa,
+) -> Vec<O> {
     let (cgi, cgo, taps) = (geo.cgi(), geo.cgo(), geo.taps());
     let classes = classes(geo);
     let packed: Vec<Vec<Vnni>> = classes
@@ -157,10 +166,10 @@ pub(crate) fn input_grad(dy: &[f32], w: &[f32], geo: &Geometry, unit: Unit, isa:
                 .collect()
         })
         .collect();
-    let zero = vec![0f32; geo.c_out];
+    let zero = vec![D::ZERO; geo.c_out];
     let (dyp, zp) = (
-        SendPtr(dy.as_ptr() as *mut f32),
-        SendPtr(zero.as_ptr() as *mut f32),
+        SendPtr(dy.as_ptr() as *mut D),
+        SendPtr(zero.as_ptr() as *mut D),
     );
     let mut tasks: Vec<(usize, usize, Range<usize>)> = Vec::new();
     for (ci, class) in classes.iter().enumerate() {
@@ -174,17 +183,17 @@ pub(crate) fn input_grad(dy: &[f32], w: &[f32], geo: &Geometry, unit: Unit, isa:
     // SAFETY: the classes partition the input pixels; within a class the tasks cover every
     // row and group once; tap-less classes write their rows' zeros.
     unsafe {
-        written_by(geo.in_pixels() * geo.c, |out: SendPtr<f32>| {
+        written_by(geo.in_pixels() * geo.c, |out: SendPtr<O>| {
             tasks.par_iter().for_each(|(ci, g, rows)| {
                 let class = &classes[*ci];
                 if class.taps.is_empty() {
+                    let zeros = vec![0f32; geo.c];
                     for r in rows.clone() {
-                        let row = out.get().add(class.offset(geo, r));
-                        std::slice::from_raw_parts_mut(row, geo.c).fill(0.0);
+                        O::store_run(out.get().add(class.offset(geo, r)), &zeros);
                     }
                     return;
                 }
-                block_rows(
+                block_rows::<D, O>(
                     unit,
                     isa,
                     rows.clone(),
@@ -202,10 +211,10 @@ pub(crate) fn input_grad(dy: &[f32], w: &[f32], geo: &Geometry, unit: Unit, isa:
     }
 }
 
-/// dw of y = conv(x, w) given dy, in bf16 products, in torchvision's layout.
-pub(crate) fn weight_grad<X: Source>(
+/// dw of y = conv(x, w) given dy (f32 or bf16), in bf16 products, in torchvision's layout.
+pub(crate) fn weight_grad<X: Source, D: Source>(
     x: &[X],
-    dy: &[f32],
+    dy: &[D],
     geo: &Geometry,
     unit: Unit,
     isa: Isa,
@@ -246,6 +255,13 @@ pub(crate) fn weight_grad<X: Source>(
         let mut a = vec![0u16; m_blocks * BLOCK * kcp];
         let mut b = vec![0u16; block.len() * kcp * BLOCK];
         let mut table = vec![zp.get() as *const X; taps * chunk];
+        // A bf16 gradient's chunk, widened to f32 rows of the group's channels: what the
+        // column gathers read (they gather 32-bit values).
+        let mut widened = if D::F32 {
+            Vec::new()
+        } else {
+            vec![0f32; chunk * cgo]
+        };
         let _ = isa;
         unit.session(
             #[inline(always)]
@@ -259,12 +275,25 @@ pub(crate) fn weight_grad<X: Source>(
                     if len < kc || cgo < m_blocks * BLOCK {
                         a.fill(0);
                     }
-                    let rows = dy[first * geo.c_out + g * cgo..].as_ptr();
+                    let (rows, stride) = if D::F32 {
+                        (
+                            dy[first * geo.c_out + g * cgo..].as_ptr() as *const f32,
+                            geo.c_out,
+                        )
+                    } else {
+                        for (i, row) in widened.chunks_exact_mut(cgo).take(len).enumerate() {
+                            let from = (first + i) * geo.c_out + g * cgo;
+                            for (o, v) in row.iter_mut().zip(&dy[from..from + cgo]) {
+                                *o = crate::bf16::from_bf16(v.bits());
+                            }
+                        }
+                        (widened.as_ptr(), cgo)
+                    };
                     for co in 0..cgo {
-                        // SAFETY: the chunk's `len` rows of dy hold the group's channels, and
-                        // row co of A has kc >= len values.
+                        // SAFETY: the chunk's `len` rows (`stride` values apart) hold the
+                        // group's channels, and row co of A has kc >= len values.
                         unsafe {
-                            gather_column(rows.add(co), geo.c_out, len, a[co * kc..].as_mut_ptr())
+                            gather_column(rows.add(co), stride, len, a[co * kc..].as_mut_ptr())
                         };
                     }
                     // B: the input rows of each tap, pixels in pairs, panels of `block`.

@@ -108,15 +108,32 @@ unsafe fn store_row<S: Simd>(row: *mut S::E, v: usize, c: usize, value: S::V) {
     }
 }
 
-/// The upstream gradient of a BN backward: in the activations' dtype, or bf16 (the gradient
-/// of a bf16 output), read and widened inside the passes.
+/// Rows that a pass reads: the input x or the upstream gradient dy, in the dtype the pass
+/// computes in, or bf16 (a bf16-mixed convolution's output, or the gradient of a bf16
+/// output), widened inside the passes.
 #[derive(Clone, Copy)]
-enum Grad<'a, T> {
+enum Rows<'a, T> {
     Values(&'a [T]),
     Bf16(&'a [half::bf16]),
 }
 
-impl<T> Grad<'_, T> {
+impl<T: Element> Rows<'_, T> {
+    /// Values held.
+    fn len(&self) -> usize {
+        match self {
+            Rows::Values(v) => v.len(),
+            Rows::Bf16(v) => v.len(),
+        }
+    }
+
+    /// The first `c` values, widened.
+    fn first(&self, c: usize) -> Vec<T> {
+        match self {
+            Rows::Values(v) => v[..c].to_vec(),
+            Rows::Bf16(v) => v[..c].iter().map(|b| T::from_f64(b.to_f64())).collect(),
+        }
+    }
+
     /// Channel vector `v` of row `row`.
     ///
     /// # Safety
@@ -126,8 +143,8 @@ impl<T> Grad<'_, T> {
         // SAFETY: the caller's promise.
         unsafe {
             match self {
-                Grad::Values(dy) => load_row::<S>(dy.as_ptr().add(row * c), v, c),
-                Grad::Bf16(dy) => {
+                Rows::Values(dy) => load_row::<S>(dy.as_ptr().add(row * c), v, c),
+                Rows::Bf16(dy) => {
                     let at = v * S::LANES;
                     let p = (dy.as_ptr() as *const u16).add(row * c + at);
                     S::load_bf16(p, (c - at).min(S::LANES))
@@ -158,8 +175,8 @@ enum Sums {
 #[allow(clippy::too_many_arguments)]
 unsafe fn sum_rows<S: Simd, const MR: usize>(
     kind: Sums,
-    x: &[S::E],
-    dy: Grad<S::E>,
+    x: Rows<S::E>,
+    dy: Rows<S::E>,
     c: usize,
     rows: Range<usize>,
     (p, q, m): (*const S::E, *const S::E, *const S::E),
@@ -182,7 +199,7 @@ unsafe fn sum_rows<S: Simd, const MR: usize>(
                 );
                 let (mut sa, mut sb) = (S::zero(), S::zero());
                 for r in start..end {
-                    let xv = load_row::<S>(x.as_ptr().add(r * c), v, c);
+                    let xv = x.load::<S>(r, v, c);
                     match kind {
                         Sums::Shifted => {
                             let d = S::sub(xv, pv);
@@ -222,8 +239,8 @@ unsafe fn sum_rows<S: Simd, const MR: usize>(
 /// Two per-channel sums over all rows, in the fixed task order.
 fn channel_sums<T: Element>(
     kind: Sums,
-    x: &[T],
-    dy: Grad<T>,
+    x: Rows<T>,
+    dy: Rows<T>,
     c: usize,
     isa: Isa,
     vectors: (&Channels<T>, &Channels<T>, &Channels<T>),
@@ -287,8 +304,8 @@ enum Map {
 #[allow(clippy::too_many_arguments)]
 unsafe fn map_rows_simd<S: Simd, const MR: usize>(
     kind: Map,
-    x: &[S::E],
-    dy: Grad<S::E>,
+    x: Rows<S::E>,
+    dy: Rows<S::E>,
     c: usize,
     rows: Range<usize>,
     vectors: [*const S::E; 5],
@@ -299,10 +316,9 @@ unsafe fn map_rows_simd<S: Simd, const MR: usize>(
     // SAFETY: rows lie in x and dy and their outputs in `out`; vectors are whole.
     unsafe {
         for (i, row) in rows.enumerate() {
-            let xr = x.as_ptr().add(row * c);
             for v in 0..vn {
                 let at = v * S::LANES;
-                let xv = load_row::<S>(xr, v, c);
+                let xv = x.load::<S>(row, v, c);
                 let pre = S::fma(xv, S::load(p.add(at)), S::load(q.add(at)));
                 let value = match kind {
                     Map::Affine { relu } => {
@@ -341,8 +357,8 @@ unsafe fn map_rows_simd<S: Simd, const MR: usize>(
 /// the input's dtype, or bf16.
 fn map_rows<T: Element, O: Copy + Send + Sync + 'static>(
     kind: Map,
-    x: &[T],
-    dy: Grad<T>,
+    x: Rows<T>,
+    dy: Rows<T>,
     c: usize,
     isa: Isa,
     vectors: [&Channels<T>; 5],
@@ -410,7 +426,7 @@ fn scale_shift<T: WithDType>(
 }
 
 fn train_forward<T: Element, O: Copy + Send + Sync + 'static>(
-    x: &[T],
+    x: Rows<T>,
     weight: &[T],
     bias: &[T],
     c: usize,
@@ -421,14 +437,15 @@ fn train_forward<T: Element, O: Copy + Send + Sync + 'static>(
     let count = x.len() / c;
     // Sums shifted by the first row's values, so that the sum of squares does not cancel
     // catastrophically when the mean is large against the spread.
-    let first = Channels::new(&x[..c], lanes);
-    let none = Grad::Values(&[]);
+    let first_row = x.first(c);
+    let first = Channels::new(&first_row, lanes);
+    let none = Rows::Values(&[]);
     let (s, ss) = channel_sums(Sums::Shifted, x, none, c, isa, (&first, &first, &first));
     let mut mean = Vec::with_capacity(c);
     let mut var = Vec::with_capacity(c);
     for ch in 0..c {
         let centred = s[ch] / count as f64;
-        mean.push(x[ch].to_f64() + centred);
+        mean.push(first_row[ch].to_f64() + centred);
         // Clamp rounding below zero, but keep a NaN (from an infinite input) a NaN.
         let v = ss[ch] / count as f64 - centred * centred;
         var.push(if v < 0.0 { 0.0 } else { v });
@@ -455,16 +472,16 @@ fn train_forward<T: Element, O: Copy + Send + Sync + 'static>(
 
 /// Input, weight and bias gradients of training-mode BN.
 #[allow(clippy::too_many_arguments)]
-fn train_backward<T: Element>(
-    x: &[T],
-    dy: Grad<T>,
+fn train_backward<T: Element, O: Copy + Send + Sync + 'static>(
+    x: Rows<T>,
+    dy: Rows<T>,
     weight: &[T],
     bias: &[T],
     c: usize,
     relu: bool,
     stats: &BatchStats,
     isa: Isa,
-) -> (Vec<T>, Vec<T>, Vec<T>) {
+) -> (Vec<O>, Vec<T>, Vec<T>) {
     let (lanes, _, _) = tile_shape::<T>(isa);
     let m = stats.count as f64;
     let (scale, shift) = scale_shift(weight, bias, &stats.mean, &stats.invstd);
@@ -525,7 +542,7 @@ struct ChannelAffine {
 }
 
 fn affine_forward<T: Element, O: Copy + Send + Sync + 'static>(
-    x: &[T],
+    x: Rows<T>,
     scale: &[T],
     shift: &[T],
     c: usize,
@@ -537,22 +554,22 @@ fn affine_forward<T: Element, O: Copy + Send + Sync + 'static>(
     map_rows(
         Map::Affine { relu },
         x,
-        Grad::Values(&[]),
+        Rows::Values(&[]),
         c,
         isa,
         [&scale, &shift, &scale, &scale, &scale],
     )
 }
 
-fn affine_backward<T: Element>(
-    x: &[T],
-    dy: Grad<T>,
+fn affine_backward<T: Element, O: Copy + Send + Sync + 'static>(
+    x: Rows<T>,
+    dy: Rows<T>,
     scale: &[T],
     shift: &[T],
     c: usize,
     relu: bool,
     isa: Isa,
-) -> (Vec<T>, Vec<T>, Vec<T>) {
+) -> (Vec<O>, Vec<T>, Vec<T>) {
     let (lanes, _, _) = tile_shape::<T>(isa);
     let (scale, shift) = (Channels::new(scale, lanes), Channels::new(shift, lanes));
     let (dscale, dshift) = channel_sums(
@@ -595,20 +612,24 @@ impl CustomOp3 for BatchNormTrain {
         let _span = crate::profile::Span::new("batch norm (train) forward");
         let (_, c) = rows_of(l1, self.name())?;
         let isa = isa::selected();
-        let (out, stats) = if self.out_bf16 {
-            let (out, stats) = train_forward::<f32, half::bf16>(
-                contiguous(s1.as_slice::<f32>()?, l1, self.name())?,
+        let (out, stats) = if s1.dtype() == DType::BF16 || self.out_bf16 {
+            // bf16 input or output: the passes compute in f32.
+            let x = bf16_or_f32_rows(s1, l1, self.name())?;
+            let (w, b) = (
                 contiguous(s2.as_slice::<f32>()?, l2, self.name())?,
                 contiguous(s3.as_slice::<f32>()?, l3, self.name())?,
-                c,
-                self,
-                isa,
             );
-            (CpuStorage::BF16(out), stats)
+            if self.out_bf16 {
+                let (out, stats) = train_forward::<f32, half::bf16>(x, w, b, c, self, isa);
+                (CpuStorage::BF16(out), stats)
+            } else {
+                let (out, stats) = train_forward::<f32, f32>(x, w, b, c, self, isa);
+                (CpuStorage::F32(out), stats)
+            }
         } else {
             float_dispatch!(s1.dtype(), self.name(), T => {
                 let (out, stats) = train_forward::<T, T>(
-                    contiguous(s1.as_slice::<T>()?, l1, self.name())?,
+                    Rows::Values(contiguous(s1.as_slice::<T>()?, l1, self.name())?),
                     contiguous(s2.as_slice::<T>()?, l2, self.name())?,
                     contiguous(s3.as_slice::<T>()?, l3, self.name())?,
                     c,
@@ -645,14 +666,28 @@ impl CustomOp3 for BatchNormTrain {
         let (_, c) = rows_of(xl, self.name())?;
         let isa = isa::selected();
         let device = x.device();
+        if x.dtype() == DType::BF16 {
+            // The gradient of a bf16 input is bf16 (as autocast's), computed in f32.
+            let (dx, dw, db) = train_backward::<f32, half::bf16>(
+                Rows::Bf16(cpu_slice(&xs, xl, self.name())?),
+                rows_of_grad(&gs, gl, self.name())?,
+                cpu_slice(&ws, wl, self.name())?,
+                cpu_slice(&bs, bl, self.name())?,
+                c,
+                self.relu,
+                &stats,
+                isa,
+            );
+            return Ok((
+                Some(Tensor::from_vec(dx, x.shape(), device)?),
+                Some(Tensor::from_vec(dw, c, device)?),
+                Some(Tensor::from_vec(db, c, device)?),
+            ));
+        }
         float_dispatch!(x.dtype(), self.name(), T => {
-            let dy = match grad.dtype() {
-                DType::BF16 => Grad::Bf16(cpu_slice(&gs, gl, self.name())?),
-                _ => Grad::Values(cpu_slice(&gs, gl, self.name())?),
-            };
-            let (dx, dw, db) = train_backward::<T>(
-                cpu_slice(&xs, xl, self.name())?,
-                dy,
+            let (dx, dw, db) = train_backward::<T, T>(
+                Rows::Values(cpu_slice(&xs, xl, self.name())?),
+                rows_of_grad(&gs, gl, self.name())?,
                 cpu_slice(&ws, wl, self.name())?,
                 cpu_slice(&bs, bl, self.name())?,
                 c,
@@ -687,16 +722,20 @@ impl CustomOp3 for ChannelAffine {
         let (_, c) = rows_of(l1, self.name())?;
         let isa = isa::selected();
         let relu = self.relu;
-        let out = if self.out_bf16 {
-            let x = contiguous(s1.as_slice::<f32>()?, l1, self.name())?;
+        let out = if s1.dtype() == DType::BF16 || self.out_bf16 {
+            let x = bf16_or_f32_rows(s1, l1, self.name())?;
             let scale = contiguous(s2.as_slice::<f32>()?, l2, self.name())?;
             let shift = contiguous(s3.as_slice::<f32>()?, l3, self.name())?;
-            CpuStorage::BF16(affine_forward::<f32, half::bf16>(
-                x, scale, shift, c, relu, isa,
-            ))
+            if self.out_bf16 {
+                CpuStorage::BF16(affine_forward::<f32, half::bf16>(
+                    x, scale, shift, c, relu, isa,
+                ))
+            } else {
+                CpuStorage::F32(affine_forward::<f32, f32>(x, scale, shift, c, relu, isa))
+            }
         } else {
             float_dispatch!(s1.dtype(), self.name(), T => {
-                let x = contiguous(s1.as_slice::<T>()?, l1, self.name())?;
+                let x = Rows::Values(contiguous(s1.as_slice::<T>()?, l1, self.name())?);
                 let scale = contiguous(s2.as_slice::<T>()?, l2, self.name())?;
                 let shift = contiguous(s3.as_slice::<T>()?, l3, self.name())?;
                 storage(affine_forward::<T, T>(x, scale, shift, c, relu, isa))
@@ -722,14 +761,26 @@ impl CustomOp3 for ChannelAffine {
         let (_, c) = rows_of(xl, self.name())?;
         let isa = isa::selected();
         let device = x.device();
+        if x.dtype() == DType::BF16 {
+            let (dx, dscale, dshift) = affine_backward::<f32, half::bf16>(
+                Rows::Bf16(cpu_slice(&xs, xl, self.name())?),
+                rows_of_grad(&gs, gl, self.name())?,
+                cpu_slice(&ss, sl, self.name())?,
+                cpu_slice(&ts, tl, self.name())?,
+                c,
+                self.relu,
+                isa,
+            );
+            return Ok((
+                Some(Tensor::from_vec(dx, x.shape(), device)?),
+                Some(Tensor::from_vec(dscale, c, device)?),
+                Some(Tensor::from_vec(dshift, c, device)?),
+            ));
+        }
         float_dispatch!(x.dtype(), self.name(), T => {
-            let dy = match grad.dtype() {
-                DType::BF16 => Grad::Bf16(cpu_slice(&gs, gl, self.name())?),
-                _ => Grad::Values(cpu_slice(&gs, gl, self.name())?),
-            };
-            let (dx, dscale, dshift) = affine_backward::<T>(
-                cpu_slice(&xs, xl, self.name())?,
-                dy,
+            let (dx, dscale, dshift) = affine_backward::<T, T>(
+                Rows::Values(cpu_slice(&xs, xl, self.name())?),
+                rows_of_grad(&gs, gl, self.name())?,
                 cpu_slice(&ss, sl, self.name())?,
                 cpu_slice(&ts, tl, self.name())?,
                 c,
@@ -768,7 +819,7 @@ pub fn batch_norm_train_to(
     out_bf16: bool,
 ) -> Result<(Tensor, BatchStats)> {
     let (rows, _) = check_channels(x, &[weight, bias], "batch-norm")?;
-    check_bf16_output(x, out_bf16)?;
+    check_bf16_output(x, weight, out_bf16)?;
     if rows < 2 {
         // PyTorch refuses this too: one value per channel has no variance to normalize by.
         candle_core::bail!(
@@ -826,21 +877,46 @@ pub fn batch_norm_eval_to(
     out_bf16: bool,
 ) -> Result<Tensor> {
     check_channels(x, &[weight, bias, running_mean, running_var], "batch-norm")?;
-    check_bf16_output(x, out_bf16)?;
+    check_bf16_output(x, weight, out_bf16)?;
     let scale = (weight / (running_var + eps)?.sqrt()?)?;
     let shift = (bias - (running_mean * &scale)?)?;
     x.contiguous()?
         .apply_op3(&scale, &shift, ChannelAffine { relu, out_bf16 })
 }
 
-fn check_bf16_output(x: &Tensor, out_bf16: bool) -> Result<()> {
-    if out_bf16 && x.dtype() != DType::F32 {
+/// A bf16 input or output goes with f32 parameters (the bf16-mixed setting); f64 stays f64.
+fn check_bf16_output(x: &Tensor, weight: &Tensor, out_bf16: bool) -> Result<()> {
+    if (out_bf16 || x.dtype() == DType::BF16)
+        && !(matches!(x.dtype(), DType::F32 | DType::BF16) && weight.dtype() == DType::F32)
+    {
         candle_core::bail!(
-            "batch-norm: a bf16 output needs an f32 input, got {:?}",
-            x.dtype()
+            "batch-norm: a bf16 input or output needs f32 parameters and an f32 or bf16 \
+             input, got input {:?} and parameters {:?}",
+            x.dtype(),
+            weight.dtype()
         );
     }
     Ok(())
+}
+
+/// The rows of a bf16 or f32 input, for the passes that compute in f32.
+fn bf16_or_f32_rows<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<Rows<'a, f32>> {
+    Ok(match s.dtype() {
+        DType::BF16 => Rows::Bf16(contiguous(s.as_slice::<half::bf16>()?, l, op)?),
+        _ => Rows::Values(contiguous(s.as_slice::<f32>()?, l, op)?),
+    })
+}
+
+/// The upstream gradient's rows: bf16 (the gradient of a bf16 output) or the pass's dtype.
+fn rows_of_grad<'a, T: Element + WithDType>(
+    s: &'a candle_core::Storage,
+    l: &Layout,
+    op: &str,
+) -> Result<Rows<'a, T>> {
+    Ok(match s.dtype() {
+        DType::BF16 => Rows::Bf16(cpu_slice(s, l, op)?),
+        _ => Rows::Values(cpu_slice(s, l, op)?),
+    })
 }
 
 /// (rows, C) of a channels-last x [..., C], after checking that every per-channel tensor
@@ -1117,5 +1193,80 @@ mod tests {
                 assert!(diff <= 1e-4 * scale, "train={train}: {diff} of {scale}");
             }
         }
+    }
+
+    /// A bf16 input (a bf16-mixed convolution's output) is read as its f32 values: the
+    /// output and the parameters' gradients are those of the widened input bit for bit, and
+    /// the input's gradient is bf16, the f32 one rounded; refused with f64 parameters.
+    #[test]
+    fn bf16_inputs_are_read_as_their_f32_values() {
+        let xb = Var::from_tensor(
+            &seeded(&[3, 5, 4, 20], DType::F32, 21)
+                .to_dtype(DType::BF16)
+                .unwrap(),
+        )
+        .unwrap();
+        let x32 = Var::from_tensor(&xb.as_tensor().to_dtype(DType::F32).unwrap()).unwrap();
+        let w = Var::from_tensor(&rand(&[20], DType::F32, 1.0, 22)).unwrap();
+        let b = Var::from_tensor(&rand(&[20], DType::F32, 0.0, 23)).unwrap();
+        let rv = (rand(&[20], DType::F32, 0.0, 24).abs().unwrap() + 0.5).unwrap();
+        let up = seeded(&[3, 5, 4, 20], DType::F32, 25);
+        let flat = |t: &Tensor| -> Vec<f32> {
+            t.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        for train in [true, false] {
+            for out_bf16 in [false, true] {
+                let run = |x: &Var| {
+                    let y = if train {
+                        batch_norm_train_to(
+                            x.as_tensor(),
+                            w.as_tensor(),
+                            b.as_tensor(),
+                            1e-5,
+                            true,
+                            out_bf16,
+                        )
+                        .unwrap()
+                        .0
+                    } else {
+                        batch_norm_eval_to(
+                            x.as_tensor(),
+                            w.as_tensor(),
+                            b.as_tensor(),
+                            (&rv, &rv),
+                            1e-5,
+                            true,
+                            out_bf16,
+                        )
+                        .unwrap()
+                    };
+                    let loss = (y.to_dtype(DType::F32).unwrap() * &up).unwrap();
+                    let grads = loss.sum_all().unwrap().backward().unwrap();
+                    let g: Vec<Tensor> = [x, &w, &b]
+                        .iter()
+                        .map(|v| grads.get(v.as_tensor()).unwrap().clone())
+                        .collect();
+                    (y, g)
+                };
+                let (yb, gb) = run(&xb);
+                let (y32, g32) = run(&x32);
+                let what = format!("train={train} out_bf16={out_bf16}");
+                assert_eq!(yb.dtype(), y32.dtype(), "{what}");
+                assert_eq!(flat(&yb), flat(&y32), "{what}: output");
+                assert_eq!(gb[0].dtype(), DType::BF16, "{what}");
+                let rounded = g32[0].to_dtype(DType::BF16).unwrap();
+                assert_eq!(flat(&gb[0]), flat(&rounded), "{what}: input gradient");
+                assert_eq!(flat(&gb[1]), flat(&g32[1]), "{what}: weight gradient");
+                assert_eq!(flat(&gb[2]), flat(&g32[2]), "{what}: bias gradient");
+            }
+        }
+        let w64 = w.as_tensor().to_dtype(DType::F64).unwrap();
+        let err = batch_norm_train_to(xb.as_tensor(), &w64, &w64, 1e-5, false, false).unwrap_err();
+        assert!(err.to_string().contains("needs f32 parameters"), "{err}");
     }
 }

@@ -184,14 +184,25 @@ impl Conv {
     }
 }
 
+/// Where a convolution's output goes: into a batch norm (in bf16-mixed it is then written
+/// in bf16, as autocast's convolutions write theirs, and the norm reads it so) or into a
+/// sum with other convolutions' outputs (form A's paths: kept in f32, so the paths add in
+/// f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutputTo {
+    Norm,
+    Sum,
+}
+
 impl Conv {
-    fn forward(&self, x: &Tensor, pass: Pass) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, pass: Pass, into: OutputTo) -> candle_core::Result<Tensor> {
         // On the CPU every convolution is cardinal's kernel (channels-last, products over
         // the whole batch); candle's conv2d stays the reference and serves other devices.
         if pass.fused {
             let options =
                 cardinal_kernels::ConvOptions::new(self.stride, self.padding, self.groups)
-                    .bf16(pass.bf16);
+                    .bf16(pass.bf16)
+                    .out_bf16(pass.bf16 && into == OutputTo::Norm);
             cardinal_kernels::conv2d(x, &self.weight, options)
         } else {
             x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)
@@ -307,7 +318,7 @@ fn conv_bn(
     relu: bool,
     feeds: Feeds,
 ) -> candle_core::Result<Tensor> {
-    bn.forward(&conv.forward(x, pass)?, pass, relu, feeds)
+    bn.forward(&conv.forward(x, pass, OutputTo::Norm)?, pass, relu, feeds)
 }
 
 #[derive(Debug, Clone)]
@@ -430,7 +441,7 @@ impl Block {
             } => {
                 let h = conv_bn(conv1, bn1, x, pass, true, Feeds::Conv)?;
                 let h = match conv2.as_slice() {
-                    [grouped] => grouped.forward(&h, pass)?,
+                    [grouped] => grouped.forward(&h, pass, OutputTo::Norm)?,
                     split => {
                         let dim = pass.channel_dim();
                         let width = h.dim(dim)? / split.len();
@@ -438,14 +449,20 @@ impl Block {
                             .iter()
                             .enumerate()
                             .map(|(k, conv)| {
-                                conv.forward(&h.narrow(dim, k * width, width)?.contiguous()?, pass)
+                                let part = h.narrow(dim, k * width, width)?.contiguous()?;
+                                conv.forward(&part, pass, OutputTo::Norm)
                             })
                             .collect::<candle_core::Result<Vec<_>>>()?;
                         Tensor::cat(&parts, dim)?
                     }
                 };
                 let h = bn2.forward(&h, pass, true, Feeds::Conv)?;
-                bn3.forward(&conv3.forward(&h, pass)?, pass, false, Feeds::Other)?
+                bn3.forward(
+                    &conv3.forward(&h, pass, OutputTo::Norm)?,
+                    pass,
+                    false,
+                    Feeds::Other,
+                )?
             }
             Body::Basic {
                 conv1,
@@ -463,7 +480,7 @@ impl Block {
                     if let Some((conv, bn)) = &path.middle {
                         h = conv_bn(conv, bn, &h, pass, true, Feeds::Conv)?;
                     }
-                    let out = path.last.forward(&h, pass)?;
+                    let out = path.last.forward(&h, pass, OutputTo::Sum)?;
                     sum = Some(match sum {
                         None => out,
                         Some(s) => (s + out)?,
