@@ -282,15 +282,18 @@ impl Unit {
         }
     }
 
-    /// C[32][32] (row stride `ldc` floats) = (C if `accumulate`) + A[32][kpad] x B panel.
+    /// C[32][32] (row stride `ldc` floats) = (C if `accumulate`) + A[32][kpad] x B panel,
+    /// A's rows `lda` values apart.
     ///
     /// # Safety
-    /// `a` holds 32 rows of `kpad` values (`kpad` a multiple of 32), `b` a panel `kpad`
-    /// deep, `c` 32 rows of `ldc >= 32` floats; for AMX, inside `session`.
+    /// `a` holds 32 rows of `kpad` values, `lda >= kpad` apart (`kpad` a multiple of 32),
+    /// `b` a panel `kpad` deep, `c` 32 rows of `ldc >= 32` floats; for AMX, inside `session`.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn block(
         self,
         a: *const u16,
+        lda: usize,
         kpad: usize,
         b: *const u16,
         c: *mut f32,
@@ -300,8 +303,8 @@ impl Unit {
         // SAFETY: the caller's promises.
         unsafe {
             match self {
-                Unit::Amx => amx_block(a, kpad, b, c, ldc, accumulate),
-                Unit::DotBf16 => dp_block(a, kpad, b, c, ldc, accumulate),
+                Unit::Amx => amx_block(a, lda, kpad, b, c, ldc, accumulate),
+                Unit::DotBf16 => dp_block(a, lda, kpad, b, c, ldc, accumulate),
             }
         }
     }
@@ -347,14 +350,15 @@ unsafe fn amx_release() {
 #[inline(always)]
 unsafe fn amx_block(
     a: *const u16,
+    lda: usize,
     kpad: usize,
     b: *const u16,
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
 ) {
-    let (lda, ldc_bytes) = (kpad * 2, ldc * 4);
-    let (a1, c1) = (a.wrapping_add(16 * kpad), c.wrapping_add(16 * ldc));
+    let (lda_bytes, ldc_bytes) = (lda * 2, ldc * 4);
+    let (a1, c1) = (a.wrapping_add(16 * lda), c.wrapping_add(16 * ldc));
     // SAFETY: every tile load and store stays inside the blocks the caller vouches for:
     // 16 rows of 64 bytes at the given strides.
     unsafe {
@@ -395,7 +399,7 @@ unsafe fn amx_block(
             a1 = inout(reg) a1 => _,
             b = inout(reg) b => _,
             n = inout(reg) kpad / K_STEP => _,
-            sa = in(reg) lda,
+            sa = in(reg) lda_bytes,
             sb = in(reg) 4 * BLOCK,
             options(nostack, readonly),
         );
@@ -418,6 +422,7 @@ unsafe fn amx_block(
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl,avx512dq")]
 unsafe fn dp_block(
     a: *const u16,
+    lda: usize,
     kpad: usize,
     b: *const u16,
     c: *mut f32,
@@ -429,7 +434,7 @@ unsafe fn dp_block(
     // SAFETY: reads stay in the 32 rows of A and the panel, writes in C's 32 rows.
     unsafe {
         for sub in 0..BLOCK / ROWS {
-            let (a, c) = (a.add(sub * ROWS * kpad), c.add(sub * ROWS * ldc));
+            let (a, c) = (a.add(sub * ROWS * lda), c.add(sub * ROWS * ldc));
             let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
             if accumulate {
                 for (i, row) in acc.iter_mut().enumerate() {
@@ -443,7 +448,7 @@ unsafe fn dp_block(
                 let b1: __m512bh =
                     std::mem::transmute(_mm512_loadu_si512(bp.add(BLOCK) as *const _));
                 for (i, row) in acc.iter_mut().enumerate() {
-                    let pair = (a.add(i * kpad + 2 * kp) as *const i32).read_unaligned();
+                    let pair = (a.add(i * lda + 2 * kp) as *const i32).read_unaligned();
                     let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
                     row[0] = _mm512_dpbf16_ps(row[0], av, b0);
                     row[1] = _mm512_dpbf16_ps(row[1], av, b1);
@@ -638,12 +643,14 @@ mod tests {
         for unit in units {
             for (k, n) in [(32, 32), (70, 20), (300, 64), (5, 1)] {
                 let kpad = padded_k(k);
+                // A's rows further apart than their depth, as a product read in place has.
+                let lda = kpad + BLOCK;
                 let a_vals = values(BLOCK * k, 1 + k as u64);
                 let b_vals = values(k * n, 2 + n as u64);
-                let mut a = vec![0u16; BLOCK * kpad];
+                let mut a = vec![0u16; BLOCK * lda];
                 for i in 0..BLOCK {
                     for kk in 0..k {
-                        a[i * kpad + kk] = to_bf16(a_vals[i * k + kk]);
+                        a[i * lda + kk] = to_bf16(a_vals[i * k + kk]);
                     }
                 }
                 let b = Vnni::new(k, n, |kk, col| b_vals[kk * n + col]);
@@ -652,11 +659,13 @@ mod tests {
                         let ldc = 40;
                         let start = values(BLOCK * ldc, 9);
                         let mut c = start.clone();
-                        // SAFETY: A is 32 x kpad, the panel kpad deep, C 32 x 40 floats.
+                        // SAFETY: A is 32 rows of kpad, lda apart, the panel kpad deep, C
+                        // 32 x 40 floats.
                         unsafe {
                             unit.session(|| {
                                 unit.block(
                                     a.as_ptr(),
+                                    lda,
                                     kpad,
                                     b.panel(p),
                                     c.as_mut_ptr(),

@@ -1775,7 +1775,10 @@ mod tests {
     #[test]
     fn bf16_products_match_f64_products_of_the_rounded_values() {
         use crate::bf16::round_f32;
-        let cases: [Case; 9] = [
+        let cases: [Case; 11] = [
+            // 1x1, stride 1, depths of whole K steps: bf16 rows read in place.
+            (2, 64, 6, 6, 96, 1, 1, 0, 1),
+            (2, 64, 6, 6, 64, 1, 1, 0, 2),
             (2, 32, 7, 7, 40, 3, 1, 1, 1),
             (2, 64, 5, 5, 64, 3, 1, 1, 2),
             (3, 24, 9, 8, 33, 3, 2, 1, 1),

@@ -32,9 +32,13 @@ const TASK_ROWS: usize = 4 * BLOCK;
 /// packed into A, times every panel of `b`, each block's C copied to the rows' outputs
 /// (`out_row(r)`, `b.n` values from it), as f32 or rounded to bf16.
 ///
+/// `in_place`: Some(s) where each row has one tap and row r + 1's pointer is row r's plus
+/// s values (the products of a 1x1, stride-1 convolution). A whole block of bf16 rows whose
+/// depth needs no padding is then read where it lies, with no copy.
+///
 /// # Safety
 /// Pointers are valid for `kc` reads; `out_row(r)` is valid for `b.n` writes for every row
-/// r of `rows`; `b` is `taps * kc` deep.
+/// r of `rows`; `b` is `taps * kc` deep; `in_place` tells the truth.
 #[allow(clippy::too_many_arguments)]
 unsafe fn block_rows<X: Source, O: Sink>(
     unit: Unit,
@@ -44,10 +48,12 @@ unsafe fn block_rows<X: Source, O: Sink>(
     kc: usize,
     zero: *const X,
     b: &Vnni,
+    in_place: Option<usize>,
     pointers: impl Fn(usize, &mut [*const X]),
     out_row: impl Fn(usize) -> *mut O,
 ) {
     let kpad = b.kpad;
+    let in_place = in_place.filter(|_| !X::F32 && taps == 1 && kc == kpad);
     let mut a = vec![0u16; BLOCK * kpad];
     let mut c = vec![0f32; BLOCK * BLOCK];
     let mut row = vec![zero; taps];
@@ -58,21 +64,32 @@ unsafe fn block_rows<X: Source, O: Sink>(
             let mut start = rows.start;
             while start < rows.end {
                 let valid = (rows.end - start).min(BLOCK);
-                for i in 0..BLOCK {
-                    let packed = &mut a[i * kpad..(i + 1) * kpad];
-                    if i < valid {
-                        pointers(start + i, &mut row);
-                        // SAFETY: the caller's promise for the pointers.
-                        unsafe { pack_row_unit(packed, &row, kc) };
-                    } else {
-                        packed.fill(0);
+                let (a_ptr, lda) = match in_place {
+                    Some(apart) if valid == BLOCK => {
+                        pointers(start, &mut row);
+                        // bf16 values are their bits (`Source` for bf16).
+                        (row[0] as *const u16, apart)
                     }
-                }
+                    _ => {
+                        for i in 0..BLOCK {
+                            let packed = &mut a[i * kpad..(i + 1) * kpad];
+                            if i < valid {
+                                pointers(start + i, &mut row);
+                                // SAFETY: the caller's promise for the pointers.
+                                unsafe { pack_row_unit(packed, &row, kc) };
+                            } else {
+                                packed.fill(0);
+                            }
+                        }
+                        (a.as_ptr(), kpad)
+                    }
+                };
                 for p in 0..b.panels() {
                     let width = (b.n - p * BLOCK).min(BLOCK);
-                    // SAFETY: A is 32 rows of kpad, the panel kpad deep, C 32 x 32.
+                    // SAFETY: A is 32 rows of kpad, lda apart (packed, or the caller's rows
+                    // in place), the panel kpad deep, C 32 x 32.
                     unsafe {
-                        unit.block(a.as_ptr(), kpad, b.panel(p), c.as_mut_ptr(), BLOCK, false)
+                        unit.block(a_ptr, lda, kpad, b.panel(p), c.as_mut_ptr(), BLOCK, false)
                     };
                     for i in 0..valid {
                         // SAFETY: the row's output holds b.n values (the caller's promise).
@@ -114,6 +131,8 @@ pub(crate) fn forward<X: Source, O: Sink>(
         SendPtr(zero.as_ptr() as *mut X),
     );
     let rows = geo.out_pixels();
+    // A 1x1, stride-1 convolution reads input row r for output row r.
+    let in_place = (geo.k == 1 && geo.stride == 1 && geo.pad == 0).then_some(geo.c);
     let tasks: Vec<(usize, Range<usize>)> = (0..geo.groups)
         .flat_map(|g| ranges(rows, TASK_ROWS).map(move |r| (g, r)))
         .collect();
@@ -129,6 +148,7 @@ pub(crate) fn forward<X: Source, O: Sink>(
                     cgi,
                     zp.get(),
                     &packed[*g],
+                    in_place,
                     |r, row| {
                         forward_pointers(geo, &offsets, xp.get(), zp.get(), g * cgi, r, |t, p| {
                             row[t] = p
@@ -171,6 +191,8 @@ pub(crate) fn input_grad<D: Source, O: Sink>(
         SendPtr(dy.as_ptr() as *mut D),
         SendPtr(zero.as_ptr() as *mut D),
     );
+    // A 1x1, stride-1 convolution's one class reads gradient row r for input row r.
+    let in_place = (geo.k == 1 && geo.stride == 1 && geo.pad == 0).then_some(geo.c_out);
     let mut tasks: Vec<(usize, usize, Range<usize>)> = Vec::new();
     for (ci, class) in classes.iter().enumerate() {
         let groups = if class.taps.is_empty() { 1 } else { geo.groups };
@@ -201,6 +223,7 @@ pub(crate) fn input_grad<D: Source, O: Sink>(
                     cgo,
                     zp.get(),
                     &packed[*ci][*g],
+                    in_place,
                     |r, row| {
                         class.pointers(geo, dyp.get(), zp.get(), g * cgo, r, |t, p| row[t] = p)
                     },
@@ -375,6 +398,7 @@ pub(crate) fn weight_grad<X: Source, D: Source>(
                             unsafe {
                                 unit.block(
                                     a[mb * BLOCK * kc..].as_ptr(),
+                                    kc,
                                     kc,
                                     b[local * kc * BLOCK..].as_ptr(),
                                     c,

@@ -1120,6 +1120,23 @@ mod tests {
 
     /// A bf16 output is the f32 output rounded, in both modes; a bf16 upstream gradient
     /// gives the gradients of its f32 values.
+    /// BN + ReLU of x in training or evaluation mode (running mean and variance both `rv`).
+    fn norm_with_relu(
+        x: &Tensor,
+        (w, b, rv): (&Var, &Var, &Tensor),
+        train: bool,
+        out_bf16: bool,
+    ) -> Tensor {
+        let (w, b) = (w.as_tensor(), b.as_tensor());
+        if train {
+            batch_norm_train_to(x, w, b, 1e-5, true, out_bf16)
+                .unwrap()
+                .0
+        } else {
+            batch_norm_eval_to(x, w, b, (rv, rv), 1e-5, true, out_bf16).unwrap()
+        }
+    }
+
     #[test]
     fn bf16_outputs_are_the_rounded_f32_outputs() {
         let x = Var::from_tensor(&seeded(&[3, 5, 4, 20], DType::F32, 11)).unwrap();
@@ -1131,29 +1148,7 @@ mod tests {
             .unwrap();
         for train in [true, false] {
             let run = |bf16: bool| {
-                let y = if train {
-                    batch_norm_train_to(
-                        x.as_tensor(),
-                        w.as_tensor(),
-                        b.as_tensor(),
-                        1e-5,
-                        true,
-                        bf16,
-                    )
-                    .unwrap()
-                    .0
-                } else {
-                    batch_norm_eval_to(
-                        x.as_tensor(),
-                        w.as_tensor(),
-                        b.as_tensor(),
-                        (&rv, &rv),
-                        1e-5,
-                        true,
-                        bf16,
-                    )
-                    .unwrap()
-                };
+                let y = norm_with_relu(x.as_tensor(), (&w, &b, &rv), train, bf16);
                 let up = if bf16 {
                     up.clone()
                 } else {
@@ -1222,29 +1217,7 @@ mod tests {
         for train in [true, false] {
             for out_bf16 in [false, true] {
                 let run = |x: &Var| {
-                    let y = if train {
-                        batch_norm_train_to(
-                            x.as_tensor(),
-                            w.as_tensor(),
-                            b.as_tensor(),
-                            1e-5,
-                            true,
-                            out_bf16,
-                        )
-                        .unwrap()
-                        .0
-                    } else {
-                        batch_norm_eval_to(
-                            x.as_tensor(),
-                            w.as_tensor(),
-                            b.as_tensor(),
-                            (&rv, &rv),
-                            1e-5,
-                            true,
-                            out_bf16,
-                        )
-                        .unwrap()
-                    };
+                    let y = norm_with_relu(x.as_tensor(), (&w, &b, &rv), train, out_bf16);
                     let loss = (y.to_dtype(DType::F32).unwrap() * &up).unwrap();
                     let grads = loss.sum_all().unwrap().backward().unwrap();
                     let g: Vec<Tensor> = [x, &w, &b]
