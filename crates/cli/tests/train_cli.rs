@@ -17,12 +17,18 @@ fn write_dataset(dir: &Path) {
 }
 
 fn write_experiment(tmp: &Path, epochs: usize) -> PathBuf {
+    write_experiment_in(tmp, epochs, None)
+}
+
+/// `write_experiment`, with `train.precision` set where given (unset: the machine's default).
+fn write_experiment_in(tmp: &Path, epochs: usize, precision: Option<&str>) -> PathBuf {
     write_dataset(&tmp.join("mnist"));
     let path = tmp.join("tiny.yaml");
+    let precision = precision.map_or(String::new(), |p| format!("  precision: {p}\n"));
     std::fs::write(
         &path,
         format!(
-            "question: q\ndataset:\n  name: mnist\n  dir: {}\nmodel:\n  preset: cpu_resnet11\n  input_size: 16\ntrain:\n  epochs: {epochs}\n  batch_size: 32\n  lr: 0.1\n  warmup_epochs: 0.5\n",
+            "question: q\ndataset:\n  name: mnist\n  dir: {}\nmodel:\n  preset: cpu_resnet11\n  input_size: 16\ntrain:\n  epochs: {epochs}\n  batch_size: 32\n  lr: 0.1\n  warmup_epochs: 0.5\n{precision}",
             tmp.display()
         ),
     )
@@ -128,11 +134,19 @@ fn kill_at(config: &Path, runs: &Path, point: &str) {
     assert!(still_running, "the run ended before the kill at `{point}`");
 }
 
+/// In both precisions (bf16-mixed runs its bf16 code on any machine: on the units where the
+/// CPU has them, else as f32 kernels on rounded values).
 #[test]
 fn a_run_killed_at_any_point_resumes_to_the_same_metrics() {
-    let tmp = tempfile::tempdir().unwrap();
-    let config = write_experiment(tmp.path(), 3);
-    let straight = tmp.path().join("straight");
+    for precision in ["f32", "bf16-mixed"] {
+        let tmp = tempfile::tempdir().unwrap();
+        killed_and_resumed_matches_straight(tmp.path(), precision);
+    }
+}
+
+fn killed_and_resumed_matches_straight(tmp: &Path, precision: &str) {
+    let config = write_experiment_in(tmp, 3, Some(precision));
+    let straight = tmp.join("straight");
     Command::cargo_bin("cardinal")
         .unwrap()
         .arg("train")
@@ -142,7 +156,7 @@ fn a_run_killed_at_any_point_resumes_to_the_same_metrics() {
         .assert()
         .success();
 
-    let killed = tmp.path().join("killed");
+    let killed = tmp.join("killed");
     // Inside epoch 1, before any checkpoint.
     kill_at(&config, &killed, "epoch 1 step 3");
     assert_eq!((epochs_done(&killed), checkpoint_epochs(&killed)), (0, 0));
@@ -162,8 +176,15 @@ fn a_run_killed_at_any_point_resumes_to_the_same_metrics() {
         .assert()
         .success();
     assert_eq!(epochs_done(&killed), 3);
-    assert_eq!(metrics(&straight), metrics(&killed));
+    assert_eq!(metrics(&straight), metrics(&killed), "{precision}");
     assert_eq!(metrics(&straight).len(), 1 + 2 * 3);
+    assert!(
+        metrics(&killed)[1..]
+            .iter()
+            .all(|row| row.contains(precision)),
+        "{precision}: {:?}",
+        metrics(&killed)
+    );
 }
 
 /// A trained run is a model: `infer` takes its directory or checkpoint, and `export`
