@@ -115,10 +115,11 @@ pub(crate) fn from_bf16_vec(values: &[bf16], isa: crate::isa::Isa) -> Vec<f32> {
 /// What the units' products are stored as: their f32 sums, or the sums rounded to bf16
 /// (a bf16-mixed convolution's output, as autocast writes it).
 pub(crate) trait Sink: Copy + Send + Sync + 'static {
-    /// Stores `src` at `dst`, rounded to nearest even where `Self` is bf16.
+    /// Stores `src` at `dst`, rounded to nearest even where `Self` is bf16 (by the CPU's
+    /// `VCVTNEPS2BF16`, as the units' operands are).
     ///
     /// # Safety
-    /// `dst` is valid for `src.len()` writes.
+    /// `dst` is valid for `src.len()` writes; inside a unit's session.
     unsafe fn store_run(dst: *mut Self, src: &[f32]);
 
     /// Whole f32 results as `Self` (the paths that sum in f32 kernels).
@@ -140,10 +141,15 @@ impl Sink for f32 {
 impl Sink for bf16 {
     #[inline(always)]
     unsafe fn store_run(dst: *mut bf16, src: &[f32]) {
-        let dst = dst as *mut u16;
+        // SAFETY: the caller's promises (a session runs with the unit's features).
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            convert_run(src.as_ptr(), dst as *mut u16, src.len())
+        };
+        #[cfg(not(target_arch = "x86_64"))]
         for (i, &v) in src.iter().enumerate() {
             // SAFETY: the caller's promise.
-            unsafe { *dst.add(i) = to_bf16(v) };
+            unsafe { *(dst as *mut u16).add(i) = to_bf16(v) };
         }
     }
 
@@ -551,6 +557,35 @@ pub(crate) unsafe fn interleave_rows<X: Source>(a: *const X, b: *const X, dst: *
                 _mm512_castsi256_si512(vb),
             );
             _mm512_storeu_si512(dst.add(2 * i) as *mut _, pairs);
+            i += 16;
+        }
+    }
+}
+
+/// `n` bf16 values from `src` as f32 at `dst` (exact).
+///
+/// # Safety
+/// `src` is valid for `n` reads and `dst` for `n` writes; inside `with_unit_features`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn widen_run(src: *const u16, dst: *mut f32, n: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's promises; masked lanes are neither read nor written.
+    unsafe {
+        let mut i = 0;
+        while i < n {
+            let mask = if n - i >= 16 {
+                u16::MAX
+            } else {
+                ((1u32 << (n - i)) - 1) as u16
+            };
+            let bits =
+                _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, src.add(i) as *const i16));
+            _mm512_mask_storeu_ps(
+                dst.add(i),
+                mask,
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bits)),
+            );
             i += 16;
         }
     }

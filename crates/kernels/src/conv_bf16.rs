@@ -209,9 +209,9 @@ pub(crate) fn input_grad<D: Source, O: Sink>(
             tasks.par_iter().for_each(|(ci, g, rows)| {
                 let class = &classes[*ci];
                 if class.taps.is_empty() {
-                    let zeros = vec![0f32; geo.c];
                     for r in rows.clone() {
-                        O::store_run(out.get().add(class.offset(geo, r)), &zeros);
+                        // Zero is all-zero bits in f32 and in bf16.
+                        std::ptr::write_bytes(out.get().add(class.offset(geo, r)), 0, geo.c);
                     }
                     return;
                 }
@@ -305,10 +305,16 @@ pub(crate) fn weight_grad<X: Source, D: Source>(
                         )
                     } else {
                         for (i, row) in widened.chunks_exact_mut(cgo).take(len).enumerate() {
-                            let from = (first + i) * geo.c_out + g * cgo;
-                            for (o, v) in row.iter_mut().zip(&dy[from..from + cgo]) {
-                                *o = crate::bf16::from_bf16(v.bits());
-                            }
+                            let from = &dy[(first + i) * geo.c_out + g * cgo..][..cgo];
+                            // SAFETY: the group's cgo values of the row, into a row of cgo;
+                            // D is bf16 here (not F32), whose values are their bits.
+                            unsafe {
+                                crate::bf16::widen_run(
+                                    from.as_ptr() as *const u16,
+                                    row.as_mut_ptr(),
+                                    cgo,
+                                )
+                            };
                         }
                         (widened.as_ptr(), cgo)
                     };
