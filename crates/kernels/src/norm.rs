@@ -665,7 +665,6 @@ impl CustomOp3 for BatchNormTrain {
         let (bs, bl) = bias.storage_and_layout();
         let (_, c) = rows_of(xl, self.name())?;
         let isa = isa::selected();
-        let device = x.device();
         if x.dtype() == DType::BF16 {
             // The gradient of a bf16 input is bf16 (as autocast's), computed in f32.
             let (dx, dw, db) = train_backward::<f32, half::bf16>(
@@ -678,11 +677,7 @@ impl CustomOp3 for BatchNormTrain {
                 &stats,
                 isa,
             );
-            return Ok((
-                Some(Tensor::from_vec(dx, x.shape(), device)?),
-                Some(Tensor::from_vec(dw, c, device)?),
-                Some(Tensor::from_vec(db, c, device)?),
-            ));
+            return input_and_parameter_grads(x, dx, dw, db);
         }
         float_dispatch!(x.dtype(), self.name(), T => {
             let (dx, dw, db) = train_backward::<T, T>(
@@ -695,11 +690,7 @@ impl CustomOp3 for BatchNormTrain {
                 &stats,
                 isa,
             );
-            Ok((
-                Some(Tensor::from_vec(dx, x.shape(), device)?),
-                Some(Tensor::from_vec(dw, c, device)?),
-                Some(Tensor::from_vec(db, c, device)?),
-            ))
+            input_and_parameter_grads(x, dx, dw, db)
         })
     }
 }
@@ -760,7 +751,6 @@ impl CustomOp3 for ChannelAffine {
         let (ts, tl) = shift.storage_and_layout();
         let (_, c) = rows_of(xl, self.name())?;
         let isa = isa::selected();
-        let device = x.device();
         if x.dtype() == DType::BF16 {
             let (dx, dscale, dshift) = affine_backward::<f32, half::bf16>(
                 Rows::Bf16(cpu_slice(&xs, xl, self.name())?),
@@ -771,11 +761,7 @@ impl CustomOp3 for ChannelAffine {
                 self.relu,
                 isa,
             );
-            return Ok((
-                Some(Tensor::from_vec(dx, x.shape(), device)?),
-                Some(Tensor::from_vec(dscale, c, device)?),
-                Some(Tensor::from_vec(dshift, c, device)?),
-            ));
+            return input_and_parameter_grads(x, dx, dscale, dshift);
         }
         float_dispatch!(x.dtype(), self.name(), T => {
             let (dx, dscale, dshift) = affine_backward::<T, T>(
@@ -787,11 +773,7 @@ impl CustomOp3 for ChannelAffine {
                 self.relu,
                 isa,
             );
-            Ok((
-                Some(Tensor::from_vec(dx, x.shape(), device)?),
-                Some(Tensor::from_vec(dscale, c, device)?),
-                Some(Tensor::from_vec(dshift, c, device)?),
-            ))
+            input_and_parameter_grads(x, dx, dscale, dshift)
         })
     }
 }
@@ -882,6 +864,21 @@ pub fn batch_norm_eval_to(
     let shift = (bias - (running_mean * &scale)?)?;
     x.contiguous()?
         .apply_op3(&scale, &shift, ChannelAffine { relu, out_bf16 })
+}
+
+/// A backward's gradients as tensors: the input's in x's shape, two per-channel ones.
+fn input_and_parameter_grads<X: WithDType, P: WithDType>(
+    x: &Tensor,
+    dx: Vec<X>,
+    da: Vec<P>,
+    db: Vec<P>,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let (device, c) = (x.device(), da.len());
+    Ok((
+        Some(Tensor::from_vec(dx, x.shape(), device)?),
+        Some(Tensor::from_vec(da, c, device)?),
+        Some(Tensor::from_vec(db, c, device)?),
+    ))
 }
 
 /// A bf16 input or output goes with f32 parameters (the bf16-mixed setting); f64 stays f64.
