@@ -235,7 +235,40 @@ pub(crate) fn input_grad<D: Source, O: Sink>(
 }
 
 /// dw of y = conv(x, w) given dy (f32 or bf16), in bf16 products, in torchvision's layout.
+///
+/// One operand of the weight gradient is transposed (K is the pixels), by gathers, which
+/// cost more than the products when the transposed side is wide: a 1x1 convolution that
+/// widens (more output than input channels) transposes its input instead of its output
+/// gradient. Both orders give the same bits: each sum takes the same pixel pairs in the
+/// same order, chunk by chunk and split by split, and the units' pair products are
+/// symmetric in their operands.
 pub(crate) fn weight_grad<X: Source, D: Source>(
+    x: &[X],
+    dy: &[D],
+    geo: &Geometry,
+    unit: Unit,
+    isa: Isa,
+) -> Vec<f32> {
+    if geo.taps() == 1 && geo.cgi() < geo.cgo() {
+        weight_grad_by_input_columns(x, dy, geo, unit, isa)
+    } else {
+        weight_grad_by_gradient_columns(x, dy, geo, unit, isa)
+    }
+}
+
+/// The pixels of a weight-gradient chunk, for a product `n` columns wide on the input side
+/// (`taps * cgi`): its packed input (B) stays within about 1 MB.
+fn grad_chunk(n: usize) -> usize {
+    if n > 1024 {
+        CHUNK
+    } else {
+        2 * CHUNK
+    }
+}
+
+/// dw^T [co, (tap, ci)]: A = the output gradient's channels over a chunk of pixels
+/// (gathered), B = the input rows of the chunk's taps in pixel pairs.
+fn weight_grad_by_gradient_columns<X: Source, D: Source>(
     x: &[X],
     dy: &[D],
     geo: &Geometry,
@@ -247,8 +280,7 @@ pub(crate) fn weight_grad<X: Source, D: Source>(
     let panels = n.div_ceil(BLOCK);
     let m_blocks = cgo.div_ceil(BLOCK);
     let pixels = geo.out_pixels();
-    // Pixels of a chunk: the packed input of a chunk (its B) stays within about 1 MB.
-    let chunk = if n > 1024 { CHUNK } else { 2 * CHUNK };
+    let chunk = grad_chunk(n);
     let (blocks, splits) = grad_split(geo, geo.groups, panels, false);
     let panel_blocks: Vec<Range<usize>> = ranges(panels, panels.div_ceil(blocks)).collect();
     let tile = BLOCK * BLOCK;
@@ -438,4 +470,255 @@ pub(crate) fn weight_grad<X: Source, D: Source>(
         }
     }
     grad
+}
+
+/// dw [ci, co] of a 1x1 convolution: A = the input's channels over a chunk of pixels
+/// (gathered from a copy of the chunk's input rows, widened to f32), B = the output
+/// gradient's rows in pixel pairs. The chunks and splits are those of
+/// `weight_grad_by_gradient_columns`, so the sums are the same.
+fn weight_grad_by_input_columns<X: Source, D: Source>(
+    x: &[X],
+    dy: &[D],
+    geo: &Geometry,
+    unit: Unit,
+    isa: Isa,
+) -> Vec<f32> {
+    let (cgi, cgo) = (geo.cgi(), geo.cgo());
+    debug_assert_eq!(geo.taps(), 1);
+    let panels = cgo.div_ceil(BLOCK);
+    let m_blocks = cgi.div_ceil(BLOCK);
+    let pixels = geo.out_pixels();
+    let chunk = grad_chunk(cgi);
+    // The split by pixels is the other order's: it depends on the shapes only, not on the
+    // blocks of columns.
+    let (blocks, splits) = grad_split(geo, geo.groups, panels, false);
+    let panel_blocks: Vec<Range<usize>> = ranges(panels, panels.div_ceil(blocks)).collect();
+    let tile = BLOCK * BLOCK;
+    // Per split, C as tiles [group][m block][panel][32][32].
+    let part_len = geo.groups * m_blocks * panels * tile;
+    let mut parts = vec![0f32; splits * part_len];
+    let pp = SendPtr(parts.as_mut_ptr());
+    let (zero_x, zero_dy) = (vec![X::ZERO; geo.c], vec![D::ZERO; geo.c_out]);
+    let offsets = tap_offsets(geo);
+    let (xp, zxp, dyp, zdp) = (
+        SendPtr(x.as_ptr() as *mut X),
+        SendPtr(zero_x.as_ptr() as *mut X),
+        SendPtr(dy.as_ptr() as *mut D),
+        SendPtr(zero_dy.as_ptr() as *mut D),
+    );
+    let tasks: Vec<(usize, Range<usize>, usize)> = (0..geo.groups)
+        .flat_map(|g| {
+            let panel_blocks = &panel_blocks;
+            panel_blocks
+                .iter()
+                .flat_map(move |b| (0..splits).map(move |s| (g, b.clone(), s)))
+        })
+        .collect();
+    tasks.par_iter().for_each(|(g, block, s)| {
+        let span = ranges(pixels, pixels.div_ceil(splits))
+            .nth(*s)
+            .unwrap_or(0..0);
+        let kcp = padded_k(chunk);
+        let mut a = vec![0u16; m_blocks * BLOCK * kcp];
+        let mut b = vec![0u16; block.len() * kcp * BLOCK];
+        // The chunk's input rows (the group's channels), as f32: what the column gathers
+        // read (they gather 32-bit values).
+        let mut rows = vec![0f32; chunk * cgi];
+        let cols = (block.start * BLOCK)..(block.end * BLOCK).min(cgo);
+        let fast = cols.len() % 16 == 0;
+        let _ = isa;
+        unit.session(
+            #[inline(always)]
+            || {
+                for part in ranges(span.len(), chunk) {
+                    let first = span.start + part.start;
+                    let len = part.len();
+                    let kc = padded_k(len);
+                    if len < kc || cgi < m_blocks * BLOCK {
+                        a.fill(0);
+                    }
+                    for (i, row) in rows.chunks_exact_mut(cgi).take(len).enumerate() {
+                        let mut from = zxp.get() as *const X;
+                        forward_pointers(
+                            geo,
+                            &offsets,
+                            xp.get(),
+                            zxp.get(),
+                            g * cgi,
+                            first + i,
+                            |_, p| from = p,
+                        );
+                        // SAFETY: a pixel row (or the zero row) holds the group's cgi values
+                        // after its pointer; `row` holds cgi.
+                        unsafe {
+                            if X::F32 {
+                                std::ptr::copy_nonoverlapping(
+                                    from as *const f32,
+                                    row.as_mut_ptr(),
+                                    cgi,
+                                )
+                            } else {
+                                // bf16 values are their bits (`Source` for bf16).
+                                crate::bf16::widen_run(from as *const u16, row.as_mut_ptr(), cgi)
+                            }
+                        }
+                    }
+                    for ci in 0..cgi {
+                        // SAFETY: the chunk's `len` rows of cgi values hold column ci, and
+                        // row ci of A has kc >= len values.
+                        unsafe {
+                            gather_column(
+                                rows.as_ptr().add(ci),
+                                cgi,
+                                len,
+                                a[ci * kc..].as_mut_ptr(),
+                            )
+                        };
+                    }
+                    // B: the gradient's rows of the block's columns, pixels in pairs.
+                    // Columns past the group's in the last panel stay zero. (Pairs past the
+                    // chunk's pixels meet zeros in A.)
+                    if cols.end < block.end * BLOCK {
+                        b.fill(0);
+                    }
+                    for kp in 0..len.div_ceil(2) {
+                        let (p0, p1) = (first + 2 * kp, first + 2 * kp + 1);
+                        let r0 = dyp.get().wrapping_add(p0 * geo.c_out + g * cgo) as *const D;
+                        let r1 = if 2 * kp + 1 < len {
+                            dyp.get().wrapping_add(p1 * geo.c_out + g * cgo) as *const D
+                        } else {
+                            zdp.get() as *const D
+                        };
+                        if fast {
+                            let mut col = cols.start;
+                            while col < cols.end {
+                                let local = col - cols.start;
+                                let (panel, j) = (local / BLOCK, local % BLOCK);
+                                let dst = b[(panel * kc + 2 * kp) * BLOCK + 2 * j..].as_mut_ptr();
+                                // SAFETY: 16 columns from col lie in each row (the block's
+                                // columns are whole runs of 16 within the group's cgo), and
+                                // 32 slots from dst in the panel's row.
+                                unsafe { interleave_rows(r0.add(col), r1.add(col), dst, 16) };
+                                col += 16;
+                            }
+                            continue;
+                        }
+                        for col in cols.clone() {
+                            let local = col - cols.start;
+                            let (panel, j) = (local / BLOCK, local % BLOCK);
+                            let at = (panel * kc + 2 * kp) * BLOCK + 2 * j;
+                            // SAFETY: both rows hold the group's cgo values (the zero row
+                            // holds c_out).
+                            unsafe {
+                                b[at] = (*r0.add(col)).bits();
+                                b[at + 1] = (*r1.add(col)).bits();
+                            }
+                        }
+                    }
+                    for mb in 0..m_blocks {
+                        for (local, panel) in block.clone().enumerate() {
+                            let c = pp.get().wrapping_add(
+                                s * part_len + ((g * m_blocks + mb) * panels + panel) * tile,
+                            );
+                            // SAFETY: A rows mb*32.. of kc values, the panel kc deep, C a
+                            // 32 x 32 tile of this task's (group, panel) in its split.
+                            unsafe {
+                                unit.block(
+                                    a[mb * BLOCK * kc..].as_ptr(),
+                                    kc,
+                                    kc,
+                                    b[local * kc * BLOCK..].as_ptr(),
+                                    c,
+                                    BLOCK,
+                                    true,
+                                )
+                            };
+                        }
+                    }
+                }
+            },
+        );
+    });
+    let total = sum_parts(&mut parts, part_len);
+    let mut grad = vec![0f32; geo.c_out * cgi];
+    for g in 0..geo.groups {
+        for ci in 0..cgi {
+            let (mb, i) = (ci / BLOCK, ci % BLOCK);
+            for panel in 0..panels {
+                let row =
+                    &total[((g * m_blocks + mb) * panels + panel) * tile + i * BLOCK..][..BLOCK];
+                for (j, &v) in row.iter().enumerate() {
+                    let co = panel * BLOCK + j;
+                    if co < cgo {
+                        grad[(g * cgo + co) * cgi + ci] = v;
+                    }
+                }
+            }
+        }
+    }
+    grad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::seeded;
+    use candle_core::DType;
+
+    /// A widening 1x1 convolution's weight gradient is the same bits whichever operand is
+    /// transposed, on every unit the machine has, with f32 and bf16 operands: one chunk
+    /// and several, odd chunks, splits by pixels, blocks of columns, stride 2, groups,
+    /// channel counts off the 16- and 32-wide runs.
+    #[test]
+    fn both_transposes_of_the_weight_gradient_give_the_same_bits() {
+        // (n, c, h, w, c_out, stride, groups)
+        let cases = [
+            (2, 16, 8, 8, 64, 1, 1),
+            (3, 32, 17, 17, 128, 1, 1),
+            (2, 24, 9, 9, 40, 2, 1),
+            (2, 64, 6, 6, 128, 1, 2),
+            (1, 64, 3, 3, 1024, 1, 1),
+            (2, 40, 7, 5, 72, 2, 2),
+        ];
+        let units: Vec<(Isa, Unit)> = crate::isa::available()
+            .into_iter()
+            .filter_map(|isa| Unit::of(isa).map(|u| (isa, u)))
+            .collect();
+        for (isa, unit) in units {
+            for (i, &(n, c, h, w, c_out, s, g)) in cases.iter().enumerate() {
+                let geo = Geometry::new(&[n, h, w, c], &[c_out, c / g, 1, 1], s, 0, g).unwrap();
+                assert!(geo.cgi() < geo.cgo());
+                let draw = |len: usize, seed: u64| -> Vec<f32> {
+                    seeded(&[len], DType::F32, seed).to_vec1().unwrap()
+                };
+                let x = draw(n * h * w * c, 7 * i as u64);
+                let dy = draw(geo.out_pixels() * c_out, 7 * i as u64 + 1);
+                let xb: Vec<half::bf16> = x.iter().map(|&v| half::bf16::from_f32(v)).collect();
+                let dyb: Vec<half::bf16> = dy.iter().map(|&v| half::bf16::from_f32(v)).collect();
+                let bits = |v: Vec<f32>| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
+                let expect = bits(weight_grad_by_gradient_columns(&x, &dy, &geo, unit, isa));
+                let what = format!("{isa} case {i} {:?}", cases[i]);
+                assert_eq!(
+                    bits(weight_grad_by_input_columns(&x, &dy, &geo, unit, isa)),
+                    expect,
+                    "{what}: f32 operands"
+                );
+                assert_eq!(
+                    bits(weight_grad_by_input_columns(&xb, &dyb, &geo, unit, isa)),
+                    expect,
+                    "{what}: bf16 operands"
+                );
+                assert_eq!(
+                    bits(weight_grad_by_gradient_columns(&xb, &dyb, &geo, unit, isa)),
+                    expect,
+                    "{what}: bf16 operands, gradient columns"
+                );
+                assert_eq!(
+                    bits(weight_grad(&x, &dyb, &geo, unit, isa)),
+                    expect,
+                    "{what}"
+                );
+            }
+        }
+    }
 }
