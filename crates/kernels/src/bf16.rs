@@ -129,8 +129,16 @@ pub(crate) trait Sink: Copy + Send + Sync + 'static {
 impl Sink for f32 {
     #[inline(always)]
     unsafe fn store_run(dst: *mut f32, src: &[f32]) {
-        // SAFETY: the caller's promise.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+        // SAFETY: the caller's promise; f32 values are 32-bit words, as two bf16 are, and
+        // the run is a whole number of them.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            copy_run(src.as_ptr() as *const u16, dst as *mut u16, 2 * src.len())
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len())
+        };
     }
 
     fn from_f32_vec(values: Vec<f32>, _: crate::isa::Isa) -> Vec<f32> {
@@ -163,25 +171,16 @@ pub(crate) trait Source: Copy + Send + Sync + 'static {
     const ZERO: Self;
     /// f32 (else bf16): the packing code converts or copies.
     const F32: bool;
-    fn bits(self) -> u16;
 }
 
 impl Source for f32 {
     const ZERO: f32 = 0.0;
     const F32: bool = true;
-    #[inline(always)]
-    fn bits(self) -> u16 {
-        to_bf16(self)
-    }
 }
 
 impl Source for bf16 {
     const ZERO: bf16 = bf16::ZERO;
     const F32: bool = false;
-    #[inline(always)]
-    fn bits(self) -> u16 {
-        self.to_bits()
-    }
 }
 
 /// Rows of a block, and columns of a panel.
@@ -492,7 +491,7 @@ pub(crate) unsafe fn convert_run<X: Source>(src: *const X, dst: *mut u16, n: usi
     // SAFETY: the caller's promises.
     unsafe {
         if !X::F32 {
-            std::ptr::copy_nonoverlapping(src as *const u16, dst, n);
+            copy_run(src as *const u16, dst, n);
             return;
         }
         let src = src as *const f32;
@@ -517,8 +516,38 @@ pub(crate) unsafe fn convert_run<X: Source>(src: *const X, dst: *mut u16, n: usi
     }
 }
 
-/// The bf16 values of two rows, interleaved: (a[i], b[i]) pairs for i < n (a multiple of
-/// 16), as a B panel's rows hold two K steps of each column.
+/// Copies `n` 16-bit values in vectors of 32, the last one masked: the runs the units'
+/// packing and stores copy are a few dozen values, where a call to `memcpy` costs more
+/// than the copy.
+///
+/// # Safety
+/// `src` is valid for `n` reads and `dst` for `n` writes, not overlapping; inside
+/// `with_unit_features`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn copy_run(src: *const u16, dst: *mut u16, n: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's promises; masked lanes are neither read nor written.
+    unsafe {
+        let mut i = 0;
+        while i + 32 <= n {
+            _mm512_storeu_si512(
+                dst.add(i) as *mut _,
+                _mm512_loadu_si512(src.add(i) as *const _),
+            );
+            i += 32;
+        }
+        if i < n {
+            let mask = (1u32 << (n - i)) - 1;
+            let v = _mm512_maskz_loadu_epi16(mask, src.add(i) as *const i16);
+            _mm512_mask_storeu_epi16(dst.add(i) as *mut i16, mask, v);
+        }
+    }
+}
+
+/// The bf16 values of two rows, interleaved: (a[i], b[i]) pairs for i < n, as a B panel's
+/// rows hold two K steps of each column. f32 values are rounded by `VCVTNEPS2BF16` (as in
+/// `convert_run`), bf16 values copied.
 ///
 /// # Safety
 /// `a` and `b` are valid for `n` reads, `dst` for `2 n` writes; inside
@@ -527,28 +556,34 @@ pub(crate) unsafe fn convert_run<X: Source>(src: *const X, dst: *mut u16, n: usi
 #[inline(always)]
 pub(crate) unsafe fn interleave_rows<X: Source>(a: *const X, b: *const X, dst: *mut u16, n: usize) {
     use std::arch::x86_64::*;
-    // SAFETY: the caller's promises.
+    // SAFETY: the caller's promises; masked lanes are neither read nor written.
     unsafe {
         let idx = _mm512_set_epi16(
             47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6, 37, 5, 36,
             4, 35, 3, 34, 2, 33, 1, 32, 0,
         );
         let mut i = 0;
-        while i + 16 <= n {
+        while i < n {
+            let (mask, pairs_mask) = if n - i >= 16 {
+                (u16::MAX, u32::MAX)
+            } else {
+                let m = (1u32 << (n - i)) - 1;
+                (m as u16, ((1u64 << (2 * (n - i))) - 1) as u32)
+            };
             let (va, vb) = if X::F32 {
                 let (pa, pb) = (a as *const f32, b as *const f32);
                 (
-                    std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(
-                        pa.add(i),
-                    ))),
-                    std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(
-                        pb.add(i),
-                    ))),
+                    std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(
+                        _mm512_maskz_loadu_ps(mask, pa.add(i)),
+                    )),
+                    std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(
+                        _mm512_maskz_loadu_ps(mask, pb.add(i)),
+                    )),
                 )
             } else {
                 (
-                    _mm256_loadu_si256((a as *const u16).add(i) as *const __m256i),
-                    _mm256_loadu_si256((b as *const u16).add(i) as *const __m256i),
+                    _mm256_maskz_loadu_epi16(mask, (a as *const i16).add(i)),
+                    _mm256_maskz_loadu_epi16(mask, (b as *const i16).add(i)),
                 )
             };
             let pairs = _mm512_permutex2var_epi16(
@@ -556,7 +591,7 @@ pub(crate) unsafe fn interleave_rows<X: Source>(a: *const X, b: *const X, dst: *
                 idx,
                 _mm512_castsi256_si512(vb),
             );
-            _mm512_storeu_si512(dst.add(2 * i) as *mut _, pairs);
+            _mm512_mask_storeu_epi16(dst.add(2 * i) as *mut i16, pairs_mask, pairs);
             i += 16;
         }
     }

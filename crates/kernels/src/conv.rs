@@ -1246,14 +1246,81 @@ impl Bf16Input<'_> {
     }
 }
 
+/// How a convolution's bf16 products run on a bf16 unit: `merge` consecutive groups taken
+/// as one group whose weights are block-diagonal (zeros between the merged groups), so
+/// that narrow groups fill the unit's 32-column blocks. The zero products add nothing to
+/// the sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OnUnit {
+    unit: crate::bf16::Unit,
+    merge: usize,
+}
+
+impl OnUnit {
+    /// The geometry with merged groups.
+    fn geometry(&self, geo: &Geometry) -> Geometry {
+        Geometry {
+            groups: geo.groups / self.merge,
+            ..*geo
+        }
+    }
+
+    /// The weights [c_out, c / groups, k, k] in the merged groups' layout
+    /// [c_out, merge * c / groups, k, k], zero off the diagonal blocks.
+    fn weights(&self, w: &[f32], geo: &Geometry) -> Vec<f32> {
+        if self.merge == 1 {
+            return w.to_vec();
+        }
+        let (cgi, cgo, taps) = (geo.cgi(), geo.cgo(), geo.taps());
+        let wide = self.merge * cgi;
+        let mut out = vec![0f32; geo.c_out * wide * taps];
+        for o in 0..geo.c_out {
+            // The output channel's group within its merged group.
+            let j = (o % (self.merge * cgo)) / cgo;
+            let from = &w[o * cgi * taps..][..cgi * taps];
+            out[(o * wide + j * cgi) * taps..][..cgi * taps].copy_from_slice(from);
+        }
+        out
+    }
+
+    /// The weight gradient of the merged groups' layout back in the convolution's.
+    fn unmerge_grad(&self, merged: Vec<f32>, geo: &Geometry) -> Vec<f32> {
+        if self.merge == 1 {
+            return merged;
+        }
+        let (cgi, cgo, taps) = (geo.cgi(), geo.cgo(), geo.taps());
+        let wide = self.merge * cgi;
+        let mut out = vec![0f32; geo.c_out * cgi * taps];
+        for o in 0..geo.c_out {
+            let j = (o % (self.merge * cgo)) / cgo;
+            out[o * cgi * taps..][..cgi * taps]
+                .copy_from_slice(&merged[(o * wide + j * cgi) * taps..][..cgi * taps]);
+        }
+        out
+    }
+}
+
 impl Conv2d {
-    /// The bf16 unit this convolution's products run on. Grouped convolutions with fewer
-    /// than 32 channels per group take the f32 kernels on rounded values instead: their
-    /// products are too narrow for the unit's 32-column blocks, whose packing would cost
-    /// more than it saves.
-    fn unit(&self, geo: &Geometry, isa: Isa) -> Option<crate::bf16::Unit> {
-        let narrow = geo.groups > 1 && geo.cgi().min(geo.cgo()) < crate::bf16::BLOCK;
-        crate::bf16::Unit::of(isa).filter(|_| !narrow && !geo.band(VectorPath::of(isa)))
+    /// Where this convolution's bf16 products run: on the machine's bf16 unit, narrow
+    /// groups merged (the most consecutive groups whose channels fit one 32-column block
+    /// together), or, without a unit, on the f32 kernels on rounded values. Groups of one
+    /// channel (depthwise) stay on the band path: merged, almost all of the unit's
+    /// products would be zeros.
+    fn unit(&self, geo: &Geometry, isa: Isa) -> Option<OnUnit> {
+        let unit = crate::bf16::Unit::of(isa)?;
+        let widest = geo.cgi().max(geo.cgo());
+        if geo.groups > 1 && geo.cgi().min(geo.cgo()) < 2 && geo.band(VectorPath::of(isa)) {
+            return None;
+        }
+        let merge = if geo.groups > 1 && widest < crate::bf16::BLOCK {
+            (1..=geo.groups)
+                .rev()
+                .find(|&m| geo.groups % m == 0 && m * widest <= crate::bf16::BLOCK)
+                .unwrap_or(1)
+        } else {
+            1
+        };
+        Some(OnUnit { unit, merge })
     }
 
     /// The output in f32 or, where `O` is bf16, rounded to bf16 (autocast's output).
@@ -1264,9 +1331,14 @@ impl Conv2d {
         geo: &Geometry,
         isa: Isa,
     ) -> Vec<O> {
+        use crate::conv_bf16::forward as on_unit;
         match (self.unit(geo, isa), x) {
-            (Some(unit), Bf16Input::F32(x)) => crate::conv_bf16::forward(x, w, geo, unit, isa),
-            (Some(unit), Bf16Input::Bf16(x)) => crate::conv_bf16::forward(x, w, geo, unit, isa),
+            (Some(u), Bf16Input::F32(x)) => {
+                on_unit(x, &u.weights(w, geo), &u.geometry(geo), u.unit, isa)
+            }
+            (Some(u), Bf16Input::Bf16(x)) => {
+                on_unit(x, &u.weights(w, geo), &u.geometry(geo), u.unit, isa)
+            }
             (None, x) => {
                 O::from_f32_vec(forward(&x.rounded(isa), &round_vec(w, isa), geo, isa), isa)
             }
@@ -1281,10 +1353,13 @@ impl Conv2d {
         geo: &Geometry,
         isa: Isa,
     ) -> Vec<O> {
+        use crate::conv_bf16::input_grad as on_unit;
         match (self.unit(geo, isa), dy) {
-            (Some(unit), Bf16Input::F32(dy)) => crate::conv_bf16::input_grad(dy, w, geo, unit, isa),
-            (Some(unit), Bf16Input::Bf16(dy)) => {
-                crate::conv_bf16::input_grad(dy, w, geo, unit, isa)
+            (Some(u), Bf16Input::F32(dy)) => {
+                on_unit(dy, &u.weights(w, geo), &u.geometry(geo), u.unit, isa)
+            }
+            (Some(u), Bf16Input::Bf16(dy)) => {
+                on_unit(dy, &u.weights(w, geo), &u.geometry(geo), u.unit, isa)
             }
             (None, dy) => O::from_f32_vec(
                 input_grad(&dy.rounded(isa), &round_vec(w, isa), geo, isa),
@@ -1294,20 +1369,18 @@ impl Conv2d {
     }
 
     fn weight_grad_bf16(&self, x: Bf16Input, dy: Bf16Input, geo: &Geometry, isa: Isa) -> Vec<f32> {
-        use crate::conv_bf16::weight_grad as unit_grad;
-        match (self.unit(geo, isa), x, dy) {
-            (Some(unit), Bf16Input::F32(x), Bf16Input::F32(dy)) => unit_grad(x, dy, geo, unit, isa),
-            (Some(unit), Bf16Input::F32(x), Bf16Input::Bf16(dy)) => {
-                unit_grad(x, dy, geo, unit, isa)
-            }
-            (Some(unit), Bf16Input::Bf16(x), Bf16Input::F32(dy)) => {
-                unit_grad(x, dy, geo, unit, isa)
-            }
-            (Some(unit), Bf16Input::Bf16(x), Bf16Input::Bf16(dy)) => {
-                unit_grad(x, dy, geo, unit, isa)
-            }
-            (None, x, dy) => weight_grad(&x.rounded(isa), &dy.rounded(isa), geo, isa),
-        }
+        use crate::conv_bf16::weight_grad as on_unit;
+        let Some(u) = self.unit(geo, isa) else {
+            return weight_grad(&x.rounded(isa), &dy.rounded(isa), geo, isa);
+        };
+        let (merged, unit) = (u.geometry(geo), u.unit);
+        let grad = match (x, dy) {
+            (Bf16Input::F32(x), Bf16Input::F32(dy)) => on_unit(x, dy, &merged, unit, isa),
+            (Bf16Input::F32(x), Bf16Input::Bf16(dy)) => on_unit(x, dy, &merged, unit, isa),
+            (Bf16Input::Bf16(x), Bf16Input::F32(dy)) => on_unit(x, dy, &merged, unit, isa),
+            (Bf16Input::Bf16(x), Bf16Input::Bf16(dy)) => on_unit(x, dy, &merged, unit, isa),
+        };
+        u.unmerge_grad(grad, geo)
     }
 }
 
@@ -1775,15 +1848,23 @@ mod tests {
     #[test]
     fn bf16_products_match_f64_products_of_the_rounded_values() {
         use crate::bf16::round_f32;
-        let cases: [Case; 11] = [
+        let cases: [Case; 16] = [
             // 1x1, stride 1, depths of whole K steps: bf16 rows read in place.
             (2, 64, 6, 6, 96, 1, 1, 0, 1),
             (2, 64, 6, 6, 64, 1, 1, 0, 2),
             (2, 32, 7, 7, 40, 3, 1, 1, 1),
             (2, 64, 5, 5, 64, 3, 1, 1, 2),
             (3, 24, 9, 8, 33, 3, 2, 1, 1),
+            // Narrow groups, merged on a unit: 16 groups of 2 channels, 2 of 12, 4 of 7, 2
+            // of 6 widening to 12 (1x1); 20 channels (one group a block, padded); one
+            // channel (depthwise, the band path).
             (2, 64, 6, 6, 64, 3, 1, 1, 32),
             (2, 48, 5, 5, 48, 3, 1, 1, 4),
+            (2, 56, 7, 7, 56, 3, 1, 1, 8),
+            (3, 56, 9, 9, 56, 3, 2, 1, 8),
+            (2, 24, 5, 5, 48, 1, 1, 0, 4),
+            (2, 40, 9, 9, 40, 3, 2, 1, 2),
+            (2, 16, 6, 6, 16, 3, 1, 1, 16),
             (2, 70, 5, 6, 20, 1, 1, 0, 1),
             (2, 16, 8, 8, 64, 1, 2, 0, 1),
             (1, 3, 11, 11, 8, 7, 2, 3, 1),

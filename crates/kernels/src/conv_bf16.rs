@@ -370,8 +370,9 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
                         );
                     }
                     let cols = (block.start * BLOCK)..(block.end * BLOCK).min(n);
-                    let fast = cgi % 16 == 0 && len % 2 == 0 && cols.end % 16 == 0;
-                    if !fast || cols.end < block.end * BLOCK {
+                    // Columns past the product's in the last panel stay zero. (Pairs past
+                    // the chunk's pixels meet zeros in A.)
+                    if cols.end < block.end * BLOCK {
                         b.fill(0);
                     }
                     for kp in 0..len.div_ceil(2) {
@@ -379,50 +380,32 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
                         for t in 0..taps {
                             let lo = (t * cgi).max(cols.start);
                             let hi = ((t + 1) * cgi).min(cols.end);
-                            if lo >= hi {
-                                continue;
-                            }
                             let r0 = table[t * chunk + p0];
                             let r1 = if p1 < len {
                                 table[t * chunk + p1]
                             } else {
                                 zp.get()
                             };
-                            if fast {
-                                // Runs of 16 columns within one tap and one panel.
-                                let mut col = lo;
-                                while col < hi {
-                                    let local = col - block.start * BLOCK;
-                                    let (panel, j) = (local / BLOCK, local % BLOCK);
-                                    let dst =
-                                        b[(panel * kc + 2 * kp) * BLOCK + 2 * j..].as_mut_ptr();
-                                    // SAFETY: 16 values of each row from col - t * cgi lie in
-                                    // the rows (cgi % 16 == 0), and 32 slots from dst in the
-                                    // panel's row.
-                                    unsafe {
-                                        interleave_rows(
-                                            r0.add(col - t * cgi),
-                                            r1.add(col - t * cgi),
-                                            dst,
-                                            16,
-                                        )
-                                    };
-                                    col += 16;
-                                }
-                                continue;
-                            }
-                            for col in lo..hi {
+                            // Runs of up to 16 columns within one tap and one panel.
+                            let mut col = lo;
+                            while col < hi {
                                 let local = col - block.start * BLOCK;
                                 let (panel, j) = (local / BLOCK, local % BLOCK);
-                                let at = (panel * kc + 2 * kp) * BLOCK + 2 * j;
+                                let run = (hi - col).min(BLOCK - j).min(16);
+                                let dst = b[(panel * kc + 2 * kp) * BLOCK + 2 * j..].as_mut_ptr();
                                 // SAFETY: the pointers are pixel rows (or the zero row) with
-                                // cgi values after the group's offset.
+                                // cgi values after the group's offset, of which the run reads
+                                // from col - t * cgi < hi - t * cgi <= cgi; 2 * run slots from
+                                // dst lie in the panel's row.
                                 unsafe {
-                                    b[at] = (*r0.add(col - t * cgi)).bits();
-                                    if p1 < len {
-                                        b[at + 1] = (*r1.add(col - t * cgi)).bits();
-                                    }
-                                }
+                                    interleave_rows(
+                                        r0.add(col - t * cgi),
+                                        r1.add(col - t * cgi),
+                                        dst,
+                                        run,
+                                    )
+                                };
+                                col += run;
                             }
                         }
                     }
@@ -525,7 +508,6 @@ fn weight_grad_by_input_columns<X: Source, D: Source>(
         // read (they gather 32-bit values).
         let mut rows = vec![0f32; chunk * cgi];
         let cols = (block.start * BLOCK)..(block.end * BLOCK).min(cgo);
-        let fast = cols.len() % 16 == 0;
         let _ = isa;
         unit.session(
             #[inline(always)]
@@ -552,10 +534,11 @@ fn weight_grad_by_input_columns<X: Source, D: Source>(
                         // after its pointer; `row` holds cgi.
                         unsafe {
                             if X::F32 {
-                                std::ptr::copy_nonoverlapping(
-                                    from as *const f32,
-                                    row.as_mut_ptr(),
-                                    cgi,
+                                // f32 values as pairs of 16-bit words.
+                                crate::bf16::copy_run(
+                                    from as *const u16,
+                                    row.as_mut_ptr() as *mut u16,
+                                    2 * cgi,
                                 )
                             } else {
                                 // bf16 values are their bits (`Source` for bf16).
@@ -589,30 +572,18 @@ fn weight_grad_by_input_columns<X: Source, D: Source>(
                         } else {
                             zdp.get() as *const D
                         };
-                        if fast {
-                            let mut col = cols.start;
-                            while col < cols.end {
-                                let local = col - cols.start;
-                                let (panel, j) = (local / BLOCK, local % BLOCK);
-                                let dst = b[(panel * kc + 2 * kp) * BLOCK + 2 * j..].as_mut_ptr();
-                                // SAFETY: 16 columns from col lie in each row (the block's
-                                // columns are whole runs of 16 within the group's cgo), and
-                                // 32 slots from dst in the panel's row.
-                                unsafe { interleave_rows(r0.add(col), r1.add(col), dst, 16) };
-                                col += 16;
-                            }
-                            continue;
-                        }
-                        for col in cols.clone() {
+                        // Runs of up to 16 columns within one panel.
+                        let mut col = cols.start;
+                        while col < cols.end {
                             let local = col - cols.start;
                             let (panel, j) = (local / BLOCK, local % BLOCK);
-                            let at = (panel * kc + 2 * kp) * BLOCK + 2 * j;
-                            // SAFETY: both rows hold the group's cgo values (the zero row
-                            // holds c_out).
-                            unsafe {
-                                b[at] = (*r0.add(col)).bits();
-                                b[at + 1] = (*r1.add(col)).bits();
-                            }
+                            let run = (cols.end - col).min(BLOCK - j).min(16);
+                            let dst = b[(panel * kc + 2 * kp) * BLOCK + 2 * j..].as_mut_ptr();
+                            // SAFETY: the run's columns lie in each row (the group's cgo
+                            // values; the zero row holds c_out), and 2 * run slots from dst
+                            // in the panel's row.
+                            unsafe { interleave_rows(r0.add(col), r1.add(col), dst, run) };
+                            col += run;
                         }
                     }
                     for mb in 0..m_blocks {
