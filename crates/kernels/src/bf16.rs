@@ -22,6 +22,7 @@
 use std::arch::asm;
 
 use half::bf16;
+use std::ops::Range;
 
 /// bf16 bits of `x`, rounded to nearest even; a NaN stays a (quiet) NaN. Branch-free, so a
 /// loop of it vectorizes.
@@ -660,18 +661,44 @@ pub(crate) unsafe fn gather_column(src: *const f32, stride: usize, rows: usize, 
 }
 
 /// Packs one row of A on a unit's path: `taps` runs of `kc` values from `pointers`, then
-/// zeros to `row.len()`.
+/// zeros to `row.len()`. Taps whose values follow each other in memory (a kernel row's taps
+/// inside the image, when a tap reads the whole pixel) are converted as one run: the same
+/// values, in fewer, longer copies. Pointers into `zeros` (the addresses of the padding's
+/// zero row) never join a run.
 ///
 /// # Safety
 /// Each pointer is valid for `kc` reads; inside `with_unit_features`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(crate) unsafe fn pack_row_unit<X: Source>(row: &mut [u16], pointers: &[*const X], kc: usize) {
-    for (t, &p) in pointers.iter().enumerate() {
-        // SAFETY: the caller's promise; the run lies in the row.
-        unsafe { convert_run(p, row[t * kc..(t + 1) * kc].as_mut_ptr(), kc) };
+pub(crate) unsafe fn pack_row_unit<X: Source>(
+    row: &mut [u16],
+    pointers: &[*const X],
+    kc: usize,
+    zeros: &Range<usize>,
+) {
+    let mut t = 0;
+    while t < pointers.len() {
+        let start = pointers[t];
+        let mut end = t + 1;
+        if !zeros.contains(&(start as usize)) {
+            while end < pointers.len()
+                && pointers[end] == start.wrapping_add((end - t) * kc)
+                && !zeros.contains(&(pointers[end] as usize))
+            {
+                end += 1;
+            }
+        }
+        // SAFETY: the caller's promise for each pointer; taps t..end read one contiguous
+        // run (each pointer kc values after the one before), which lies in the row.
+        unsafe { convert_run(start, row[t * kc..end * kc].as_mut_ptr(), (end - t) * kc) };
+        t = end;
     }
     row[pointers.len() * kc..].fill(0);
+}
+
+/// The addresses of `len` values from `zero` (a zero row, whose pointers never join runs).
+pub(crate) fn address_range<X>(zero: *const X, len: usize) -> Range<usize> {
+    (zero as usize)..(zero as usize + len * std::mem::size_of::<X>())
 }
 
 #[cfg(test)]

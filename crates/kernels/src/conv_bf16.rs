@@ -16,7 +16,8 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::bf16::{
-    gather_column, interleave_rows, pack_row_unit, padded_k, Sink, Source, Unit, Vnni, BLOCK,
+    address_range, gather_column, interleave_rows, pack_row_unit, padded_k, Sink, Source, Unit,
+    Vnni, BLOCK,
 };
 use crate::conv::{
     classes, forward_pointers, grad_split, ranges, sum_parts, tap_offsets, written_by, Geometry,
@@ -36,6 +37,9 @@ const TASK_ROWS: usize = 4 * BLOCK;
 /// s values (the products of a 1x1, stride-1 convolution). A whole block of bf16 rows whose
 /// depth needs no padding is then read where it lies, with no copy.
 ///
+/// `zero` is the zero row (`zero_len` values) that the pointers of taps in the padding
+/// point into.
+///
 /// # Safety
 /// Pointers are valid for `kc` reads; `out_row(r)` is valid for `b.n` writes for every row
 /// r of `rows`; `b` is `taps * kc` deep; `in_place` tells the truth.
@@ -46,7 +50,7 @@ unsafe fn block_rows<X: Source, O: Sink>(
     rows: Range<usize>,
     taps: usize,
     kc: usize,
-    zero: *const X,
+    (zero, zero_len): (*const X, usize),
     b: &Vnni,
     in_place: Option<usize>,
     pointers: impl Fn(usize, &mut [*const X]),
@@ -57,6 +61,7 @@ unsafe fn block_rows<X: Source, O: Sink>(
     let mut a = vec![0u16; BLOCK * kpad];
     let mut c = vec![0f32; BLOCK * BLOCK];
     let mut row = vec![zero; taps];
+    let zeros = address_range(zero, zero_len);
     let _ = isa;
     unit.session(
         #[inline(always)]
@@ -76,7 +81,7 @@ unsafe fn block_rows<X: Source, O: Sink>(
                             if i < valid {
                                 pointers(start + i, &mut row);
                                 // SAFETY: the caller's promise for the pointers.
-                                unsafe { pack_row_unit(packed, &row, kc) };
+                                unsafe { pack_row_unit(packed, &row, kc, &zeros) };
                             } else {
                                 packed.fill(0);
                             }
@@ -146,7 +151,7 @@ pub(crate) fn forward<X: Source, O: Sink>(
                     rows.clone(),
                     taps,
                     cgi,
-                    zp.get(),
+                    (zp.get(), geo.c),
                     &packed[*g],
                     in_place,
                     |r, row| {
@@ -221,7 +226,7 @@ pub(crate) fn input_grad<D: Source, O: Sink>(
                     rows.clone(),
                     class.taps.len(),
                     cgo,
-                    zp.get(),
+                    (zp.get(), geo.c_out),
                     &packed[*ci][*g],
                     in_place,
                     |r, row| {
@@ -289,6 +294,7 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
     let mut parts = vec![0f32; splits * part_len];
     let pp = SendPtr(parts.as_mut_ptr());
     let zero = vec![X::ZERO; geo.c];
+    let zeros = address_range(zero.as_ptr(), zero.len());
     let offsets = tap_offsets(geo);
     let (xp, zp) = (
         SendPtr(x.as_ptr() as *mut X),
@@ -377,16 +383,35 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
                     }
                     for kp in 0..len.div_ceil(2) {
                         let (p0, p1) = (2 * kp, 2 * kp + 1);
-                        for t in 0..taps {
-                            let lo = (t * cgi).max(cols.start);
-                            let hi = ((t + 1) * cgi).min(cols.end);
+                        let mut t = 0;
+                        while t < taps {
                             let r0 = table[t * chunk + p0];
                             let r1 = if p1 < len {
                                 table[t * chunk + p1]
                             } else {
                                 zp.get()
                             };
-                            // Runs of up to 16 columns within one tap and one panel.
+                            // Taps whose rows follow each other in memory in both pixels (a
+                            // kernel row inside the image, when a tap reads the whole pixel)
+                            // are one run of columns.
+                            let mut end = t + 1;
+                            let apart = |p: *const X, q: *const X, taps: usize| {
+                                q == p.wrapping_add(taps * cgi) && !zeros.contains(&(q as usize))
+                            };
+                            if p1 < len
+                                && !zeros.contains(&(r0 as usize))
+                                && !zeros.contains(&(r1 as usize))
+                            {
+                                while end < taps
+                                    && apart(r0, table[end * chunk + p0], end - t)
+                                    && apart(r1, table[end * chunk + p1], end - t)
+                                {
+                                    end += 1;
+                                }
+                            }
+                            let lo = (t * cgi).max(cols.start);
+                            let hi = (end * cgi).min(cols.end);
+                            // Runs of up to 16 columns within one panel.
                             let mut col = lo;
                             while col < hi {
                                 let local = col - block.start * BLOCK;
@@ -394,9 +419,11 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
                                 let run = (hi - col).min(BLOCK - j).min(16);
                                 let dst = b[(panel * kc + 2 * kp) * BLOCK + 2 * j..].as_mut_ptr();
                                 // SAFETY: the pointers are pixel rows (or the zero row) with
-                                // cgi values after the group's offset, of which the run reads
-                                // from col - t * cgi < hi - t * cgi <= cgi; 2 * run slots from
-                                // dst lie in the panel's row.
+                                // cgi values after the group's offset, and taps t..end of
+                                // both pixels are contiguous, so the run reads from
+                                // col - t * cgi < hi - t * cgi <= (end - t) * cgi values
+                                // that lie in the rows; 2 * run slots from dst lie in the
+                                // panel's row.
                                 unsafe {
                                     interleave_rows(
                                         r0.add(col - t * cgi),
@@ -407,6 +434,7 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
                                 };
                                 col += run;
                             }
+                            t = end;
                         }
                     }
                     for mb in 0..m_blocks {
