@@ -1171,13 +1171,21 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
         }
     });
     let total = sum_parts(&mut parts, part_len);
+    // [ci, o] to [o, ci] per group and tap, in squares of 32 x 32: written one whole row
+    // after the other, consecutive values would lie a weight row apart (kilobytes in the
+    // wide layers), each store missing the cache.
+    const SQUARE: usize = 32;
     let mut grad = vec![T::zero(); geo.c_out * cgi * taps];
     for g in 0..geo.groups {
         for t in 0..taps {
-            for ci in 0..cgi {
-                let row = &total[((g * taps + t) * cgi + ci) * cgo..][..cgo];
-                for (o, &v) in row.iter().enumerate() {
-                    grad[((g * cgo + o) * cgi + ci) * taps + t] = v;
+            let from = &total[(g * taps + t) * cgi * cgo..][..cgi * cgo];
+            for os in ranges(cgo, SQUARE) {
+                for cis in ranges(cgi, SQUARE) {
+                    for o in os.clone() {
+                        for ci in cis.clone() {
+                            grad[((g * cgo + o) * cgi + ci) * taps + t] = from[ci * cgo + o];
+                        }
+                    }
                 }
             }
         }

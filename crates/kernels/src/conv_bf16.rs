@@ -639,17 +639,20 @@ fn weight_grad_by_input_columns<X: Source, D: Source>(
         );
     });
     let total = sum_parts(&mut parts, part_len);
+    // Each tile transposed on its own, written a weight row's run of input channels at a
+    // time: written column by column, consecutive values would lie a weight row apart
+    // (kilobytes in the wide layers), each store missing the cache.
     let mut grad = vec![0f32; geo.c_out * cgi];
     for g in 0..geo.groups {
-        for ci in 0..cgi {
-            let (mb, i) = (ci / BLOCK, ci % BLOCK);
+        for mb in 0..m_blocks {
+            let cis = (mb * BLOCK)..((mb + 1) * BLOCK).min(cgi);
             for panel in 0..panels {
-                let row =
-                    &total[((g * m_blocks + mb) * panels + panel) * tile + i * BLOCK..][..BLOCK];
-                for (j, &v) in row.iter().enumerate() {
-                    let co = panel * BLOCK + j;
-                    if co < cgo {
-                        grad[(g * cgo + co) * cgi + ci] = v;
+                let tile_at = &total[((g * m_blocks + mb) * panels + panel) * tile..][..tile];
+                for j in 0..BLOCK.min(cgo - panel * BLOCK) {
+                    let co = g * cgo + panel * BLOCK + j;
+                    let out = &mut grad[co * cgi + cis.start..co * cgi + cis.end];
+                    for (i, v) in out.iter_mut().enumerate() {
+                        *v = tile_at[i * BLOCK + j];
                     }
                 }
             }
