@@ -24,6 +24,10 @@ struct MaxPool3x3S2 {
 
 /// One image [h, w, c]: window maxima and their taps. Padding counts as -inf (as in
 /// PyTorch), ties keep the first tap in scan order and a NaN wins its window.
+///
+/// Inlined into `vector_loops`' closure: compiled on its own, without the path's target
+/// features, the channel loop would run on SSE with a store per lane.
+#[inline(always)]
 fn pool_image<T: WithDType + PartialOrd>(
     input: &[T],
     (h, w, c): (usize, usize, usize),
@@ -68,6 +72,44 @@ fn pool_image<T: WithDType + PartialOrd>(
     }
 }
 
+/// One image's input gradient [h, w, c]: each output gradient added to the input its tap
+/// names. Per output pixel and tap, a masked add over the channels (so that it vectorizes);
+/// every input still receives its gradients in the order of the outputs, as a scatter
+/// would add them.
+#[inline(always)]
+fn unpool_image<T: WithDType>(
+    grad_out: &[T],
+    argmax: &[u8],
+    (h, w, c): (usize, usize, usize),
+    grad_in: &mut [T],
+) {
+    let out_w = pooled_size(w);
+    for (o, (values, taps)) in grad_out
+        .chunks_exact(c)
+        .zip(argmax.chunks_exact(c))
+        .enumerate()
+    {
+        let (oy, ox) = (o / out_w, o % out_w);
+        for ky in 0..3 {
+            let y = (2 * oy + ky) as isize - 1;
+            if y < 0 || y >= h as isize {
+                continue;
+            }
+            for kx in 0..3 {
+                let x = (2 * ox + kx) as isize - 1;
+                if x < 0 || x >= w as isize {
+                    continue;
+                }
+                let row = &mut grad_in[(y as usize * w + x as usize) * c..][..c];
+                let tap = (ky * 3 + kx) as u8;
+                for ((sum, &v), &at) in row.iter_mut().zip(values).zip(taps) {
+                    *sum = if at == tap { *sum + v } else { *sum };
+                }
+            }
+        }
+    }
+}
+
 impl CustomOp1 for MaxPool3x3S2 {
     fn name(&self) -> &'static str {
         "max-pool-3x3-s2-nhwc"
@@ -106,6 +148,7 @@ impl CustomOp1 for MaxPool3x3S2 {
         if argmax.len() != n * image_out {
             candle_core::bail!("{}: backward without a forward pass", self.name());
         }
+        let isa = isa::selected();
         let grad_in = float_dispatch!(arg.dtype(), self.name(), T => {
             let g = cpu_slice::<T>(&gs, gl, self.name())?;
             let mut grad_in = vec![T::from_f64(0.0); n * h * w * c];
@@ -115,14 +158,9 @@ impl CustomOp1 for MaxPool3x3S2 {
                 .zip(g.par_chunks(image_out))
                 .zip(argmax.par_chunks(image_out))
                 .for_each(|((grad_in, g), argmax)| {
-                    for (o, (gv, taps)) in g.chunks_exact(c).zip(argmax.chunks_exact(c)).enumerate() {
-                        let (oy, ox) = (o / out_w, o % out_w);
-                        for (ch, (&v, &tap)) in gv.iter().zip(taps).enumerate() {
-                            let (ky, kx) = ((tap / 3) as usize, (tap % 3) as usize);
-                            let (y, x) = (2 * oy + ky - 1, 2 * ox + kx - 1);
-                            grad_in[(y * w + x) * c + ch] += v;
-                        }
-                    }
+                    vector_loops(isa, #[inline(always)] || {
+                        unpool_image(g, argmax, (h, w, c), grad_in)
+                    })
                 });
             Tensor::from_vec(grad_in, arg.shape(), arg.device())?
         });
@@ -182,6 +220,7 @@ impl CustomOp1 for GlobalAvgPool {
         let (n, h, w, c) = arg.dims4()?;
         let grad = grad_res.contiguous()?;
         let (gs, gl) = grad.storage_and_layout();
+        let isa = isa::selected();
         let grad_in = float_dispatch!(arg.dtype(), self.name(), T => {
             let g = cpu_slice::<T>(&gs, gl, self.name())?;
             let inv = T::from_f64(1.0 / (h * w) as f64);
