@@ -22,6 +22,27 @@ struct MaxPool3x3S2 {
     argmax: Mutex<Vec<u8>>,
 }
 
+/// Calls `visit(tap, pixel)` for each tap (ky * 3 + kx) of output pixel `o`'s window that
+/// falls inside an h x w image, in scan order, with the input pixel's index y * w + x.
+#[inline(always)]
+fn window_taps(o: usize, (h, w): (usize, usize), mut visit: impl FnMut(u8, usize)) {
+    let out_w = pooled_size(w);
+    let (oy, ox) = (o / out_w, o % out_w);
+    for ky in 0..3 {
+        let y = (2 * oy + ky) as isize - 1;
+        if y < 0 || y >= h as isize {
+            continue;
+        }
+        for kx in 0..3 {
+            let x = (2 * ox + kx) as isize - 1;
+            if x < 0 || x >= w as isize {
+                continue;
+            }
+            visit((ky * 3 + kx) as u8, y as usize * w + x as usize);
+        }
+    }
+}
+
 /// One image [h, w, c]: window maxima and their taps. Padding counts as -inf (as in
 /// PyTorch), ties keep the first tap in scan order and a NaN wins its window.
 ///
@@ -34,31 +55,23 @@ fn pool_image<T: WithDType + PartialOrd>(
     out: &mut [T],
     argmax: &mut [u8],
 ) {
-    let out_w = pooled_size(w);
     for (o, (values, taps)) in out
         .chunks_exact_mut(c)
         .zip(argmax.chunks_exact_mut(c))
         .enumerate()
     {
-        let (oy, ox) = (o / out_w, o % out_w);
         let mut first = true;
-        for ky in 0..3 {
-            let y = (2 * oy + ky) as isize - 1;
-            if y < 0 || y >= h as isize {
-                continue;
-            }
-            for kx in 0..3 {
-                let x = (2 * ox + kx) as isize - 1;
-                if x < 0 || x >= w as isize {
-                    continue;
-                }
-                let row = &input[(y as usize * w + x as usize) * c..][..c];
-                let tap = (ky * 3 + kx) as u8;
+        window_taps(
+            o,
+            (h, w),
+            #[inline(always)]
+            |tap, pixel| {
+                let row = &input[pixel * c..][..c];
                 if first {
                     values.copy_from_slice(row);
                     taps.fill(tap);
                     first = false;
-                    continue;
+                    return;
                 }
                 // Branch-free, so that it vectorizes across the channels.
                 for ((best, at), &v) in values.iter_mut().zip(taps.iter_mut()).zip(row) {
@@ -67,8 +80,8 @@ fn pool_image<T: WithDType + PartialOrd>(
                     *best = if better { v } else { *best };
                     *at = if better { tap } else { *at };
                 }
-            }
-        }
+            },
+        );
     }
 }
 
@@ -83,30 +96,22 @@ fn unpool_image<T: WithDType>(
     (h, w, c): (usize, usize, usize),
     grad_in: &mut [T],
 ) {
-    let out_w = pooled_size(w);
     for (o, (values, taps)) in grad_out
         .chunks_exact(c)
         .zip(argmax.chunks_exact(c))
         .enumerate()
     {
-        let (oy, ox) = (o / out_w, o % out_w);
-        for ky in 0..3 {
-            let y = (2 * oy + ky) as isize - 1;
-            if y < 0 || y >= h as isize {
-                continue;
-            }
-            for kx in 0..3 {
-                let x = (2 * ox + kx) as isize - 1;
-                if x < 0 || x >= w as isize {
-                    continue;
-                }
-                let row = &mut grad_in[(y as usize * w + x as usize) * c..][..c];
-                let tap = (ky * 3 + kx) as u8;
+        window_taps(
+            o,
+            (h, w),
+            #[inline(always)]
+            |tap, pixel| {
+                let row = &mut grad_in[pixel * c..][..c];
                 for ((sum, &v), &at) in row.iter_mut().zip(values).zip(taps) {
                     *sum = if at == tap { *sum + v } else { *sum };
                 }
-            }
-        }
+            },
+        );
     }
 }
 
@@ -229,11 +234,13 @@ impl CustomOp1 for GlobalAvgPool {
                 .par_chunks_mut(h * w * c)
                 .zip(g.par_chunks(c))
                 .for_each(|(image, gv)| {
-                    for row in image.chunks_exact_mut(c) {
-                        for (o, &v) in row.iter_mut().zip(gv) {
-                            *o = v * inv;
+                    vector_loops(isa, #[inline(always)] || {
+                        for row in image.chunks_exact_mut(c) {
+                            for (o, &v) in row.iter_mut().zip(gv) {
+                                *o = v * inv;
+                            }
                         }
-                    }
+                    })
                 });
             Tensor::from_vec(grad_in, arg.shape(), arg.device())?
         });
