@@ -14,7 +14,8 @@
 //! 16x16 f32 tiles of C, two of A, two of B, in `asm!` since stable Rust has no AMX
 //! intrinsics; written from Intel's instruction reference, with the tile configuration
 //! loaded once per task), and [`dp_block`] with AVX512-BF16's `VDPBF16PS` (8 rows by two
-//! vectors of accumulators, a broadcast pair of A against a vector of B pairs). Machines
+//! vectors of accumulators, or 16 rows by one for narrow panels, a broadcast pair of A
+//! against a vector of B pairs). Machines
 //! with neither round their inputs to bf16 values and run the f32 kernels (see `conv`):
 //! the same rounding, f32 products of bf16 values (exact), f32 sums. The two units treat
 //! bf16 denormals (below 1e-38) as zero; the software paths keep them.
@@ -289,7 +290,9 @@ impl Unit {
     }
 
     /// C[32][32] (row stride `ldc` floats) = (C if `accumulate`) + A[32][kpad] x B panel,
-    /// A's rows `lda` values apart.
+    /// A's rows `lda` values apart. Only C's first `rows` rows and `cols` columns are
+    /// meant: the rest may be left as they were (`VDPBF16PS` skips the row groups and the
+    /// vector of columns that hold none of them) or hold their products.
     ///
     /// # Safety
     /// `a` holds 32 rows of `kpad` values, `lda >= kpad` apart (`kpad` a multiple of 32),
@@ -305,12 +308,13 @@ impl Unit {
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
+        (rows, cols): (usize, usize),
     ) {
         // SAFETY: the caller's promises.
         unsafe {
             match self {
                 Unit::Amx => amx_block(a, lda, kpad, b, c, ldc, accumulate),
-                Unit::DotBf16 => dp_block(a, lda, kpad, b, c, ldc, accumulate),
+                Unit::DotBf16 => dp_block(a, lda, kpad, b, c, ldc, accumulate, (rows, cols)),
             }
         }
     }
@@ -420,13 +424,55 @@ unsafe fn amx_block(
     }
 }
 
-/// One block with `VDPBF16PS`: four sub-blocks of 8 rows by two vectors of 16 columns.
+/// One block with `VDPBF16PS`: sub-blocks of 8 rows by two vectors of 16 columns, or, where
+/// the wanted columns fit one vector, of 16 (or 8) rows by one; sub-blocks with none of
+/// the wanted rows are skipped. Each value of C takes the same pairs in the same order
+/// whichever sub-block computes it.
 ///
 /// # Safety
 /// As `Unit::block`; the CPU has AVX512-BF16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl,avx512dq")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn dp_block(
+    a: *const u16,
+    lda: usize,
+    kpad: usize,
+    b: *const u16,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    (rows, cols): (usize, usize),
+) {
+    let rows = rows.min(BLOCK);
+    let mut r = 0;
+    // SAFETY: every sub-block lies in the 32 rows of A and C that the caller vouches for.
+    unsafe {
+        while r < rows {
+            let (a, c) = (a.add(r * lda), c.add(r * ldc));
+            if cols > 16 {
+                dp_rows::<8, 2>(a, lda, kpad, b, c, ldc, accumulate);
+                r += 8;
+            } else if rows - r > 8 {
+                dp_rows::<16, 1>(a, lda, kpad, b, c, ldc, accumulate);
+                r += 16;
+            } else {
+                dp_rows::<8, 1>(a, lda, kpad, b, c, ldc, accumulate);
+                r += 8;
+            }
+        }
+    }
+}
+
+/// ROWS rows of A against the panel's first VECS vectors of 16 columns: a broadcast pair of
+/// A against a vector of B pairs per accumulator.
+///
+/// # Safety
+/// `a` holds ROWS rows of `kpad` values `lda` apart, `b` a panel `kpad` deep, `c` ROWS rows
+/// of 16 * VECS floats `ldc` apart; the CPU has AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl,avx512dq")]
+unsafe fn dp_rows<const ROWS: usize, const VECS: usize>(
     a: *const u16,
     lda: usize,
     kpad: usize,
@@ -436,33 +482,33 @@ unsafe fn dp_block(
     accumulate: bool,
 ) {
     use std::arch::x86_64::*;
-    const ROWS: usize = 8;
-    // SAFETY: reads stay in the 32 rows of A and the panel, writes in C's 32 rows.
+    // SAFETY: reads stay in the ROWS rows of A and the panel, writes in C's ROWS rows.
     unsafe {
-        for sub in 0..BLOCK / ROWS {
-            let (a, c) = (a.add(sub * ROWS * lda), c.add(sub * ROWS * ldc));
-            let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
-            if accumulate {
-                for (i, row) in acc.iter_mut().enumerate() {
-                    row[0] = _mm512_loadu_ps(c.add(i * ldc));
-                    row[1] = _mm512_loadu_ps(c.add(i * ldc + 16));
+        let mut acc = [[_mm512_setzero_ps(); VECS]; ROWS];
+        if accumulate {
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (v, value) in row.iter_mut().enumerate() {
+                    *value = _mm512_loadu_ps(c.add(i * ldc + 16 * v));
                 }
             }
-            for kp in 0..kpad / 2 {
-                let bp = b.add(kp * 2 * BLOCK);
-                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp as *const _));
-                let b1: __m512bh =
-                    std::mem::transmute(_mm512_loadu_si512(bp.add(BLOCK) as *const _));
-                for (i, row) in acc.iter_mut().enumerate() {
-                    let pair = (a.add(i * lda + 2 * kp) as *const i32).read_unaligned();
-                    let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
-                    row[0] = _mm512_dpbf16_ps(row[0], av, b0);
-                    row[1] = _mm512_dpbf16_ps(row[1], av, b1);
+        }
+        for kp in 0..kpad / 2 {
+            let bp = b.add(kp * 2 * BLOCK);
+            let mut bv = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); VECS];
+            for (v, vector) in bv.iter_mut().enumerate() {
+                *vector = std::mem::transmute(_mm512_loadu_si512(bp.add(32 * v) as *const _));
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let pair = (a.add(i * lda + 2 * kp) as *const i32).read_unaligned();
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                for (value, &vector) in row.iter_mut().zip(&bv) {
+                    *value = _mm512_dpbf16_ps(*value, av, vector);
                 }
             }
-            for (i, row) in acc.iter().enumerate() {
-                _mm512_storeu_ps(c.add(i * ldc), row[0]);
-                _mm512_storeu_ps(c.add(i * ldc + 16), row[1]);
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (v, value) in row.iter().enumerate() {
+                _mm512_storeu_ps(c.add(i * ldc + 16 * v), *value);
             }
         }
     }
@@ -732,8 +778,65 @@ mod tests {
         assert_eq!(from_bf16(to_bf16(f32::MAX)), f32::INFINITY);
     }
 
+    /// A product split along K at whole K steps, the second part accumulating into the
+    /// first's C, gives the bits of one pass: what lets the weight gradients choose their
+    /// chunk of pixels by the cache, not by the sums.
+    #[test]
+    fn splitting_k_at_whole_steps_keeps_the_bits() {
+        let units: Vec<Unit> = available().into_iter().filter_map(Unit::of).collect();
+        for unit in units {
+            let (k, split) = (320, 128);
+            let a_vals = values(BLOCK * k, 31);
+            let a: Vec<u16> = a_vals.iter().map(|&v| to_bf16(v)).collect();
+            let b_vals = values(k * BLOCK, 32);
+            let b = Vnni::new(k, BLOCK, |kk, col| b_vals[kk * BLOCK + col]);
+            let start = values(BLOCK * BLOCK, 33);
+            let (mut whole, mut parts) = (start.clone(), start.clone());
+            // SAFETY: A is 32 rows of k values (k apart), the panel k deep, C 32 x 32; the
+            // parts read A's columns and the panel's pairs from `split` on.
+            unsafe {
+                unit.session(|| {
+                    let all = (BLOCK, BLOCK);
+                    unit.block(
+                        a.as_ptr(),
+                        k,
+                        k,
+                        b.panel(0),
+                        whole.as_mut_ptr(),
+                        BLOCK,
+                        true,
+                        all,
+                    );
+                    unit.block(
+                        a.as_ptr(),
+                        k,
+                        split,
+                        b.panel(0),
+                        parts.as_mut_ptr(),
+                        BLOCK,
+                        true,
+                        all,
+                    );
+                    unit.block(
+                        a.as_ptr().add(split),
+                        k,
+                        k - split,
+                        b.panel(0).add(split * BLOCK),
+                        parts.as_mut_ptr(),
+                        BLOCK,
+                        true,
+                        all,
+                    );
+                })
+            };
+            let bits = |c: &[f32]| c.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&whole), bits(&parts), "{unit:?}");
+        }
+    }
+
     /// Each unit's block against an f64 sum of the same bf16 values: equal to f32
-    /// accumulation error, with and without accumulating into C, on partial panels.
+    /// accumulation error, with and without accumulating into C, on partial panels and
+    /// for some of the rows (the wanted part of C; nothing beyond C's 32 columns written).
     #[test]
     fn blocks_match_an_f64_reference_of_the_rounded_inputs() {
         let units: Vec<Unit> = available().into_iter().filter_map(Unit::of).collect();
@@ -751,8 +854,9 @@ mod tests {
                     }
                 }
                 let b = Vnni::new(k, n, |kk, col| b_vals[kk * n + col]);
-                for accumulate in [false, true] {
+                for (accumulate, rows) in [(false, BLOCK), (true, BLOCK), (false, 13), (true, 8)] {
                     for p in 0..b.panels() {
+                        let cols = (n - p * BLOCK).min(BLOCK);
                         let ldc = 40;
                         let start = values(BLOCK * ldc, 9);
                         let mut c = start.clone();
@@ -768,11 +872,15 @@ mod tests {
                                     c.as_mut_ptr(),
                                     ldc,
                                     accumulate,
+                                    (rows, cols),
                                 )
                             })
                         };
                         for i in 0..BLOCK {
                             for j in 0..BLOCK {
+                                if i >= rows || j >= cols {
+                                    continue;
+                                }
                                 let col = p * BLOCK + j;
                                 let mut expect = if accumulate {
                                     start[i * ldc + j] as f64

@@ -1856,7 +1856,7 @@ mod tests {
     #[test]
     fn bf16_products_match_f64_products_of_the_rounded_values() {
         use crate::bf16::round_f32;
-        let cases: [Case; 16] = [
+        let cases: [Case; 17] = [
             // 1x1, stride 1, depths of whole K steps: bf16 rows read in place.
             (2, 64, 6, 6, 96, 1, 1, 0, 1),
             (2, 64, 6, 6, 64, 1, 1, 0, 2),
@@ -1873,6 +1873,8 @@ mod tests {
             (2, 24, 5, 5, 48, 1, 1, 0, 4),
             (2, 40, 9, 9, 40, 3, 2, 1, 2),
             (2, 16, 6, 6, 16, 3, 1, 1, 16),
+            // 16 channels a group, merged in pairs.
+            (2, 64, 5, 5, 64, 3, 1, 1, 4),
             (2, 70, 5, 6, 20, 1, 1, 0, 1),
             (2, 16, 8, 8, 64, 1, 2, 0, 1),
             (1, 3, 11, 11, 8, 7, 2, 3, 1),

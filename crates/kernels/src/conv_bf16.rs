@@ -94,7 +94,16 @@ unsafe fn block_rows<X: Source, O: Sink>(
                     // SAFETY: A is 32 rows of kpad, lda apart (packed, or the caller's rows
                     // in place), the panel kpad deep, C 32 x 32.
                     unsafe {
-                        unit.block(a_ptr, lda, kpad, b.panel(p), c.as_mut_ptr(), BLOCK, false)
+                        unit.block(
+                            a_ptr,
+                            lda,
+                            kpad,
+                            b.panel(p),
+                            c.as_mut_ptr(),
+                            BLOCK,
+                            false,
+                            (valid, width),
+                        )
                     };
                     for i in 0..valid {
                         // SAFETY: the row's output holds b.n values (the caller's promise).
@@ -261,14 +270,27 @@ pub(crate) fn weight_grad<X: Source, D: Source>(
     }
 }
 
-/// The pixels of a weight-gradient chunk, for a product `n` columns wide on the input side
-/// (`taps * cgi`): its packed input (B) stays within about 1 MB.
-fn grad_chunk(n: usize) -> usize {
-    if n > 1024 {
-        CHUNK
-    } else {
-        2 * CHUNK
+/// The pixels of a weight-gradient chunk, the same in both orders of the product: its
+/// packed input (B, `taps * cgi` columns on the input side) stays within about 1 MB.
+/// Where the tasks split those columns into blocks (a weight larger than the output
+/// gradient: the late stages), each task packs only its block, and the chunk grows to
+/// 512 pixels as long as that block's B fits: a task reads and writes its tiles of C once
+/// per chunk, and in those layers they outgrow the second-level cache. Chunks stay whole
+/// K steps, so each sum takes the same pixel pairs in the same order whatever the chunk.
+fn grad_chunk(geo: &Geometry) -> usize {
+    let n = geo.taps() * geo.cgi();
+    let base = if n > 1024 { CHUNK } else { 2 * CHUNK };
+    let panels = n.div_ceil(BLOCK);
+    let (blocks, _) = grad_split(geo, geo.groups, panels, false);
+    if blocks <= 1 {
+        return base;
     }
+    let task_columns = panels.div_ceil(blocks) * BLOCK;
+    let mut chunk = base;
+    while chunk < 4 * CHUNK && 2 * chunk * task_columns * 2 <= 1 << 20 {
+        chunk *= 2;
+    }
+    chunk
 }
 
 /// dw^T [co, (tap, ci)]: A = the output gradient's channels over a chunk of pixels
@@ -285,7 +307,7 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
     let panels = n.div_ceil(BLOCK);
     let m_blocks = cgo.div_ceil(BLOCK);
     let pixels = geo.out_pixels();
-    let chunk = grad_chunk(n);
+    let chunk = grad_chunk(geo);
     let (blocks, splits) = grad_split(geo, geo.groups, panels, false);
     let panel_blocks: Vec<Range<usize>> = ranges(panels, panels.div_ceil(blocks)).collect();
     let tile = BLOCK * BLOCK;
@@ -453,6 +475,7 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
                                     c,
                                     BLOCK,
                                     true,
+                                    (cgo - mb * BLOCK, n - panel * BLOCK),
                                 )
                             };
                         }
@@ -499,7 +522,7 @@ fn weight_grad_by_input_columns<X: Source, D: Source>(
     let panels = cgo.div_ceil(BLOCK);
     let m_blocks = cgi.div_ceil(BLOCK);
     let pixels = geo.out_pixels();
-    let chunk = grad_chunk(cgi);
+    let chunk = grad_chunk(geo);
     // The split by pixels is the other order's: it depends on the shapes only, not on the
     // blocks of columns.
     let (blocks, splits) = grad_split(geo, geo.groups, panels, false);
@@ -630,6 +653,7 @@ fn weight_grad_by_input_columns<X: Source, D: Source>(
                                     c,
                                     BLOCK,
                                     true,
+                                    (cgi - mb * BLOCK, cgo - panel * BLOCK),
                                 )
                             };
                         }
