@@ -93,6 +93,11 @@ pub fn train_steps(
         if step >= warmup {
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
+        if step + 1 == warmup && cardinal_kernels::profile::enabled() {
+            // The profile covers the timed steps only: the first steps' page faults would
+            // inflate the per-call times of whatever allocates first.
+            let _ = cardinal_kernels::profile::take_report();
+        }
         on_step();
     }
     let ms_per_step = median(times);

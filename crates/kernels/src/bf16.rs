@@ -14,8 +14,9 @@
 //! 16x16 f32 tiles of C, two of A, two of B, in `asm!` since stable Rust has no AMX
 //! intrinsics; written from Intel's instruction reference, with the tile configuration
 //! loaded once per task), and [`dp_block`] with AVX512-BF16's `VDPBF16PS` (8 rows by two
-//! vectors of accumulators, or 16 rows by one for narrow panels, a broadcast pair of A
-//! against a vector of B pairs). Machines
+//! vectors of accumulators, or by one for narrow panels, a broadcast pair of A against a
+//! vector of B pairs; it can also read A's bf16 rows where they lie, through a pointer per
+//! row and tap). Machines
 //! with neither round their inputs to bf16 values and run the f32 kernels (see `conv`):
 //! the same rounding, f32 products of bf16 values (exact), f32 sums. The two units treat
 //! bf16 denormals (below 1e-38) as zero; the software paths keep them.
@@ -320,6 +321,53 @@ impl Unit {
     }
 }
 
+impl Unit {
+    /// Whether `block_of_rows` serves a product whose A rows are `kc` bf16 values per tap:
+    /// `VDPBF16PS` reads A one pair at a time, so it can read them where they lie when no
+    /// pair straddles two taps. (The tile unit loads A as whole 64-byte rows: it needs them
+    /// packed.)
+    pub(crate) fn reads_rows(self, kc: usize) -> bool {
+        self == Unit::DotBf16 && kc % 2 == 0
+    }
+
+    /// As `block`, with A's row i the `taps` runs of `kc` bf16 values at
+    /// `rows[i * taps + t]`, read where they lie (no packing copy); B's K order is (tap,
+    /// value). Each value of C takes the same pairs in the same order as `block` on the
+    /// packed rows (the packed rows' padding only adds zeros).
+    ///
+    /// # Safety
+    /// `reads_rows(kc)`; `rows` holds 32 * `taps` pointers, each valid for `kc` reads
+    /// (rows past the wanted ones may point at zeros); `b` a panel at least `taps * kc`
+    /// deep; `c` 32 rows of `ldc >= 32` floats.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn block_of_rows(
+        self,
+        rows: &[*const u16],
+        taps: usize,
+        kc: usize,
+        b: *const u16,
+        c: *mut f32,
+        ldc: usize,
+        (wanted_rows, cols): (usize, usize),
+    ) {
+        debug_assert!(self.reads_rows(kc) && rows.len() >= BLOCK * taps);
+        // SAFETY: the caller's promises.
+        unsafe {
+            dp_block_of_rows(
+                rows.as_ptr(),
+                taps,
+                kc,
+                b,
+                c,
+                ldc,
+                false,
+                (wanted_rows, cols),
+            )
+        }
+    }
+}
+
 /// The tile configuration: palette 1, eight tiles of 16 rows by 64 bytes.
 #[repr(C, align(64))]
 struct TileConfig {
@@ -424,10 +472,7 @@ unsafe fn amx_block(
     }
 }
 
-/// One block with `VDPBF16PS`: sub-blocks of 8 rows by two vectors of 16 columns, or, where
-/// the wanted columns fit one vector, of 16 (or 8) rows by one; sub-blocks with none of
-/// the wanted rows are skipped. Each value of C takes the same pairs in the same order
-/// whichever sub-block computes it.
+/// One block with `VDPBF16PS`: `dp_block_of_rows` on the rows of A as one run each.
 ///
 /// # Safety
 /// As `Unit::block`; the CPU has AVX512-BF16.
@@ -442,47 +487,72 @@ unsafe fn dp_block(
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
-    (rows, cols): (usize, usize),
+    wanted: (usize, usize),
 ) {
-    let rows = rows.min(BLOCK);
+    let rows: [*const u16; BLOCK] = std::array::from_fn(|i| a.wrapping_add(i * lda));
+    // SAFETY: row i of A is kpad values from a + i * lda (the caller's promise).
+    unsafe { dp_block_of_rows(rows.as_ptr(), 1, kpad, b, c, ldc, accumulate, wanted) }
+}
+
+/// `Unit::block_of_rows` with `VDPBF16PS` (C accumulated into where `accumulate`): sub-blocks
+/// of 8 rows (a pointer each per tap) by two vectors of 16 columns, or one where the wanted
+/// columns fit it; sub-blocks with none of the wanted rows are skipped. Each value of C
+/// takes the same pairs in the same order whichever sub-block computes it.
+///
+/// # Safety
+/// As `Unit::block_of_rows`; the CPU has AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl,avx512dq")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dp_block_of_rows(
+    rows: *const *const u16,
+    taps: usize,
+    kc: usize,
+    b: *const u16,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    (wanted_rows, cols): (usize, usize),
+) {
+    let wanted_rows = wanted_rows.min(BLOCK);
     let mut r = 0;
-    // SAFETY: every sub-block lies in the 32 rows of A and C that the caller vouches for.
+    // SAFETY: every sub-block's pointers and rows of C lie in the 32 the caller vouches for.
     unsafe {
-        while r < rows {
-            let (a, c) = (a.add(r * lda), c.add(r * ldc));
+        while r < wanted_rows {
+            let (rows, c) = (rows.add(r * taps), c.add(r * ldc));
             if cols > 16 {
-                dp_rows::<8, 2>(a, lda, kpad, b, c, ldc, accumulate);
-                r += 8;
-            } else if rows - r > 8 {
-                dp_rows::<16, 1>(a, lda, kpad, b, c, ldc, accumulate);
-                r += 16;
+                dp_rows::<2>(rows, taps, kc, b, c, ldc, accumulate);
             } else {
-                dp_rows::<8, 1>(a, lda, kpad, b, c, ldc, accumulate);
-                r += 8;
+                dp_rows::<1>(rows, taps, kc, b, c, ldc, accumulate);
             }
+            r += 8;
         }
     }
 }
 
-/// ROWS rows of A against the panel's first VECS vectors of 16 columns: a broadcast pair of
-/// A against a vector of B pairs per accumulator.
+/// 8 rows, read through their tap pointers, against the panel's first VECS vectors of 16
+/// columns (a broadcast pair of A against a vector of B pairs per accumulator), added to
+/// C's values where `accumulate`; pair j of tap t meets row t * kc / 2 + j of the panel.
 ///
 /// # Safety
-/// `a` holds ROWS rows of `kpad` values `lda` apart, `b` a panel `kpad` deep, `c` ROWS rows
-/// of 16 * VECS floats `ldc` apart; the CPU has AVX512-BF16.
+/// `rows` holds 8 * `taps` pointers valid for `kc` (even) reads, `b` a panel `taps * kc`
+/// deep, `c` 8 rows of 16 * VECS floats `ldc` apart; the CPU has AVX512-BF16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl,avx512dq")]
-unsafe fn dp_rows<const ROWS: usize, const VECS: usize>(
-    a: *const u16,
-    lda: usize,
-    kpad: usize,
+unsafe fn dp_rows<const VECS: usize>(
+    rows: *const *const u16,
+    taps: usize,
+    kc: usize,
     b: *const u16,
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
 ) {
     use std::arch::x86_64::*;
-    // SAFETY: reads stay in the ROWS rows of A and the panel, writes in C's ROWS rows.
+    const ROWS: usize = 8;
+    let pairs = kc / 2;
+    // SAFETY: each pair read lies in its tap's kc values, each B load in the panel's first
+    // taps * kc rows of pairs, each store in C's 8 rows.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); VECS]; ROWS];
         if accumulate {
@@ -492,17 +562,22 @@ unsafe fn dp_rows<const ROWS: usize, const VECS: usize>(
                 }
             }
         }
-        for kp in 0..kpad / 2 {
-            let bp = b.add(kp * 2 * BLOCK);
-            let mut bv = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); VECS];
-            for (v, vector) in bv.iter_mut().enumerate() {
-                *vector = std::mem::transmute(_mm512_loadu_si512(bp.add(32 * v) as *const _));
-            }
-            for (i, row) in acc.iter_mut().enumerate() {
-                let pair = (a.add(i * lda + 2 * kp) as *const i32).read_unaligned();
-                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
-                for (value, &vector) in row.iter_mut().zip(&bv) {
-                    *value = _mm512_dpbf16_ps(*value, av, vector);
+        for t in 0..taps {
+            let bases: [*const u16; ROWS] = std::array::from_fn(|i| *rows.add(i * taps + t));
+            let bt = b.add(t * pairs * 2 * BLOCK);
+            for j in 0..pairs {
+                let bp = bt.add(j * 2 * BLOCK);
+                let mut bv =
+                    [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); VECS];
+                for (v, vector) in bv.iter_mut().enumerate() {
+                    *vector = std::mem::transmute(_mm512_loadu_si512(bp.add(32 * v) as *const _));
+                }
+                for (row, base) in acc.iter_mut().zip(bases) {
+                    let pair = (base.add(2 * j) as *const i32).read_unaligned();
+                    let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                    for (value, &vector) in row.iter_mut().zip(&bv) {
+                        *value = _mm512_dpbf16_ps(*value, av, vector);
+                    }
                 }
             }
         }
@@ -776,6 +851,60 @@ mod tests {
         assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
         assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
         assert_eq!(from_bf16(to_bf16(f32::MAX)), f32::INFINITY);
+    }
+
+    /// Rows read through tap pointers give the bits of the same rows packed.
+    #[test]
+    fn rows_read_where_they_lie_match_packed_rows_bit_for_bit() {
+        let units: Vec<Unit> = available().into_iter().filter_map(Unit::of).collect();
+        for unit in units.into_iter().filter(|u| u.reads_rows(6)) {
+            let (taps, kc, n) = (3, 6, 20);
+            let k = taps * kc;
+            let kpad = padded_k(k);
+            // Each row's taps are runs of kc values at scattered places of a source.
+            let source: Vec<u16> = values(4096, 41).iter().map(|&v| to_bf16(v)).collect();
+            let at = |i: usize, t: usize| (i * 97 + t * 331) % (4096 - kc);
+            let pointers: Vec<*const u16> = (0..BLOCK * taps)
+                .map(|j| source[at(j / taps, j % taps)..].as_ptr())
+                .collect();
+            let mut packed = vec![0u16; BLOCK * kpad];
+            for i in 0..BLOCK {
+                for t in 0..taps {
+                    let from = &source[at(i, t)..][..kc];
+                    packed[i * kpad + t * kc..][..kc].copy_from_slice(from);
+                }
+            }
+            let b_vals = values(k * n, 42);
+            let b = Vnni::new(k, n, |kk, col| b_vals[kk * n + col]);
+            let (mut by_rows, mut by_packing) =
+                (vec![0f32; BLOCK * BLOCK], vec![0f32; BLOCK * BLOCK]);
+            let wanted = (BLOCK, n);
+            // SAFETY: each pointer has kc values after it, the packed rows kpad each, the
+            // panel kpad deep, C 32 x 32.
+            unsafe {
+                unit.session(|| {
+                    let c = by_rows.as_mut_ptr();
+                    unit.block_of_rows(&pointers, taps, kc, b.panel(0), c, BLOCK, wanted);
+                    let c = by_packing.as_mut_ptr();
+                    unit.block(
+                        packed.as_ptr(),
+                        kpad,
+                        kpad,
+                        b.panel(0),
+                        c,
+                        BLOCK,
+                        false,
+                        wanted,
+                    );
+                })
+            };
+            for i in 0..BLOCK {
+                for j in 0..n {
+                    let (x, y) = (by_rows[i * BLOCK + j], by_packing[i * BLOCK + j]);
+                    assert_eq!(x.to_bits(), y.to_bits(), "{unit:?} ({i}, {j})");
+                }
+            }
+        }
     }
 
     /// A product split along K at whole K steps, the second part accumulating into the

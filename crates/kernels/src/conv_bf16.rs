@@ -58,7 +58,10 @@ unsafe fn block_rows<X: Source, O: Sink>(
 ) {
     let kpad = b.kpad;
     let in_place = in_place.filter(|_| !X::F32 && taps == 1 && kc == kpad);
-    let mut a = vec![0u16; BLOCK * kpad];
+    // bf16 rows the unit can read where they lie (see `Unit::reads_rows`) are not packed.
+    let by_rows = !X::F32 && unit.reads_rows(kc);
+    let mut a = vec![0u16; if by_rows { 0 } else { BLOCK * kpad }];
+    let mut table = vec![zero as *const u16; if by_rows { BLOCK * taps } else { 0 }];
     let mut c = vec![0f32; BLOCK * BLOCK];
     let mut row = vec![zero; taps];
     let zeros = address_range(zero, zero_len);
@@ -69,11 +72,24 @@ unsafe fn block_rows<X: Source, O: Sink>(
             let mut start = rows.start;
             while start < rows.end {
                 let valid = (rows.end - start).min(BLOCK);
-                let (a_ptr, lda) = match in_place {
+                let operand = match in_place {
                     Some(apart) if valid == BLOCK => {
                         pointers(start, &mut row);
                         // bf16 values are their bits (`Source` for bf16).
-                        (row[0] as *const u16, apart)
+                        Some((row[0] as *const u16, apart))
+                    }
+                    _ if by_rows => {
+                        for (i, pointers_of_row) in table.chunks_exact_mut(taps).enumerate() {
+                            if i < valid {
+                                pointers(start + i, &mut row);
+                                for (to, &from) in pointers_of_row.iter_mut().zip(&row) {
+                                    *to = from as *const u16;
+                                }
+                            } else {
+                                pointers_of_row.fill(zero as *const u16);
+                            }
+                        }
+                        None
                     }
                     _ => {
                         for i in 0..BLOCK {
@@ -86,24 +102,37 @@ unsafe fn block_rows<X: Source, O: Sink>(
                                 packed.fill(0);
                             }
                         }
-                        (a.as_ptr(), kpad)
+                        Some((a.as_ptr(), kpad))
                     }
                 };
                 for p in 0..b.panels() {
                     let width = (b.n - p * BLOCK).min(BLOCK);
                     // SAFETY: A is 32 rows of kpad, lda apart (packed, or the caller's rows
-                    // in place), the panel kpad deep, C 32 x 32.
+                    // in place), or 32 rows of pointers to kc bf16 values per tap (the
+                    // caller's, or the zero row's, which holds kc values past any group's
+                    // offset); the panel kpad >= taps * kc deep, C 32 x 32.
                     unsafe {
-                        unit.block(
-                            a_ptr,
-                            lda,
-                            kpad,
-                            b.panel(p),
-                            c.as_mut_ptr(),
-                            BLOCK,
-                            false,
-                            (valid, width),
-                        )
+                        match operand {
+                            Some((a_ptr, lda)) => unit.block(
+                                a_ptr,
+                                lda,
+                                kpad,
+                                b.panel(p),
+                                c.as_mut_ptr(),
+                                BLOCK,
+                                false,
+                                (valid, width),
+                            ),
+                            None => unit.block_of_rows(
+                                &table,
+                                taps,
+                                kc,
+                                b.panel(p),
+                                c.as_mut_ptr(),
+                                BLOCK,
+                                (valid, width),
+                            ),
+                        }
                     };
                     for i in 0..valid {
                         // SAFETY: the row's output holds b.n values (the caller's promise).
