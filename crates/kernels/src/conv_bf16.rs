@@ -299,6 +299,13 @@ pub(crate) fn weight_grad<X: Source, D: Source>(
     }
 }
 
+/// `f` as it is: binds an `#[inline(always)]` closure to a name (attributes on closures are
+/// stable in argument position only). Inlined, it is compiled with the unit's features of
+/// the session that calls it.
+fn named<F>(f: F) -> F {
+    f
+}
+
 /// The pixels of a weight-gradient chunk, the same in both orders of the product: its
 /// packed input (B, `taps * cgi` columns on the input side) stays within about 1 MB.
 /// Where the tasks split those columns into blocks (a weight larger than the output
@@ -320,6 +327,43 @@ fn grad_chunk(geo: &Geometry) -> usize {
         chunk *= 2;
     }
     chunk
+}
+
+/// Where the tasks of a weight gradient split its columns (`blocks` > 1; never its pixels,
+/// then), they all multiply the same A: A of every chunk of pixels of every group,
+/// [group][chunk], each `m_blocks` blocks of rows `padded_k(len)` apart, built once by
+/// `fill(g, first, len, a, scratch)` in parallel (a scratch of `scratch_len` floats each)
+/// instead of once per task. None where the tasks split the pixels.
+fn shared_chunks_of_a(
+    unit: Unit,
+    geo: &Geometry,
+    (blocks, splits): (usize, usize),
+    chunk: usize,
+    m_blocks: usize,
+    scratch_len: usize,
+    fill: impl Fn(usize, usize, usize, &mut [u16], &mut [f32]) + Sync,
+) -> Option<Vec<Vec<u16>>> {
+    if blocks <= 1 {
+        return None;
+    }
+    debug_assert_eq!(splits, 1);
+    let (groups, pixels) = (geo.groups, geo.out_pixels());
+    let parts: Vec<(usize, Range<usize>)> = (0..groups)
+        .flat_map(|g| ranges(pixels, chunk).map(move |part| (g, part)))
+        .collect();
+    parts
+        .par_iter()
+        .map(|(g, part)| {
+            let mut a = vec![0u16; m_blocks * BLOCK * padded_k(part.len())];
+            let mut scratch = vec![0f32; scratch_len];
+            unit.session(
+                #[inline(always)]
+                || fill(*g, part.start, part.len(), &mut a, &mut scratch),
+            );
+            a
+        })
+        .collect::<Vec<_>>()
+        .into()
 }
 
 /// dw^T [co, (tap, ci)]: A = the output gradient's channels over a chunk of pixels
@@ -351,6 +395,48 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
         SendPtr(x.as_ptr() as *mut X),
         SendPtr(zero.as_ptr() as *mut X),
     );
+    // A of a chunk: the gradient's channels of group g over pixels first..first + len (its
+    // columns gathered), rows kc = padded_k(len) apart. Inside a unit's session.
+    let fill_a = named(
+        #[inline(always)]
+        |g: usize, first: usize, len: usize, a: &mut [u16], widened: &mut [f32]| {
+            let kc = padded_k(len);
+            if len < kc || cgo < m_blocks * BLOCK {
+                a.fill(0);
+            }
+            let (rows, stride) = if D::F32 {
+                (
+                    dy[first * geo.c_out + g * cgo..].as_ptr() as *const f32,
+                    geo.c_out,
+                )
+            } else {
+                for (i, row) in widened.chunks_exact_mut(cgo).take(len).enumerate() {
+                    let from = &dy[(first + i) * geo.c_out + g * cgo..][..cgo];
+                    // SAFETY: the group's cgo values of the row, into a row of cgo; D is bf16
+                    // here (not F32), whose values are their bits.
+                    unsafe {
+                        crate::bf16::widen_run(from.as_ptr() as *const u16, row.as_mut_ptr(), cgo)
+                    };
+                }
+                (widened.as_ptr(), cgo)
+            };
+            for co in 0..cgo {
+                // SAFETY: the chunk's `len` rows (`stride` values apart) hold the group's
+                // channels, and row co of A has kc >= len values.
+                unsafe { gather_column(rows.add(co), stride, len, a[co * kc..].as_mut_ptr()) };
+            }
+        },
+    );
+    let widened_len = if D::F32 { 0 } else { chunk * cgo };
+    let shared_a = shared_chunks_of_a(
+        unit,
+        geo,
+        (blocks, splits),
+        chunk,
+        m_blocks,
+        widened_len,
+        fill_a,
+    );
     let tasks: Vec<(usize, Range<usize>, usize)> = (0..geo.groups)
         .flat_map(|g| {
             let panel_blocks = &panel_blocks;
@@ -364,16 +450,19 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
             .nth(*s)
             .unwrap_or(0..0);
         let kcp = padded_k(chunk);
-        let mut a = vec![0u16; m_blocks * BLOCK * kcp];
+        let mut a = vec![
+            0u16;
+            if shared_a.is_some() {
+                0
+            } else {
+                m_blocks * BLOCK * kcp
+            }
+        ];
         let mut b = vec![0u16; block.len() * kcp * BLOCK];
         let mut table = vec![zp.get() as *const X; taps * chunk];
         // A bf16 gradient's chunk, widened to f32 rows of the group's channels: what the
         // column gathers read (they gather 32-bit values).
-        let mut widened = if D::F32 {
-            Vec::new()
-        } else {
-            vec![0f32; chunk * cgo]
-        };
+        let mut widened = vec![0f32; if shared_a.is_some() { 0 } else { widened_len }];
         let _ = isa;
         unit.session(
             #[inline(always)]
@@ -382,38 +471,13 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
                     let first = span.start + part.start;
                     let len = part.len();
                     let kc = padded_k(len);
-                    // A: the gradient's channels of the group over the chunk's pixels (its
-                    // columns gathered).
-                    if len < kc || cgo < m_blocks * BLOCK {
-                        a.fill(0);
-                    }
-                    let (rows, stride) = if D::F32 {
-                        (
-                            dy[first * geo.c_out + g * cgo..].as_ptr() as *const f32,
-                            geo.c_out,
-                        )
+                    // A: the gradient's channels of the group over the chunk's pixels.
+                    let a: &[u16] = if let Some(shared) = &shared_a {
+                        &shared[g * pixels.div_ceil(chunk) + part.start / chunk]
                     } else {
-                        for (i, row) in widened.chunks_exact_mut(cgo).take(len).enumerate() {
-                            let from = &dy[(first + i) * geo.c_out + g * cgo..][..cgo];
-                            // SAFETY: the group's cgo values of the row, into a row of cgo;
-                            // D is bf16 here (not F32), whose values are their bits.
-                            unsafe {
-                                crate::bf16::widen_run(
-                                    from.as_ptr() as *const u16,
-                                    row.as_mut_ptr(),
-                                    cgo,
-                                )
-                            };
-                        }
-                        (widened.as_ptr(), cgo)
+                        fill_a(*g, first, len, &mut a, &mut widened);
+                        &a
                     };
-                    for co in 0..cgo {
-                        // SAFETY: the chunk's `len` rows (`stride` values apart) hold the
-                        // group's channels, and row co of A has kc >= len values.
-                        unsafe {
-                            gather_column(rows.add(co), stride, len, a[co * kc..].as_mut_ptr())
-                        };
-                    }
                     // B: the input rows of each tap, pixels in pairs, panels of `block`.
                     for i in 0..len {
                         forward_pointers(
@@ -569,6 +633,61 @@ fn weight_grad_by_input_columns<X: Source, D: Source>(
         SendPtr(dy.as_ptr() as *mut D),
         SendPtr(zero_dy.as_ptr() as *mut D),
     );
+    // A of a chunk: the input's channels of group g over pixels first..first + len (a copy
+    // of the chunk's rows, widened to f32, then its columns gathered), rows kc =
+    // padded_k(len) apart. Inside a unit's session.
+    let fill_a = named(
+        #[inline(always)]
+        |g: usize, first: usize, len: usize, a: &mut [u16], rows: &mut [f32]| {
+            let kc = padded_k(len);
+            if len < kc || cgi < m_blocks * BLOCK {
+                a.fill(0);
+            }
+            for (i, row) in rows.chunks_exact_mut(cgi).take(len).enumerate() {
+                let mut from = zxp.get() as *const X;
+                forward_pointers(
+                    geo,
+                    &offsets,
+                    xp.get(),
+                    zxp.get(),
+                    g * cgi,
+                    first + i,
+                    |_, p| from = p,
+                );
+                // SAFETY: a pixel row (or the zero row) holds the group's cgi values
+                // after its pointer; `row` holds cgi.
+                unsafe {
+                    if X::F32 {
+                        // f32 values as pairs of 16-bit words.
+                        crate::bf16::copy_run(
+                            from as *const u16,
+                            row.as_mut_ptr() as *mut u16,
+                            2 * cgi,
+                        )
+                    } else {
+                        // bf16 values are their bits (`Source` for bf16).
+                        crate::bf16::widen_run(from as *const u16, row.as_mut_ptr(), cgi)
+                    }
+                }
+            }
+            for ci in 0..cgi {
+                // SAFETY: the chunk's `len` rows of cgi values hold column ci, and
+                // row ci of A has kc >= len values.
+                unsafe {
+                    gather_column(rows.as_ptr().add(ci), cgi, len, a[ci * kc..].as_mut_ptr())
+                };
+            }
+        },
+    );
+    let shared_a = shared_chunks_of_a(
+        unit,
+        geo,
+        (blocks, splits),
+        chunk,
+        m_blocks,
+        chunk * cgi,
+        fill_a,
+    );
     let tasks: Vec<(usize, Range<usize>, usize)> = (0..geo.groups)
         .flat_map(|g| {
             let panel_blocks = &panel_blocks;
@@ -582,11 +701,18 @@ fn weight_grad_by_input_columns<X: Source, D: Source>(
             .nth(*s)
             .unwrap_or(0..0);
         let kcp = padded_k(chunk);
-        let mut a = vec![0u16; m_blocks * BLOCK * kcp];
+        let mut a = vec![
+            0u16;
+            if shared_a.is_some() {
+                0
+            } else {
+                m_blocks * BLOCK * kcp
+            }
+        ];
         let mut b = vec![0u16; block.len() * kcp * BLOCK];
         // The chunk's input rows (the group's channels), as f32: what the column gathers
         // read (they gather 32-bit values).
-        let mut rows = vec![0f32; chunk * cgi];
+        let mut rows = vec![0f32; if shared_a.is_some() { 0 } else { chunk * cgi }];
         let cols = (block.start * BLOCK)..(block.end * BLOCK).min(cgo);
         let _ = isa;
         unit.session(
@@ -596,48 +722,13 @@ fn weight_grad_by_input_columns<X: Source, D: Source>(
                     let first = span.start + part.start;
                     let len = part.len();
                     let kc = padded_k(len);
-                    if len < kc || cgi < m_blocks * BLOCK {
-                        a.fill(0);
-                    }
-                    for (i, row) in rows.chunks_exact_mut(cgi).take(len).enumerate() {
-                        let mut from = zxp.get() as *const X;
-                        forward_pointers(
-                            geo,
-                            &offsets,
-                            xp.get(),
-                            zxp.get(),
-                            g * cgi,
-                            first + i,
-                            |_, p| from = p,
-                        );
-                        // SAFETY: a pixel row (or the zero row) holds the group's cgi values
-                        // after its pointer; `row` holds cgi.
-                        unsafe {
-                            if X::F32 {
-                                // f32 values as pairs of 16-bit words.
-                                crate::bf16::copy_run(
-                                    from as *const u16,
-                                    row.as_mut_ptr() as *mut u16,
-                                    2 * cgi,
-                                )
-                            } else {
-                                // bf16 values are their bits (`Source` for bf16).
-                                crate::bf16::widen_run(from as *const u16, row.as_mut_ptr(), cgi)
-                            }
-                        }
-                    }
-                    for ci in 0..cgi {
-                        // SAFETY: the chunk's `len` rows of cgi values hold column ci, and
-                        // row ci of A has kc >= len values.
-                        unsafe {
-                            gather_column(
-                                rows.as_ptr().add(ci),
-                                cgi,
-                                len,
-                                a[ci * kc..].as_mut_ptr(),
-                            )
-                        };
-                    }
+                    // A: the input's channels of the group over the chunk's pixels.
+                    let a: &[u16] = if let Some(shared) = &shared_a {
+                        &shared[g * pixels.div_ceil(chunk) + part.start / chunk]
+                    } else {
+                        fill_a(*g, first, len, &mut a, &mut rows);
+                        &a
+                    };
                     // B: the gradient's rows of the block's columns, pixels in pairs.
                     // Columns past the group's in the last panel stay zero. (Pairs past the
                     // chunk's pixels meet zeros in A.)
