@@ -159,11 +159,15 @@ pub(crate) fn forward<X: Source, O: Sink>(
     isa: Isa,
 ) -> Vec<O> {
     let (cgi, cgo, taps) = (geo.cgi(), geo.cgo(), geo.taps());
+    // Where row (t, ci) of B lies in an output channel's weights [cgi, k, k]: looked up, not
+    // divided out, for each of the weights' values.
+    let within: Vec<usize> = (0..taps * cgi)
+        .map(|row| (row % cgi) * taps + row / cgi)
+        .collect();
     let packed: Vec<Vnni> = (0..geo.groups)
         .map(|g| {
             Vnni::new(taps * cgi, cgo, |row, col| {
-                let (t, ci) = (row / cgi, row % cgi);
-                w[((g * cgo + col) * cgi + ci) * taps + t]
+                w[(g * cgo + col) * cgi * taps + within[row]]
             })
         })
         .collect();
@@ -218,12 +222,19 @@ pub(crate) fn input_grad<D: Source, O: Sink>(
     let packed: Vec<Vec<Vnni>> = classes
         .iter()
         .map(|class| {
+            // Where row (tap, o) of B lies in a group's weights [cgo, cgi, k, k], before the
+            // column's ci * taps: looked up, not divided out, for each of the values.
+            let within: Vec<usize> = (0..class.taps.len() * cgo)
+                .map(|row| {
+                    let (ti, o) = (row / cgo, row % cgo);
+                    let (ky, kx) = class.taps[ti];
+                    o * cgi * taps + ky * geo.k + kx
+                })
+                .collect();
             (0..geo.groups)
                 .map(|g| {
                     Vnni::new(class.taps.len() * cgo, cgi, |row, ci| {
-                        let (ti, o) = (row / cgo, row % cgo);
-                        let (ky, kx) = class.taps[ti];
-                        w[((g * cgo + o) * cgi + ci) * taps + ky * geo.k + kx]
+                        w[g * cgo * cgi * taps + within[row] + ci * taps]
                     })
                 })
                 .collect()
