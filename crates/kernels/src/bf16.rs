@@ -331,19 +331,20 @@ impl Unit {
     }
 
     /// As `block`, with A's row i the `taps` runs of `kc` bf16 values at
-    /// `rows[i * taps + t]`, read where they lie (no packing copy); B's K order is (tap,
+    /// `rows[i * taps + t] + offset`, read where they lie (no packing copy; `offset` lets one
+    /// table of pointers serve every group of a grouped convolution); B's K order is (tap,
     /// value). Each value of C takes the same pairs in the same order as `block` on the
     /// packed rows (the packed rows' padding only adds zeros).
     ///
     /// # Safety
-    /// `reads_rows(kc)`; `rows` holds 32 * `taps` pointers, each valid for `kc` reads
-    /// (rows past the wanted ones may point at zeros); `b` a panel at least `taps * kc`
+    /// `reads_rows(kc)`; `rows` holds 32 * `taps` pointers, each valid for `offset + kc`
+    /// reads (rows past the wanted ones may point at zeros); `b` a panel at least `taps * kc`
     /// deep; `c` 32 rows of `ldc >= 32` floats.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn block_of_rows(
         self,
-        rows: &[*const u16],
+        (rows, offset): (&[*const u16], usize),
         taps: usize,
         kc: usize,
         b: *const u16,
@@ -355,7 +356,7 @@ impl Unit {
         // SAFETY: the caller's promises.
         unsafe {
             dp_block_of_rows(
-                rows.as_ptr(),
+                (rows.as_ptr(), offset),
                 taps,
                 kc,
                 b,
@@ -491,7 +492,7 @@ unsafe fn dp_block(
 ) {
     let rows: [*const u16; BLOCK] = std::array::from_fn(|i| a.wrapping_add(i * lda));
     // SAFETY: row i of A is kpad values from a + i * lda (the caller's promise).
-    unsafe { dp_block_of_rows(rows.as_ptr(), 1, kpad, b, c, ldc, accumulate, wanted) }
+    unsafe { dp_block_of_rows((rows.as_ptr(), 0), 1, kpad, b, c, ldc, accumulate, wanted) }
 }
 
 /// `Unit::block_of_rows` with `VDPBF16PS` (C accumulated into where `accumulate`): sub-blocks
@@ -505,7 +506,7 @@ unsafe fn dp_block(
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl,avx512dq")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dp_block_of_rows(
-    rows: *const *const u16,
+    (rows, offset): (*const *const u16, usize),
     taps: usize,
     kc: usize,
     b: *const u16,
@@ -521,26 +522,26 @@ unsafe fn dp_block_of_rows(
         while r < wanted_rows {
             let (rows, c) = (rows.add(r * taps), c.add(r * ldc));
             if cols > 16 {
-                dp_rows::<2>(rows, taps, kc, b, c, ldc, accumulate);
+                dp_rows::<2>((rows, offset), taps, kc, b, c, ldc, accumulate);
             } else {
-                dp_rows::<1>(rows, taps, kc, b, c, ldc, accumulate);
+                dp_rows::<1>((rows, offset), taps, kc, b, c, ldc, accumulate);
             }
             r += 8;
         }
     }
 }
 
-/// 8 rows, read through their tap pointers, against the panel's first VECS vectors of 16
+/// 8 rows, read through their tap pointers (plus `offset` values), against the panel's first VECS vectors of 16
 /// columns (a broadcast pair of A against a vector of B pairs per accumulator), added to
 /// C's values where `accumulate`; pair j of tap t meets row t * kc / 2 + j of the panel.
 ///
 /// # Safety
-/// `rows` holds 8 * `taps` pointers valid for `kc` (even) reads, `b` a panel `taps * kc`
+/// `rows` holds 8 * `taps` pointers valid for `offset + kc` (kc even) reads, `b` a panel `taps * kc`
 /// deep, `c` 8 rows of 16 * VECS floats `ldc` apart; the CPU has AVX512-BF16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl,avx512dq")]
 unsafe fn dp_rows<const VECS: usize>(
-    rows: *const *const u16,
+    (rows, offset): (*const *const u16, usize),
     taps: usize,
     kc: usize,
     b: *const u16,
@@ -563,7 +564,8 @@ unsafe fn dp_rows<const VECS: usize>(
             }
         }
         for t in 0..taps {
-            let bases: [*const u16; ROWS] = std::array::from_fn(|i| *rows.add(i * taps + t));
+            let bases: [*const u16; ROWS] =
+                std::array::from_fn(|i| (*rows.add(i * taps + t)).wrapping_add(offset));
             let bt = b.add(t * pairs * 2 * BLOCK);
             for j in 0..pairs {
                 let bp = bt.add(j * 2 * BLOCK);
@@ -884,7 +886,8 @@ mod tests {
             unsafe {
                 unit.session(|| {
                     let c = by_rows.as_mut_ptr();
-                    unit.block_of_rows(&pointers, taps, kc, b.panel(0), c, BLOCK, wanted);
+                    let rows = (&pointers[..], 0);
+                    unit.block_of_rows(rows, taps, kc, b.panel(0), c, BLOCK, wanted);
                     let c = by_packing.as_mut_ptr();
                     unit.block(
                         packed.as_ptr(),

@@ -1256,8 +1256,8 @@ impl Bf16Input<'_> {
 
 /// How a convolution's bf16 products run on a bf16 unit: `merge` consecutive groups taken
 /// as one group whose weights are block-diagonal (zeros between the merged groups), so
-/// that narrow groups fill the unit's 32-column blocks. The zero products add nothing to
-/// the sums.
+/// that narrow groups fill the unit's columns (see `Product`). The zero products add
+/// nothing to the sums.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct OnUnit {
     unit: crate::bf16::Unit,
@@ -1308,22 +1308,38 @@ impl OnUnit {
     }
 }
 
+/// Which of a convolution's bf16 products is to run: the forward and the input gradient
+/// multiply rows of pixels, which `VDPBF16PS` reads in place, a pair and a vector of 16
+/// columns at a time, so narrow groups merge only up to 16 channels there (each merged
+/// group's zeros cost it products); the weight gradient packs both operands, whose cost
+/// per group outweighs those zeros, so its groups merge up to a whole 32-column block, as
+/// every product's do on AMX, whose tiles are that wide whatever they hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Product {
+    Rows,
+    WeightGradient,
+}
+
 impl Conv2d {
     /// Where this convolution's bf16 products run: on the machine's bf16 unit, narrow
-    /// groups merged (the most consecutive groups whose channels fit one 32-column block
+    /// groups merged (the most consecutive groups whose channels fit `Merge`'s columns
     /// together), or, without a unit, on the f32 kernels on rounded values. Groups of one
     /// channel (depthwise) stay on the band path: merged, almost all of the unit's
     /// products would be zeros.
-    fn unit(&self, geo: &Geometry, isa: Isa) -> Option<OnUnit> {
+    fn unit(&self, geo: &Geometry, isa: Isa, product: Product) -> Option<OnUnit> {
         let unit = crate::bf16::Unit::of(isa)?;
         let widest = geo.cgi().max(geo.cgo());
         if geo.groups > 1 && geo.cgi().min(geo.cgo()) < 2 && geo.band(VectorPath::of(isa)) {
             return None;
         }
-        let merge = if geo.groups > 1 && widest < crate::bf16::BLOCK {
+        let columns = match (unit, product) {
+            (crate::bf16::Unit::DotBf16, Product::Rows) => 16,
+            _ => crate::bf16::BLOCK,
+        };
+        let merge = if geo.groups > 1 && widest < columns {
             (1..=geo.groups)
                 .rev()
-                .find(|&m| geo.groups % m == 0 && m * widest <= crate::bf16::BLOCK)
+                .find(|&m| geo.groups % m == 0 && m * widest <= columns)
                 .unwrap_or(1)
         } else {
             1
@@ -1340,7 +1356,7 @@ impl Conv2d {
         isa: Isa,
     ) -> Vec<O> {
         use crate::conv_bf16::forward as on_unit;
-        match (self.unit(geo, isa), x) {
+        match (self.unit(geo, isa, Product::Rows), x) {
             (Some(u), Bf16Input::F32(x)) => {
                 on_unit(x, &u.weights(w, geo), &u.geometry(geo), u.unit, isa)
             }
@@ -1362,7 +1378,7 @@ impl Conv2d {
         isa: Isa,
     ) -> Vec<O> {
         use crate::conv_bf16::input_grad as on_unit;
-        match (self.unit(geo, isa), dy) {
+        match (self.unit(geo, isa, Product::Rows), dy) {
             (Some(u), Bf16Input::F32(dy)) => {
                 on_unit(dy, &u.weights(w, geo), &u.geometry(geo), u.unit, isa)
             }
@@ -1378,7 +1394,7 @@ impl Conv2d {
 
     fn weight_grad_bf16(&self, x: Bf16Input, dy: Bf16Input, geo: &Geometry, isa: Isa) -> Vec<f32> {
         use crate::conv_bf16::weight_grad as on_unit;
-        let Some(u) = self.unit(geo, isa) else {
+        let Some(u) = self.unit(geo, isa, Product::WeightGradient) else {
             return weight_grad(&x.rounded(isa), &dy.rounded(isa), geo, isa);
         };
         let (merged, unit) = (u.geometry(geo), u.unit);

@@ -29,9 +29,12 @@ use crate::isa::Isa;
 /// Rows of one task: whole blocks.
 const TASK_ROWS: usize = 4 * BLOCK;
 
-/// Rows `rows` of a product: for each block of 32, the rows' tap pointers (`pointers`)
-/// packed into A, times every panel of `b`, each block's C copied to the rows' outputs
-/// (`out_row(r)`, `b.n` values from it), as f32 or rounded to bf16.
+/// Rows `rows` of a product, for consecutive groups: for each block of 32, the rows' tap
+/// pointers (`pointers`, the first group's) found once; for each group j (B = `groups[j]`),
+/// the same pointers shifted by j * `steps.0` values, packed into A (or, where the unit
+/// reads bf16 rows where they lie, not packed), times every panel of B, each block's C
+/// copied to the rows' outputs (`out_row(r)` shifted by j * `steps.1`, `b.n` values from
+/// it), as f32 or rounded to bf16.
 ///
 /// `in_place`: Some(s) where each row has one tap and row r + 1's pointer is row r's plus
 /// s values (the products of a 1x1, stride-1 convolution). A whole block of bf16 rows whose
@@ -41,8 +44,9 @@ const TASK_ROWS: usize = 4 * BLOCK;
 /// point into.
 ///
 /// # Safety
-/// Pointers are valid for `kc` reads; `out_row(r)` is valid for `b.n` writes for every row
-/// r of `rows`; `b` is `taps * kc` deep; `in_place` tells the truth.
+/// Pointers shifted for any of the groups are valid for `kc` reads; `out_row(r)` shifted
+/// for group j is valid for `groups[j].n` writes for every row r of `rows`; each B is
+/// `taps * kc` deep; `in_place` tells the truth.
 #[allow(clippy::too_many_arguments)]
 unsafe fn block_rows<X: Source, O: Sink>(
     unit: Unit,
@@ -51,19 +55,19 @@ unsafe fn block_rows<X: Source, O: Sink>(
     taps: usize,
     kc: usize,
     (zero, zero_len): (*const X, usize),
-    b: &Vnni,
+    (groups, steps): (&[Vnni], (usize, usize)),
     in_place: Option<usize>,
     pointers: impl Fn(usize, &mut [*const X]),
     out_row: impl Fn(usize) -> *mut O,
 ) {
-    let kpad = b.kpad;
+    let kpad = groups[0].kpad;
     let in_place = in_place.filter(|_| !X::F32 && taps == 1 && kc == kpad);
     // bf16 rows the unit can read where they lie (see `Unit::reads_rows`) are not packed.
     let by_rows = !X::F32 && unit.reads_rows(kc);
     let mut a = vec![0u16; if by_rows { 0 } else { BLOCK * kpad }];
-    let mut table = vec![zero as *const u16; if by_rows { BLOCK * taps } else { 0 }];
+    let mut table = vec![zero; BLOCK * taps];
+    let mut shifted = vec![zero; taps];
     let mut c = vec![0f32; BLOCK * BLOCK];
-    let mut row = vec![zero; taps];
     let zeros = address_range(zero, zero_len);
     let _ = isa;
     unit.session(
@@ -72,82 +76,110 @@ unsafe fn block_rows<X: Source, O: Sink>(
             let mut start = rows.start;
             while start < rows.end {
                 let valid = (rows.end - start).min(BLOCK);
-                let operand = match in_place {
-                    Some(apart) if valid == BLOCK => {
-                        pointers(start, &mut row);
+                for (i, pointers_of_row) in table.chunks_exact_mut(taps).enumerate() {
+                    if i < valid {
+                        pointers(start + i, pointers_of_row);
+                    } else {
+                        pointers_of_row.fill(zero);
+                    }
+                }
+                for (j, b) in groups.iter().enumerate() {
+                    let shift = j * steps.0;
+                    let operand = match in_place {
                         // bf16 values are their bits (`Source` for bf16).
-                        Some((row[0] as *const u16, apart))
-                    }
-                    _ if by_rows => {
-                        for (i, pointers_of_row) in table.chunks_exact_mut(taps).enumerate() {
-                            if i < valid {
-                                pointers(start + i, &mut row);
-                                for (to, &from) in pointers_of_row.iter_mut().zip(&row) {
-                                    *to = from as *const u16;
+                        Some(apart) if valid == BLOCK => {
+                            Some((table[0].wrapping_add(shift) as *const u16, apart))
+                        }
+                        _ if by_rows => None,
+                        _ => {
+                            for i in 0..BLOCK {
+                                let packed = &mut a[i * kpad..(i + 1) * kpad];
+                                if i < valid {
+                                    for (to, &from) in
+                                        shifted.iter_mut().zip(&table[i * taps..(i + 1) * taps])
+                                    {
+                                        *to = from.wrapping_add(shift);
+                                    }
+                                    // SAFETY: the caller's promise for the pointers.
+                                    unsafe { pack_row_unit(packed, &shifted, kc, &zeros) };
+                                } else {
+                                    packed.fill(0);
                                 }
-                            } else {
-                                pointers_of_row.fill(zero as *const u16);
                             }
-                        }
-                        None
-                    }
-                    _ => {
-                        for i in 0..BLOCK {
-                            let packed = &mut a[i * kpad..(i + 1) * kpad];
-                            if i < valid {
-                                pointers(start + i, &mut row);
-                                // SAFETY: the caller's promise for the pointers.
-                                unsafe { pack_row_unit(packed, &row, kc, &zeros) };
-                            } else {
-                                packed.fill(0);
-                            }
-                        }
-                        Some((a.as_ptr(), kpad))
-                    }
-                };
-                for p in 0..b.panels() {
-                    let width = (b.n - p * BLOCK).min(BLOCK);
-                    // SAFETY: A is 32 rows of kpad, lda apart (packed, or the caller's rows
-                    // in place), or 32 rows of pointers to kc bf16 values per tap (the
-                    // caller's, or the zero row's, which holds kc values past any group's
-                    // offset); the panel kpad >= taps * kc deep, C 32 x 32.
-                    unsafe {
-                        match operand {
-                            Some((a_ptr, lda)) => unit.block(
-                                a_ptr,
-                                lda,
-                                kpad,
-                                b.panel(p),
-                                c.as_mut_ptr(),
-                                BLOCK,
-                                false,
-                                (valid, width),
-                            ),
-                            None => unit.block_of_rows(
-                                &table,
-                                taps,
-                                kc,
-                                b.panel(p),
-                                c.as_mut_ptr(),
-                                BLOCK,
-                                (valid, width),
-                            ),
+                            Some((a.as_ptr(), kpad))
                         }
                     };
-                    for i in 0..valid {
-                        // SAFETY: the row's output holds b.n values (the caller's promise).
+                    // bf16 pointers are their bits' (`Source` for bf16; only bf16 rows are
+                    // read where they lie).
+                    let table_bits = (
+                        // SAFETY: *const X and *const u16 have one layout.
                         unsafe {
-                            O::store_run(
-                                out_row(start + i).add(p * BLOCK),
-                                &c[i * BLOCK..i * BLOCK + width],
+                            std::slice::from_raw_parts(
+                                table.as_ptr() as *const *const u16,
+                                table.len(),
                             )
+                        },
+                        shift,
+                    );
+                    for p in 0..b.panels() {
+                        let width = (b.n - p * BLOCK).min(BLOCK);
+                        // SAFETY: A is 32 rows of kpad, lda apart (packed, or the caller's
+                        // rows in place), or 32 rows of pointers to kc bf16 values per tap
+                        // once shifted (the caller's, or the zero row's, which holds kc
+                        // values past any group's shift); the panel kpad >= taps * kc deep,
+                        // C 32 x 32.
+                        unsafe {
+                            match operand {
+                                Some((a_ptr, lda)) => unit.block(
+                                    a_ptr,
+                                    lda,
+                                    kpad,
+                                    b.panel(p),
+                                    c.as_mut_ptr(),
+                                    BLOCK,
+                                    false,
+                                    (valid, width),
+                                ),
+                                None => unit.block_of_rows(
+                                    table_bits,
+                                    taps,
+                                    kc,
+                                    b.panel(p),
+                                    c.as_mut_ptr(),
+                                    BLOCK,
+                                    (valid, width),
+                                ),
+                            }
                         };
+                        for i in 0..valid {
+                            // SAFETY: the row's output holds b.n values past the group's
+                            // shift (the caller's promise).
+                            unsafe {
+                                O::store_run(
+                                    out_row(start + i).add(j * steps.1 + p * BLOCK),
+                                    &c[i * BLOCK..i * BLOCK + width],
+                                )
+                            };
+                        }
                     }
                 }
                 start += valid;
             }
         },
     );
+}
+
+/// Tasks of a product over `rows` rows and `groups` groups: ranges of rows by ranges of
+/// consecutive groups, whole groups per task where the rows alone make enough tasks (so
+/// that a block's pointers serve every group), fewer where they do not.
+fn row_and_group_tasks(rows: usize, groups: usize) -> Vec<(Range<usize>, Range<usize>)> {
+    let row_tasks = rows.div_ceil(TASK_ROWS);
+    let group_tasks = crate::conv::GRAD_TASKS
+        .div_ceil(row_tasks.max(1))
+        .clamp(1, groups.max(1));
+    ranges(groups, groups.div_ceil(group_tasks))
+        .flat_map(|g| ranges(rows, TASK_ROWS).map(move |r| (g.clone(), r)))
+        .collect()
 }
 
 /// y = conv(x, w) in bf16 products: [n, ho, wo, c_out], f32 or rounded to bf16.
@@ -180,13 +212,12 @@ pub(crate) fn forward<X: Source, O: Sink>(
     let rows = geo.out_pixels();
     // A 1x1, stride-1 convolution reads input row r for output row r.
     let in_place = (geo.k == 1 && geo.stride == 1 && geo.pad == 0).then_some(geo.c);
-    let tasks: Vec<(usize, Range<usize>)> = (0..geo.groups)
-        .flat_map(|g| ranges(rows, TASK_ROWS).map(move |r| (g, r)))
-        .collect();
-    // SAFETY: the tasks cover every (row, group) once and write the group's columns.
+    let tasks = row_and_group_tasks(rows, geo.groups);
+    // SAFETY: the tasks cover every (row, group) once and write the groups' columns.
     unsafe {
         written_by(rows * geo.c_out, |out: SendPtr<O>| {
-            tasks.par_iter().for_each(|(g, rows)| {
+            tasks.par_iter().for_each(|(groups, rows)| {
+                let g = groups.start;
                 block_rows(
                     unit,
                     isa,
@@ -194,7 +225,7 @@ pub(crate) fn forward<X: Source, O: Sink>(
                     taps,
                     cgi,
                     (zp.get(), geo.c),
-                    &packed[*g],
+                    (&packed[groups.clone()], (cgi, cgo)),
                     in_place,
                     |r, row| {
                         forward_pointers(geo, &offsets, xp.get(), zp.get(), g * cgi, r, |t, p| {
@@ -247,21 +278,21 @@ pub(crate) fn input_grad<D: Source, O: Sink>(
     );
     // A 1x1, stride-1 convolution's one class reads gradient row r for input row r.
     let in_place = (geo.k == 1 && geo.stride == 1 && geo.pad == 0).then_some(geo.c_out);
-    let mut tasks: Vec<(usize, usize, Range<usize>)> = Vec::new();
+    let mut tasks: Vec<(usize, Range<usize>, Range<usize>)> = Vec::new();
     for (ci, class) in classes.iter().enumerate() {
         let groups = if class.taps.is_empty() { 1 } else { geo.groups };
-        for g in 0..groups {
-            for r in ranges(class.rows(geo), TASK_ROWS) {
-                tasks.push((ci, g, r));
-            }
+        for (g, r) in row_and_group_tasks(class.rows(geo), groups) {
+            tasks.push((ci, g, r));
         }
     }
     // SAFETY: the classes partition the input pixels; within a class the tasks cover every
-    // row and group once; tap-less classes write their rows' zeros.
+    // row and group once (tap-less classes one task per row range, for all groups); they
+    // write their rows' zeros.
     unsafe {
         written_by(geo.in_pixels() * geo.c, |out: SendPtr<O>| {
-            tasks.par_iter().for_each(|(ci, g, rows)| {
+            tasks.par_iter().for_each(|(ci, groups, rows)| {
                 let class = &classes[*ci];
+                let g = groups.start;
                 if class.taps.is_empty() {
                     for r in rows.clone() {
                         // Zero is all-zero bits in f32 and in bf16.
@@ -276,7 +307,7 @@ pub(crate) fn input_grad<D: Source, O: Sink>(
                     class.taps.len(),
                     cgo,
                     (zp.get(), geo.c_out),
-                    &packed[*ci][*g],
+                    (&packed[*ci][groups.clone()], (cgo, cgi)),
                     in_place,
                     |r, row| {
                         class.pointers(geo, dyp.get(), zp.get(), g * cgo, r, |t, p| row[t] = p)
