@@ -83,6 +83,12 @@ unsafe fn block_rows<X: Source, O: Sink>(
                         pointers_of_row.fill(zero);
                     }
                 }
+                // bf16 pointers are their bits' (`Source` for bf16; only bf16 rows are read
+                // where they lie).
+                // SAFETY: *const X and *const u16 have one layout.
+                let table_bits = unsafe {
+                    std::slice::from_raw_parts(table.as_ptr() as *const *const u16, table.len())
+                };
                 for (j, b) in groups.iter().enumerate() {
                     let shift = j * steps.0;
                     let operand = match in_place {
@@ -109,18 +115,6 @@ unsafe fn block_rows<X: Source, O: Sink>(
                             Some((a.as_ptr(), kpad))
                         }
                     };
-                    // bf16 pointers are their bits' (`Source` for bf16; only bf16 rows are
-                    // read where they lie).
-                    let table_bits = (
-                        // SAFETY: *const X and *const u16 have one layout.
-                        unsafe {
-                            std::slice::from_raw_parts(
-                                table.as_ptr() as *const *const u16,
-                                table.len(),
-                            )
-                        },
-                        shift,
-                    );
                     for p in 0..b.panels() {
                         let width = (b.n - p * BLOCK).min(BLOCK);
                         // SAFETY: A is 32 rows of kpad, lda apart (packed, or the caller's
@@ -141,7 +135,7 @@ unsafe fn block_rows<X: Source, O: Sink>(
                                     (valid, width),
                                 ),
                                 None => unit.block_of_rows(
-                                    table_bits,
+                                    (table_bits, shift),
                                     taps,
                                     kc,
                                     b.panel(p),
@@ -371,41 +365,112 @@ fn grad_chunk(geo: &Geometry) -> usize {
     chunk
 }
 
-/// Where the tasks of a weight gradient split its columns (`blocks` > 1; never its pixels,
-/// then), they all multiply the same A: A of every chunk of pixels of every group,
-/// [group][chunk], each `m_blocks` blocks of rows `padded_k(len)` apart, built once by
-/// `fill(g, first, len, a, scratch)` in parallel (a scratch of `scratch_len` floats each)
-/// instead of once per task. None where the tasks split the pixels.
-fn shared_chunks_of_a(
-    unit: Unit,
-    geo: &Geometry,
-    (blocks, splits): (usize, usize),
-    chunk: usize,
+/// A of a weight gradient's chunks of pixels, each `m_blocks` blocks of rows
+/// `padded_k(len)` apart whose first `rows` hold values: built by `fill(g, first, len, a,
+/// scratch)` (with a scratch of `scratch_len` floats) after the zeros the blocks need. Where
+/// the tasks split the columns (`blocks` > 1; never the pixels, then) they all multiply the
+/// same A, so every chunk of every group is built once, in parallel, and shared; otherwise
+/// each task builds its chunks into its own buffers (`TaskChunk`).
+struct ChunksOfA<F> {
+    fill: F,
+    rows: usize,
     m_blocks: usize,
+    chunk: usize,
+    chunks_per_group: usize,
     scratch_len: usize,
-    fill: impl Fn(usize, usize, usize, &mut [u16], &mut [f32]) + Sync,
-) -> Option<Vec<Vec<u16>>> {
-    if blocks <= 1 {
-        return None;
+    shared: Option<Vec<Vec<u16>>>,
+}
+
+/// A task's buffers for the chunks of A it builds itself (empty where A is shared).
+struct TaskChunk {
+    a: Vec<u16>,
+    scratch: Vec<f32>,
+}
+
+impl<F: Fn(usize, usize, usize, &mut [u16], &mut [f32]) + Sync> ChunksOfA<F> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        unit: Unit,
+        geo: &Geometry,
+        (blocks, splits): (usize, usize),
+        chunk: usize,
+        (rows, m_blocks): (usize, usize),
+        scratch_len: usize,
+        fill: F,
+    ) -> Self {
+        let pixels = geo.out_pixels();
+        let mut chunks = ChunksOfA {
+            fill,
+            rows,
+            m_blocks,
+            chunk,
+            chunks_per_group: pixels.div_ceil(chunk),
+            scratch_len,
+            shared: None,
+        };
+        if blocks > 1 {
+            debug_assert_eq!(splits, 1);
+            let parts: Vec<(usize, Range<usize>)> = (0..geo.groups)
+                .flat_map(|g| ranges(pixels, chunk).map(move |part| (g, part)))
+                .collect();
+            let shared = parts
+                .par_iter()
+                .map(|(g, part)| {
+                    let mut a = vec![0u16; m_blocks * BLOCK * padded_k(part.len())];
+                    let mut scratch = vec![0f32; scratch_len];
+                    unit.session(
+                        #[inline(always)]
+                        || chunks.build((*g, part.start, part.len()), &mut a, &mut scratch),
+                    );
+                    a
+                })
+                .collect();
+            chunks.shared = Some(shared);
+        }
+        chunks
     }
-    debug_assert_eq!(splits, 1);
-    let (groups, pixels) = (geo.groups, geo.out_pixels());
-    let parts: Vec<(usize, Range<usize>)> = (0..groups)
-        .flat_map(|g| ranges(pixels, chunk).map(move |part| (g, part)))
-        .collect();
-    parts
-        .par_iter()
-        .map(|(g, part)| {
-            let mut a = vec![0u16; m_blocks * BLOCK * padded_k(part.len())];
-            let mut scratch = vec![0f32; scratch_len];
-            unit.session(
-                #[inline(always)]
-                || fill(*g, part.start, part.len(), &mut a, &mut scratch),
-            );
-            a
-        })
-        .collect::<Vec<_>>()
-        .into()
+
+    /// A of group g over pixels first..first + len, into `a`. Inside a unit's session.
+    #[inline(always)]
+    fn build(&self, (g, first, len): (usize, usize, usize), a: &mut [u16], scratch: &mut [f32]) {
+        if len < padded_k(len) || self.rows < self.m_blocks * BLOCK {
+            a.fill(0);
+        }
+        (self.fill)(g, first, len, a, scratch)
+    }
+
+    fn task_buffers(&self) -> TaskChunk {
+        let own = self.shared.is_none();
+        TaskChunk {
+            a: vec![
+                0u16;
+                if own {
+                    self.m_blocks * BLOCK * padded_k(self.chunk)
+                } else {
+                    0
+                }
+            ],
+            scratch: vec![0f32; if own { self.scratch_len } else { 0 }],
+        }
+    }
+
+    /// A of group g over the chunk of pixels `first..first + len` (`first` a chunk's start,
+    /// from 0 when A is shared): the shared one, or built into the task's buffers. Inside a
+    /// unit's session.
+    #[inline(always)]
+    fn get<'a>(
+        &'a self,
+        (g, first, len): (usize, usize, usize),
+        task: &'a mut TaskChunk,
+    ) -> &'a [u16] {
+        match &self.shared {
+            Some(shared) => &shared[g * self.chunks_per_group + first / self.chunk],
+            None => {
+                self.build((g, first, len), &mut task.a, &mut task.scratch);
+                &task.a
+            }
+        }
+    }
 }
 
 /// dw^T [co, (tap, ci)]: A = the output gradient's channels over a chunk of pixels
@@ -437,15 +502,12 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
         SendPtr(x.as_ptr() as *mut X),
         SendPtr(zero.as_ptr() as *mut X),
     );
-    // A of a chunk: the gradient's channels of group g over pixels first..first + len (its
-    // columns gathered), rows kc = padded_k(len) apart. Inside a unit's session.
+    // A: the gradient's channels of group g over pixels first..first + len, its columns
+    // gathered (from a bf16 gradient's rows widened to f32: the gathers read 32-bit values).
     let fill_a = named(
         #[inline(always)]
         |g: usize, first: usize, len: usize, a: &mut [u16], widened: &mut [f32]| {
             let kc = padded_k(len);
-            if len < kc || cgo < m_blocks * BLOCK {
-                a.fill(0);
-            }
             let (rows, stride) = if D::F32 {
                 (
                     dy[first * geo.c_out + g * cgo..].as_ptr() as *const f32,
@@ -470,12 +532,12 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
         },
     );
     let widened_len = if D::F32 { 0 } else { chunk * cgo };
-    let shared_a = shared_chunks_of_a(
+    let chunks_of_a = ChunksOfA::new(
         unit,
         geo,
         (blocks, splits),
         chunk,
-        m_blocks,
+        (cgo, m_blocks),
         widened_len,
         fill_a,
     );
@@ -492,19 +554,9 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
             .nth(*s)
             .unwrap_or(0..0);
         let kcp = padded_k(chunk);
-        let mut a = vec![
-            0u16;
-            if shared_a.is_some() {
-                0
-            } else {
-                m_blocks * BLOCK * kcp
-            }
-        ];
+        let mut task_chunk = chunks_of_a.task_buffers();
         let mut b = vec![0u16; block.len() * kcp * BLOCK];
         let mut table = vec![zp.get() as *const X; taps * chunk];
-        // A bf16 gradient's chunk, widened to f32 rows of the group's channels: what the
-        // column gathers read (they gather 32-bit values).
-        let mut widened = vec![0f32; if shared_a.is_some() { 0 } else { widened_len }];
         let _ = isa;
         unit.session(
             #[inline(always)]
@@ -514,12 +566,7 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
                     let len = part.len();
                     let kc = padded_k(len);
                     // A: the gradient's channels of the group over the chunk's pixels.
-                    let a: &[u16] = if let Some(shared) = &shared_a {
-                        &shared[g * pixels.div_ceil(chunk) + part.start / chunk]
-                    } else {
-                        fill_a(*g, first, len, &mut a, &mut widened);
-                        &a
-                    };
+                    let a = chunks_of_a.get((*g, first, len), &mut task_chunk);
                     // B: the input rows of each tap, pixels in pairs, panels of `block`.
                     for i in 0..len {
                         forward_pointers(
@@ -675,16 +722,13 @@ fn weight_grad_by_input_columns<X: Source, D: Source>(
         SendPtr(dy.as_ptr() as *mut D),
         SendPtr(zero_dy.as_ptr() as *mut D),
     );
-    // A of a chunk: the input's channels of group g over pixels first..first + len (a copy
-    // of the chunk's rows, widened to f32, then its columns gathered), rows kc =
-    // padded_k(len) apart. Inside a unit's session.
+    // A: the input's channels of group g over pixels first..first + len (a copy of the
+    // chunk's rows, widened to f32: the gathers read 32-bit values; then its columns
+    // gathered).
     let fill_a = named(
         #[inline(always)]
         |g: usize, first: usize, len: usize, a: &mut [u16], rows: &mut [f32]| {
             let kc = padded_k(len);
-            if len < kc || cgi < m_blocks * BLOCK {
-                a.fill(0);
-            }
             for (i, row) in rows.chunks_exact_mut(cgi).take(len).enumerate() {
                 let mut from = zxp.get() as *const X;
                 forward_pointers(
@@ -721,12 +765,12 @@ fn weight_grad_by_input_columns<X: Source, D: Source>(
             }
         },
     );
-    let shared_a = shared_chunks_of_a(
+    let chunks_of_a = ChunksOfA::new(
         unit,
         geo,
         (blocks, splits),
         chunk,
-        m_blocks,
+        (cgi, m_blocks),
         chunk * cgi,
         fill_a,
     );
@@ -743,18 +787,8 @@ fn weight_grad_by_input_columns<X: Source, D: Source>(
             .nth(*s)
             .unwrap_or(0..0);
         let kcp = padded_k(chunk);
-        let mut a = vec![
-            0u16;
-            if shared_a.is_some() {
-                0
-            } else {
-                m_blocks * BLOCK * kcp
-            }
-        ];
+        let mut task_chunk = chunks_of_a.task_buffers();
         let mut b = vec![0u16; block.len() * kcp * BLOCK];
-        // The chunk's input rows (the group's channels), as f32: what the column gathers
-        // read (they gather 32-bit values).
-        let mut rows = vec![0f32; if shared_a.is_some() { 0 } else { chunk * cgi }];
         let cols = (block.start * BLOCK)..(block.end * BLOCK).min(cgo);
         let _ = isa;
         unit.session(
@@ -765,12 +799,7 @@ fn weight_grad_by_input_columns<X: Source, D: Source>(
                     let len = part.len();
                     let kc = padded_k(len);
                     // A: the input's channels of the group over the chunk's pixels.
-                    let a: &[u16] = if let Some(shared) = &shared_a {
-                        &shared[g * pixels.div_ceil(chunk) + part.start / chunk]
-                    } else {
-                        fill_a(*g, first, len, &mut a, &mut rows);
-                        &a
-                    };
+                    let a = chunks_of_a.get((*g, first, len), &mut task_chunk);
                     // B: the gradient's rows of the block's columns, pixels in pairs.
                     // Columns past the group's in the last panel stay zero. (Pairs past the
                     // chunk's pixels meet zeros in A.)
