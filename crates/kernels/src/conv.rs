@@ -20,8 +20,8 @@
 //!   depends on the shapes only, so results are bit-identical on every run and thread
 //!   count.
 //! - **Grouped convolutions with few channels per group** (up to 8 on AVX-512, 4 on AVX2)
-//!   take the band path (`gemm::band_tile`): vectorized across groups instead of products
-//!   a few columns wide.
+//!   take the group-lanes path (`gemm::group_lanes_tile`): vectorized across groups, each
+//!   vector holding whole groups, instead of products a few columns wide.
 //!
 //! Weights keep torchvision's layout [Cout, Cin / groups, k, k]; they are packed for the
 //! kernels on every call, and the weight gradient is returned in the same layout.
@@ -34,7 +34,7 @@ use rayon::prelude::*;
 
 use crate::bf16::round_vec;
 use crate::cpu::{contiguous, cpu_slice, SendPtr};
-use crate::gemm::{self, Band, Packed, Panel};
+use crate::gemm::{self, GroupLanes, Packed, Panel, MAX_GROUP};
 use crate::isa::{self, Isa};
 use crate::profile;
 use crate::simd::{simd_call, tile_shape, Element, Simd, VectorPath};
@@ -145,12 +145,13 @@ impl Geometry {
         Some(((img * self.h + y as usize) * self.w + x as usize) * self.c)
     }
 
-    /// Whether a grouped convolution takes the band path on `path`: its groups are square
-    /// and narrow enough that a band of 2 * cg - 1 shifted vectors does less work than
-    /// products padded to whole vectors.
-    pub(crate) fn band(&self, path: VectorPath) -> bool {
+    /// Whether a grouped convolution takes the group-lanes path on `path`: its groups are
+    /// square and narrow enough that whole groups side by side in a vector, each group's
+    /// inputs broadcast across its lanes, do less work than products padded to whole
+    /// vectors.
+    pub(crate) fn group_lanes(&self, path: VectorPath) -> bool {
         let limit = match path {
-            VectorPath::Avx512 => 8,
+            VectorPath::Avx512 => MAX_GROUP,
             VectorPath::Avx2 => 4,
             VectorPath::Scalar => 0,
         };
@@ -162,11 +163,11 @@ impl Geometry {
 pub(crate) const ROW_BLOCK: usize = 96;
 /// Bytes of packed weights one task keeps in cache while it walks its rows.
 const PANEL_BUDGET: usize = 256 << 10;
-/// Bytes of band weights one task keeps in cache while it walks its rows: a band task takes
-/// as many channel vectors as fit, so that it finds each row's tap pointers once for all of
-/// them (for groups of two or four channels, finding the pointers costs as much as the
-/// products of a vector or two).
-const BAND_BUDGET: usize = 16 << 10;
+/// Bytes of group-lanes weights one task keeps in cache while it walks its rows: such a
+/// task takes as many channel vectors as fit, so that it finds each row's tap pointers once
+/// for all of them (for groups of two or four channels, finding the pointers costs as much
+/// as the products of a vector or two).
+const GROUP_LANES_BUDGET: usize = 16 << 10;
 /// Pixels of a weight-gradient chunk: its gradient rows stay in cache across the taps.
 pub(crate) const CHUNK: usize = 128;
 /// Tasks the weight gradient aims for (a fixed number, so that its split, and so its
@@ -265,63 +266,6 @@ pub(crate) fn forward_pointers<T>(
                 None => zero.wrapping_add(offset),
             };
             put(ky * geo.k + kx, p);
-        }
-    }
-}
-
-/// Band loads read a vector of channels shifted by up to `cg - 1` from a row's start, so a
-/// row's first and last vector may reach into the neighbouring pixel, where the weights are
-/// zero. Only the tensor's first and last pixel have no neighbour in memory: their rows are
-/// read from copies with a vector of zeros on both sides, as is the zero row.
-struct Guard<T> {
-    first: *const T,
-    last: *const T,
-    copies: Vec<T>,
-    zeros: Vec<T>,
-    pad: usize,
-    row: usize,
-}
-
-// SAFETY: a Guard only hands out pointers into its own buffers (read-only) or compares them.
-unsafe impl<T: Sync> Sync for Guard<T> {}
-// SAFETY: as above.
-unsafe impl<T: Send> Send for Guard<T> {}
-
-impl<T: Element> Guard<T> {
-    fn new(data: &[T], row: usize, lanes: usize) -> Guard<T> {
-        let pad = lanes;
-        let mut copies = vec![T::zero(); 2 * (row + 2 * pad)];
-        let pixels = data.len() / row.max(1);
-        if pixels > 0 {
-            copies[pad..pad + row].copy_from_slice(&data[..row]);
-            let second = row + 2 * pad;
-            copies[second + pad..second + pad + row]
-                .copy_from_slice(&data[(pixels - 1) * row..pixels * row]);
-        }
-        Guard {
-            first: data.as_ptr(),
-            last: data.as_ptr().wrapping_add(pixels.saturating_sub(1) * row),
-            copies,
-            zeros: vec![T::zero(); row + 2 * pad],
-            pad,
-            row,
-        }
-    }
-
-    /// The zero row, with a vector of zeros before and after it.
-    fn zero(&self) -> *const T {
-        self.zeros.as_ptr().wrapping_add(self.pad)
-    }
-
-    /// `p`, or its guarded copy where it is the first or last pixel's row.
-    #[inline(always)]
-    fn fix(&self, p: *const T) -> *const T {
-        if p == self.first {
-            self.copies.as_ptr().wrapping_add(self.pad)
-        } else if p == self.last {
-            self.copies.as_ptr().wrapping_add(self.row + 3 * self.pad)
-        } else {
-            p
         }
     }
 }
@@ -555,31 +499,41 @@ unsafe fn product_rows<S: Simd, const MR: usize>(
     );
 }
 
-/// Rows of band products (see `for_each_tile`), in blocks of the path's vectors.
+/// Rows of group-lanes products (see `for_each_tile`) for the channel vectors `vectors`.
 ///
 /// # Safety
-/// As `product_rows`, for rows of `band.channels` values and band weights `w` of
-/// `taps * band.nd * band.padded` values, with `vectors` within the channel vectors.
+/// As `product_rows`, for rows of `lg.channels` values and weights `w` of
+/// `taps * lg.tap_len(LANES)` values laid out as [`GroupLanes`] says, with `vectors`
+/// within `lg.vectors`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn band_rows<S: Simd, const MR: usize>(
+unsafe fn group_lanes_rows<S: Simd, const MR: usize>(
     rows: Range<usize>,
     taps: usize,
-    band: Band,
+    lg: GroupLanes,
     w: &[S::E],
     vectors: Range<usize>,
     zero: *const S::E,
     pointers: impl Fn(usize, &mut [*const S::E]),
     out_row: impl Fn(usize) -> *mut S::E,
 ) {
+    // SAFETY: the path's CPU (the caller's promise); `lg.cg` fits (`GroupLanes::new`).
+    let bcast = unsafe { gemm::group_broadcasts::<S>(lg.cg) };
     for_each_tile::<S::E, MR>(rows, taps, zero, pointers, out_row, |table, c, valid| {
-        let mut v = vectors.start;
-        while v < vectors.end {
-            let nv = (vectors.end - v).min(S::NV_MAX);
-            // SAFETY: the caller's promises, for this tile and block of vectors.
-            unsafe { gemm::band_vectors::<S, MR>(nv, table, taps, band, w.as_ptr(), v, c, valid) };
-            v += nv;
-        }
+        // SAFETY: the caller's promises, for this tile.
+        unsafe {
+            gemm::group_lanes_vectors::<S, MR>(
+                vectors.len(),
+                table,
+                taps,
+                lg,
+                w.as_ptr(),
+                &bcast,
+                vectors.start,
+                c,
+                valid,
+            )
+        };
     });
 }
 
@@ -605,35 +559,43 @@ unsafe fn wgrad_entry<S: Simd, const MR: usize>(
     unsafe { gemm::wgrad_rows::<S>(rows, nv, x, skip, dy, ldy, width, readable, out, ldo) }
 }
 
-/// The band weight gradient of channel vector `v` (see `gemm::band_wgrad`).
+/// The group-lanes weight gradient of channel vector `v` (see `gemm::group_lanes_wgrad`).
 ///
 /// # Safety
-/// As `gemm::band_wgrad`, for the vector at `v * LANES`.
+/// As `gemm::group_lanes_wgrad`.
 #[inline(always)]
-unsafe fn band_wgrad_vector<S: Simd, const MR: usize>(
+unsafe fn group_lanes_wgrad_vector<S: Simd, const MR: usize>(
     x: &[*const S::E],
     dy: *const S::E,
     ldy: usize,
-    band: Band,
+    lg: GroupLanes,
     v: usize,
     out: *mut S::E,
 ) {
-    // SAFETY: passed on.
-    unsafe { gemm::band_wgrad_nd::<S>(x, dy, ldy, band, v * S::LANES, out) }
+    // SAFETY: passed on; the path's CPU (the caller's promise).
+    unsafe {
+        let bcast = gemm::group_broadcasts::<S>(lg.cg);
+        gemm::group_lanes_wgrad_cg::<S>(x, dy, ldy, lg, &bcast, v, out)
+    }
 }
 
-/// The weights of the band path, [taps][nd][padded]: for output channel c and offset d,
-/// the weight from input channel c + d (zero where c + d leaves c's group).
-fn band_weights<T: Element>(w: &[T], geo: &Geometry, band: Band) -> Vec<T> {
-    let (cg, taps) = (geo.cgi(), geo.taps());
-    let mut out = vec![T::zero(); taps * band.nd * band.padded];
-    for t in 0..taps {
-        for di in 0..band.nd {
-            let d = band.d_min + di as isize;
-            for c in 0..geo.c {
-                let i = (c % cg) as isize + d;
-                if (0..cg as isize).contains(&i) {
-                    out[(t * band.nd + di) * band.padded + c] = w[(c * cg + i as usize) * taps + t];
+/// Weights in the [`GroupLanes`] layout for the taps `taps`: at (tap index i, b), lane l of
+/// vector v holds `weight(ch, b, taps[i])` for channel ch = v * width + l of the row (zero
+/// past the whole groups and past the row's end).
+fn group_lanes_weights<T: Element>(
+    lg: GroupLanes,
+    lanes: usize,
+    taps: &[usize],
+    weight: impl Fn(usize, usize, usize) -> T,
+) -> Vec<T> {
+    let tap_len = lg.tap_len(lanes);
+    let mut out = vec![T::zero(); taps.len() * tap_len];
+    for (i, &t) in taps.iter().enumerate() {
+        for b in 0..lg.cg {
+            for v in 0..lg.vectors {
+                for l in 0..lg.filled(v) {
+                    out[i * tap_len + (b * lg.vectors + v) * lanes + l] =
+                        weight(v * lg.width + l, b, t);
                 }
             }
         }
@@ -641,28 +603,12 @@ fn band_weights<T: Element>(w: &[T], geo: &Geometry, band: Band) -> Vec<T> {
     out
 }
 
-/// The channel vectors of a band product cut into the blocks one task takes: as many whole
-/// tiles of `nv_max` vectors as keep the block's weights (`taps` taps) within `BAND_BUDGET`.
-fn band_vector_blocks<T>(
-    band: Band,
-    taps: usize,
-    lanes: usize,
-    nv_max: usize,
-) -> Vec<Range<usize>> {
-    let vectors = band.padded / lanes;
-    let per_vector = taps * band.nd * lanes * std::mem::size_of::<T>();
-    let tiles = (BAND_BUDGET / (per_vector * nv_max).max(1)).max(1);
-    ranges(vectors, tiles * nv_max).collect()
-}
-
-fn band_of(geo: &Geometry, lanes: usize) -> Band {
-    let cg = geo.cgi();
-    Band {
-        channels: geo.c,
-        padded: geo.c.div_ceil(lanes) * lanes,
-        d_min: -(cg as isize - 1),
-        nd: 2 * cg - 1,
-    }
+/// The channel vectors of a group-lanes product cut into the blocks one task takes: as
+/// many vectors as keep the block's weights (`taps` taps) within `GROUP_LANES_BUDGET`.
+fn group_lanes_blocks<T>(lg: GroupLanes, taps: usize, lanes: usize) -> Vec<Range<usize>> {
+    let per_vector = taps * lg.cg * lanes * std::mem::size_of::<T>();
+    let together = (GROUP_LANES_BUDGET / per_vector.max(1)).max(1);
+    ranges(lg.vectors, together).collect()
 }
 
 /// y = conv(x, w): [n, ho, wo, c_out].
@@ -676,12 +622,11 @@ pub(crate) fn forward<T: Element>(x: &[T], w: &[T], geo: &Geometry, isa: Isa) ->
     let rows = geo.out_pixels();
     let taps = geo.taps();
     let offsets = tap_offsets(geo);
-    if geo.band(VectorPath::of(isa)) {
-        let band = band_of(geo, lanes);
-        let wb = band_weights(w, geo, band);
-        let guard = Guard::new(x, geo.c, lanes);
-        let gz = SendPtr(guard.zero() as *mut T);
-        let blocks = band_vector_blocks::<T>(band, taps, lanes, nv_max);
+    if geo.group_lanes(VectorPath::of(isa)) {
+        let (cg, all_taps) = (geo.cgi(), (0..taps).collect::<Vec<_>>());
+        let lg = GroupLanes::new(geo.c, cg, lanes);
+        let wl = group_lanes_weights(lg, lanes, &all_taps, |ch, b, t| w[(ch * cg + b) * taps + t]);
+        let blocks = group_lanes_blocks::<T>(lg, taps, lanes);
         let tasks: Vec<(Range<usize>, Range<usize>)> = ranges(rows, ROW_BLOCK)
             .flat_map(|r| blocks.iter().map(move |v| (r.clone(), v.clone())))
             .collect();
@@ -693,21 +638,21 @@ pub(crate) fn forward<T: Element>(x: &[T], w: &[T], geo: &Geometry, isa: Isa) ->
                     simd_call!(
                         isa,
                         T,
-                        band_rows(
+                        group_lanes_rows(
                             rows.clone(),
                             taps,
-                            band,
-                            &wb,
+                            lg,
+                            &wl,
                             vectors.clone(),
-                            gz.get(),
+                            zp.get(),
                             |r, row| forward_pointers(
                                 geo,
                                 &offsets,
                                 xp.get(),
-                                gz.get(),
+                                zp.get(),
                                 0,
                                 r,
-                                |t, p| row[t] = guard.fix(p)
+                                |t, p| row[t] = p
                             ),
                             |r| out.get().wrapping_add(r * geo.c_out),
                         )
@@ -774,14 +719,12 @@ pub(crate) fn input_grad<T: Element>(dy: &[T], w: &[T], geo: &Geometry, isa: Isa
     );
     let taps = geo.taps();
     let classes = classes(geo);
-    let band = geo.band(VectorPath::of(isa));
-    let guard = Guard::new(dy, geo.c_out, lanes);
-    let gz = SendPtr(guard.zero() as *mut T);
+    let group_lanes = geo.group_lanes(VectorPath::of(isa));
     let (cgi, cgo) = (geo.cgi(), geo.cgo());
-    // Per class: the packed weights of its taps (per group), or the band weights.
+    // Per class: the packed weights of its taps (per group), or the group-lanes weights.
     enum Weights<T> {
         Products(Vec<Packed<T>>),
-        Band(Band, Vec<T>),
+        GroupLanes(GroupLanes, Vec<T>),
         None,
     }
     let weights: Vec<Weights<T>> = classes
@@ -791,26 +734,17 @@ pub(crate) fn input_grad<T: Element>(dy: &[T], w: &[T], geo: &Geometry, isa: Isa
             if ct == 0 {
                 return Weights::None;
             }
-            if band {
-                let b = band_of(geo, lanes);
-                let forward = band_weights(w, geo, b);
-                // dx[q][c] += dy[p][c + d'] * wb[t][-d'][c + d'].
-                let mut wt = vec![T::zero(); ct * b.nd * b.padded];
-                for (ti, &(ky, kx)) in class.taps.iter().enumerate() {
-                    let t = ky * geo.k + kx;
-                    for di in 0..b.nd {
-                        let d = b.d_min + di as isize;
-                        let mirrored = b.nd - 1 - di;
-                        for c in 0..geo.c {
-                            let src = c as isize + d;
-                            if (0..geo.c as isize).contains(&src) {
-                                wt[(ti * b.nd + di) * b.padded + c] =
-                                    forward[(t * b.nd + mirrored) * b.padded + src as usize];
-                            }
-                        }
-                    }
-                }
-                return Weights::Band(b, wt);
+            if group_lanes {
+                // dx[q][ci] sums dy[p][o] * w[o][ci] over the outputs o of ci's group: the
+                // forward product with each group's weights transposed.
+                let cg = cgi;
+                let lg = GroupLanes::new(geo.c, cg, lanes);
+                let class_taps: Vec<usize> =
+                    class.taps.iter().map(|&(ky, kx)| ky * geo.k + kx).collect();
+                let wt = group_lanes_weights(lg, lanes, &class_taps, |ci, o, t| {
+                    w[(((ci / cg) * cg + o) * cg + ci % cg) * taps + t]
+                });
+                return Weights::GroupLanes(lg, wt);
             }
             let depth = ct * cgo;
             Weights::Products(
@@ -829,7 +763,7 @@ pub(crate) fn input_grad<T: Element>(dy: &[T], w: &[T], geo: &Geometry, isa: Isa
     // What a task does for its class's rows.
     enum Work {
         Products(GroupBlock),
-        BandVectors(Range<usize>),
+        Vectors(Range<usize>),
         Zeros,
     }
     // Tasks: (class, rows, work).
@@ -846,11 +780,11 @@ pub(crate) fn input_grad<T: Element>(dy: &[T], w: &[T], geo: &Geometry, isa: Isa
                     }
                 }
             }
-            Weights::Band(b, _) => {
-                let blocks = band_vector_blocks::<T>(*b, class.taps.len(), lanes, nv_max);
+            Weights::GroupLanes(lg, _) => {
+                let blocks = group_lanes_blocks::<T>(*lg, class.taps.len(), lanes);
                 for r in ranges(rows, ROW_BLOCK) {
                     for v in &blocks {
-                        tasks.push((ci, r.clone(), Work::BandVectors(v.clone())));
+                        tasks.push((ci, r.clone(), Work::Vectors(v.clone())));
                     }
                 }
             }
@@ -888,20 +822,19 @@ pub(crate) fn input_grad<T: Element>(dy: &[T], w: &[T], geo: &Geometry, isa: Isa
                             )
                         )
                     }
-                    (Weights::Band(b, wt), Work::BandVectors(vectors)) => {
+                    (Weights::GroupLanes(lg, wt), Work::Vectors(vectors)) => {
                         simd_call!(
                             isa,
                             T,
-                            band_rows(
+                            group_lanes_rows(
                                 rows.clone(),
                                 ct,
-                                *b,
+                                *lg,
                                 wt,
                                 vectors.clone(),
-                                gz.get(),
+                                zp.get(),
                                 |r, row| class
-                                    .pointers(geo, dyp.get(), gz.get(), 0, r, |t, p| row[t] =
-                                        guard.fix(p)),
+                                    .pointers(geo, dyp.get(), zp.get(), 0, r, |t, p| row[t] = p),
                                 |r| out.get().wrapping_add(class.offset(geo, r)),
                             )
                         )
@@ -975,18 +908,17 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
     let (taps, cgi, cgo) = (geo.taps(), geo.cgi(), geo.cgo());
     let pixels = geo.out_pixels();
     let offsets = tap_offsets(geo);
-    if geo.band(VectorPath::of(isa)) {
-        let band = band_of(geo, lanes);
-        let guard = Guard::new(x, geo.c, lanes);
-        let gz = SendPtr(guard.zero() as *mut T);
+    if geo.group_lanes(VectorPath::of(isa)) {
+        let lg = GroupLanes::new(geo.c, cgi, lanes);
         // Split by pixels first: a task then finds each of its pixels' pointers once for
-        // every channel vector (the band's weight, a few offsets per channel, is small to
-        // keep per split); by channel vectors only where the pixels are too few to share.
-        let vectors = geo.c.div_ceil(lanes);
+        // every channel vector (the weight, a few values per channel, is small to keep per
+        // split); by channel vectors only where the pixels are too few to share.
+        let vectors = lg.vectors;
         let splits = GRAD_TASKS.min(pixels.div_ceil(SPLIT_PIXELS)).max(1);
         let wanted = GRAD_TASKS.div_ceil(splits);
         let blocks: Vec<Range<usize>> = ranges(vectors, vectors.div_ceil(wanted)).collect();
-        let part_len = taps * band.nd * band.padded;
+        let tap_len = lg.tap_len(lanes);
+        let part_len = taps * tap_len;
         let mut parts = vec![T::zero(); splits * part_len];
         let pp = SendPtr(parts.as_mut_ptr());
         let tasks: Vec<(Range<usize>, usize)> = blocks
@@ -997,13 +929,13 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
             let span = ranges(pixels, pixels.div_ceil(splits))
                 .nth(*s)
                 .unwrap_or(0..0);
-            let mut table = vec![gz.get() as *const T; taps * CHUNK];
+            let mut table = vec![zp.get() as *const T; taps * CHUNK];
             for chunk in ranges(span.len(), CHUNK) {
                 let chunk = span.start + chunk.start..span.start + chunk.end;
                 let len = chunk.len();
                 for (i, r) in chunk.clone().enumerate() {
-                    forward_pointers(geo, &offsets, xp.get(), gz.get(), 0, r, |t, p| {
-                        table[t * CHUNK + i] = guard.fix(p)
+                    forward_pointers(geo, &offsets, xp.get(), zp.get(), 0, r, |t, p| {
+                        table[t * CHUNK + i] = p
                     });
                 }
                 // Vector by vector, every tap: a vector's columns of the chunk's rows stay
@@ -1012,16 +944,14 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
                 for v in vectors.clone() {
                     for t in 0..taps {
                         let ptrs = &table[t * CHUNK..t * CHUNK + len];
-                        let out = pp
-                            .get()
-                            .wrapping_add(s * part_len + t * band.nd * band.padded);
+                        let out = pp.get().wrapping_add(s * part_len + t * tap_len);
                         // SAFETY: pointers are pixel rows of c values (or the zero row), the
                         // gradient rows hold c values, and the task owns the vectors `v` of
                         // its split's part, which is zeroed.
                         simd_call!(
                             isa,
                             T,
-                            band_wgrad_vector(ptrs, dy_rows, geo.c_out, band, v, out)
+                            group_lanes_wgrad_vector(ptrs, dy_rows, geo.c_out, lg, v, out)
                         );
                     }
                 }
@@ -1030,11 +960,14 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
         let cg = cgi;
         let total = sum_parts(&mut parts, part_len);
         let mut grad = vec![T::zero(); geo.c_out * cg * taps];
-        for c in 0..geo.c {
-            for i in 0..cg {
-                let di = (i as isize - (c % cg) as isize - band.d_min) as usize;
-                for t in 0..taps {
-                    grad[(c * cg + i) * taps + t] = total[(t * band.nd + di) * band.padded + c];
+        for v in 0..lg.vectors {
+            for l in 0..lg.filled(v) {
+                let ch = v * lg.width + l;
+                for b in 0..cg {
+                    for t in 0..taps {
+                        grad[(ch * cg + b) * taps + t] =
+                            total[t * tap_len + (b * lg.vectors + v) * lanes + l];
+                    }
                 }
             }
         }
@@ -1245,7 +1178,7 @@ enum Bf16Input<'a> {
 
 impl Bf16Input<'_> {
     /// The values rounded to bf16, as f32: what the f32 kernels multiply on the paths
-    /// without a bf16 unit (and on the band path).
+    /// without a bf16 unit (and on the group-lanes path).
     fn rounded(&self, isa: Isa) -> Vec<f32> {
         match self {
             Bf16Input::F32(v) => crate::bf16::round_vec(v, isa),
@@ -1324,12 +1257,12 @@ impl Conv2d {
     /// Where this convolution's bf16 products run: on the machine's bf16 unit, narrow
     /// groups merged (the most consecutive groups whose channels fit `Merge`'s columns
     /// together), or, without a unit, on the f32 kernels on rounded values. Groups of one
-    /// channel (depthwise) stay on the band path: merged, almost all of the unit's
+    /// channel (depthwise) stay on the group-lanes path: merged, almost all of the unit's
     /// products would be zeros.
     fn unit(&self, geo: &Geometry, isa: Isa, product: Product) -> Option<OnUnit> {
         let unit = crate::bf16::Unit::of(isa)?;
         let widest = geo.cgi().max(geo.cgo());
-        if geo.groups > 1 && geo.cgi().min(geo.cgo()) < 2 && geo.band(VectorPath::of(isa)) {
+        if geo.groups > 1 && geo.cgi().min(geo.cgo()) < 2 && geo.group_lanes(VectorPath::of(isa)) {
             return None;
         }
         let columns = match (unit, product) {
@@ -1685,11 +1618,11 @@ mod tests {
         (1, 256, 3, 3, 256, 3, 1, 1, 8),
         // Enough pixels (over `SPLIT_PIXELS`) that the weight gradient splits them, each
         // split taking every group, over several chunks: 7 channels per group (products),
-        // 2 and 3 (band; 3 leaves a partial vector on AVX2).
+        // 2 and 3 (group lanes; 3 leaves a partial vector on AVX2).
         (4, 56, 17, 17, 56, 3, 1, 1, 8),
         (3, 64, 19, 19, 64, 3, 1, 1, 32),
         (5, 27, 12, 13, 27, 3, 1, 1, 9),
-        // Band weights over `BAND_BUDGET`: the channel vectors in several blocks, the last
+        // Group-lanes weights over `GROUP_LANES_BUDGET`: the channel vectors in several blocks, the last
         // one shorter (4 channels per group, stride 2 for the input gradient's classes).
         (2, 136, 5, 5, 136, 3, 2, 1, 34),
     ];
@@ -1881,7 +1814,7 @@ mod tests {
             (3, 24, 9, 8, 33, 3, 2, 1, 1),
             // Narrow groups, merged on a unit: 16 groups of 2 channels, 2 of 12, 4 of 7, 2
             // of 6 widening to 12 (1x1); 20 channels (one group a block, padded); one
-            // channel (depthwise, the band path).
+            // channel (depthwise, the group-lanes path).
             (2, 64, 6, 6, 64, 3, 1, 1, 32),
             (2, 48, 5, 5, 48, 3, 1, 1, 4),
             (2, 56, 7, 7, 56, 3, 1, 1, 8),

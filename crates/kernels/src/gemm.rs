@@ -407,155 +407,267 @@ pub(crate) unsafe fn wgrad_rows<S: Simd>(
     }
 }
 
-/// The shape of a band product: `channels` channels, offsets `d_min..d_min + nd` within a
-/// group, weights [taps][nd][padded] with `padded` a multiple of the lanes.
+/// The most channels per group that a group-lanes product takes (on any path).
+pub(crate) const MAX_GROUP: usize = 8;
+
+/// The shape of a group-lanes product: rows of `channels` channels in groups of `cg` (as
+/// many outputs as inputs per group), cut into vectors of `width` channels each, the most
+/// whole groups that fit the lanes, so that no group straddles two vectors; `vectors` of
+/// them cover a row. Its weights are laid out [taps][cg][vectors][LANES]: at (t, b), lane l
+/// of vector v holds the weight from the group's input b to channel v * width + l (zero at
+/// the lanes past `width` and past the row's end).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Band {
+pub(crate) struct GroupLanes {
     pub channels: usize,
-    pub padded: usize,
-    pub d_min: isize,
-    pub nd: usize,
+    pub cg: usize,
+    pub width: usize,
+    pub vectors: usize,
 }
 
-/// c[i][ch] = sum over taps t and offsets d of a[t * stride + i][ch + d] * w[t][d][ch],
-/// for the channel vectors `v0..v0 + NV` of MR pixels.
+impl GroupLanes {
+    /// `channels` in groups of `cg` (at most `lanes` and `MAX_GROUP`) on vectors of `lanes`.
+    pub(crate) fn new(channels: usize, cg: usize, lanes: usize) -> GroupLanes {
+        assert!(
+            (1..=lanes.min(MAX_GROUP)).contains(&cg),
+            "group-lanes product with {cg} channels per group on {lanes} lanes"
+        );
+        let width = (lanes / cg) * cg;
+        GroupLanes {
+            channels,
+            cg,
+            width,
+            vectors: channels.div_ceil(width),
+        }
+    }
+
+    /// The channels vector `v` holds: `width`, or fewer in the last.
+    #[inline(always)]
+    pub(crate) fn filled(&self, v: usize) -> usize {
+        (self.channels - v * self.width).min(self.width)
+    }
+
+    /// Values of one tap's weights, for vectors of `lanes`.
+    pub(crate) fn tap_len(&self, lanes: usize) -> usize {
+        self.cg * self.vectors * lanes
+    }
+}
+
+/// For each b < cg, the permutation that gives every lane of a group its group's b-th value
+/// (lane l reads lane (l / cg) * cg + b; lanes past the whole groups keep their own).
 ///
 /// # Safety
-/// - `a` holds `taps * stride` pointers (stride >= MR) to rows of `band.channels` values
-///   with at least `LANES` readable values before and after each (a neighbouring pixel's
-///   row or a guard of zeros: lanes that reach there meet zero weights);
-/// - `w` holds `taps * band.nd * band.padded` values, and v0 + NV vectors lie in `padded`;
-/// - the first `valid` pointers of `c` are valid for `band.channels` writes;
-/// - the CPU runs `S`.
+/// The CPU runs `S`; `cg <= MAX_GROUP` and `cg <= S::LANES`.
+#[inline(always)]
+pub(crate) unsafe fn group_broadcasts<S: Simd>(cg: usize) -> [S::Ix; MAX_GROUP] {
+    let width = (S::LANES / cg) * cg;
+    std::array::from_fn(|b| {
+        let idx: [u32; 16] = std::array::from_fn(|l| {
+            if l < width && b < cg {
+                ((l / cg) * cg + b) as u32
+            } else {
+                l as u32
+            }
+        });
+        // SAFETY: the caller's promise: the CPU runs `S`.
+        unsafe { S::lane_index(&idx) }
+    })
+}
+
+/// The first `n` lanes at `p` (all of them where `n` is `LANES`), the rest zero.
+///
+/// # Safety
+/// `p` is valid for `n <= LANES` reads; the CPU runs `S`.
+#[inline(always)]
+unsafe fn load_upto<S: Simd>(p: *const S::E, n: usize) -> S::V {
+    // SAFETY: the caller's promise.
+    unsafe {
+        if n == S::LANES {
+            S::load(p)
+        } else {
+            S::load_partial(p, n)
+        }
+    }
+}
+
+/// c[i][ch] = sum over taps t and b < cg of a[t * stride + i][g + b] * w[t][b][ch], g the
+/// first channel of ch's group, for the channel vectors `v0..v0 + NV` of MR pixels. Each
+/// row's vector is read once per tap, and each of its groups' b-th value reaches the
+/// group's lanes by a permute: every product is a useful one, and each lane's sum runs over
+/// (t, b) in order.
+///
+/// # Safety
+/// - `a` holds `taps * stride` pointers (stride >= MR), each to a row of `lg.channels`
+///   values;
+/// - `w` holds `taps * lg.tap_len(LANES)` values laid out as [`GroupLanes`] says, and
+///   `v0 + NV <= lg.vectors`;
+/// - the first `valid` pointers of `c` are valid for `lg.channels` writes;
+/// - `bcast` is `group_broadcasts::<S>(lg.cg)`; the CPU runs `S`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn band_tile<S: Simd, const MR: usize, const NV: usize>(
+pub(crate) unsafe fn group_lanes_tile<S: Simd, const MR: usize, const NV: usize>(
     a: &[*const S::E],
     stride: usize,
     taps: usize,
-    band: Band,
+    lg: GroupLanes,
     w: *const S::E,
+    bcast: &[S::Ix; MAX_GROUP],
     v0: usize,
     c: &[*mut S::E],
     valid: usize,
 ) {
-    let c0 = v0 * S::LANES;
-    // SAFETY: loads reach at most `cg - 1 < LANES` values beyond a row's ends, which lie in
-    // the neighbouring pixel's row or in a guard (the caller's promise); weights are padded
-    // to whole vectors, and stores are cut at the row's end.
+    let filled: [usize; NV] = std::array::from_fn(|j| lg.filled(v0 + j));
+    let tap_len = lg.tap_len(S::LANES);
+    // SAFETY: loads stay within each row's `channels` values (the last vector's cut to its
+    // filled lanes), weight loads within the layout, stores within the rows (the caller's
+    // promises).
     unsafe {
         let mut acc = [[S::zero(); NV]; MR];
         for t in 0..taps {
-            let ap: [*const S::E; MR] = std::array::from_fn(|i| *a.get_unchecked(t * stride + i));
-            for di in 0..band.nd {
-                let d = band.d_min + di as isize;
-                let wrow = w.add((t * band.nd + di) * band.padded + c0);
+            let x: [[S::V; NV]; MR] = std::array::from_fn(|i| {
+                let row = *a.get_unchecked(t * stride + i);
+                std::array::from_fn(|j| load_upto::<S>(row.add((v0 + j) * lg.width), filled[j]))
+            });
+            let wt = w.add(t * tap_len + v0 * S::LANES);
+            for (b, &idx) in bcast.iter().enumerate().take(lg.cg) {
+                let wb = wt.add(b * lg.vectors * S::LANES);
                 for j in 0..NV {
-                    let wv = S::load(wrow.add(j * S::LANES));
-                    let at = (c0 + j * S::LANES) as isize + d;
+                    let wv = S::load(wb.add(j * S::LANES));
                     for i in 0..MR {
-                        let xv = S::load(ap[i].offset(at));
-                        acc[i][j] = S::fma(xv, wv, acc[i][j]);
+                        acc[i][j] = S::fma(S::permute(x[i][j], idx), wv, acc[i][j]);
                     }
                 }
             }
         }
-        let width = band.channels.saturating_sub(c0);
-        let shifted: [*mut S::E; MR] = std::array::from_fn(|i| c[i].wrapping_add(c0));
-        store_rows::<S, MR, NV>(&acc, &shifted[..], valid, width);
+        for (i, row) in acc.iter().enumerate().take(valid.min(MR)) {
+            for (j, &v) in row.iter().enumerate() {
+                let p = c[i].add((v0 + j) * lg.width);
+                if filled[j] == S::LANES {
+                    S::store(p, v);
+                } else {
+                    S::store_partial(p, v, filled[j]);
+                }
+            }
+        }
     }
 }
 
-/// One tile of MT rows (the first `valid` real) of band products for `nv` channel vectors
-/// from `v0`, in sub-tiles shaped as in [`igemm_panel`].
+/// One tile of MT rows (the first `valid` real) of group-lanes products for `nv` channel
+/// vectors from `v0`: in sub-tiles of two vectors (one for a last odd vector), the rows per
+/// sub-tile chosen so that the accumulators and each row's loaded vectors fit the path's
+/// registers.
 ///
 /// # Safety
-/// As [`band_tile`] with stride MT, and `c` holding MT row pointers.
+/// As [`group_lanes_tile`] with stride MT, and `c` holding MT row pointers.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn band_vectors<S: Simd, const MT: usize>(
+pub(crate) unsafe fn group_lanes_vectors<S: Simd, const MT: usize>(
     nv: usize,
     a: &[*const S::E],
     taps: usize,
-    band: Band,
+    lg: GroupLanes,
     w: *const S::E,
+    bcast: &[S::Ix; MAX_GROUP],
     v0: usize,
     c: &[*mut S::E; MT],
     valid: usize,
 ) {
     macro_rules! tiles {
-        ($mr:literal, $nv:literal) => {
+        ($mr:literal, $nv:literal, $v:expr) => {
             // SAFETY: the sub-tile's pointers start at `off` of each tap's MT.
             sub_tiles!($mr, valid, |off, rows| unsafe {
-                band_tile::<S, $mr, $nv>(&a[off..], MT, taps, band, w, v0, &c[off..], rows)
+                group_lanes_tile::<S, $mr, $nv>(
+                    &a[off..],
+                    MT,
+                    taps,
+                    lg,
+                    w,
+                    bcast,
+                    $v,
+                    &c[off..],
+                    rows,
+                )
             })
         };
     }
-    by_shape!(S, nv, tiles)
+    let mut v = v0;
+    while v < v0 + nv {
+        let two = v + 2 <= v0 + nv;
+        match (S::LANES, S::NV_MAX, two) {
+            (1, _, _) => tiles!(4, 1, v),
+            (_, 2, true) => tiles!(3, 2, v),
+            (_, 2, false) => tiles!(6, 1, v),
+            (_, _, true) => tiles!(6, 2, v),
+            (_, _, false) => tiles!(12, 1, v),
+        }
+        v += if two && S::LANES > 1 { 2 } else { 1 };
+    }
 }
 
-/// out[d][c0..] += sum over pixels p of x[p][c0 + d_min + d ..] * dy[p * ldy + c0 ..] for
-/// the one channel vector at `c0` and the ND offsets of a band.
+/// out[b][v] += sum over pixels p of x[p][g + b] * dy[p * ldy + ch] for the channels ch of
+/// vector `v` (g the first channel of ch's group) and every b < CG: the weight gradient of a
+/// group-lanes product, each sum over the pixels in order.
 ///
 /// # Safety
-/// - each `x[p]` points at a row of `band.channels` values with `LANES` readable values
-///   before and after it (see [`band_tile`]), `dy + p * ldy` at a row of `band.channels`;
-/// - `out + d * band.padded + c0` is valid for one vector of reads and writes, initialised;
-/// - the CPU runs `S`.
+/// - each `x[p]` points at a row of `lg.channels` values, `dy + p * ldy` at a row of
+///   `lg.channels`;
+/// - `out` is valid for reads and writes of the [`GroupLanes`] layout of one tap,
+///   initialised, and `v < lg.vectors`;
+/// - `bcast` is `group_broadcasts::<S>(CG)`; the CPU runs `S`.
 #[inline(always)]
-pub(crate) unsafe fn band_wgrad<S: Simd, const ND: usize>(
+pub(crate) unsafe fn group_lanes_wgrad<S: Simd, const CG: usize>(
     x: &[*const S::E],
     dy: *const S::E,
     ldy: usize,
-    band: Band,
-    c0: usize,
+    lg: GroupLanes,
+    bcast: &[S::Ix; MAX_GROUP],
+    v: usize,
     out: *mut S::E,
 ) {
-    let tail = band.channels - c0;
-    // SAFETY: x loads reach at most cg - 1 < LANES values beyond a row (a neighbour's row
-    // or a guard, the caller's promise); gradient loads are cut at the row's end; the
-    // output vectors lie in the padded rows.
+    let (ch, n) = (v * lg.width, lg.filled(v));
+    // SAFETY: the caller's bounds; loads are cut to the vector's filled lanes.
     unsafe {
         // The pixel loop in two copies, the choice of load made once (see `wgrad_tile`).
-        let acc = if tail < S::LANES {
-            band_wgrad_sums::<S, ND, true>(x, dy.add(c0), ldy, band.d_min + c0 as isize, tail)
+        let acc = if n < S::LANES {
+            group_lanes_wgrad_sums::<S, CG, true>(x, dy.add(ch), ldy, ch, n, bcast)
         } else {
-            band_wgrad_sums::<S, ND, false>(x, dy.add(c0), ldy, band.d_min + c0 as isize, tail)
+            group_lanes_wgrad_sums::<S, CG, false>(x, dy.add(ch), ldy, ch, n, bcast)
         };
-        for (di, &v) in acc.iter().enumerate() {
-            let p = out.add(di * band.padded + c0);
-            S::store(p, S::add(S::load(p), v));
+        for (b, &sum) in acc.iter().enumerate() {
+            let p = out.add((b * lg.vectors + v) * S::LANES);
+            S::store(p, S::add(S::load(p), sum));
         }
     }
 }
 
-/// The sums of [`band_wgrad`] over its pixels, from `dy` at the vector's first channel and
-/// x at `first` (the vector's first channel plus the band's lowest offset); the gradient
-/// read masked to `tail` lanes where `PARTIAL`.
+/// The sums of [`group_lanes_wgrad`] over its pixels, each pixel's row read from channel
+/// `ch` (`n` lanes of it where `PARTIAL`).
 ///
 /// # Safety
-/// As [`band_wgrad`].
+/// As [`group_lanes_wgrad`].
 #[inline(always)]
-unsafe fn band_wgrad_sums<S: Simd, const ND: usize, const PARTIAL: bool>(
+unsafe fn group_lanes_wgrad_sums<S: Simd, const CG: usize, const PARTIAL: bool>(
     x: &[*const S::E],
     dy: *const S::E,
     ldy: usize,
-    first: isize,
-    tail: usize,
-) -> [S::V; ND] {
-    // SAFETY: the caller's bounds (see `band_wgrad`).
+    ch: usize,
+    n: usize,
+    bcast: &[S::Ix; MAX_GROUP],
+) -> [S::V; CG] {
+    // SAFETY: the caller's bounds (see `group_lanes_wgrad`).
     unsafe {
-        let mut acc = [S::zero(); ND];
+        let load = |p: *const S::E| {
+            if PARTIAL {
+                S::load_partial(p, n)
+            } else {
+                S::load(p)
+            }
+        };
+        let mut acc = [S::zero(); CG];
         let mut row = dy;
         for &xp in x {
-            let g = if PARTIAL {
-                S::load_partial(row, tail)
-            } else {
-                S::load(row)
-            };
-            let xs = xp.offset(first);
-            for (di, a) in acc.iter_mut().enumerate() {
-                *a = S::fma(S::load(xs.add(di)), g, *a);
+            let (xv, g) = (load(xp.add(ch)), load(row));
+            for (b, a) in acc.iter_mut().enumerate() {
+                *a = S::fma(S::permute(xv, bcast[b]), g, *a);
             }
             row = row.add(ldy);
         }
@@ -563,30 +675,30 @@ unsafe fn band_wgrad_sums<S: Simd, const ND: usize, const PARTIAL: bool>(
     }
 }
 
-/// [`band_wgrad`] with the band's offset count (1 to 15: up to 8 channels per group) as a
-/// constant.
+/// [`group_lanes_wgrad`] with the group's channel count (1 to `MAX_GROUP`) as a constant.
 ///
 /// # Safety
-/// As [`band_wgrad`], with `band.nd <= 15`.
+/// As [`group_lanes_wgrad`], with `lg.cg <= MAX_GROUP`.
 #[inline(always)]
-pub(crate) unsafe fn band_wgrad_nd<S: Simd>(
+pub(crate) unsafe fn group_lanes_wgrad_cg<S: Simd>(
     x: &[*const S::E],
     dy: *const S::E,
     ldy: usize,
-    band: Band,
-    c0: usize,
+    lg: GroupLanes,
+    bcast: &[S::Ix; MAX_GROUP],
+    v: usize,
     out: *mut S::E,
 ) {
-    macro_rules! nd {
+    macro_rules! cg {
         ($($n:literal)*) => {
-            match band.nd {
-                $($n => band_wgrad::<S, $n>(x, dy, ldy, band, c0, out),)*
-                other => unreachable!("band of {other} offsets"),
+            match lg.cg {
+                $($n => group_lanes_wgrad::<S, $n>(x, dy, ldy, lg, bcast, v, out),)*
+                other => unreachable!("groups of {other} channels"),
             }
         };
     }
     // SAFETY: passed on.
-    unsafe { nd!(1 3 5 7 9 11 13 15) }
+    unsafe { cg!(1 2 3 4 5 6 7 8) }
 }
 
 #[cfg(test)]

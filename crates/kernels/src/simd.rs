@@ -37,6 +37,8 @@ impl Element for f64 {
 pub(crate) trait Simd: Copy + Send + Sync + 'static {
     type E: Element;
     type V: Copy;
+    /// A permutation of the lanes (see `permute`).
+    type Ix: Copy;
     const LANES: usize;
     /// Vectors per row of a product tile (with `MR` rows, see `simd_dispatch!`).
     const NV_MAX: usize;
@@ -57,6 +59,11 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     unsafe fn relu(v: Self::V) -> Self::V;
     /// `g` where `pre > 0`, else 0: the gradient through a ReLU whose input was `pre`.
     unsafe fn where_positive(pre: Self::V, g: Self::V) -> Self::V;
+    /// The permutation whose lane l reads lane `idx[l]` (each below LANES), from the
+    /// first LANES entries.
+    unsafe fn lane_index(idx: &[u32; 16]) -> Self::Ix;
+    /// Lane l of the result is lane `idx[l]` of `v`.
+    unsafe fn permute(v: Self::V, idx: Self::Ix) -> Self::V;
     /// `n <= LANES` bf16 values (bits) as a vector, the rest zero.
     #[inline(always)]
     unsafe fn load_bf16(p: *const u16, n: usize) -> Self::V {
@@ -88,6 +95,7 @@ pub(crate) struct Scalar<T>(std::marker::PhantomData<T>);
 impl<T: Element> Simd for Scalar<T> {
     type E = T;
     type V = T;
+    type Ix = ();
     const LANES: usize = 1;
     const NV_MAX: usize = 4;
     #[inline(always)]
@@ -147,6 +155,12 @@ impl<T: Element> Simd for Scalar<T> {
             T::zero()
         }
     }
+    #[inline(always)]
+    unsafe fn lane_index(_idx: &[u32; 16]) {}
+    #[inline(always)]
+    unsafe fn permute(v: T, _idx: ()) -> T {
+        v
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -168,6 +182,7 @@ pub(crate) struct Avx2F64;
 impl Simd for Avx512F32 {
     type E = f32;
     type V = __m512;
+    type Ix = __m512i;
     const LANES: usize = 16;
     const NV_MAX: usize = 4;
     #[inline(always)]
@@ -259,12 +274,21 @@ impl Simd for Avx512F32 {
             _mm512_mask_cvtepi32_storeu_epi16(p as *mut i16, mask, out);
         }
     }
+    #[inline(always)]
+    unsafe fn lane_index(idx: &[u32; 16]) -> __m512i {
+        unsafe { _mm512_loadu_si512(idx.as_ptr() as *const _) }
+    }
+    #[inline(always)]
+    unsafe fn permute(v: __m512, idx: __m512i) -> __m512 {
+        unsafe { _mm512_permutexvar_ps(idx, v) }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 impl Simd for Avx512F64 {
     type E = f64;
     type V = __m512d;
+    type Ix = __m512i;
     const LANES: usize = 8;
     const NV_MAX: usize = 4;
     #[inline(always)]
@@ -321,6 +345,15 @@ impl Simd for Avx512F64 {
             )
         }
     }
+    #[inline(always)]
+    unsafe fn lane_index(idx: &[u32; 16]) -> __m512i {
+        let wide: [u64; 8] = std::array::from_fn(|l| idx[l] as u64);
+        unsafe { _mm512_loadu_si512(wide.as_ptr() as *const _) }
+    }
+    #[inline(always)]
+    unsafe fn permute(v: __m512d, idx: __m512i) -> __m512d {
+        unsafe { _mm512_permutexvar_pd(idx, v) }
+    }
 }
 
 /// AVX2 lane masks: lane i is set when i < n.
@@ -365,6 +398,7 @@ unsafe fn store_upto3_f32(p: *mut f32, v: __m128, n: usize) {
 impl Simd for Avx2F32 {
     type E = f32;
     type V = __m256;
+    type Ix = __m256i;
     const LANES: usize = 8;
     const NV_MAX: usize = 2;
     #[inline(always)]
@@ -424,12 +458,21 @@ impl Simd for Avx2F32 {
     unsafe fn where_positive(pre: __m256, g: __m256) -> __m256 {
         unsafe { _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(pre, _mm256_setzero_ps()), g) }
     }
+    #[inline(always)]
+    unsafe fn lane_index(idx: &[u32; 16]) -> __m256i {
+        unsafe { _mm256_loadu_si256(idx.as_ptr() as *const __m256i) }
+    }
+    #[inline(always)]
+    unsafe fn permute(v: __m256, idx: __m256i) -> __m256 {
+        unsafe { _mm256_permutevar8x32_ps(v, idx) }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 impl Simd for Avx2F64 {
     type E = f64;
     type V = __m256d;
+    type Ix = __m256i;
     const LANES: usize = 4;
     const NV_MAX: usize = 2;
     #[inline(always)]
@@ -490,6 +533,16 @@ impl Simd for Avx2F64 {
     #[inline(always)]
     unsafe fn where_positive(pre: __m256d, g: __m256d) -> __m256d {
         unsafe { _mm256_and_pd(_mm256_cmp_pd::<_CMP_GT_OQ>(pre, _mm256_setzero_pd()), g) }
+    }
+    #[inline(always)]
+    unsafe fn lane_index(idx: &[u32; 16]) -> __m256i {
+        // Each f64 lane as its two 32-bit halves.
+        let halves: [u32; 8] = std::array::from_fn(|h| 2 * idx[h / 2] + (h % 2) as u32);
+        unsafe { _mm256_loadu_si256(halves.as_ptr() as *const __m256i) }
+    }
+    #[inline(always)]
+    unsafe fn permute(v: __m256d, idx: __m256i) -> __m256d {
+        unsafe { _mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps(v), idx)) }
     }
 }
 
@@ -643,6 +696,61 @@ mod tests {
             }
         }
         faults
+    }
+
+    /// Permutes a vector of distinct values by a reversal and by the group-lanes
+    /// broadcasts of groups of 3 (lanes past the whole groups keep their own): each lane
+    /// must hold the value its index names.
+    ///
+    /// # Safety
+    /// The CPU runs `S`.
+    unsafe fn permuted_lanes<S: Simd, const MR: usize>() -> Vec<String> {
+        let mut faults = Vec::new();
+        let values: Vec<S::E> = (0..S::LANES)
+            .map(|i| S::E::from_f64(i as f64 * 1.5 - 2.0))
+            .collect();
+        let reversed: [u32; 16] =
+            std::array::from_fn(|l| (S::LANES - 1 - l.min(S::LANES - 1)) as u32);
+        let groups_of_3 = |b: usize| -> [u32; 16] {
+            let width = (S::LANES / 3) * 3;
+            std::array::from_fn(|l| {
+                if l < width {
+                    ((l / 3) * 3 + b) as u32
+                } else {
+                    l as u32
+                }
+            })
+        };
+        let mut cases = vec![("reversed".to_string(), reversed)];
+        cases.extend((0..3).map(|b| (format!("groups of 3, b={b}"), groups_of_3(b))));
+        for (what, idx) in cases {
+            let mut out = vec![S::E::from_f64(0.0); S::LANES];
+            // SAFETY: both vectors hold LANES values; every index is below LANES.
+            unsafe {
+                let v = S::permute(S::load(values.as_ptr()), S::lane_index(&idx));
+                S::store(out.as_mut_ptr(), v);
+            }
+            for (l, got) in out.iter().enumerate() {
+                let expect = values[idx[l] as usize % S::LANES].to_f64();
+                if got.to_f64() != expect {
+                    faults.push(format!(
+                        "{what}: lane {l} {} (expected {expect})",
+                        got.to_f64()
+                    ));
+                }
+            }
+        }
+        faults
+    }
+
+    #[test]
+    fn permutes_move_every_lane_where_its_index_says_on_every_path() {
+        for isa in available() {
+            let faults = simd_call!(isa, f32, permuted_lanes());
+            assert!(faults.is_empty(), "{isa} f32: {faults:?}");
+            let faults = simd_call!(isa, f64, permuted_lanes());
+            assert!(faults.is_empty(), "{isa} f64: {faults:?}");
+        }
     }
 
     #[test]
