@@ -559,23 +559,48 @@ unsafe fn wgrad_entry<S: Simd, const MR: usize>(
     unsafe { gemm::wgrad_rows::<S>(rows, nv, x, skip, dy, ldy, width, readable, out, ldo) }
 }
 
-/// The group-lanes weight gradient of channel vector `v` (see `gemm::group_lanes_wgrad`).
+/// The group-lanes weight gradient of the channel vectors `vectors` for every tap, taps
+/// in blocks of `gemm::group_lanes_wgrad_taps` (see `gemm::group_lanes_wgrad`): tap t's
+/// pixel pointers are `x[t * stride..][..len]`, its output `out + t * tap_len`.
 ///
 /// # Safety
-/// As `gemm::group_lanes_wgrad`.
+/// As `gemm::group_lanes_wgrad` for each tap, with `vectors` within `lg.vectors`.
 #[inline(always)]
-unsafe fn group_lanes_wgrad_vector<S: Simd, const MR: usize>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn group_lanes_wgrad_rows<S: Simd, const MR: usize>(
     x: &[*const S::E],
+    stride: usize,
+    len: usize,
+    taps: usize,
     dy: *const S::E,
     ldy: usize,
     lg: GroupLanes,
-    v: usize,
+    vectors: Range<usize>,
     out: *mut S::E,
 ) {
+    let tap_len = lg.tap_len(S::LANES);
+    let block = gemm::group_lanes_wgrad_taps(lg.cg);
     // SAFETY: passed on; the path's CPU (the caller's promise).
     unsafe {
-        let bcast = gemm::group_broadcasts::<S>(lg.cg);
-        gemm::group_lanes_wgrad_cg::<S>(x, dy, ldy, lg, &bcast, v, out)
+        let rotations = gemm::group_rotations::<S>(lg.cg);
+        // Vector by vector, every tap: a vector's columns of the chunk's rows stay in the
+        // first-level cache across the taps.
+        for v in vectors {
+            for t in ranges(taps, block) {
+                gemm::group_lanes_wgrad_block::<S>(
+                    &x[t.start * stride..],
+                    stride,
+                    len,
+                    t.len(),
+                    dy,
+                    ldy,
+                    lg,
+                    &rotations,
+                    v,
+                    out.add(t.start * tap_len),
+                )
+            }
+        }
     }
 }
 
@@ -938,23 +963,26 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
                         table[t * CHUNK + i] = p
                     });
                 }
-                // Vector by vector, every tap: a vector's columns of the chunk's rows stay
-                // in the first-level cache across the taps.
                 let dy_rows = dyp.get().wrapping_add(chunk.start * geo.c_out) as *const T;
-                for v in vectors.clone() {
-                    for t in 0..taps {
-                        let ptrs = &table[t * CHUNK..t * CHUNK + len];
-                        let out = pp.get().wrapping_add(s * part_len + t * tap_len);
-                        // SAFETY: pointers are pixel rows of c values (or the zero row), the
-                        // gradient rows hold c values, and the task owns the vectors `v` of
-                        // its split's part, which is zeroed.
-                        simd_call!(
-                            isa,
-                            T,
-                            group_lanes_wgrad_vector(ptrs, dy_rows, geo.c_out, lg, v, out)
-                        );
-                    }
-                }
+                let out = pp.get().wrapping_add(s * part_len);
+                // SAFETY: pointers are pixel rows of c values (or the zero row), the
+                // gradient rows hold c values, and the task owns the vectors `vectors` of
+                // its split's part, which is zeroed.
+                simd_call!(
+                    isa,
+                    T,
+                    group_lanes_wgrad_rows(
+                        &table,
+                        CHUNK,
+                        len,
+                        taps,
+                        dy_rows,
+                        geo.c_out,
+                        lg,
+                        vectors.clone(),
+                        out
+                    )
+                );
             }
         });
         let cg = cgi;
@@ -964,9 +992,11 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
             for l in 0..lg.filled(v) {
                 let ch = v * lg.width + l;
                 for b in 0..cg {
+                    // Input b of the group sits at rotation d from ch's own place.
+                    let d = (b + cg - ch % cg) % cg;
                     for t in 0..taps {
                         grad[(ch * cg + b) * taps + t] =
-                            total[t * tap_len + (b * lg.vectors + v) * lanes + l];
+                            total[t * tap_len + (d * lg.vectors + v) * lanes + l];
                     }
                 }
             }

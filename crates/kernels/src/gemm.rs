@@ -473,6 +473,28 @@ pub(crate) unsafe fn group_broadcasts<S: Simd>(cg: usize) -> [S::Ix; MAX_GROUP] 
     })
 }
 
+/// For each d < cg, the permutation that rotates every group's values by d (lane l, the
+/// a-th of its group, reads the group's (a + d) % cg-th; lanes past the whole groups keep
+/// their own): d = 0 leaves the vector as it is.
+///
+/// # Safety
+/// The CPU runs `S`; `cg <= MAX_GROUP` and `cg <= S::LANES`.
+#[inline(always)]
+pub(crate) unsafe fn group_rotations<S: Simd>(cg: usize) -> [S::Ix; MAX_GROUP] {
+    let width = (S::LANES / cg) * cg;
+    std::array::from_fn(|d| {
+        let idx: [u32; 16] = std::array::from_fn(|l| {
+            if l < width {
+                ((l / cg) * cg + (l % cg + d) % cg) as u32
+            } else {
+                l as u32
+            }
+        });
+        // SAFETY: the caller's promise: the CPU runs `S`.
+        unsafe { S::lane_index(&idx) }
+    })
+}
+
 /// The first `n` lanes at `p` (all of them where `n` is `LANES`), the rest zero.
 ///
 /// # Safety
@@ -603,56 +625,70 @@ pub(crate) unsafe fn group_lanes_vectors<S: Simd, const MT: usize>(
     }
 }
 
-/// out[b][v] += sum over pixels p of x[p][g + b] * dy[p * ldy + ch] for the channels ch of
-/// vector `v` (g the first channel of ch's group) and every b < CG: the weight gradient of a
-/// group-lanes product, each sum over the pixels in order.
+/// out[t][d][v] += sum over pixels p of x[t * stride + p][g + (a + d) % CG] *
+/// dy[p * ldy + ch] for the channels ch = g + a of vector `v` (g the first channel of ch's
+/// group), every d < CG and the T taps t of `x` (`x[t * stride..][..len]` the tap's pixel
+/// rows, `out + t * tap_len` its output): the weight gradient of a group-lanes product,
+/// each sum over the pixels in order. Rotating the groups' inputs by d pairs every input
+/// with every output of its group in CG - 1 permutes (d = 0 needs none). Taking several
+/// taps at once shares each gradient row among them and gives narrow groups, with a sum or
+/// two per tap, enough independent sums to cover the latency of each one's chain of FMAs.
 ///
 /// # Safety
-/// - each `x[p]` points at a row of `lg.channels` values, `dy + p * ldy` at a row of
+/// - each pixel pointer points at a row of `lg.channels` values, `dy + p * ldy` at a row of
 ///   `lg.channels`;
-/// - `out` is valid for reads and writes of the [`GroupLanes`] layout of one tap,
-///   initialised, and `v < lg.vectors`;
-/// - `bcast` is `group_broadcasts::<S>(CG)`; the CPU runs `S`.
+/// - `out + t * tap_len` is valid for reads and writes of the [`GroupLanes`] layout of one
+///   tap for each of the T taps, initialised, and `v < lg.vectors`;
+/// - `rotations` is `group_rotations::<S>(CG)`; the CPU runs `S`.
 #[inline(always)]
-pub(crate) unsafe fn group_lanes_wgrad<S: Simd, const CG: usize>(
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn group_lanes_wgrad<S: Simd, const CG: usize, const T: usize>(
     x: &[*const S::E],
+    stride: usize,
+    len: usize,
     dy: *const S::E,
     ldy: usize,
     lg: GroupLanes,
-    bcast: &[S::Ix; MAX_GROUP],
+    rotations: &[S::Ix; MAX_GROUP],
     v: usize,
     out: *mut S::E,
 ) {
     let (ch, n) = (v * lg.width, lg.filled(v));
+    let tap_len = lg.tap_len(S::LANES);
     // SAFETY: the caller's bounds; loads are cut to the vector's filled lanes.
     unsafe {
         // The pixel loop in two copies, the choice of load made once (see `wgrad_tile`).
         let acc = if n < S::LANES {
-            group_lanes_wgrad_sums::<S, CG, true>(x, dy.add(ch), ldy, ch, n, bcast)
+            group_lanes_wgrad_sums::<S, CG, T, true>(x, stride, len, dy, ldy, ch, n, rotations)
         } else {
-            group_lanes_wgrad_sums::<S, CG, false>(x, dy.add(ch), ldy, ch, n, bcast)
+            group_lanes_wgrad_sums::<S, CG, T, false>(x, stride, len, dy, ldy, ch, n, rotations)
         };
-        for (b, &sum) in acc.iter().enumerate() {
-            let p = out.add((b * lg.vectors + v) * S::LANES);
-            S::store(p, S::add(S::load(p), sum));
+        for (t, sums) in acc.iter().enumerate() {
+            for (d, &sum) in sums.iter().enumerate() {
+                let p = out.add(t * tap_len + (d * lg.vectors + v) * S::LANES);
+                S::store(p, S::add(S::load(p), sum));
+            }
         }
     }
 }
 
-/// The sums of [`group_lanes_wgrad`] over its pixels, each pixel's row read from channel
-/// `ch` (`n` lanes of it where `PARTIAL`).
+/// The sums of [`group_lanes_wgrad`] over its pixels, each row read from channel `ch` (`n`
+/// lanes of it where `PARTIAL`).
 ///
 /// # Safety
 /// As [`group_lanes_wgrad`].
 #[inline(always)]
-unsafe fn group_lanes_wgrad_sums<S: Simd, const CG: usize, const PARTIAL: bool>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn group_lanes_wgrad_sums<S: Simd, const CG: usize, const T: usize, const PARTIAL: bool>(
     x: &[*const S::E],
+    stride: usize,
+    len: usize,
     dy: *const S::E,
     ldy: usize,
     ch: usize,
     n: usize,
-    bcast: &[S::Ix; MAX_GROUP],
-) -> [S::V; CG] {
+    rotations: &[S::Ix; MAX_GROUP],
+) -> [[S::V; CG]; T] {
     // SAFETY: the caller's bounds (see `group_lanes_wgrad`).
     unsafe {
         let load = |p: *const S::E| {
@@ -662,12 +698,20 @@ unsafe fn group_lanes_wgrad_sums<S: Simd, const CG: usize, const PARTIAL: bool>(
                 S::load(p)
             }
         };
-        let mut acc = [S::zero(); CG];
-        let mut row = dy;
-        for &xp in x {
-            let (xv, g) = (load(xp.add(ch)), load(row));
-            for (b, a) in acc.iter_mut().enumerate() {
-                *a = S::fma(S::permute(xv, bcast[b]), g, *a);
+        let mut acc = [[S::zero(); CG]; T];
+        let mut row = dy.add(ch);
+        for p in 0..len {
+            let g = load(row);
+            for (t, sums) in acc.iter_mut().enumerate() {
+                let xv = load(x.get_unchecked(t * stride + p).add(ch));
+                for (d, a) in sums.iter_mut().enumerate() {
+                    let rotated = if d == 0 {
+                        xv
+                    } else {
+                        S::permute(xv, rotations[d])
+                    };
+                    *a = S::fma(rotated, g, *a);
+                }
             }
             row = row.add(ldy);
         }
@@ -675,30 +719,52 @@ unsafe fn group_lanes_wgrad_sums<S: Simd, const CG: usize, const PARTIAL: bool>(
     }
 }
 
-/// [`group_lanes_wgrad`] with the group's channel count (1 to `MAX_GROUP`) as a constant.
+/// The taps a [`group_lanes_wgrad`] call takes for groups of `cg` channels: enough for about
+/// eight independent sums or more, up to three taps.
+pub(crate) fn group_lanes_wgrad_taps(cg: usize) -> usize {
+    match cg {
+        0..=4 => 3,
+        _ => 2,
+    }
+}
+
+/// [`group_lanes_wgrad`] for `taps` taps (at most `group_lanes_wgrad_taps(lg.cg)`), with
+/// the group's channel count and `taps` as constants.
 ///
 /// # Safety
 /// As [`group_lanes_wgrad`], with `lg.cg <= MAX_GROUP`.
 #[inline(always)]
-pub(crate) unsafe fn group_lanes_wgrad_cg<S: Simd>(
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn group_lanes_wgrad_block<S: Simd>(
     x: &[*const S::E],
+    stride: usize,
+    len: usize,
+    taps: usize,
     dy: *const S::E,
     ldy: usize,
     lg: GroupLanes,
-    bcast: &[S::Ix; MAX_GROUP],
+    rotations: &[S::Ix; MAX_GROUP],
     v: usize,
     out: *mut S::E,
 ) {
-    macro_rules! cg {
-        ($($n:literal)*) => {
-            match lg.cg {
-                $($n => group_lanes_wgrad::<S, $n>(x, dy, ldy, lg, bcast, v, out),)*
-                other => unreachable!("groups of {other} channels"),
+    macro_rules! shapes {
+        ($(($cg:literal, $t:literal))*) => {
+            match (lg.cg, taps) {
+                $(($cg, $t) => group_lanes_wgrad::<S, $cg, $t>(
+                    x, stride, len, dy, ldy, lg, rotations, v, out
+                ),)*
+                other => unreachable!("a group-lanes weight gradient of (groups, taps) {other:?}"),
             }
         };
     }
     // SAFETY: passed on.
-    unsafe { cg!(1 2 3 4 5 6 7 8) }
+    unsafe {
+        shapes!(
+            (1, 1)(1, 2)(1, 3)(2, 1)(2, 2)(2, 3)(3, 1)(3, 2)(3, 3)(4, 1)(4, 2)(4, 3)(5, 1)(5, 2)(
+                6, 1
+            )(6, 2)(7, 1)(7, 2)(8, 1)(8, 2)
+        )
+    }
 }
 
 #[cfg(test)]
