@@ -1288,7 +1288,11 @@ impl Conv2d {
     /// groups merged (the most consecutive groups whose channels fit `Merge`'s columns
     /// together), or, without a unit, on the f32 kernels on rounded values. Groups of one
     /// channel (depthwise) stay on the group-lanes path: merged, almost all of the unit's
-    /// products would be zeros.
+    /// products would be zeros. So does the stride-1 weight gradient of groups that would
+    /// merge 4 or more to a `VDPBF16PS` block (three quarters of its products zeros, and
+    /// both operands packed per group), on values rounded to bf16: the same products,
+    /// summed in f32 (strided ones stay on the unit, whose packing reads their scattered
+    /// rows better).
     fn unit(&self, geo: &Geometry, isa: Isa, product: Product) -> Option<OnUnit> {
         let unit = crate::bf16::Unit::of(isa)?;
         let widest = geo.cgi().max(geo.cgo());
@@ -1307,6 +1311,14 @@ impl Conv2d {
         } else {
             1
         };
+        if unit == crate::bf16::Unit::DotBf16
+            && product == Product::WeightGradient
+            && merge >= 4
+            && geo.stride == 1
+            && geo.group_lanes(VectorPath::of(isa))
+        {
+            return None;
+        }
         Some(OnUnit { unit, merge })
     }
 
