@@ -48,7 +48,7 @@ fn add_relu<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {
     )
 }
 
-fn relu_grad<T: WithDType>(y: &[T], dy: &[T]) -> Vec<T> {
+pub(crate) fn relu_grad<T: WithDType>(y: &[T], dy: &[T]) -> Vec<T> {
     zip_map(
         y,
         dy,

@@ -37,6 +37,21 @@ pub struct BatchStats {
 
 type SavedStats = Arc<Mutex<Option<BatchStats>>>;
 
+/// The statistics a training forward saved (for its backward, or for the caller).
+fn saved_stats(saved: &SavedStats, op: &str) -> Result<BatchStats> {
+    saved
+        .lock()
+        .expect("stats lock")
+        .clone()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: no statistics from a forward")))
+}
+
+/// What a training op's backward starts from: the statistics its forward saved and the
+/// upstream gradient in rows.
+fn backward_start(saved: &SavedStats, op: &str, grad_res: &Tensor) -> Result<(BatchStats, Tensor)> {
+    Ok((saved_stats(saved, op)?, grad_res.contiguous()?))
+}
+
 /// Rows per task of the channel sums (a fixed split: see the module's notes).
 const SUM_ROWS: usize = 64;
 /// Rows a vector adds in the input's own precision before its sums join the task's f64
@@ -288,6 +303,10 @@ enum Out<T> {
 enum Map {
     /// x * p + q, then the ReLU (BN's output).
     Affine { relu: bool },
+    /// max(x * p + q + s, 0) with s the rows passed as dy: BN's output added to a residual
+    /// block's shortcut, then its ReLU. x * p + q is rounded to the dtype before the add,
+    /// as when BN writes it and add+ReLU reads it.
+    AffineAddRelu,
     /// g * r + x * m + s with g = dy through the ReLU of x * p + q (the training input
     /// gradient); see `train_backward`.
     TrainGrad { relu: bool },
@@ -328,6 +347,7 @@ unsafe fn map_rows_simd<S: Simd, const MR: usize>(
                             pre
                         }
                     }
+                    Map::AffineAddRelu => S::relu(S::add(pre, dy.load::<S>(row, v, c))),
                     Map::TrainGrad { relu } | Map::EvalGrad { relu } => {
                         let mut g = dy.load::<S>(row, v, c);
                         if relu {
@@ -425,12 +445,16 @@ fn scale_shift<T: WithDType>(
     (scale.into_iter().map(T::from_f64).collect(), shift)
 }
 
+/// Training-mode BN's forward: the statistics, then the output pass `map` (Affine, or
+/// AffineAddRelu with the shortcut's rows as `added`).
+#[allow(clippy::too_many_arguments)]
 fn train_forward<T: Element, O: Copy + Send + Sync + 'static>(
     x: Rows<T>,
     weight: &[T],
     bias: &[T],
     c: usize,
-    op: &BatchNormTrain,
+    eps: f64,
+    (map, added): (Map, Rows<T>),
     isa: Isa,
 ) -> (Vec<O>, BatchStats) {
     let (lanes, _, _) = tile_shape::<T>(isa);
@@ -450,13 +474,13 @@ fn train_forward<T: Element, O: Copy + Send + Sync + 'static>(
         let v = ss[ch] / count as f64 - centred * centred;
         var.push(if v < 0.0 { 0.0 } else { v });
     }
-    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + op.eps).sqrt()).collect();
+    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     let (scale, shift) = scale_shift(weight, bias, &mean, &invstd);
     let (scale, shift) = (Channels::new(&scale, lanes), Channels::new(&shift, lanes));
     let out = map_rows(
-        Map::Affine { relu: op.relu },
+        map,
         x,
-        none,
+        added,
         c,
         isa,
         [&scale, &shift, &scale, &scale, &scale],
@@ -468,6 +492,60 @@ fn train_forward<T: Element, O: Copy + Send + Sync + 'static>(
         invstd,
     };
     (out, stats)
+}
+
+/// Training-mode BN's forward from an op's storages: x (f32 or f64, or bf16 computed in
+/// f32), the parameters `params` as [weight; bias] once concatenated, the output pass with
+/// the rows it adds (the shortcut's, for AffineAddRelu), the output in x's compute dtype or
+/// in bf16.
+fn train_forward_storage(
+    op: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    params: &[(&CpuStorage, &Layout)],
+    (map, added): (Map, Option<(&CpuStorage, &Layout)>),
+    eps: f64,
+    out_bf16: bool,
+) -> Result<(CpuStorage, BatchStats)> {
+    fn values<T: WithDType>(parts: &[(&CpuStorage, &Layout)], op: &str) -> Result<Vec<T>> {
+        let mut all = Vec::new();
+        for (s, l) in parts {
+            all.extend_from_slice(contiguous(s.as_slice::<T>()?, l, op)?);
+        }
+        Ok(all)
+    }
+    fn rows<'a, T: WithDType>(
+        added: Option<(&'a CpuStorage, &Layout)>,
+        op: &str,
+    ) -> Result<Rows<'a, T>> {
+        Ok(match added {
+            Some((s, l)) => Rows::Values(contiguous(s.as_slice::<T>()?, l, op)?),
+            None => Rows::Values(&[]),
+        })
+    }
+    let (_, c) = rows_of(l1, op)?;
+    let isa = isa::selected();
+    Ok(if s1.dtype() == DType::BF16 || out_bf16 {
+        let x = bf16_or_f32_rows(s1, l1, op)?;
+        let wb = values::<f32>(params, op)?;
+        let (w, b) = wb.split_at(c);
+        let pass = (map, rows::<f32>(added, op)?);
+        if out_bf16 {
+            let (out, stats) = train_forward::<f32, half::bf16>(x, w, b, c, eps, pass, isa);
+            (CpuStorage::BF16(out), stats)
+        } else {
+            let (out, stats) = train_forward::<f32, f32>(x, w, b, c, eps, pass, isa);
+            (CpuStorage::F32(out), stats)
+        }
+    } else {
+        float_dispatch!(s1.dtype(), op, T => {
+            let wb = values::<T>(params, op)?;
+            let (w, b) = wb.split_at(c);
+            let x = Rows::Values(contiguous(s1.as_slice::<T>()?, l1, op)?);
+            let pass = (map, rows::<T>(added, op)?);
+            let (out, stats) = train_forward::<T, T>(x, w, b, c, eps, pass, isa);
+            (storage(out), stats)
+        })
+    })
 }
 
 /// Input, weight and bias gradients of training-mode BN.
@@ -610,35 +688,14 @@ impl CustomOp3 for BatchNormTrain {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let _span = crate::profile::Span::new("batch norm (train) forward");
-        let (_, c) = rows_of(l1, self.name())?;
-        let isa = isa::selected();
-        let (out, stats) = if s1.dtype() == DType::BF16 || self.out_bf16 {
-            // bf16 input or output: the passes compute in f32.
-            let x = bf16_or_f32_rows(s1, l1, self.name())?;
-            let (w, b) = (
-                contiguous(s2.as_slice::<f32>()?, l2, self.name())?,
-                contiguous(s3.as_slice::<f32>()?, l3, self.name())?,
-            );
-            if self.out_bf16 {
-                let (out, stats) = train_forward::<f32, half::bf16>(x, w, b, c, self, isa);
-                (CpuStorage::BF16(out), stats)
-            } else {
-                let (out, stats) = train_forward::<f32, f32>(x, w, b, c, self, isa);
-                (CpuStorage::F32(out), stats)
-            }
-        } else {
-            float_dispatch!(s1.dtype(), self.name(), T => {
-                let (out, stats) = train_forward::<T, T>(
-                    Rows::Values(contiguous(s1.as_slice::<T>()?, l1, self.name())?),
-                    contiguous(s2.as_slice::<T>()?, l2, self.name())?,
-                    contiguous(s3.as_slice::<T>()?, l3, self.name())?,
-                    c,
-                    self,
-                    isa,
-                );
-                (storage(out), stats)
-            })
-        };
+        let (out, stats) = train_forward_storage(
+            self.name(),
+            (s1, l1),
+            &[(s2, l2), (s3, l3)],
+            (Map::Affine { relu: self.relu }, None),
+            self.eps,
+            self.out_bf16,
+        )?;
         *self.saved.lock().expect("stats lock") = Some(stats);
         Ok((out, l1.shape().clone()))
     }
@@ -652,13 +709,7 @@ impl CustomOp3 for BatchNormTrain {
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let _span = crate::profile::Span::new("batch norm (train) backward");
-        let stats = self
-            .saved
-            .lock()
-            .expect("stats lock")
-            .clone()
-            .ok_or_else(|| candle_core::Error::Msg("batch-norm: backward before forward".into()))?;
-        let grad = grad_res.contiguous()?;
+        let (stats, grad) = backward_start(&self.saved, self.name(), grad_res)?;
         let (xs, xl) = x.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();
         let (ws, wl) = weight.storage_and_layout();
@@ -693,6 +744,124 @@ impl CustomOp3 for BatchNormTrain {
             input_and_parameter_grads(x, dx, dw, db)
         })
     }
+}
+
+/// The end of a residual block in training: max(bn(x) + shortcut, 0), BN in training
+/// mode. One op, so that BN's output is neither written nor kept for the backward: the
+/// sum is formed in BN's output pass. Its arguments are x, [weight; bias] stacked to
+/// [2, C] (a custom op takes three tensors), and the shortcut.
+#[derive(Debug, Clone)]
+struct BatchNormAddRelu {
+    eps: f64,
+    saved: SavedStats,
+}
+
+impl BatchNormAddRelu {
+    fn check_shortcut(&self, l1: &Layout, l3: &Layout) -> Result<()> {
+        if l1.shape() != l3.shape() {
+            candle_core::bail!(
+                "{}: input {:?} and shortcut {:?} differ in shape",
+                self.name(),
+                l1.dims(),
+                l3.dims()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl CustomOp3 for BatchNormAddRelu {
+    fn name(&self) -> &'static str {
+        "batch-norm-add-relu-nhwc"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let _span = crate::profile::Span::new("batch norm + add + relu (train) forward");
+        self.check_shortcut(l1, l3)?;
+        // With a bf16-mixed convolution's output as x the pass computes in f32, and the sum
+        // with the f32 shortcut is f32.
+        let (out, stats) = train_forward_storage(
+            self.name(),
+            (s1, l1),
+            &[(s2, l2)],
+            (Map::AffineAddRelu, Some((s3, l3))),
+            self.eps,
+            false,
+        )?;
+        *self.saved.lock().expect("stats lock") = Some(stats);
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wb: &Tensor,
+        shortcut: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let _span = crate::profile::Span::new("batch norm + add + relu (train) backward");
+        let (stats, grad) = backward_start(&self.saved, self.name(), grad_res)?;
+        let (xs, xl) = x.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let (ys, yl) = res.storage_and_layout();
+        let (ws, wl) = wb.storage_and_layout();
+        let isa = isa::selected();
+        let name = self.name();
+        if x.dtype() == DType::BF16 {
+            // A bf16-mixed convolution's output: the gradient of a bf16 input is bf16 (as
+            // autocast's), computed in f32; the shortcut's is f32.
+            let x_rows = Rows::Bf16(cpu_slice(&xs, xl, name)?);
+            return add_relu_backward::<f32, half::bf16>(
+                x_rows,
+                (cpu_slice(&ys, yl, name)?, cpu_slice(&gs, gl, name)?),
+                cpu_slice(&ws, wl, name)?,
+                (x, shortcut),
+                &stats,
+                isa,
+            );
+        }
+        float_dispatch!(x.dtype(), name, T => add_relu_backward::<T, T>(
+            Rows::Values(cpu_slice(&xs, xl, name)?),
+            (cpu_slice(&ys, yl, name)?, cpu_slice(&gs, gl, name)?),
+            cpu_slice(&ws, wl, name)?,
+            (x, shortcut),
+            &stats,
+            isa,
+        ))
+    }
+}
+
+/// The gradients of max(bn(x) + shortcut, 0): x's (in dtype O), [weight; bias]'s and the
+/// shortcut's. The ReLU's gradient is taken from its output y as add+ReLU's is; it is the
+/// shortcut's gradient and BN's upstream one.
+fn add_relu_backward<T: Element + WithDType, O: WithDType>(
+    x_rows: Rows<T>,
+    (y, dy): (&[T], &[T]),
+    wb: &[T],
+    (x, shortcut): (&Tensor, &Tensor),
+    stats: &BatchStats,
+    isa: Isa,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let c = wb.len() / 2;
+    let device = x.device();
+    let g = crate::add_relu::relu_grad::<T>(y, dy);
+    let (w, b) = wb.split_at(c);
+    let (dx, dw, db) = train_backward::<T, O>(x_rows, Rows::Values(&g), w, b, c, false, stats, isa);
+    let dwb: Vec<T> = dw.into_iter().chain(db).collect();
+    Ok((
+        Some(Tensor::from_vec(dx, x.shape(), device)?),
+        Some(Tensor::from_vec(dwb, (2, c), device)?),
+        Some(Tensor::from_vec(g, shortcut.shape(), device)?),
+    ))
 }
 
 impl CustomOp3 for ChannelAffine {
@@ -817,11 +986,51 @@ pub fn batch_norm_train_to(
         saved: saved.clone(),
     };
     let y = x.contiguous()?.apply_op3(weight, bias, op)?;
-    let stats = saved
-        .lock()
-        .expect("stats lock")
-        .clone()
-        .ok_or_else(|| candle_core::Error::Msg("batch-norm: no statistics".into()))?;
+    let stats = saved_stats(&saved, "batch-norm")?;
+    Ok((y, stats))
+}
+
+/// The end of a residual block in training, max(bn(x) + shortcut, 0), in one op: BN's
+/// output is not materialized (nor kept alive for the backward), and the values are those
+/// of [`batch_norm_train`] (no ReLU) followed by [`crate::add_relu_op`]. x is f32, f64 or a
+/// bf16-mixed convolution's bf16 output; the shortcut and the output are in the
+/// parameters' dtype. Returns the output and the batch statistics.
+pub fn batch_norm_add_relu_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    shortcut: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, BatchStats)> {
+    const OP: &str = "batch-norm-add-relu";
+    let (rows, _) = check_channels(x, &[weight, bias], OP)?;
+    check_bf16_output(x, weight, false)?;
+    if shortcut.dims() != x.dims() || shortcut.dtype() != weight.dtype() {
+        candle_core::bail!(
+            "{OP}: the shortcut must have the input's shape and the parameters' dtype, got \
+             {:?} {:?} for input {:?} and parameters {:?}",
+            shortcut.dims(),
+            shortcut.dtype(),
+            x.dims(),
+            weight.dtype()
+        );
+    }
+    if rows < 2 {
+        candle_core::bail!(
+            "{OP}: training needs more than one value per channel, got input {:?}",
+            x.dims()
+        );
+    }
+    let saved = SavedStats::default();
+    let op = BatchNormAddRelu {
+        eps,
+        saved: saved.clone(),
+    };
+    let wb = Tensor::stack(&[weight, bias], 0)?;
+    let y = x
+        .contiguous()?
+        .apply_op3(&wb, &shortcut.contiguous()?, op)?;
+    let stats = saved_stats(&saved, OP)?;
     Ok((y, stats))
 }
 
@@ -1115,8 +1324,6 @@ mod tests {
         assert!(values.iter().any(|v| v.is_nan()), "{values:?}");
     }
 
-    /// A bf16 output is the f32 output rounded, in both modes; a bf16 upstream gradient
-    /// gives the gradients of its f32 values.
     /// BN + ReLU of x in training or evaluation mode (running mean and variance both `rv`).
     fn norm_with_relu(
         x: &Tensor,
@@ -1134,6 +1341,8 @@ mod tests {
         }
     }
 
+    /// A bf16 output is the f32 output rounded, in both modes; a bf16 upstream gradient
+    /// gives the gradients of its f32 values.
     #[test]
     fn bf16_outputs_are_the_rounded_f32_outputs() {
         let x = Var::from_tensor(&seeded(&[3, 5, 4, 20], DType::F32, 11)).unwrap();
@@ -1238,5 +1447,94 @@ mod tests {
         let w64 = w.as_tensor().to_dtype(DType::F64).unwrap();
         let err = batch_norm_train_to(xb.as_tensor(), &w64, &w64, 1e-5, false, false).unwrap_err();
         assert!(err.to_string().contains("needs f32 parameters"), "{err}");
+    }
+
+    /// The block end, max(bn(x) + shortcut, 0) as one op, gives BN (no ReLU) followed by
+    /// add+ReLU bit for bit: output, statistics and the gradients of x, weight, bias and the
+    /// shortcut; in f64, in f32, and with a bf16-mixed convolution's bf16 output as x (its
+    /// gradient bf16). Odd shapes, channels that leave partial vectors, and more rows than
+    /// one task of the sums.
+    #[test]
+    fn block_end_is_batch_norm_then_add_relu_bit_for_bit() {
+        let shapes: [&[usize]; 4] = [
+            &[4, 5, 7, 3],
+            &[2, 9, 9, 1],
+            &[3, 11, 13, 37],
+            &[2, 6, 6, 64],
+        ];
+        for (x_dtype, dtype) in [
+            (DType::F64, DType::F64),
+            (DType::F32, DType::F32),
+            (DType::BF16, DType::F32),
+        ] {
+            for (case, shape) in shapes.iter().enumerate() {
+                let seed = 500 + 10 * case as u64;
+                let c = shape[3];
+                let what = format!("{x_dtype:?} {shape:?}");
+                let x = Var::from_tensor(
+                    &rand(shape, DType::F64, 0.3, seed)
+                        .to_dtype(x_dtype)
+                        .unwrap(),
+                )
+                .unwrap();
+                let w = Var::from_tensor(&rand(&[c], dtype, 1.0, seed + 1)).unwrap();
+                let b = Var::from_tensor(&rand(&[c], dtype, 0.0, seed + 2)).unwrap();
+                let shortcut = Var::from_tensor(&rand(shape, dtype, 0.0, seed + 3)).unwrap();
+                let up = seeded(shape, dtype, seed + 4);
+                let (fused, fused_stats) = batch_norm_add_relu_train(
+                    x.as_tensor(),
+                    w.as_tensor(),
+                    b.as_tensor(),
+                    shortcut.as_tensor(),
+                    1e-5,
+                )
+                .unwrap();
+                let (normed, stats) =
+                    batch_norm_train(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5, false)
+                        .unwrap();
+                let composed = crate::add_relu_op(&normed, shortcut.as_tensor()).unwrap();
+                assert_eq!(fused.dtype(), dtype, "{what}");
+                assert_eq!(max_diff(&fused, &composed), 0.0, "{what}: output");
+                assert_eq!(fused_stats.mean, stats.mean, "{what}: mean");
+                assert_eq!(fused_stats.var, stats.var, "{what}: variance");
+                // Some outputs are cut by the ReLU, so the mask is exercised.
+                let zeros = fused.eq(0.0).unwrap().to_dtype(DType::F64).unwrap();
+                let zeros = zeros.sum_all().unwrap().to_scalar::<f64>().unwrap();
+                assert!(zeros > 0.0 && zeros < fused.elem_count() as f64, "{what}");
+                let (gf, gc) = (grads(&fused, &up), grads(&composed, &up));
+                for (var, name) in [
+                    (&x, "x"),
+                    (&w, "weight"),
+                    (&b, "bias"),
+                    (&shortcut, "shortcut"),
+                ] {
+                    let (a, e) = (
+                        gf.get(var.as_tensor()).unwrap(),
+                        gc.get(var.as_tensor()).unwrap(),
+                    );
+                    assert_eq!(a.dtype(), var.dtype(), "{what}: {name} gradient dtype");
+                    let diff = max_diff(
+                        &a.to_dtype(DType::F64).unwrap(),
+                        &e.to_dtype(DType::F64).unwrap(),
+                    );
+                    assert_eq!(diff, 0.0, "{what}: {name} gradient");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn block_end_refuses_a_shortcut_of_another_shape_or_dtype() {
+        let x = Tensor::ones((2, 3, 3, 4), DType::F32, &Device::Cpu).unwrap();
+        let w = Tensor::ones(4, DType::F32, &Device::Cpu).unwrap();
+        let other = Tensor::ones((2, 3, 4, 4), DType::F32, &Device::Cpu).unwrap();
+        let err = batch_norm_add_relu_train(&x, &w, &w, &other, 1e-5).unwrap_err();
+        assert!(err.to_string().contains("shortcut"), "{err}");
+        let f64_shortcut = x.to_dtype(DType::F64).unwrap();
+        let err = batch_norm_add_relu_train(&x, &w, &w, &f64_shortcut, 1e-5).unwrap_err();
+        assert!(err.to_string().contains("shortcut"), "{err}");
+        let w3 = Tensor::ones(3, DType::F32, &Device::Cpu).unwrap();
+        let err = batch_norm_add_relu_train(&x, &w3, &w3, &x, 1e-5).unwrap_err();
+        assert!(err.to_string().contains("4 channels"), "{err}");
     }
 }

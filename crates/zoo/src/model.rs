@@ -264,6 +264,39 @@ impl Norm {
             relu,
             out_bf16,
         )?;
+        self.update_running(stats)?;
+        Ok(y)
+    }
+
+    /// max(bn(x) + shortcut, 0): the end of a residual block. In training on the CPU it is
+    /// one op (BN's output is never written); otherwise BN, then add+ReLU.
+    fn forward_add_relu(
+        &self,
+        x: &Tensor,
+        shortcut: &Tensor,
+        pass: Pass,
+    ) -> candle_core::Result<Tensor> {
+        if pass.fused && pass.train {
+            let (y, stats) = cardinal_kernels::batch_norm_add_relu_train(
+                x,
+                &self.weight,
+                &self.bias,
+                shortcut,
+                BN_EPS,
+            )?;
+            self.update_running(stats)?;
+            return Ok(y);
+        }
+        let residual = self.forward(x, pass, false, Feeds::Other)?;
+        if pass.fused {
+            cardinal_kernels::add_relu_op(&residual, shortcut)
+        } else {
+            (residual + shortcut)?.relu()
+        }
+    }
+
+    /// Moves the running statistics toward a training batch's.
+    fn update_running(&self, stats: cardinal_kernels::BatchStats) -> candle_core::Result<()> {
         // The running variance is unbiased, as in PyTorch (and candle-nn); count >= 2 is
         // checked by the kernel.
         let unbiased = stats.count as f64 / (stats.count - 1) as f64;
@@ -277,7 +310,7 @@ impl Norm {
             &self.running_var,
             stats.var.iter().map(|v| v * unbiased).collect(),
         )?;
-        Ok(y)
+        Ok(())
     }
 }
 
@@ -430,7 +463,9 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, pass: Pass) -> candle_core::Result<Tensor> {
-        let residual = match &self.body {
+        // The residual branch up to its last BN's input, and that BN: it runs last, with the
+        // shortcut's sum and the block's ReLU.
+        let (pre_norm, last_norm) = match &self.body {
             Body::Bottleneck {
                 conv1,
                 bn1,
@@ -457,12 +492,7 @@ impl Block {
                     }
                 };
                 let h = bn2.forward(&h, pass, true, Feeds::Conv)?;
-                bn3.forward(
-                    &conv3.forward(&h, pass, OutputTo::Norm)?,
-                    pass,
-                    false,
-                    Feeds::Other,
-                )?
+                (conv3.forward(&h, pass, OutputTo::Norm)?, bn3)
             }
             Body::Basic {
                 conv1,
@@ -471,7 +501,7 @@ impl Block {
                 bn2,
             } => {
                 let h = conv_bn(conv1, bn1, x, pass, true, Feeds::Conv)?;
-                conv_bn(conv2, bn2, &h, pass, false, Feeds::Other)?
+                (conv2.forward(&h, pass, OutputTo::Norm)?, bn2)
             }
             Body::Paths { paths, bn } => {
                 let mut sum: Option<Tensor> = None;
@@ -486,23 +516,14 @@ impl Block {
                         Some(s) => (s + out)?,
                     });
                 }
-                bn.forward(
-                    &sum.expect("a block has at least one path"),
-                    pass,
-                    false,
-                    Feeds::Other,
-                )?
+                (sum.expect("a block has at least one path"), bn)
             }
         };
         let shortcut = match &self.downsample {
             Some((conv, bn)) => conv_bn(conv, bn, x, pass, false, Feeds::Other)?,
             None => x.clone(),
         };
-        if pass.fused {
-            cardinal_kernels::add_relu_op(&residual, &shortcut)
-        } else {
-            (residual + shortcut)?.relu()
-        }
+        last_norm.forward_add_relu(&pre_norm, &shortcut, pass)
     }
 }
 
