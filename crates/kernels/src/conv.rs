@@ -690,9 +690,17 @@ pub(crate) fn forward<T: Element>(x: &[T], w: &[T], geo: &Geometry, isa: Isa) ->
     let depth = taps * cgi;
     let packed: Vec<Packed<T>> = (0..geo.groups)
         .map(|g| {
-            Packed::new(cgo, depth, lanes, nv_max, |row, col| {
-                let (t, ci) = (row / cgi, row % cgi);
-                w[((g * cgo + col) * cgi + ci) * taps + t]
+            Packed::from_columns(cgo, depth, lanes, nv_max, |col, rows, out| {
+                let weights = &w[(g * cgo + col) * cgi * taps..][..cgi * taps];
+                // Row (t, ci) of B is the weight of input channel ci at tap t.
+                let (mut t, mut ci) = (rows.start / cgi, rows.start % cgi);
+                for value in out.iter_mut() {
+                    *value = weights[ci * taps + t];
+                    ci += 1;
+                    if ci == cgi {
+                        (t, ci) = (t + 1, 0);
+                    }
+                }
             })
         })
         .collect();

@@ -99,32 +99,82 @@ pub(crate) fn panels(n: usize, depth: usize, lanes: usize, nv_max: usize) -> Vec
 }
 
 impl<E: crate::simd::Element> Packed<E> {
-    /// Packs `value(row, col)` for rows `0..depth` and columns `0..n` (see [`panels`]).
+    /// Packs `value(row, col)` for rows `0..depth` and columns `0..n` (see [`panels`]),
+    /// panels in parallel.
     pub fn new(
         n: usize,
         depth: usize,
         lanes: usize,
         nv_max: usize,
-        value: impl Fn(usize, usize) -> E,
+        value: impl Fn(usize, usize) -> E + Sync,
     ) -> Packed<E> {
-        let panels = panels(n, depth, lanes, nv_max);
-        let size = panels.last().map_or(0, |p| p.offset + depth * p.nv * lanes);
-        let mut data = Vec::with_capacity(size);
-        for panel in &panels {
-            let stride = panel.nv * lanes;
-            for row in 0..depth {
-                for j in 0..stride {
-                    data.push(if j < panel.width {
-                        value(row, panel.col + j)
-                    } else {
-                        E::zero()
-                    });
+        Self::by_panels(n, depth, lanes, nv_max, |panel, part| {
+            for (row, values) in part.chunks_exact_mut(panel.nv * lanes).enumerate() {
+                for (j, to) in values[..panel.width].iter_mut().enumerate() {
+                    *to = value(row, panel.col + j);
                 }
             }
+        })
+    }
+
+    /// As [`Packed::new`], filled column by column: `column(col, rows, out)` writes rows
+    /// `rows` of column `col` into `out`. Where each column lies together in memory (a
+    /// convolution's output channel, whose weights are contiguous), this reads every line
+    /// once instead of once per row, which the row order does when the columns lie far
+    /// apart. Same values, same layout.
+    pub fn from_columns(
+        n: usize,
+        depth: usize,
+        lanes: usize,
+        nv_max: usize,
+        column: impl Fn(usize, std::ops::Range<usize>, &mut [E]) + Sync,
+    ) -> Packed<E> {
+        Self::by_panels(n, depth, lanes, nv_max, |panel, part| {
+            let stride = panel.nv * lanes;
+            let mut values = vec![E::zero(); COLUMN_ROWS.min(depth)];
+            for rows in crate::conv::ranges(depth, COLUMN_ROWS) {
+                let first = rows.start;
+                for j in 0..panel.width {
+                    let values = &mut values[..rows.len()];
+                    column(panel.col + j, rows.clone(), values);
+                    for (i, &value) in values.iter().enumerate() {
+                        part[(first + i) * stride + j] = value;
+                    }
+                }
+            }
+        })
+    }
+
+    /// The packed operand, zeros but where `fill(panel, part)` writes each panel's part
+    /// (`depth` rows of `panel.nv * lanes` values), panels in parallel.
+    fn by_panels(
+        n: usize,
+        depth: usize,
+        lanes: usize,
+        nv_max: usize,
+        fill: impl Fn(&Panel, &mut [E]) + Sync,
+    ) -> Packed<E> {
+        use rayon::prelude::*;
+        let panels = panels(n, depth, lanes, nv_max);
+        let size = panels.last().map_or(0, |p| p.offset + depth * p.nv * lanes);
+        let mut data = vec![E::zero(); size];
+        let mut parts = Vec::with_capacity(panels.len());
+        let mut rest = &mut data[..];
+        for panel in &panels {
+            let (part, tail) = rest.split_at_mut(depth * panel.nv * lanes);
+            parts.push((panel, part));
+            rest = tail;
         }
+        parts
+            .into_par_iter()
+            .for_each(|(panel, part)| fill(panel, part));
         Packed { data, panels }
     }
 }
+
+/// Rows of a panel that [`Packed::from_columns`] fills per pass over its columns: the
+/// pass's part of the panel stays in the second-level cache while every column writes it.
+pub(crate) const COLUMN_ROWS: usize = 512;
 
 /// Stores `MR` rows of accumulators (the first `valid`), `width` columns of each.
 ///
@@ -773,6 +823,24 @@ mod tests {
     use crate::isa::available;
     use crate::simd::{simd_call, tile_shape, Element};
     use candle_core::WithDType;
+
+    /// Packing column by column lays out the same values as packing row by row, in every
+    /// panel shape (a narrow last panel, depths across a pass boundary).
+    #[test]
+    fn packing_by_columns_matches_packing_by_rows() {
+        for (n, depth, lanes, nv_max) in [(37, 5, 16, 4), (64, 1030, 16, 2), (9, 513, 8, 3)] {
+            let b = values(n * depth, 7);
+            let by_rows = Packed::new(n, depth, lanes, nv_max, |row, col| b[row * n + col]);
+            let by_columns = Packed::from_columns(n, depth, lanes, nv_max, |col, rows, out| {
+                for (value, row) in out.iter_mut().zip(rows) {
+                    *value = b[row * n + col];
+                }
+            });
+            assert_eq!(by_rows.data, by_columns.data, "n {n}, depth {depth}");
+            assert_eq!(by_rows.panels.len(), by_columns.panels.len());
+            assert!(by_rows.data.iter().any(|&v| v != 0.0));
+        }
+    }
 
     fn values(n: usize, seed: u64) -> Vec<f64> {
         // A small deterministic stream (xorshift) in [-1, 1).
