@@ -278,6 +278,13 @@ pub(crate) struct Class {
     ny: usize,
     nx: usize,
     pub(crate) taps: Vec<(usize, usize)>,
+    /// Per class tap, the offset (in values) of that output row from row (img, yy, xx).
+    deltas: Vec<isize>,
+    /// The least and greatest shift (y, x) from the class pixel (yy, xx) to the output row
+    /// a tap reads: a pixel whose every tap lies inside the output takes one base plus
+    /// the deltas.
+    low: (isize, isize),
+    high: (isize, isize),
 }
 
 pub(crate) fn classes(geo: &Geometry) -> Vec<Class> {
@@ -286,19 +293,47 @@ pub(crate) fn classes(geo: &Geometry) -> Vec<Class> {
     for ry in 0..s {
         for rx in 0..s {
             let fits = |r: usize, t: usize| (r + geo.pad) as isize - t as isize;
-            let taps = (0..geo.k)
+            let taps: Vec<(usize, usize)> = (0..geo.k)
                 .flat_map(|ky| (0..geo.k).map(move |kx| (ky, kx)))
                 .filter(|&(ky, kx)| {
                     fits(ry, ky).rem_euclid(s as isize) == 0
                         && fits(rx, kx).rem_euclid(s as isize) == 0
                 })
                 .collect();
+            // Tap (ky, kx) reads output row (yy + dy, xx + dx) for class pixel (yy, xx): the
+            // division by the stride is exact for a class tap.
+            let shifts: Vec<(isize, isize)> = taps
+                .iter()
+                .map(|&(ky, kx): &(usize, usize)| {
+                    (
+                        fits(ry, ky).div_euclid(s as isize),
+                        fits(rx, kx).div_euclid(s as isize),
+                    )
+                })
+                .collect();
+            let deltas = shifts
+                .iter()
+                .map(|&(dy, dx)| (dy * geo.wo as isize + dx) * geo.c_out as isize)
+                .collect();
+            let fold = |pick: fn(isize, isize) -> isize, init: isize| {
+                shifts
+                    .iter()
+                    .fold((init, init), |(y, x), &(dy, dx)| (pick(y, dy), pick(x, dx)))
+            };
+            let (low, high) = if shifts.is_empty() {
+                ((0, 0), (0, 0))
+            } else {
+                (fold(isize::min, isize::MAX), fold(isize::max, isize::MIN))
+            };
             out.push(Class {
                 ry,
                 rx,
                 ny: geo.h.saturating_sub(ry).div_ceil(s),
                 nx: geo.w.saturating_sub(rx).div_ceil(s),
                 taps,
+                deltas,
+                low,
+                high,
             });
         }
     }
@@ -322,6 +357,35 @@ impl Class {
     /// from (`dy + offset`), or the zero row where it lies outside the output.
     #[inline(always)]
     pub(crate) fn pointers<T>(
+        &self,
+        geo: &Geometry,
+        dy: *const T,
+        zero: *const T,
+        offset: usize,
+        r: usize,
+        mut put: impl FnMut(usize, *const T),
+    ) {
+        let (img, rest) = div_rem(r, self.ny * self.nx);
+        let (yy, xx) = div_rem(rest, self.nx);
+        let (yy, xx) = (yy as isize, xx as isize);
+        if yy + self.low.0 >= 0
+            && xx + self.low.1 >= 0
+            && yy + self.high.0 < geo.ho as isize
+            && xx + self.high.1 < geo.wo as isize
+        {
+            let base = (((img * geo.ho) as isize + yy) * geo.wo as isize + xx) * geo.c_out as isize
+                + offset as isize;
+            for (t, &delta) in self.deltas.iter().enumerate() {
+                put(t, dy.wrapping_offset(base + delta));
+            }
+            return;
+        }
+        self.pointers_at_border(geo, dy, zero, offset, r, put);
+    }
+
+    /// `pointers` tap by tap, each checked against the output's bounds.
+    #[inline(always)]
+    fn pointers_at_border<T>(
         &self,
         geo: &Geometry,
         dy: *const T,
@@ -1687,6 +1751,39 @@ mod tests {
     /// works), through the layout change, for every path the machine runs, f32 and f64:
     /// odd sizes, stride 2 on even and odd sides, 1x1, 3x3, 5x5 and 7x7, dense, grouped
     /// and depthwise.
+    #[test]
+    fn input_grad_pointers_inside_match_the_checked_ones() {
+        // Every pixel of every class, interior or border, against the per-tap checks,
+        // including strides that leave a class without taps and a 5x5 kernel at stride 3.
+        let extra: [Case; 2] = [(2, 3, 7, 8, 5, 5, 3, 2, 1), (1, 2, 5, 5, 2, 2, 3, 0, 1)];
+        for &(n, c, h, w, c_out, k, stride, pad, groups) in CASES.iter().chain(&extra) {
+            let geo = Geometry::new(
+                &[n, h, w, c],
+                &[c_out, c / groups, k, k],
+                stride,
+                pad,
+                groups,
+            )
+            .unwrap();
+            let (dy, zero) = (0x10000 as *const f32, 0x8 as *const f32);
+            for class in classes(&geo) {
+                let taps = class.taps.len();
+                for r in 0..class.rows(&geo) {
+                    for offset in [0, 3] {
+                        let (mut fast, mut checked) = (vec![zero; taps], vec![zero; taps]);
+                        class.pointers(&geo, dy, zero, offset, r, |t, p| fast[t] = p);
+                        class.pointers_at_border(&geo, dy, zero, offset, r, |t, p| checked[t] = p);
+                        assert_eq!(
+                            fast, checked,
+                            "{geo:?}, class ({}, {}), pixel {r}",
+                            class.ry, class.rx
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn matches_candle_conv2d_on_every_path() {
         for isa in crate::isa::available() {
