@@ -62,6 +62,13 @@ pub struct BenchTrainArgs {
     /// Untimed steps first (allocations, thread pools, caches).
     #[arg(long, default_value_t = 1)]
     warmup: usize,
+    /// Time every case this many times, the cases in turn within each round, and report
+    /// each case's median. With several models, each is also compared with the first by
+    /// the median of the rounds' ratios: cases timed seconds apart, not minutes, so a
+    /// shared machine's drift cancels (the grid's cells against its dense cell, say). An
+    /// odd count has a middle round; of an even one the upper middle is taken.
+    #[arg(long, default_value_t = 1, value_parser = crate::at_least_one)]
+    rounds: usize,
     #[arg(long, value_enum, default_value_t = KernelChoice::Cardinal)]
     kernels: KernelChoice,
     /// Where the steps run: cpu, cuda or cuda:N (a build with `--features cuda`).
@@ -105,6 +112,36 @@ struct TrainCase {
     isa: &'static str,
     /// The network timed, as data: what `benches/pytorch_reference.py` rebuilds in PyTorch.
     spec: NetSpec,
+    /// Rounds timed (`--rounds`); ms_per_step and images_per_sec are their medians.
+    rounds: usize,
+    /// images_per_sec of each round.
+    round_images_per_sec: Vec<f64>,
+    /// With several rounds and models: images_per_sec against the first case of the same
+    /// kernels, the median of the rounds' ratios, with their least and greatest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    against_first: Option<Ratio>,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct Ratio {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Ratio {
+    fn of(ratios: Vec<f64>) -> Ratio {
+        let (min, max) = ratios
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &r| {
+                (lo.min(r), hi.max(r))
+            });
+        Ratio {
+            median: median(ratios),
+            min,
+            max,
+        }
+    }
 }
 
 fn parse_form(s: &str) -> std::result::Result<BlockForm, String> {
@@ -205,7 +242,8 @@ fn train(args: BenchTrainArgs) -> Result<()> {
         KernelChoice::Candle => &[Kernels::Candle],
         KernelChoice::Both => &[Kernels::Cardinal, Kernels::Candle],
     };
-    let mut cases = Vec::new();
+    // Every case's model, spec and batch first, so that a bad model fails before any timing.
+    let mut plan = Vec::new();
     for model in &models {
         let mut spec = model_arg::resolve(model)?.spec;
         if let Some(size) = args.input_size {
@@ -220,26 +258,92 @@ fn train(args: BenchTrainArgs) -> Result<()> {
             Stem::Imagenet { .. } => 16,
             Stem::Cifar { .. } => 128,
         });
+        let name = match args.form {
+            Some(form) => format!("{model} form {form}"),
+            None => model.clone(),
+        };
         for &k in kernels {
-            let name = match args.form {
-                Some(form) => format!("{model} form {form}"),
-                None => model.clone(),
+            plan.push((
+                name.clone(),
+                spec.clone(),
+                batch_size,
+                k,
+                complexity.clone(),
+            ));
+        }
+    }
+    let pool = match args.threads {
+        Some(threads) => Some(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .context("starting the benchmark's threads")?,
+        ),
+        None => None,
+    };
+    // Rounds outermost: each round times every case once, in order.
+    let mut timed: Vec<Vec<TrainCase>> = plan.iter().map(|_| Vec::new()).collect();
+    for round in 0..args.rounds {
+        for ((name, spec, batch_size, k, _), runs) in plan.iter().zip(&mut timed) {
+            let label = if args.rounds > 1 {
+                format!("{name}, round {}/{}", round + 1, args.rounds)
+            } else {
+                name.clone()
             };
-            let case = match args.threads {
-                Some(threads) => rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .context("starting the benchmark's threads")?
-                    .install(|| train_case(&name, &spec, batch_size, k, &args))?,
-                None => train_case(&name, &spec, batch_size, k, &args)?,
+            let case = match &pool {
+                Some(pool) => pool.install(|| train_case(&label, spec, *batch_size, *k, &args))?,
+                None => train_case(&label, spec, *batch_size, *k, &args)?,
             };
-            cases.push(TrainCase {
-                params: complexity.params,
-                macs: complexity.macs,
+            runs.push(TrainCase {
+                model: name.clone(),
                 ..case
             });
         }
     }
+    let mut cases = Vec::new();
+    for (i, ((_, _, _, k, complexity), runs)) in plan.iter().zip(timed).enumerate() {
+        let round_images_per_sec: Vec<f64> = runs.iter().map(|c| c.images_per_sec).collect();
+        let ms_per_step = median(runs.iter().map(|c| c.ms_per_step).collect());
+        let peak_rss_bytes = runs.iter().filter_map(|c| c.peak_rss_bytes).max();
+        // The first case of the same kernels is the reference of the ratios.
+        let against_first = plan
+            .iter()
+            .position(|p| p.3 == *k)
+            .filter(|&first| args.rounds > 1 && first != i);
+        let first = runs.into_iter().next().expect("at least one round");
+        cases.push((
+            against_first,
+            TrainCase {
+                params: complexity.params,
+                macs: complexity.macs,
+                ms_per_step,
+                images_per_sec: median(round_images_per_sec.clone()),
+                peak_rss_bytes,
+                rounds: args.rounds,
+                round_images_per_sec,
+                ..first
+            },
+        ));
+    }
+    let references: Vec<Vec<f64>> = cases
+        .iter()
+        .map(|(_, c)| c.round_images_per_sec.clone())
+        .collect();
+    let cases: Vec<TrainCase> = cases
+        .into_iter()
+        .map(|(reference, case)| TrainCase {
+            against_first: reference.map(|r| {
+                Ratio::of(
+                    case.round_images_per_sec
+                        .iter()
+                        .zip(&references[r])
+                        .map(|(a, b)| a / b)
+                        .collect(),
+                )
+            }),
+            ..case
+        })
+        .collect();
     match args.format {
         Format::Json if cases.len() == 1 => print_json(&cases[0]),
         Format::Json => print_json(&cases),
@@ -271,6 +375,19 @@ fn train(args: BenchTrainArgs) -> Result<()> {
                 ]);
             }
             print!("{}", t.render());
+            if args.rounds > 1 {
+                println!(
+                    "medians of {} rounds; img/s against the first model, median of the rounds' ratios (range):",
+                    args.rounds
+                );
+                for c in cases.iter().filter(|c| c.against_first.is_some()) {
+                    let r = c.against_first.expect("filtered");
+                    println!(
+                        "  {} ({}): {:.3} ({:.3}-{:.3})",
+                        c.model, c.kernels, r.median, r.min, r.max
+                    );
+                }
+            }
             if args.kernels == KernelChoice::Both {
                 for pair in cases.chunks(2) {
                     println!(
@@ -335,6 +452,9 @@ fn train_case(
             "candle"
         },
         spec: spec.clone(),
+        rounds: 1,
+        round_images_per_sec: vec![timing.images_per_sec],
+        against_first: None,
     })
 }
 

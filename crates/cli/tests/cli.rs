@@ -414,8 +414,64 @@ fn bench_train_reports_images_per_second_and_memory_as_json() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected A, B or C"));
 
+    // Rounds: every case timed in each, its img/s the median; every later model against
+    // the first by the median of the rounds' own ratios.
+    let out = cardinal()
+        .args([
+            "bench",
+            "train",
+            "--model",
+            "cpu_resnet11",
+            "--model",
+            "cpu_resnext11_4x12d",
+            "--batch-size",
+            "2",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--rounds",
+            "3",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cases: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let rounds = |c: &serde_json::Value| -> Vec<f64> {
+        c["round_images_per_sec"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let (dense, grouped) = (rounds(&cases[0]), rounds(&cases[1]));
+    assert!(cases.iter().all(|c| c["rounds"] == 3));
+    assert_eq!((dense.len(), grouped.len()), (3, 3));
+    let mut sorted = grouped.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert_eq!(cases[1]["images_per_sec"].as_f64().unwrap(), sorted[1]);
+    assert!(cases[0].get("against_first").is_none());
+    let mut ratios: Vec<f64> = grouped.iter().zip(&dense).map(|(g, d)| g / d).collect();
+    ratios.sort_by(f64::total_cmp);
+    let against = &cases[1]["against_first"];
+    assert_eq!(against["median"].as_f64().unwrap(), ratios[1]);
+    assert_eq!(
+        (
+            against["min"].as_f64().unwrap(),
+            against["max"].as_f64().unwrap()
+        ),
+        (ratios[0], ratios[2])
+    );
+
     // A zero count names its flag.
-    for flag in ["--batch-size", "--steps", "--input-size"] {
+    for flag in ["--batch-size", "--steps", "--input-size", "--rounds"] {
         let out = cardinal()
             .args(["bench", "train", "--model", "cpu_resnet11", flag, "0"])
             .output()
