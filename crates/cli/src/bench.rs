@@ -101,7 +101,8 @@ struct TrainCase {
     ms_per_step: f64,
     images_per_sec: f64,
     /// Peak resident memory of the process during this case (reset before it where the
-    /// kernel allows, so earlier cases do not count).
+    /// kernel allows, so earlier cases do not count); of the first round, since the
+    /// allocator keeps what earlier rounds' larger cases took.
     peak_rss_bytes: Option<u64>,
     params: u64,
     macs: u64,
@@ -304,7 +305,6 @@ fn train(args: BenchTrainArgs) -> Result<()> {
     for (i, ((_, _, _, k, complexity), runs)) in plan.iter().zip(timed).enumerate() {
         let round_images_per_sec: Vec<f64> = runs.iter().map(|c| c.images_per_sec).collect();
         let ms_per_step = median(runs.iter().map(|c| c.ms_per_step).collect());
-        let peak_rss_bytes = runs.iter().filter_map(|c| c.peak_rss_bytes).max();
         // The first case of the same kernels is the reference of the ratios.
         let against_first = plan
             .iter()
@@ -318,7 +318,6 @@ fn train(args: BenchTrainArgs) -> Result<()> {
                 macs: complexity.macs,
                 ms_per_step,
                 images_per_sec: median(round_images_per_sec.clone()),
-                peak_rss_bytes,
                 rounds: args.rounds,
                 round_images_per_sec,
                 ..first
