@@ -1101,12 +1101,14 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
         .collect();
     // Pack the gradient's panels where enough row tiles re-read each panel to pay for the
     // copy and, on AVX-512, where its rows are a kilobyte or more apart. On AVX2 the copy
-    // pays for rows a few hundred bytes apart as well (those of 64 and 128 channels), so
-    // it packs whatever the row length; docs/speed.md has the timings behind both.
+    // pays for a dense convolution's rows whatever their length (those of 64 and 128
+    // channels too), but not for a grouped one's narrow panels in rows under half a
+    // kilobyte; docs/speed.md has the timings behind each.
     let panel_stride = nv_max * lanes;
+    let row_bytes = geo.c_out * std::mem::size_of::<T>();
     let pack_dy = match VectorPath::of(isa) {
-        VectorPath::Avx2 => taps * cgi >= 2 * mr,
-        _ => geo.c_out * std::mem::size_of::<T>() >= 1024 && taps * cgi >= 4 * mr,
+        VectorPath::Avx2 => taps * cgi >= 2 * mr && (geo.groups == 1 || row_bytes >= 512),
+        _ => row_bytes >= 1024 && taps * cgi >= 4 * mr,
     };
     // Likewise the input rows of a dense 1x1 convolution (one tap, so one copy serves the
     // product): each run of `mr` channels of the chunk's rows, as rows `mr` values apart.
