@@ -206,47 +206,94 @@ unsafe fn sum_rows<S: Simd, const MR: usize>(
     unsafe {
         while start < rows.end {
             let end = (start + LANE_ROWS).min(rows.end);
-            for v in 0..vectors {
-                let (pv, qv, mv) = (
-                    S::load(p.add(v * S::LANES)),
-                    S::load(q.add(v * S::LANES)),
-                    S::load(m.add(v * S::LANES)),
-                );
-                let (mut sa, mut sb) = (S::zero(), S::zero());
-                for r in start..end {
-                    let xv = x.load::<S>(r, v, c);
-                    match kind {
-                        Sums::Shifted => {
-                            let d = S::sub(xv, pv);
-                            sa = S::add(sa, d);
-                            sb = S::fma(d, d, sb);
-                        }
-                        Sums::Centred { relu } => {
-                            let mut g = dy.load::<S>(r, v, c);
-                            if relu {
-                                g = S::where_positive(S::fma(xv, pv, qv), g);
-                            }
-                            sa = S::add(sa, g);
-                            sb = S::fma(g, S::sub(xv, mv), sb);
-                        }
-                        Sums::Plain { relu } => {
-                            let mut g = dy.load::<S>(r, v, c);
-                            if relu {
-                                g = S::where_positive(S::fma(xv, pv, qv), g);
-                            }
-                            sa = S::fma(g, xv, sa);
-                            sb = S::add(sb, g);
-                        }
-                    }
-                }
-                S::store(block_a.as_mut_ptr().add(v * S::LANES), sa);
-                S::store(block_b.as_mut_ptr().add(v * S::LANES), sb);
+            let blocks = (block_a.as_mut_ptr(), block_b.as_mut_ptr());
+            // Vectors a few at a time: their sums are independent chains, so the adds of
+            // one hide the latency of another's (each lane still sums its rows in order).
+            let mut v = 0;
+            while v + SUM_VECTORS <= vectors {
+                sum_vectors::<S, SUM_VECTORS>(kind, x, dy, c, start..end, v, (p, q, m), blocks);
+                v += SUM_VECTORS;
+            }
+            while v < vectors {
+                sum_vectors::<S, 1>(kind, x, dy, c, start..end, v, (p, q, m), blocks);
+                v += 1;
             }
             for ch in 0..c {
                 a[ch] += block_a[ch].to_f64();
                 b[ch] += block_b[ch].to_f64();
             }
             start = end;
+        }
+    }
+}
+
+/// Vectors a sum pass takes together (see `sum_rows`).
+const SUM_VECTORS: usize = 4;
+
+/// `sum_rows`'s two sums of channel vectors `v0..v0 + N` over rows `rows`, stored into the
+/// blocks at those vectors.
+///
+/// # Safety
+/// As `sum_rows`, with `v0 + N` vectors within the rows and the blocks.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn sum_vectors<S: Simd, const N: usize>(
+    kind: Sums,
+    x: Rows<S::E>,
+    dy: Rows<S::E>,
+    c: usize,
+    rows: Range<usize>,
+    v0: usize,
+    (p, q, m): (*const S::E, *const S::E, *const S::E),
+    (block_a, block_b): (*mut S::E, *mut S::E),
+) {
+    // SAFETY: the caller's promises.
+    unsafe {
+        let at = |j: usize| (v0 + j) * S::LANES;
+        let pv: [S::V; N] = std::array::from_fn(|j| S::load(p.add(at(j))));
+        let qv: [S::V; N] = std::array::from_fn(|j| S::load(q.add(at(j))));
+        let mv: [S::V; N] = std::array::from_fn(|j| S::load(m.add(at(j))));
+        let (mut sa, mut sb) = ([S::zero(); N], [S::zero(); N]);
+        match kind {
+            Sums::Shifted => {
+                for r in rows {
+                    for j in 0..N {
+                        let d = S::sub(x.load::<S>(r, v0 + j, c), pv[j]);
+                        sa[j] = S::add(sa[j], d);
+                        sb[j] = S::fma(d, d, sb[j]);
+                    }
+                }
+            }
+            Sums::Centred { relu } => {
+                for r in rows {
+                    for j in 0..N {
+                        let xv = x.load::<S>(r, v0 + j, c);
+                        let mut g = dy.load::<S>(r, v0 + j, c);
+                        if relu {
+                            g = S::where_positive(S::fma(xv, pv[j], qv[j]), g);
+                        }
+                        sa[j] = S::add(sa[j], g);
+                        sb[j] = S::fma(g, S::sub(xv, mv[j]), sb[j]);
+                    }
+                }
+            }
+            Sums::Plain { relu } => {
+                for r in rows {
+                    for j in 0..N {
+                        let xv = x.load::<S>(r, v0 + j, c);
+                        let mut g = dy.load::<S>(r, v0 + j, c);
+                        if relu {
+                            g = S::where_positive(S::fma(xv, pv[j], qv[j]), g);
+                        }
+                        sa[j] = S::fma(g, xv, sa[j]);
+                        sb[j] = S::add(sb[j], g);
+                    }
+                }
+            }
+        }
+        for j in 0..N {
+            S::store(block_a.add(at(j)), sa[j]);
+            S::store(block_b.add(at(j)), sb[j]);
         }
     }
 }
