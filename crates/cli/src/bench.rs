@@ -301,48 +301,34 @@ fn train(args: BenchTrainArgs) -> Result<()> {
             });
         }
     }
+    let per_round: Vec<Vec<f64>> = timed
+        .iter()
+        .map(|runs| runs.iter().map(|c| c.images_per_sec).collect())
+        .collect();
     let mut cases = Vec::new();
     for (i, ((_, _, _, k, complexity), runs)) in plan.iter().zip(timed).enumerate() {
-        let round_images_per_sec: Vec<f64> = runs.iter().map(|c| c.images_per_sec).collect();
         let ms_per_step = median(runs.iter().map(|c| c.ms_per_step).collect());
         // The first case of the same kernels is the reference of the ratios.
         let against_first = plan
             .iter()
             .position(|p| p.3 == *k)
-            .filter(|&first| args.rounds > 1 && first != i);
+            .filter(|&first| args.rounds > 1 && first != i)
+            .map(|first| {
+                let ratios = per_round[i].iter().zip(&per_round[first]);
+                Ratio::of(ratios.map(|(a, b)| a / b).collect())
+            });
         let first = runs.into_iter().next().expect("at least one round");
-        cases.push((
+        cases.push(TrainCase {
+            params: complexity.params,
+            macs: complexity.macs,
+            ms_per_step,
+            images_per_sec: median(per_round[i].clone()),
+            rounds: args.rounds,
+            round_images_per_sec: per_round[i].clone(),
             against_first,
-            TrainCase {
-                params: complexity.params,
-                macs: complexity.macs,
-                ms_per_step,
-                images_per_sec: median(round_images_per_sec.clone()),
-                rounds: args.rounds,
-                round_images_per_sec,
-                ..first
-            },
-        ));
+            ..first
+        });
     }
-    let references: Vec<Vec<f64>> = cases
-        .iter()
-        .map(|(_, c)| c.round_images_per_sec.clone())
-        .collect();
-    let cases: Vec<TrainCase> = cases
-        .into_iter()
-        .map(|(reference, case)| TrainCase {
-            against_first: reference.map(|r| {
-                Ratio::of(
-                    case.round_images_per_sec
-                        .iter()
-                        .zip(&references[r])
-                        .map(|(a, b)| a / b)
-                        .collect(),
-                )
-            }),
-            ..case
-        })
-        .collect();
     match args.format {
         Format::Json if cases.len() == 1 => print_json(&cases[0]),
         Format::Json => print_json(&cases),
