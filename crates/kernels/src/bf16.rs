@@ -721,65 +721,107 @@ pub(crate) unsafe fn interleave_rows<X: Source>(a: *const X, b: *const X, dst: *
     }
 }
 
-/// `n` bf16 values from `src` as f32 at `dst` (exact).
+/// The first `cols` values of each row of `rows` as bf16 columns: `dst[c * kc + p]` is
+/// value c of row p (f32 rows rounded by `VCVTNEPS2BF16`, as in `convert_run`; bf16 ones
+/// copied), for p up to `rows.len()` rounded up to a multiple of 32, the rows past the
+/// last as zeros. This is the weight gradient's A, whose K is the pixels. It goes by
+/// blocks of 32 rows by 16 values: the values of two rows paired into 32-bit words (as
+/// A's K pairs are), then 16 x 16 words transposed in registers, shuffles instead of one
+/// gather per 16 values.
 ///
 /// # Safety
-/// `src` is valid for `n` reads and `dst` for `n` writes; inside `with_unit_features`.
+/// Each pointer is valid for `cols` reads; `dst` is valid for writes of `cols` rows of
+/// `kc` values, with `kc` at least `rows.len()` rounded up to a multiple of 32; inside
+/// `with_unit_features`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(crate) unsafe fn widen_run(src: *const u16, dst: *mut f32, n: usize) {
+pub(crate) unsafe fn transpose_rows<X: Source>(
+    rows: &[*const X],
+    cols: usize,
+    dst: *mut u16,
+    kc: usize,
+) {
     use std::arch::x86_64::*;
-    // SAFETY: the caller's promises; masked lanes are neither read nor written.
+    // SAFETY: the caller's promises; masked lanes are neither read nor written, and every
+    // store is one whole block of 32 values inside a row of kc.
     unsafe {
-        let mut i = 0;
-        while i < n {
-            let mask = if n - i >= 16 {
-                u16::MAX
-            } else {
-                ((1u32 << (n - i)) - 1) as u16
-            };
-            let bits =
-                _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, src.add(i) as *const i16));
-            _mm512_mask_storeu_ps(
-                dst.add(i),
-                mask,
-                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bits)),
-            );
-            i += 16;
+        let idx = _mm512_set_epi16(
+            47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6, 37, 5, 36,
+            4, 35, 3, 34, 2, 33, 1, 32, 0,
+        );
+        for (block, pointers) in rows.chunks(BLOCK).enumerate() {
+            let p0 = block * BLOCK;
+            let mut c0 = 0;
+            while c0 < cols {
+                let m = (cols - c0).min(16);
+                let mask = ((1u32 << m) - 1) as u16;
+                let mut words = [_mm512_setzero_si512(); 16];
+                for (i, word) in words.iter_mut().enumerate() {
+                    let mut pair = [_mm256_setzero_si256(); 2];
+                    for (half, value) in pair.iter_mut().enumerate() {
+                        if let Some(&p) = pointers.get(2 * i + half) {
+                            *value = if X::F32 {
+                                std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(
+                                    _mm512_maskz_loadu_ps(mask, (p as *const f32).add(c0)),
+                                ))
+                            } else {
+                                _mm256_maskz_loadu_epi16(mask, (p as *const i16).add(c0))
+                            };
+                        }
+                    }
+                    *word = _mm512_permutex2var_epi16(
+                        _mm512_castsi256_si512(pair[0]),
+                        idx,
+                        _mm512_castsi256_si512(pair[1]),
+                    );
+                }
+                let columns = transpose_words(words);
+                for (j, column) in columns.iter().take(m).enumerate() {
+                    _mm512_storeu_si512(dst.add((c0 + j) * kc + p0) as *mut _, *column);
+                }
+                c0 += 16;
+            }
         }
     }
 }
 
-/// Column `col` of `rows` rows of f32 (`stride` values apart) as bf16 bits at `dst`: one
-/// gather per 16 rows (the weight gradient's A is its output gradient transposed).
+/// The 16 x 16 matrix of 32-bit words in `r` (row i in register i) transposed: word j of
+/// register i moves to word i of register j. Pairs of words within 128-bit lanes, then
+/// pairs of pairs, then the 4 x 4 matrices of lanes.
 ///
 /// # Safety
-/// Rows `0..rows` of `src` (each `stride` values) hold column `col`; `dst` is valid for
-/// `rows` writes; inside `with_unit_features`.
+/// Inside `with_unit_features`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(crate) unsafe fn gather_column(src: *const f32, stride: usize, rows: usize, dst: *mut u16) {
+unsafe fn transpose_words(r: [std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_64::__m512i; 16] {
     use std::arch::x86_64::*;
-    // SAFETY: the caller's promises; masked lanes are neither read nor written.
+    // SAFETY: register shuffles only (AVX-512F, which the unit's features include).
     unsafe {
-        let step = _mm512_set1_epi32((16 * stride) as i32);
-        let mut index = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_epi32(stride as i32),
-        );
-        let mut r = 0;
-        while r < rows {
-            let mask = if rows - r >= 16 {
-                u16::MAX
-            } else {
-                ((1u32 << (rows - r)) - 1) as u16
-            };
-            let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, index, src);
-            let packed = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v));
-            _mm256_mask_storeu_epi16(dst.add(r) as *mut i16, mask, packed);
-            index = _mm512_add_epi32(index, step);
-            r += 16;
+        let mut a = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
         }
+        // b[4i + q], lane L: column 4L + q of rows 4i..4i + 4.
+        let mut b = [_mm512_setzero_si512(); 16];
+        for i in 0..4 {
+            b[4 * i] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
+            b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
+            b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+            b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+        }
+        let mut out = [_mm512_setzero_si512(); 16];
+        for q in 0..4 {
+            let c0 = _mm512_shuffle_i32x4::<0x44>(b[q], b[4 + q]);
+            let c1 = _mm512_shuffle_i32x4::<0xEE>(b[q], b[4 + q]);
+            let c2 = _mm512_shuffle_i32x4::<0x44>(b[8 + q], b[12 + q]);
+            let c3 = _mm512_shuffle_i32x4::<0xEE>(b[8 + q], b[12 + q]);
+            out[q] = _mm512_shuffle_i32x4::<0x88>(c0, c2);
+            out[4 + q] = _mm512_shuffle_i32x4::<0xDD>(c0, c2);
+            out[8 + q] = _mm512_shuffle_i32x4::<0x88>(c1, c3);
+            out[12 + q] = _mm512_shuffle_i32x4::<0xDD>(c1, c3);
+        }
+        out
     }
 }
 

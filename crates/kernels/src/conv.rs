@@ -982,14 +982,25 @@ pub(crate) fn grad_split(
 
 /// The first `len` values of `parts` plus each later run of `len`, added in order (the
 /// weight gradient's partial sums over its pixel ranges): a fixed order, so the same
-/// rounding on every run.
-pub(crate) fn sum_parts<T: Copy + std::ops::AddAssign>(parts: &mut [T], len: usize) -> &[T] {
+/// rounding on every run. Pieces of the sum run in parallel, each adding every part into
+/// its piece before the next piece (which then stays in cache).
+pub(crate) fn sum_parts<T>(parts: &mut [T], len: usize) -> &[T]
+where
+    T: Copy + std::ops::AddAssign + Send + Sync,
+{
+    const PIECE: usize = 4096;
     let (first, rest) = parts.split_at_mut(len);
-    for part in rest.chunks_exact(len) {
-        for (a, &b) in first.iter_mut().zip(part) {
-            *a += b;
-        }
-    }
+    let rest = &*rest;
+    first
+        .par_chunks_mut(PIECE)
+        .enumerate()
+        .for_each(|(i, piece)| {
+            for part in rest.chunks_exact(len) {
+                for (a, &b) in piece.iter_mut().zip(&part[i * PIECE..]) {
+                    *a += b;
+                }
+            }
+        });
     first
 }
 

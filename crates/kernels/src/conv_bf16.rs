@@ -16,7 +16,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::bf16::{
-    address_range, gather_column, interleave_rows, pack_row_unit, padded_k, Sink, Source, Unit,
+    address_range, interleave_rows, pack_row_unit, padded_k, transpose_rows, Sink, Source, Unit,
     Vnni, BLOCK,
 };
 use crate::conv::{
@@ -315,8 +315,8 @@ pub(crate) fn input_grad<D: Source, O: Sink>(
 
 /// dw of y = conv(x, w) given dy (f32 or bf16), in bf16 products, in torchvision's layout.
 ///
-/// One operand of the weight gradient is transposed (K is the pixels), by gathers, which
-/// cost more than the products when the transposed side is wide: a 1x1 convolution that
+/// One operand of the weight gradient is transposed (K is the pixels), which costs more
+/// than pairing the other's rows when the transposed side is wide: a 1x1 convolution that
 /// widens (more output than input channels) transposes its input instead of its output
 /// gradient. Both orders give the same bits: each sum takes the same pixel pairs in the
 /// same order, chunk by chunk and split by split, and the units' pair products are
@@ -366,8 +366,8 @@ fn grad_chunk(geo: &Geometry) -> usize {
 }
 
 /// A of a weight gradient's chunks of pixels, each `m_blocks` blocks of rows
-/// `padded_k(len)` apart whose first `rows` hold values: built by `fill(g, first, len, a,
-/// scratch)` (with a scratch of `scratch_len` floats) after the zeros the blocks need. Where
+/// `padded_k(len)` apart whose first `rows` hold values: built by `fill(g, first, len, a)`
+/// after the zeros the blocks need. Where
 /// the tasks split the columns (`blocks` > 1; never the pixels, then) they all multiply the
 /// same A, so every chunk of every group is built once, in parallel, and shared; otherwise
 /// each task builds its chunks into its own buffers (`TaskChunk`).
@@ -377,17 +377,15 @@ struct ChunksOfA<F> {
     m_blocks: usize,
     chunk: usize,
     chunks_per_group: usize,
-    scratch_len: usize,
     shared: Option<Vec<Vec<u16>>>,
 }
 
 /// A task's buffers for the chunks of A it builds itself (empty where A is shared).
 struct TaskChunk {
     a: Vec<u16>,
-    scratch: Vec<f32>,
 }
 
-impl<F: Fn(usize, usize, usize, &mut [u16], &mut [f32]) + Sync> ChunksOfA<F> {
+impl<F: Fn(usize, usize, usize, &mut [u16]) + Sync> ChunksOfA<F> {
     #[allow(clippy::too_many_arguments)]
     fn new(
         unit: Unit,
@@ -395,7 +393,6 @@ impl<F: Fn(usize, usize, usize, &mut [u16], &mut [f32]) + Sync> ChunksOfA<F> {
         (blocks, splits): (usize, usize),
         chunk: usize,
         (rows, m_blocks): (usize, usize),
-        scratch_len: usize,
         fill: F,
     ) -> Self {
         let pixels = geo.out_pixels();
@@ -405,7 +402,6 @@ impl<F: Fn(usize, usize, usize, &mut [u16], &mut [f32]) + Sync> ChunksOfA<F> {
             m_blocks,
             chunk,
             chunks_per_group: pixels.div_ceil(chunk),
-            scratch_len,
             shared: None,
         };
         if blocks > 1 {
@@ -417,10 +413,9 @@ impl<F: Fn(usize, usize, usize, &mut [u16], &mut [f32]) + Sync> ChunksOfA<F> {
                 .par_iter()
                 .map(|(g, part)| {
                     let mut a = vec![0u16; m_blocks * BLOCK * padded_k(part.len())];
-                    let mut scratch = vec![0f32; scratch_len];
                     unit.session(
                         #[inline(always)]
-                        || chunks.build((*g, part.start, part.len()), &mut a, &mut scratch),
+                        || chunks.build((*g, part.start, part.len()), &mut a),
                     );
                     a
                 })
@@ -432,11 +427,13 @@ impl<F: Fn(usize, usize, usize, &mut [u16], &mut [f32]) + Sync> ChunksOfA<F> {
 
     /// A of group g over pixels first..first + len, into `a`. Inside a unit's session.
     #[inline(always)]
-    fn build(&self, (g, first, len): (usize, usize, usize), a: &mut [u16], scratch: &mut [f32]) {
-        if len < padded_k(len) || self.rows < self.m_blocks * BLOCK {
+    fn build(&self, (g, first, len): (usize, usize, usize), a: &mut [u16]) {
+        // The fill writes its rows whole, zeros past the pixels included; rows past the
+        // product's stay zero.
+        if self.rows < self.m_blocks * BLOCK {
             a.fill(0);
         }
-        (self.fill)(g, first, len, a, scratch)
+        (self.fill)(g, first, len, a)
     }
 
     fn task_buffers(&self) -> TaskChunk {
@@ -450,7 +447,6 @@ impl<F: Fn(usize, usize, usize, &mut [u16], &mut [f32]) + Sync> ChunksOfA<F> {
                     0
                 }
             ],
-            scratch: vec![0f32; if own { self.scratch_len } else { 0 }],
         }
     }
 
@@ -466,7 +462,7 @@ impl<F: Fn(usize, usize, usize, &mut [u16], &mut [f32]) + Sync> ChunksOfA<F> {
         match &self.shared {
             Some(shared) => &shared[g * self.chunks_per_group + first / self.chunk],
             None => {
-                self.build((g, first, len), &mut task.a, &mut task.scratch);
+                self.build((g, first, len), &mut task.a);
                 &task.a
             }
         }
@@ -474,7 +470,7 @@ impl<F: Fn(usize, usize, usize, &mut [u16], &mut [f32]) + Sync> ChunksOfA<F> {
 }
 
 /// dw^T [co, (tap, ci)]: A = the output gradient's channels over a chunk of pixels
-/// (gathered), B = the input rows of the chunk's taps in pixel pairs.
+/// (transposed), B = the input rows of the chunk's taps in pixel pairs.
 fn weight_grad_by_gradient_columns<X: Source, D: Source>(
     x: &[X],
     dy: &[D],
@@ -491,10 +487,12 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
     let (blocks, splits) = grad_split(geo, geo.groups, panels, false);
     let panel_blocks: Vec<Range<usize>> = ranges(panels, panels.div_ceil(blocks)).collect();
     let tile = BLOCK * BLOCK;
-    // Per split, C as tiles [group][m block][panel][32][32].
+    // Per split, C as tiles [group][m block][panel][32][32]. Each task zeroes its own tiles
+    // of its split before summing into them (in parallel, and into its cache) rather than
+    // the whole buffer being zeroed first.
     let part_len = geo.groups * m_blocks * panels * tile;
-    let mut parts = vec![0f32; splits * part_len];
-    let pp = SendPtr(parts.as_mut_ptr());
+    let mut parts: Vec<f32> = Vec::with_capacity(splits * part_len);
+    let pp = SendPtr(parts.spare_capacity_mut().as_mut_ptr() as *mut f32);
     let zero = vec![X::ZERO; geo.c];
     let zeros = address_range(zero.as_ptr(), zero.len());
     let offsets = tap_offsets(geo);
@@ -502,45 +500,31 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
         SendPtr(x.as_ptr() as *mut X),
         SendPtr(zero.as_ptr() as *mut X),
     );
-    // A: the gradient's channels of group g over pixels first..first + len, its columns
-    // gathered (from a bf16 gradient's rows widened to f32: the gathers read 32-bit values).
+    // A: the gradient's channels of group g over pixels first..first + len, transposed.
     let fill_a = named(
         #[inline(always)]
-        |g: usize, first: usize, len: usize, a: &mut [u16], widened: &mut [f32]| {
+        |g: usize, first: usize, len: usize, a: &mut [u16]| {
             let kc = padded_k(len);
-            let (rows, stride) = if D::F32 {
-                (
-                    dy[first * geo.c_out + g * cgo..].as_ptr() as *const f32,
-                    geo.c_out,
-                )
-            } else {
-                for (i, row) in widened.chunks_exact_mut(cgo).take(len).enumerate() {
-                    let from = &dy[(first + i) * geo.c_out + g * cgo..][..cgo];
-                    // SAFETY: the group's cgo values of the row, into a row of cgo; D is bf16
-                    // here (not F32), whose values are their bits.
-                    unsafe {
-                        crate::bf16::widen_run(from.as_ptr() as *const u16, row.as_mut_ptr(), cgo)
-                    };
+            for rows in ranges(len, BLOCK) {
+                let mut pointers = [dy.as_ptr(); BLOCK];
+                for (p, pointer) in rows.clone().zip(pointers.iter_mut()) {
+                    *pointer = dy[(first + p) * geo.c_out + g * cgo..].as_ptr();
                 }
-                (widened.as_ptr(), cgo)
-            };
-            for co in 0..cgo {
-                // SAFETY: the chunk's `len` rows (`stride` values apart) hold the group's
-                // channels, and row co of A has kc >= len values.
-                unsafe { gather_column(rows.add(co), stride, len, a[co * kc..].as_mut_ptr()) };
+                // SAFETY: each pointer is a pixel's row from the group's channels, cgo
+                // values; A holds cgo rows of kc >= padded_k(len) values, and this block's
+                // 32 columns from rows.start lie within them.
+                unsafe {
+                    transpose_rows(
+                        &pointers[..rows.len()],
+                        cgo,
+                        a[rows.start..].as_mut_ptr(),
+                        kc,
+                    )
+                };
             }
         },
     );
-    let widened_len = if D::F32 { 0 } else { chunk * cgo };
-    let chunks_of_a = ChunksOfA::new(
-        unit,
-        geo,
-        (blocks, splits),
-        chunk,
-        (cgo, m_blocks),
-        widened_len,
-        fill_a,
-    );
+    let chunks_of_a = ChunksOfA::new(unit, geo, (blocks, splits), chunk, (cgo, m_blocks), fill_a);
     let tasks: Vec<(usize, Range<usize>, usize)> = (0..geo.groups)
         .flat_map(|g| {
             let panel_blocks = &panel_blocks;
@@ -550,6 +534,12 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
         })
         .collect();
     tasks.par_iter().for_each(|(g, block, s)| {
+        for mb in 0..m_blocks {
+            let at = s * part_len + ((g * m_blocks + mb) * panels + block.start) * tile;
+            // SAFETY: the tiles of this task's group, m block and block of panels in its
+            // split, inside `parts`' capacity; no other task writes them.
+            unsafe { std::ptr::write_bytes(pp.get().add(at), 0, block.len() * tile) };
+        }
         let span = ranges(pixels, pixels.div_ceil(splits))
             .nth(*s)
             .unwrap_or(0..0);
@@ -666,12 +656,18 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
             },
         );
     });
+    // SAFETY: the tasks cover every group, block of panels and split, and each zeroed its
+    // tiles for every m block before adding into them.
+    unsafe { parts.set_len(splits * part_len) };
     let total = sum_parts(&mut parts, part_len);
+    // Weight rows in parallel (the late stages' weights are megabytes).
     let mut grad = vec![0f32; geo.c_out * cgi * taps];
-    for g in 0..geo.groups {
-        for co in 0..cgo {
+    grad.par_chunks_mut(cgi * taps)
+        .enumerate()
+        .with_min_len(16)
+        .for_each(|(row, out)| {
+            let (g, co) = (row / cgo, row % cgo);
             let (mb, i) = (co / BLOCK, co % BLOCK);
-            let out = &mut grad[(g * cgo + co) * cgi * taps..][..cgi * taps];
             for panel in 0..panels {
                 let row =
                     &total[((g * m_blocks + mb) * panels + panel) * tile + i * BLOCK..][..BLOCK];
@@ -683,13 +679,12 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
                     }
                 }
             }
-        }
-    }
+        });
     grad
 }
 
 /// dw [ci, co] of a 1x1 convolution: A = the input's channels over a chunk of pixels
-/// (gathered from a copy of the chunk's input rows, widened to f32), B = the output
+/// (transposed), B = the output
 /// gradient's rows in pixel pairs. The chunks and splits are those of
 /// `weight_grad_by_gradient_columns`, so the sums are the same.
 fn weight_grad_by_input_columns<X: Source, D: Source>(
@@ -710,10 +705,12 @@ fn weight_grad_by_input_columns<X: Source, D: Source>(
     let (blocks, splits) = grad_split(geo, geo.groups, panels, false);
     let panel_blocks: Vec<Range<usize>> = ranges(panels, panels.div_ceil(blocks)).collect();
     let tile = BLOCK * BLOCK;
-    // Per split, C as tiles [group][m block][panel][32][32].
+    // Per split, C as tiles [group][m block][panel][32][32]. Each task zeroes its own tiles
+    // of its split before summing into them (in parallel, and into its cache) rather than
+    // the whole buffer being zeroed first.
     let part_len = geo.groups * m_blocks * panels * tile;
-    let mut parts = vec![0f32; splits * part_len];
-    let pp = SendPtr(parts.as_mut_ptr());
+    let mut parts: Vec<f32> = Vec::with_capacity(splits * part_len);
+    let pp = SendPtr(parts.spare_capacity_mut().as_mut_ptr() as *mut f32);
     let (zero_x, zero_dy) = (vec![X::ZERO; geo.c], vec![D::ZERO; geo.c_out]);
     let offsets = tap_offsets(geo);
     let (xp, zxp, dyp, zdp) = (
@@ -722,58 +719,39 @@ fn weight_grad_by_input_columns<X: Source, D: Source>(
         SendPtr(dy.as_ptr() as *mut D),
         SendPtr(zero_dy.as_ptr() as *mut D),
     );
-    // A: the input's channels of group g over pixels first..first + len (a copy of the
-    // chunk's rows, widened to f32: the gathers read 32-bit values; then its columns
-    // gathered).
+    // A: the input's channels of group g over pixels first..first + len, transposed.
     let fill_a = named(
         #[inline(always)]
-        |g: usize, first: usize, len: usize, a: &mut [u16], rows: &mut [f32]| {
+        |g: usize, first: usize, len: usize, a: &mut [u16]| {
             let kc = padded_k(len);
-            for (i, row) in rows.chunks_exact_mut(cgi).take(len).enumerate() {
-                let mut from = zxp.get() as *const X;
-                forward_pointers(
-                    geo,
-                    &offsets,
-                    xp.get(),
-                    zxp.get(),
-                    g * cgi,
-                    first + i,
-                    |_, p| from = p,
-                );
-                // SAFETY: a pixel row (or the zero row) holds the group's cgi values
-                // after its pointer; `row` holds cgi.
-                unsafe {
-                    if X::F32 {
-                        // f32 values as pairs of 16-bit words.
-                        crate::bf16::copy_run(
-                            from as *const u16,
-                            row.as_mut_ptr() as *mut u16,
-                            2 * cgi,
-                        )
-                    } else {
-                        // bf16 values are their bits (`Source` for bf16).
-                        crate::bf16::widen_run(from as *const u16, row.as_mut_ptr(), cgi)
-                    }
+            for rows in ranges(len, BLOCK) {
+                let mut pointers = [zxp.get() as *const X; BLOCK];
+                for (p, pointer) in rows.clone().zip(pointers.iter_mut()) {
+                    forward_pointers(
+                        geo,
+                        &offsets,
+                        xp.get(),
+                        zxp.get(),
+                        g * cgi,
+                        first + p,
+                        |_, q| *pointer = q,
+                    );
                 }
-            }
-            for ci in 0..cgi {
-                // SAFETY: the chunk's `len` rows of cgi values hold column ci, and
-                // row ci of A has kc >= len values.
+                // SAFETY: a pixel row (or the zero row) holds the group's cgi values after
+                // its pointer; A holds cgi rows of kc >= padded_k(len) values, and this
+                // block's 32 columns from rows.start lie within them.
                 unsafe {
-                    gather_column(rows.as_ptr().add(ci), cgi, len, a[ci * kc..].as_mut_ptr())
+                    transpose_rows(
+                        &pointers[..rows.len()],
+                        cgi,
+                        a[rows.start..].as_mut_ptr(),
+                        kc,
+                    )
                 };
             }
         },
     );
-    let chunks_of_a = ChunksOfA::new(
-        unit,
-        geo,
-        (blocks, splits),
-        chunk,
-        (cgi, m_blocks),
-        chunk * cgi,
-        fill_a,
-    );
+    let chunks_of_a = ChunksOfA::new(unit, geo, (blocks, splits), chunk, (cgi, m_blocks), fill_a);
     let tasks: Vec<(usize, Range<usize>, usize)> = (0..geo.groups)
         .flat_map(|g| {
             let panel_blocks = &panel_blocks;
@@ -783,6 +761,12 @@ fn weight_grad_by_input_columns<X: Source, D: Source>(
         })
         .collect();
     tasks.par_iter().for_each(|(g, block, s)| {
+        for mb in 0..m_blocks {
+            let at = s * part_len + ((g * m_blocks + mb) * panels + block.start) * tile;
+            // SAFETY: the tiles of this task's group, m block and block of panels in its
+            // split, inside `parts`' capacity; no other task writes them.
+            unsafe { std::ptr::write_bytes(pp.get().add(at), 0, block.len() * tile) };
+        }
         let span = ranges(pixels, pixels.div_ceil(splits))
             .nth(*s)
             .unwrap_or(0..0);
@@ -853,26 +837,28 @@ fn weight_grad_by_input_columns<X: Source, D: Source>(
             },
         );
     });
+    // SAFETY: the tasks cover every group, block of panels and split, and each zeroed its
+    // tiles for every m block before adding into them.
+    unsafe { parts.set_len(splits * part_len) };
     let total = sum_parts(&mut parts, part_len);
-    // Each tile transposed on its own, written a weight row's run of input channels at a
-    // time: written column by column, consecutive values would lie a weight row apart
-    // (kilobytes in the wide layers), each store missing the cache.
+    // The tiles transposed, a weight row at a time (written column by column, consecutive
+    // values would lie a weight row apart, kilobytes in the wide layers, each store
+    // missing the cache), rows in parallel.
     let mut grad = vec![0f32; geo.c_out * cgi];
-    for g in 0..geo.groups {
-        for mb in 0..m_blocks {
-            let cis = (mb * BLOCK)..((mb + 1) * BLOCK).min(cgi);
-            for panel in 0..panels {
+    grad.par_chunks_mut(cgi)
+        .enumerate()
+        .with_min_len(16)
+        .for_each(|(row, out)| {
+            let (g, co) = (row / cgo, row % cgo);
+            let (panel, j) = (co / BLOCK, co % BLOCK);
+            for mb in 0..m_blocks {
                 let tile_at = &total[((g * m_blocks + mb) * panels + panel) * tile..][..tile];
-                for j in 0..BLOCK.min(cgo - panel * BLOCK) {
-                    let co = g * cgo + panel * BLOCK + j;
-                    let out = &mut grad[co * cgi + cis.start..co * cgi + cis.end];
-                    for (i, v) in out.iter_mut().enumerate() {
-                        *v = tile_at[i * BLOCK + j];
-                    }
+                let cis = (mb * BLOCK)..((mb + 1) * BLOCK).min(cgi);
+                for (i, v) in out[cis].iter_mut().enumerate() {
+                    *v = tile_at[i * BLOCK + j];
                 }
             }
-        }
-    }
+        });
     grad
 }
 
