@@ -232,6 +232,20 @@ pub(crate) fn tap_offsets(geo: &Geometry) -> Vec<usize> {
         .collect()
 }
 
+/// Where the window of output row `r` lies inside the image: the index of its top-left
+/// pixel's first value in the input.
+#[inline(always)]
+pub(crate) fn window_inside(geo: &Geometry, r: usize) -> Option<usize> {
+    let (img, oy, ox) = geo.out_pixel(r);
+    let (y0, x0) = (
+        (oy * geo.stride) as isize - geo.pad as isize,
+        (ox * geo.stride) as isize - geo.pad as isize,
+    );
+    let k = geo.k as isize;
+    (y0 >= 0 && x0 >= 0 && y0 + k <= geo.h as isize && x0 + k <= geo.w as isize)
+        .then(|| ((img * geo.h + y0 as usize) * geo.w + x0 as usize) * geo.c)
+}
+
 /// Input gather of a forward product: for output row `r`, the pointer each tap reads
 /// (`x + pixel + offset`), or the zero row (`zero + offset`) in the padding. Windows that
 /// lie inside the image (most of them) take one base plus the precomputed `taps`.
@@ -246,19 +260,17 @@ pub(crate) fn forward_pointers<T>(
     r: usize,
     mut put: impl FnMut(usize, *const T),
 ) {
+    if let Some(base) = window_inside(geo, r) {
+        for (t, &tap) in taps.iter().enumerate() {
+            put(t, x.wrapping_add(base + offset + tap));
+        }
+        return;
+    }
     let (img, oy, ox) = geo.out_pixel(r);
     let (y0, x0) = (
         (oy * geo.stride) as isize - geo.pad as isize,
         (ox * geo.stride) as isize - geo.pad as isize,
     );
-    let k = geo.k as isize;
-    if y0 >= 0 && x0 >= 0 && y0 + k <= geo.h as isize && x0 + k <= geo.w as isize {
-        let base = ((img * geo.h + y0 as usize) * geo.w + x0 as usize) * geo.c + offset;
-        for (t, &tap) in taps.iter().enumerate() {
-            put(t, x.wrapping_add(base + tap));
-        }
-        return;
-    }
     for ky in 0..geo.k {
         for kx in 0..geo.k {
             let p = match geo.in_offset(img, y0 + ky as isize, x0 + kx as isize) {

@@ -20,8 +20,8 @@ use crate::bf16::{
     Vnni, BLOCK,
 };
 use crate::conv::{
-    classes, forward_pointers, grad_split, ranges, sum_parts, tap_offsets, written_by, Geometry,
-    CHUNK,
+    classes, forward_pointers, grad_split, ranges, sum_parts, tap_offsets, window_inside,
+    written_by, Geometry, CHUNK,
 };
 use crate::cpu::SendPtr;
 use crate::isa::Isa;
@@ -500,6 +500,8 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
         SendPtr(x.as_ptr() as *mut X),
         SendPtr(zero.as_ptr() as *mut X),
     );
+    // Each tap reads whole input pixels (one group), so a window's kernel row is one run.
+    let whole_pixels = cgi == geo.c;
     // A: the gradient's channels of group g over pixels first..first + len, transposed.
     let fill_a = named(
         #[inline(always)]
@@ -546,7 +548,9 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
         let kcp = padded_k(chunk);
         let mut task_chunk = chunks_of_a.task_buffers();
         let mut b = vec![0u16; block.len() * kcp * BLOCK];
-        let mut table = vec![zp.get() as *const X; taps * chunk];
+        // The pointers of a pair's taps, [tap][pixel of the pair], where the windows are
+        // not both inside the image.
+        let mut table = vec![zp.get() as *const X; taps * 2];
         let _ = isa;
         unit.session(
             #[inline(always)]
@@ -558,33 +562,96 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
                     // A: the gradient's channels of the group over the chunk's pixels.
                     let a = chunks_of_a.get((*g, first, len), &mut task_chunk);
                     // B: the input rows of each tap, pixels in pairs, panels of `block`.
-                    for i in 0..len {
-                        forward_pointers(
-                            geo,
-                            &offsets,
-                            xp.get(),
-                            zp.get(),
-                            g * cgi,
-                            first + i,
-                            |t, p| table[t * chunk + i] = p,
-                        );
-                    }
                     let cols = (block.start * BLOCK)..(block.end * BLOCK).min(n);
                     // Columns past the product's in the last panel stay zero. (Pairs past
                     // the chunk's pixels meet zeros in A.)
                     if cols.end < block.end * BLOCK {
                         b.fill(0);
                     }
+                    // Columns lo..hi of the pair kp, column c read at r0 + (c - origin) and
+                    // r1 + (c - origin), in runs of up to 16 columns within one panel.
+                    //
+                    // SAFETY (of each call): both rows hold the values of columns lo..hi
+                    // there.
+                    let put = named(
+                        #[inline(always)]
+                        |b: &mut [u16],
+                         kp: usize,
+                         (lo, hi): (usize, usize),
+                         (r0, r1): (*const X, *const X),
+                         origin: usize| {
+                            let mut col = lo;
+                            while col < hi {
+                                let local = col - block.start * BLOCK;
+                                let (panel, j) = (local / BLOCK, local % BLOCK);
+                                let run = (hi - col).min(BLOCK - j).min(16);
+                                let dst = b[(panel * kc + 2 * kp) * BLOCK + 2 * j..].as_mut_ptr();
+                                // SAFETY: the caller's promise for the rows; 2 * run slots
+                                // from dst lie in the panel's row.
+                                unsafe {
+                                    interleave_rows(
+                                        r0.add(col - origin),
+                                        r1.add(col - origin),
+                                        dst,
+                                        run,
+                                    )
+                                };
+                                col += run;
+                            }
+                        },
+                    );
                     for kp in 0..len.div_ceil(2) {
                         let (p0, p1) = (2 * kp, 2 * kp + 1);
+                        let inside = if whole_pixels && p1 < len {
+                            window_inside(geo, first + p0).zip(window_inside(geo, first + p1))
+                        } else {
+                            None
+                        };
+                        if let Some((base0, base1)) = inside {
+                            // Both windows inside the image, each tap reading whole pixels:
+                            // a kernel row's taps are one run of k * cgi values in each.
+                            let run = geo.k * cgi;
+                            for ky in 0..geo.k {
+                                let lo = (ky * run).max(cols.start);
+                                let hi = ((ky + 1) * run).min(cols.end);
+                                if lo < hi {
+                                    let row = ky * geo.w * geo.c;
+                                    // (the run's columns lie in the kernel row of both
+                                    // windows, inside the image)
+                                    put(
+                                        &mut b,
+                                        kp,
+                                        (lo, hi),
+                                        (
+                                            xp.get().wrapping_add(base0 + row) as *const X,
+                                            xp.get().wrapping_add(base1 + row) as *const X,
+                                        ),
+                                        ky * run,
+                                    );
+                                }
+                            }
+                            continue;
+                        }
+                        for (i, p) in [p0, p1].into_iter().enumerate() {
+                            if p < len {
+                                forward_pointers(
+                                    geo,
+                                    &offsets,
+                                    xp.get(),
+                                    zp.get(),
+                                    g * cgi,
+                                    first + p,
+                                    |t, q| table[t * 2 + i] = q,
+                                );
+                            } else {
+                                for t in 0..taps {
+                                    table[t * 2 + i] = zp.get();
+                                }
+                            }
+                        }
                         let mut t = 0;
                         while t < taps {
-                            let r0 = table[t * chunk + p0];
-                            let r1 = if p1 < len {
-                                table[t * chunk + p1]
-                            } else {
-                                zp.get()
-                            };
+                            let (r0, r1) = (table[t * 2], table[t * 2 + 1]);
                             // Taps whose rows follow each other in memory in both pixels (a
                             // kernel row inside the image, when a tap reads the whole pixel)
                             // are one run of columns.
@@ -597,37 +664,18 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
                                 && !zeros.contains(&(r1 as usize))
                             {
                                 while end < taps
-                                    && apart(r0, table[end * chunk + p0], end - t)
-                                    && apart(r1, table[end * chunk + p1], end - t)
+                                    && apart(r0, table[end * 2], end - t)
+                                    && apart(r1, table[end * 2 + 1], end - t)
                                 {
                                     end += 1;
                                 }
                             }
                             let lo = (t * cgi).max(cols.start);
                             let hi = (end * cgi).min(cols.end);
-                            // Runs of up to 16 columns within one panel.
-                            let mut col = lo;
-                            while col < hi {
-                                let local = col - block.start * BLOCK;
-                                let (panel, j) = (local / BLOCK, local % BLOCK);
-                                let run = (hi - col).min(BLOCK - j).min(16);
-                                let dst = b[(panel * kc + 2 * kp) * BLOCK + 2 * j..].as_mut_ptr();
-                                // SAFETY: the pointers are pixel rows (or the zero row) with
-                                // cgi values after the group's offset, and taps t..end of
-                                // both pixels are contiguous, so the run reads from
-                                // col - t * cgi < hi - t * cgi <= (end - t) * cgi values
-                                // that lie in the rows; 2 * run slots from dst lie in the
-                                // panel's row.
-                                unsafe {
-                                    interleave_rows(
-                                        r0.add(col - t * cgi),
-                                        r1.add(col - t * cgi),
-                                        dst,
-                                        run,
-                                    )
-                                };
-                                col += run;
-                            }
+                            // (the pointers are pixel rows, or the zero row, with cgi values
+                            // after the group's offset, and taps t..end of both pixels are
+                            // contiguous, so columns lo..hi lie in the rows)
+                            put(&mut b, kp, (lo, hi), (r0, r1), t * cgi);
                             t = end;
                         }
                     }
