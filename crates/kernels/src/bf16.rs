@@ -196,39 +196,113 @@ pub(crate) fn padded_k(k: usize) -> usize {
     k.div_ceil(K_STEP).max(1) * K_STEP
 }
 
+/// A cache line's bytes, as the unit of `Lines`.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// Values whose zero is all-zero bits, and every bit pattern of which is a value.
+pub(crate) trait PlainBits: Copy {}
+impl PlainBits for u16 {}
+impl PlainBits for f32 {}
+
+/// Zeroed values, the first at the start of a cache line. The tile unit loads and stores
+/// rows of 64 bytes, and a row that straddles two lines costs two accesses; the allocator
+/// promises 16-byte alignment only, so which rows straddle would change from run to run.
+pub(crate) struct Lines<T> {
+    lines: Vec<Line>,
+    len: usize,
+    of: std::marker::PhantomData<T>,
+}
+
+impl<T: PlainBits> Lines<T> {
+    pub(crate) fn zeroed(len: usize) -> Lines<T> {
+        Lines {
+            lines: vec![Line([0; 64]); (len * std::mem::size_of::<T>()).div_ceil(64)],
+            len,
+            of: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: PlainBits> std::ops::Deref for Lines<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: the lines hold at least len values' bytes, aligned for T (64 bytes), all
+        // of them initialised, and every bit pattern is a T (`PlainBits`).
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const T, self.len) }
+    }
+}
+
+impl<T: PlainBits> std::ops::DerefMut for Lines<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as for `deref`, and the slice borrows the lines mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut T, self.len) }
+    }
+}
+
 /// A right-hand operand [k, n] in panels of 32 columns, K padded to `kpad`, in pairs.
 pub(crate) struct Vnni {
-    pub data: Vec<u16>,
+    pub data: Lines<u16>,
     pub kpad: usize,
     pub n: usize,
 }
 
 impl Vnni {
-    /// Packs `value(k, col)` for k < `k` and col < `n` (zero beyond), panels in parallel.
+    /// Packs `value(k, col)` for k < `k` and col < `n` (zero beyond), panels in parallel
+    /// (the tests' operands).
+    #[cfg(test)]
     pub fn new(k: usize, n: usize, value: impl Fn(usize, usize) -> f32 + Sync) -> Vnni {
+        Vnni::from_columns(k, n, |p, columns| {
+            let kpad = columns.len() / BLOCK;
+            for (j, row) in columns.chunks_exact_mut(kpad).enumerate() {
+                let col = p * BLOCK + j;
+                if col < n {
+                    for (kk, v) in row[..k].iter_mut().enumerate() {
+                        *v = value(kk, col);
+                    }
+                }
+            }
+        })
+    }
+
+    /// Packs panels whose columns `fill(p, columns)` writes: `columns` holds 32 rows of
+    /// `padded_k(k)` zeros, and row j is to receive the K values of column p * 32 + j (if it
+    /// is below `n`). Filled as rows, a weight's columns are read in their own order (an
+    /// output channel's weights one after another, rather than 32 channels' at once); with
+    /// AVX-512 they are then rounded 16 at a time and paired by word transposes
+    /// (`pair_columns`). Panels in parallel.
+    pub fn from_columns(k: usize, n: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Vnni {
         use rayon::prelude::*;
         let kpad = padded_k(k);
         let panel_len = kpad * BLOCK;
         let panels = n.div_ceil(BLOCK);
-        let mut data = vec![0u16; panels * panel_len];
-        data.par_chunks_mut(panel_len)
-            .enumerate()
-            .for_each(|(p, panel)| {
+        let mut data = Lines::zeroed(panels * panel_len);
+        data.par_chunks_mut(panel_len).enumerate().for_each_init(
+            || vec![0f32; panel_len],
+            |columns, (p, panel)| {
+                columns.fill(0.0);
+                fill(p, columns);
+                #[cfg(target_arch = "x86_64")]
+                if crate::isa::detected() >= crate::isa::Isa::Avx512Bf16 {
+                    // SAFETY: the CPU has AVX512-BF16 (just checked); `columns` holds 32
+                    // rows of kpad values, a multiple of 32, and the panel kpad / 2 rows
+                    // of 64.
+                    unsafe {
+                        with_unit_features(
+                            #[inline(always)]
+                            || pair_columns(columns, kpad, panel),
+                        )
+                    };
+                    return;
+                }
                 for (kp, row) in panel.chunks_exact_mut(2 * BLOCK).enumerate() {
-                    for j in 0..BLOCK {
-                        let col = p * BLOCK + j;
-                        if col >= n {
-                            continue;
-                        }
-                        for e in 0..2 {
-                            let kk = 2 * kp + e;
-                            if kk < k {
-                                row[2 * j + e] = to_bf16(value(kk, col));
-                            }
-                        }
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v = to_bf16(columns[(i / 2) * kpad + 2 * kp + i % 2]);
                     }
                 }
-            });
+            },
+        );
         Vnni { data, kpad, n }
     }
 
@@ -785,6 +859,69 @@ pub(crate) unsafe fn transpose_rows<X: Source>(
     }
 }
 
+/// A panel from its 32 columns laid out as rows of `kpad` f32 values: each value rounded as
+/// `to_bf16` rounds it (NaN quieted, denormals kept), and row kp of the panel holding the
+/// pairs (2 kp, 2 kp + 1) of every column. Per 16 columns and 32 K values, the 16 rows of
+/// 16 pairs are transposed to 16 rows of 16 columns.
+///
+/// # Safety
+/// `columns` holds 32 rows of `kpad` values (`kpad` a multiple of 32) and `panel` is
+/// `kpad * 32` long; inside `with_unit_features`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn pair_columns(columns: &[f32], kpad: usize, panel: &mut [u16]) {
+    use std::arch::x86_64::*;
+    debug_assert!(columns.len() >= BLOCK * kpad && panel.len() >= BLOCK * kpad);
+    // SAFETY: the loads read 32 values of a row from kb < kpad (a multiple of 32), and the
+    // stores write 32 values of panel row kb / 2 + i < kpad / 2, from column 16 h.
+    unsafe {
+        for h in 0..2 {
+            for kb in (0..kpad).step_by(32) {
+                let mut words = [_mm512_setzero_si512(); 16];
+                for (j, word) in words.iter_mut().enumerate() {
+                    let row = columns.as_ptr().add((16 * h + j) * kpad + kb);
+                    let low = rounded_bits(_mm512_loadu_ps(row));
+                    let high = rounded_bits(_mm512_loadu_ps(row.add(16)));
+                    *word = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(low), high);
+                }
+                let rows = transpose_words(words);
+                for (i, row) in rows.iter().enumerate() {
+                    _mm512_storeu_si512(
+                        panel.as_mut_ptr().add((kb / 2 + i) * 2 * BLOCK + 32 * h) as *mut _,
+                        *row,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `to_bf16` of 16 values at once: the same integer rounding (ties to even, NaN quieted,
+/// denormals kept), where `VCVTNEPS2BF16` would flush denormals.
+///
+/// # Safety
+/// Inside `with_unit_features`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn rounded_bits(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    // SAFETY: register operations only (AVX-512F/BW, which the unit's features include).
+    unsafe {
+        let bits = _mm512_castps_si512(v);
+        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(
+            bits,
+            _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)),
+        ));
+        let nan = _mm512_cmpgt_epu32_mask(
+            _mm512_and_si512(bits, _mm512_set1_epi32(0x7FFF_FFFF)),
+            _mm512_set1_epi32(0x7F80_0000),
+        );
+        let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(0x40));
+        _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(nan, rounded, quiet))
+    }
+}
+
 /// The 16 x 16 matrix of 32-bit words in `r` (row i in register i) transposed: word j of
 /// register i moves to word i of register j. Pairs of words within 128-bit lanes, then
 /// pairs of pairs, then the 4 x 4 matrices of lanes.
@@ -869,6 +1006,49 @@ pub(crate) fn address_range<X>(zero: *const X, len: usize) -> Range<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The packing gives each value of the operand, rounded by `to_bf16`, at its place:
+    /// panel p's row kp holds the pairs (2 kp, 2 kp + 1) of its 32 columns, zeros past k
+    /// and n. Odd depths and widths, NaN, infinity, denormals, ties.
+    #[test]
+    fn packed_operands_hold_each_rounded_value_in_its_pair() {
+        let specials = [
+            f32::NAN,
+            -f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e-40,
+            -1e-40,
+            f32::from_bits(0x3F80_8000),
+            f32::from_bits(0x3F81_8000),
+            -0.0,
+        ];
+        for (k, n) in [(1, 1), (7, 5), (32, 32), (45, 33), (147, 64), (300, 70)] {
+            let value = |kk: usize, col: usize| {
+                let i = kk * n + col;
+                if i % 7 == 3 {
+                    specials[i % specials.len()]
+                } else {
+                    ((i * 2654435761) % 2000) as f32 / 997.0 - 1.0
+                }
+            };
+            let packed = Vnni::new(k, n, value);
+            let kpad = padded_k(k);
+            assert_eq!(packed.kpad, kpad);
+            assert_eq!(packed.data.len(), n.div_ceil(BLOCK) * kpad * BLOCK);
+            for (i, &bits) in packed.data.iter().enumerate() {
+                let (p, within) = (i / (kpad * BLOCK), i % (kpad * BLOCK));
+                let (kp, j, e) = (within / (2 * BLOCK), within % (2 * BLOCK) / 2, within % 2);
+                let (kk, col) = (2 * kp + e, p * BLOCK + j);
+                let expected = if kk < k && col < n {
+                    to_bf16(value(kk, col))
+                } else {
+                    0
+                };
+                assert_eq!(bits, expected, "k {k}, n {n}: value ({kk}, {col})");
+            }
+        }
+    }
     use crate::isa::available;
 
     fn values(n: usize, seed: u64) -> Vec<f32> {

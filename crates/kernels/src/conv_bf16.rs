@@ -16,8 +16,8 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::bf16::{
-    address_range, interleave_rows, pack_row_unit, padded_k, transpose_rows, Sink, Source, Unit,
-    Vnni, BLOCK,
+    address_range, interleave_rows, pack_row_unit, padded_k, transpose_rows, Lines, Sink, Source,
+    Unit, Vnni, BLOCK,
 };
 use crate::conv::{
     classes, forward_pointers, grad_split, ranges, sum_parts, tap_offsets, window_inside,
@@ -64,10 +64,10 @@ unsafe fn block_rows<X: Source, O: Sink>(
     let in_place = in_place.filter(|_| !X::F32 && taps == 1 && kc == kpad);
     // bf16 rows the unit can read where they lie (see `Unit::reads_rows`) are not packed.
     let by_rows = !X::F32 && unit.reads_rows(kc);
-    let mut a = vec![0u16; if by_rows { 0 } else { BLOCK * kpad }];
+    let mut a = Lines::<u16>::zeroed(if by_rows { 0 } else { BLOCK * kpad });
     let mut table = vec![zero; BLOCK * taps];
     let mut shifted = vec![zero; taps];
-    let mut c = vec![0f32; BLOCK * BLOCK];
+    let mut c = Lines::<f32>::zeroed(BLOCK * BLOCK);
     let zeros = address_range(zero, zero_len);
     let _ = isa;
     unit.session(
@@ -185,15 +185,23 @@ pub(crate) fn forward<X: Source, O: Sink>(
     isa: Isa,
 ) -> Vec<O> {
     let (cgi, cgo, taps) = (geo.cgi(), geo.cgo(), geo.taps());
-    // Where row (t, ci) of B lies in an output channel's weights [cgi, k, k]: looked up, not
-    // divided out, for each of the weights' values.
-    let within: Vec<usize> = (0..taps * cgi)
-        .map(|row| (row % cgi) * taps + row / cgi)
-        .collect();
+    // B's column co is output channel co's weights [cgi, k, k] in the order (tap, ci).
     let packed: Vec<Vnni> = (0..geo.groups)
         .map(|g| {
-            Vnni::new(taps * cgi, cgo, |row, col| {
-                w[(g * cgo + col) * cgi * taps + within[row]]
+            Vnni::from_columns(taps * cgi, cgo, |p, columns| {
+                let kpad = columns.len() / BLOCK;
+                for (j, column) in columns.chunks_exact_mut(kpad).enumerate() {
+                    let co = p * BLOCK + j;
+                    if co >= cgo {
+                        break;
+                    }
+                    let weights = &w[(g * cgo + co) * cgi * taps..][..cgi * taps];
+                    for (ci, of_ci) in weights.chunks_exact(taps).enumerate() {
+                        for (t, &v) in of_ci.iter().enumerate() {
+                            column[t * cgi + ci] = v;
+                        }
+                    }
+                }
             })
         })
         .collect();
@@ -247,19 +255,23 @@ pub(crate) fn input_grad<D: Source, O: Sink>(
     let packed: Vec<Vec<Vnni>> = classes
         .iter()
         .map(|class| {
-            // Where row (tap, o) of B lies in a group's weights [cgo, cgi, k, k], before the
-            // column's ci * taps: looked up, not divided out, for each of the values.
-            let within: Vec<usize> = (0..class.taps.len() * cgo)
-                .map(|row| {
-                    let (ti, o) = (row / cgo, row % cgo);
-                    let (ky, kx) = class.taps[ti];
-                    o * cgi * taps + ky * geo.k + kx
-                })
-                .collect();
+            // B's column ci is input channel ci's weights in the order (class tap, o); a
+            // panel reads its 32 channels' weights from each output channel's in turn.
             (0..geo.groups)
                 .map(|g| {
-                    Vnni::new(class.taps.len() * cgo, cgi, |row, ci| {
-                        w[g * cgo * cgi * taps + within[row] + ci * taps]
+                    Vnni::from_columns(class.taps.len() * cgo, cgi, |p, columns| {
+                        let kpad = columns.len() / BLOCK;
+                        let cis = (p * BLOCK)..((p + 1) * BLOCK).min(cgi);
+                        for o in 0..cgo {
+                            let weights = &w[(g * cgo + o) * cgi * taps..][..cgi * taps];
+                            for (j, ci) in cis.clone().enumerate() {
+                                let of_ci = &weights[ci * taps..][..taps];
+                                let column = &mut columns[j * kpad..][..kpad];
+                                for (ti, &(ky, kx)) in class.taps.iter().enumerate() {
+                                    column[ti * cgo + o] = of_ci[ky * geo.k + kx];
+                                }
+                            }
+                        }
                     })
                 })
                 .collect()
@@ -342,6 +354,16 @@ fn named<F>(f: F) -> F {
     f
 }
 
+/// Room for `len` f32 values, the first at the start of a cache line (see `Lines`), not
+/// yet written: the buffer, its length the index of that first value (the values before
+/// it are zeros).
+fn line_aligned_room(len: usize) -> (Vec<f32>, usize) {
+    let mut room: Vec<f32> = Vec::with_capacity(len + 16);
+    let first = room.as_ptr().align_offset(64).min(16);
+    room.resize(first, 0f32);
+    (room, first)
+}
+
 /// The pixels of a weight-gradient chunk, the same in both orders of the product: its
 /// packed input (B, `taps * cgi` columns on the input side) stays within about 1 MB.
 /// Where the tasks split those columns into blocks (a weight larger than the output
@@ -377,12 +399,12 @@ struct ChunksOfA<F> {
     m_blocks: usize,
     chunk: usize,
     chunks_per_group: usize,
-    shared: Option<Vec<Vec<u16>>>,
+    shared: Option<Vec<Lines<u16>>>,
 }
 
 /// A task's buffers for the chunks of A it builds itself (empty where A is shared).
 struct TaskChunk {
-    a: Vec<u16>,
+    a: Lines<u16>,
 }
 
 impl<F: Fn(usize, usize, usize, &mut [u16]) + Sync> ChunksOfA<F> {
@@ -412,7 +434,7 @@ impl<F: Fn(usize, usize, usize, &mut [u16]) + Sync> ChunksOfA<F> {
             let shared = parts
                 .par_iter()
                 .map(|(g, part)| {
-                    let mut a = vec![0u16; m_blocks * BLOCK * padded_k(part.len())];
+                    let mut a = Lines::<u16>::zeroed(m_blocks * BLOCK * padded_k(part.len()));
                     unit.session(
                         #[inline(always)]
                         || chunks.build((*g, part.start, part.len()), &mut a),
@@ -439,14 +461,11 @@ impl<F: Fn(usize, usize, usize, &mut [u16]) + Sync> ChunksOfA<F> {
     fn task_buffers(&self) -> TaskChunk {
         let own = self.shared.is_none();
         TaskChunk {
-            a: vec![
-                0u16;
-                if own {
-                    self.m_blocks * BLOCK * padded_k(self.chunk)
-                } else {
-                    0
-                }
-            ],
+            a: Lines::zeroed(if own {
+                self.m_blocks * BLOCK * padded_k(self.chunk)
+            } else {
+                0
+            }),
         }
     }
 
@@ -491,7 +510,7 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
     // of its split before summing into them (in parallel, and into its cache) rather than
     // the whole buffer being zeroed first.
     let part_len = geo.groups * m_blocks * panels * tile;
-    let mut parts: Vec<f32> = Vec::with_capacity(splits * part_len);
+    let (mut parts, first) = line_aligned_room(splits * part_len);
     let pp = SendPtr(parts.spare_capacity_mut().as_mut_ptr() as *mut f32);
     let zero = vec![X::ZERO; geo.c];
     let zeros = address_range(zero.as_ptr(), zero.len());
@@ -547,7 +566,7 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
             .unwrap_or(0..0);
         let kcp = padded_k(chunk);
         let mut task_chunk = chunks_of_a.task_buffers();
-        let mut b = vec![0u16; block.len() * kcp * BLOCK];
+        let mut b = Lines::<u16>::zeroed(block.len() * kcp * BLOCK);
         // The pointers of a pair's taps, [tap][pixel of the pair], where the windows are
         // not both inside the image.
         let mut table = vec![zp.get() as *const X; taps * 2];
@@ -706,8 +725,8 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
     });
     // SAFETY: the tasks cover every group, block of panels and split, and each zeroed its
     // tiles for every m block before adding into them.
-    unsafe { parts.set_len(splits * part_len) };
-    let total = sum_parts(&mut parts, part_len);
+    unsafe { parts.set_len(first + splits * part_len) };
+    let total = sum_parts(&mut parts[first..], part_len);
     // Weight rows in parallel (the late stages' weights are megabytes).
     let mut grad = vec![0f32; geo.c_out * cgi * taps];
     grad.par_chunks_mut(cgi * taps)
@@ -757,7 +776,7 @@ fn weight_grad_by_input_columns<X: Source, D: Source>(
     // of its split before summing into them (in parallel, and into its cache) rather than
     // the whole buffer being zeroed first.
     let part_len = geo.groups * m_blocks * panels * tile;
-    let mut parts: Vec<f32> = Vec::with_capacity(splits * part_len);
+    let (mut parts, first) = line_aligned_room(splits * part_len);
     let pp = SendPtr(parts.spare_capacity_mut().as_mut_ptr() as *mut f32);
     let (zero_x, zero_dy) = (vec![X::ZERO; geo.c], vec![D::ZERO; geo.c_out]);
     let offsets = tap_offsets(geo);
@@ -820,7 +839,7 @@ fn weight_grad_by_input_columns<X: Source, D: Source>(
             .unwrap_or(0..0);
         let kcp = padded_k(chunk);
         let mut task_chunk = chunks_of_a.task_buffers();
-        let mut b = vec![0u16; block.len() * kcp * BLOCK];
+        let mut b = Lines::<u16>::zeroed(block.len() * kcp * BLOCK);
         let cols = (block.start * BLOCK)..(block.end * BLOCK).min(cgo);
         let _ = isa;
         unit.session(
@@ -887,8 +906,8 @@ fn weight_grad_by_input_columns<X: Source, D: Source>(
     });
     // SAFETY: the tasks cover every group, block of panels and split, and each zeroed its
     // tiles for every m block before adding into them.
-    unsafe { parts.set_len(splits * part_len) };
-    let total = sum_parts(&mut parts, part_len);
+    unsafe { parts.set_len(first + splits * part_len) };
+    let total = sum_parts(&mut parts[first..], part_len);
     // The tiles transposed, a weight row at a time (written column by column, consecutive
     // values would lie a weight row apart, kilobytes in the wide layers, each store
     // missing the cache), rows in parallel.
