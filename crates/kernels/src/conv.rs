@@ -1982,7 +1982,9 @@ mod tests {
     #[test]
     fn bf16_products_match_f64_products_of_the_rounded_values() {
         use crate::bf16::round_f32;
-        let cases: [Case; 17] = [
+        let cases: [Case; 18] = [
+            // Weights wider than `WIDE_B` packed: a task's blocks times each panel in turn.
+            (2, 512, 5, 5, 512, 3, 1, 1, 1),
             // 1x1, stride 1, depths of whole K steps: bf16 rows read in place.
             (2, 64, 6, 6, 96, 1, 1, 0, 1),
             (2, 64, 6, 6, 64, 1, 1, 0, 2),

@@ -28,13 +28,22 @@ use crate::isa::Isa;
 
 /// Rows of one task: whole blocks.
 const TASK_ROWS: usize = 4 * BLOCK;
+/// Bytes of a packed B past which a product multiplies a task's blocks by each panel in
+/// turn, rather than each block by every panel (see `block_rows`): somewhat under the
+/// second-level cache of the cores that have bf16 units (2 MB on Sapphire Rapids, 1 MB on
+/// Zen 4), which the blocks' A and C share.
+const WIDE_B: usize = 3 << 19;
 
-/// Rows `rows` of a product, for consecutive groups: for each block of 32, the rows' tap
-/// pointers (`pointers`, the first group's) found once; for each group j (B = `groups[j]`),
-/// the same pointers shifted by j * `steps.0` values, packed into A (or, where the unit
-/// reads bf16 rows where they lie, not packed), times every panel of B, each block's C
-/// copied to the rows' outputs (`out_row(r)` shifted by j * `steps.1`, `b.n` values from
-/// it), as f32 or rounded to bf16.
+/// Rows `rows` of a product, for consecutive groups, a pass of rows at a time (a block of
+/// 32, or where B outgrows `WIDE_B` bytes a task's rows, up to `TASK_ROWS`): the rows' tap
+/// pointers (`pointers`, the first group's) found once; for each group j (B =
+/// `groups[j]`), the same pointers shifted by j * `steps.0` values, packed into A block by
+/// block (or, where the unit reads bf16 rows where they lie, not packed), then every panel
+/// of B times each block of the pass, so that a wide B (the late stages' weights,
+/// megabytes, that outgrow the cache) is read once per pass rather than once per block;
+/// each block's C copied to the rows' outputs (`out_row(r)` shifted by j * `steps.1`, `b.n`
+/// values from it), as f32 or rounded to bf16. Every block's product is the same
+/// whichever the pass: the same bits.
 ///
 /// `in_place`: Some(s) where each row has one tap and row r + 1's pointer is row r's plus
 /// s values (the products of a 1x1, stride-1 convolution). A whole block of bf16 rows whose
@@ -60,12 +69,18 @@ unsafe fn block_rows<X: Source, O: Sink>(
     pointers: impl Fn(usize, &mut [*const X]),
     out_row: impl Fn(usize) -> *mut O,
 ) {
+    const BLOCKS: usize = TASK_ROWS / BLOCK;
     let kpad = groups[0].kpad;
+    let pass = if groups[0].data.len() * 2 > WIDE_B {
+        TASK_ROWS
+    } else {
+        BLOCK
+    };
     let in_place = in_place.filter(|_| !X::F32 && taps == 1 && kc == kpad);
     // bf16 rows the unit can read where they lie (see `Unit::reads_rows`) are not packed.
     let by_rows = !X::F32 && unit.reads_rows(kc);
-    let mut a = Lines::<u16>::zeroed(if by_rows { 0 } else { BLOCK * kpad });
-    let mut table = vec![zero; BLOCK * taps];
+    let mut a = Lines::<u16>::zeroed(if by_rows { 0 } else { pass * kpad });
+    let mut table = vec![zero; pass * taps];
     let mut shifted = vec![zero; taps];
     let mut c = Lines::<f32>::zeroed(BLOCK * BLOCK);
     let zeros = address_range(zero, zero_len);
@@ -75,9 +90,15 @@ unsafe fn block_rows<X: Source, O: Sink>(
         || {
             let mut start = rows.start;
             while start < rows.end {
-                let valid = (rows.end - start).min(BLOCK);
-                for (i, pointers_of_row) in table.chunks_exact_mut(taps).enumerate() {
-                    if i < valid {
+                let end = (start + pass).min(rows.end);
+                let blocks = (end - start).div_ceil(BLOCK);
+                let valid = |block: usize| (end - start - block * BLOCK).min(BLOCK);
+                for (i, pointers_of_row) in table
+                    .chunks_exact_mut(taps)
+                    .take(blocks * BLOCK)
+                    .enumerate()
+                {
+                    if start + i < end {
                         pointers(start + i, pointers_of_row);
                     } else {
                         pointers_of_row.fill(zero);
@@ -89,75 +110,93 @@ unsafe fn block_rows<X: Source, O: Sink>(
                 let table_bits = unsafe {
                     std::slice::from_raw_parts(table.as_ptr() as *const *const u16, table.len())
                 };
+                let block_table = |block: usize| &table[block * BLOCK * taps..][..BLOCK * taps];
                 for (j, b) in groups.iter().enumerate() {
                     let shift = j * steps.0;
-                    let operand = match in_place {
-                        // bf16 values are their bits (`Source` for bf16).
-                        Some(apart) if valid == BLOCK => {
-                            Some((table[0].wrapping_add(shift) as *const u16, apart))
-                        }
-                        _ if by_rows => None,
-                        _ => {
-                            for i in 0..BLOCK {
-                                let packed = &mut a[i * kpad..(i + 1) * kpad];
-                                if i < valid {
-                                    for (to, &from) in
-                                        shifted.iter_mut().zip(&table[i * taps..(i + 1) * taps])
-                                    {
-                                        *to = from.wrapping_add(shift);
+                    let mut operands = [None; BLOCKS];
+                    for (block, operand) in operands.iter_mut().enumerate().take(blocks) {
+                        *operand = match in_place {
+                            // bf16 values are their bits (`Source` for bf16).
+                            Some(apart) if valid(block) == BLOCK => Some((
+                                block_table(block)[0].wrapping_add(shift) as *const u16,
+                                apart,
+                            )),
+                            _ if by_rows => None,
+                            _ => {
+                                let packed_rows = &mut a[block * BLOCK * kpad..][..BLOCK * kpad];
+                                for (i, packed) in packed_rows.chunks_exact_mut(kpad).enumerate() {
+                                    if i < valid(block) {
+                                        let row = &block_table(block)[i * taps..(i + 1) * taps];
+                                        for (to, &from) in shifted.iter_mut().zip(row) {
+                                            *to = from.wrapping_add(shift);
+                                        }
+                                        // SAFETY: the caller's promise for the pointers.
+                                        unsafe { pack_row_unit(packed, &shifted, kc, &zeros) };
+                                    } else {
+                                        packed.fill(0);
                                     }
-                                    // SAFETY: the caller's promise for the pointers.
-                                    unsafe { pack_row_unit(packed, &shifted, kc, &zeros) };
-                                } else {
-                                    packed.fill(0);
                                 }
-                            }
-                            Some((a.as_ptr(), kpad))
-                        }
-                    };
-                    for p in 0..b.panels() {
-                        let width = (b.n - p * BLOCK).min(BLOCK);
-                        // SAFETY: A is 32 rows of kpad, lda apart (packed, or the caller's
-                        // rows in place), or 32 rows of pointers to kc bf16 values per tap
-                        // once shifted (the caller's, or the zero row's, which holds kc
-                        // values past any group's shift); the panel kpad >= taps * kc deep,
-                        // C 32 x 32.
-                        unsafe {
-                            match operand {
-                                Some((a_ptr, lda)) => unit.block(
-                                    a_ptr,
-                                    lda,
-                                    kpad,
-                                    b.panel(p),
-                                    c.as_mut_ptr(),
-                                    BLOCK,
-                                    false,
-                                    (valid, width),
-                                ),
-                                None => unit.block_of_rows(
-                                    (table_bits, shift),
-                                    taps,
-                                    kc,
-                                    b.panel(p),
-                                    c.as_mut_ptr(),
-                                    BLOCK,
-                                    (valid, width),
-                                ),
+                                // (its address is taken once every block is packed)
+                                Some((std::ptr::null(), kpad))
                             }
                         };
-                        for i in 0..valid {
-                            // SAFETY: the row's output holds b.n values past the group's
-                            // shift (the caller's promise).
+                    }
+                    for (block, operand) in operands.iter_mut().enumerate().take(blocks) {
+                        if let Some((at, _)) = operand {
+                            if at.is_null() {
+                                *at = a[block * BLOCK * kpad..].as_ptr();
+                            }
+                        }
+                    }
+                    for p in 0..b.panels() {
+                        let width = (b.n - p * BLOCK).min(BLOCK);
+                        for (block, operand) in operands.iter().enumerate().take(blocks) {
+                            let first = start + block * BLOCK;
+                            // SAFETY: A is 32 rows of kpad, lda apart (packed, or the
+                            // caller's rows in place), or 32 rows of pointers to kc bf16
+                            // values per tap once shifted (the caller's, or the zero row's,
+                            // which holds kc values past any group's shift); the panel kpad
+                            // >= taps * kc deep, C 32 x 32.
                             unsafe {
-                                O::store_run(
-                                    out_row(start + i).add(j * steps.1 + p * BLOCK),
-                                    &c[i * BLOCK..i * BLOCK + width],
-                                )
+                                match *operand {
+                                    Some((a_ptr, lda)) => unit.block(
+                                        a_ptr,
+                                        lda,
+                                        kpad,
+                                        b.panel(p),
+                                        c.as_mut_ptr(),
+                                        BLOCK,
+                                        false,
+                                        (valid(block), width),
+                                    ),
+                                    None => unit.block_of_rows(
+                                        (
+                                            &table_bits[block * BLOCK * taps..][..BLOCK * taps],
+                                            shift,
+                                        ),
+                                        taps,
+                                        kc,
+                                        b.panel(p),
+                                        c.as_mut_ptr(),
+                                        BLOCK,
+                                        (valid(block), width),
+                                    ),
+                                }
                             };
+                            for i in 0..valid(block) {
+                                // SAFETY: the row's output holds b.n values past the group's
+                                // shift (the caller's promise).
+                                unsafe {
+                                    O::store_run(
+                                        out_row(first + i).add(j * steps.1 + p * BLOCK),
+                                        &c[i * BLOCK..i * BLOCK + width],
+                                    )
+                                };
+                            }
                         }
                     }
                 }
-                start += valid;
+                start = end;
             }
         },
     );
