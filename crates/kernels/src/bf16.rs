@@ -795,22 +795,23 @@ pub(crate) unsafe fn interleave_rows<X: Source>(a: *const X, b: *const X, dst: *
     }
 }
 
-/// The first `cols` values of each row of `rows` as bf16 columns: `dst[c * kc + p]` is
-/// value c of row p (f32 rows rounded by `VCVTNEPS2BF16`, as in `convert_run`; bf16 ones
-/// copied), for p up to `rows.len()` rounded up to a multiple of 32, the rows past the
-/// last as zeros. This is the weight gradient's A, whose K is the pixels. It goes by
-/// blocks of 32 rows by 16 values: the values of two rows paired into 32-bit words (as
-/// A's K pairs are), then 16 x 16 words transposed in registers, shuffles instead of one
-/// gather per 16 values.
+/// The first `cols` values of rows `0..len`, row p at `row(p)`, as bf16 columns:
+/// `dst[c * kc + p]` is value c of row p (f32 rows rounded by `VCVTNEPS2BF16`, as in
+/// `convert_run`; bf16 ones copied), for p up to `len` rounded up to a multiple of 32, the
+/// rows past the last as zeros. This is the weight gradient's A, whose K is the pixels. It
+/// goes by blocks of 32 rows by 16 values: the values of two rows paired into 32-bit words
+/// (as A's K pairs are), then 16 x 16 words transposed in registers, shuffles instead of
+/// one gather per 16 values.
 ///
 /// # Safety
-/// Each pointer is valid for `cols` reads; `dst` is valid for writes of `cols` rows of
-/// `kc` values, with `kc` at least `rows.len()` rounded up to a multiple of 32; inside
+/// Each `row(p)` is valid for `cols` reads; `dst` is valid for writes of `cols` rows of
+/// `kc` values, with `kc` at least `len` rounded up to a multiple of 32; inside
 /// `with_unit_features`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) unsafe fn transpose_rows<X: Source>(
-    rows: &[*const X],
+    len: usize,
+    mut row: impl FnMut(usize) -> *const X,
     cols: usize,
     dst: *mut u16,
     kc: usize,
@@ -823,8 +824,12 @@ pub(crate) unsafe fn transpose_rows<X: Source>(
             47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6, 37, 5, 36,
             4, 35, 3, 34, 2, 33, 1, 32, 0,
         );
-        for (block, pointers) in rows.chunks(BLOCK).enumerate() {
-            let p0 = block * BLOCK;
+        let mut table = [std::ptr::null::<X>(); BLOCK];
+        for p0 in (0..len).step_by(BLOCK) {
+            let pointers = &mut table[..(len - p0).min(BLOCK)];
+            for (i, pointer) in pointers.iter_mut().enumerate() {
+                *pointer = row(p0 + i);
+            }
             let mut c0 = 0;
             while c0 < cols {
                 let m = (cols - c0).min(16);

@@ -113,15 +113,15 @@ unsafe fn block_rows<X: Source, O: Sink>(
                 let block_table = |block: usize| &table[block * BLOCK * taps..][..BLOCK * taps];
                 for (j, b) in groups.iter().enumerate() {
                     let shift = j * steps.0;
-                    let mut operands = [None; BLOCKS];
+                    let mut operands = [Operand::Rows; BLOCKS];
                     for (block, operand) in operands.iter_mut().enumerate().take(blocks) {
                         *operand = match in_place {
                             // bf16 values are their bits (`Source` for bf16).
-                            Some(apart) if valid(block) == BLOCK => Some((
+                            Some(apart) if valid(block) == BLOCK => Operand::InPlace(
                                 block_table(block)[0].wrapping_add(shift) as *const u16,
                                 apart,
-                            )),
-                            _ if by_rows => None,
+                            ),
+                            _ if by_rows => Operand::Rows,
                             _ => {
                                 let packed_rows = &mut a[block * BLOCK * kpad..][..BLOCK * kpad];
                                 for (i, packed) in packed_rows.chunks_exact_mut(kpad).enumerate() {
@@ -136,17 +136,9 @@ unsafe fn block_rows<X: Source, O: Sink>(
                                         packed.fill(0);
                                     }
                                 }
-                                // (its address is taken once every block is packed)
-                                Some((std::ptr::null(), kpad))
+                                Operand::Packed
                             }
                         };
-                    }
-                    for (block, operand) in operands.iter_mut().enumerate().take(blocks) {
-                        if let Some((at, _)) = operand {
-                            if at.is_null() {
-                                *at = a[block * BLOCK * kpad..].as_ptr();
-                            }
-                        }
                     }
                     for p in 0..b.panels() {
                         let width = (b.n - p * BLOCK).min(BLOCK);
@@ -158,7 +150,14 @@ unsafe fn block_rows<X: Source, O: Sink>(
                             // which holds kc values past any group's shift); the panel kpad
                             // >= taps * kc deep, C 32 x 32.
                             unsafe {
-                                match *operand {
+                                let a_rows = match *operand {
+                                    Operand::InPlace(at, apart) => Some((at, apart)),
+                                    Operand::Packed => {
+                                        Some((a[block * BLOCK * kpad..].as_ptr(), kpad))
+                                    }
+                                    Operand::Rows => None,
+                                };
+                                match a_rows {
                                     Some((a_ptr, lda)) => unit.block(
                                         a_ptr,
                                         lda,
@@ -200,6 +199,17 @@ unsafe fn block_rows<X: Source, O: Sink>(
             }
         },
     );
+}
+
+/// Where a block's A comes from in `block_rows`.
+#[derive(Clone, Copy)]
+enum Operand {
+    /// bf16 rows read where they lie: the first row, and the values between rows.
+    InPlace(*const u16, usize),
+    /// Packed into the block's rows of the task's A.
+    Packed,
+    /// Read through the rows' tap pointers (`Unit::block_of_rows`).
+    Rows,
 }
 
 /// Tasks of a product over `rows` rows and `groups` groups: ranges of rows by ranges of
@@ -564,24 +574,17 @@ fn weight_grad_by_gradient_columns<X: Source, D: Source>(
     let fill_a = named(
         #[inline(always)]
         |g: usize, first: usize, len: usize, a: &mut [u16]| {
-            let kc = padded_k(len);
-            for rows in ranges(len, BLOCK) {
-                let mut pointers = [dy.as_ptr(); BLOCK];
-                for (p, pointer) in rows.clone().zip(pointers.iter_mut()) {
-                    *pointer = dy[(first + p) * geo.c_out + g * cgo..].as_ptr();
-                }
-                // SAFETY: each pointer is a pixel's row from the group's channels, cgo
-                // values; A holds cgo rows of kc >= padded_k(len) values, and this block's
-                // 32 columns from rows.start lie within them.
-                unsafe {
-                    transpose_rows(
-                        &pointers[..rows.len()],
-                        cgo,
-                        a[rows.start..].as_mut_ptr(),
-                        kc,
-                    )
-                };
-            }
+            // SAFETY: each row is a pixel's, from the group's channels: cgo values; A holds
+            // cgo rows of padded_k(len) values.
+            unsafe {
+                transpose_rows(
+                    len,
+                    |p| dy[(first + p) * geo.c_out + g * cgo..].as_ptr(),
+                    cgo,
+                    a.as_mut_ptr(),
+                    padded_k(len),
+                )
+            };
         },
     );
     let chunks_of_a = ChunksOfA::new(unit, geo, (blocks, splits), chunk, (cgo, m_blocks), fill_a);
@@ -829,32 +832,22 @@ fn weight_grad_by_input_columns<X: Source, D: Source>(
     let fill_a = named(
         #[inline(always)]
         |g: usize, first: usize, len: usize, a: &mut [u16]| {
-            let kc = padded_k(len);
-            for rows in ranges(len, BLOCK) {
-                let mut pointers = [zxp.get() as *const X; BLOCK];
-                for (p, pointer) in rows.clone().zip(pointers.iter_mut()) {
-                    forward_pointers(
-                        geo,
-                        &offsets,
-                        xp.get(),
-                        zxp.get(),
-                        g * cgi,
-                        first + p,
-                        |_, q| *pointer = q,
-                    );
-                }
-                // SAFETY: a pixel row (or the zero row) holds the group's cgi values after
-                // its pointer; A holds cgi rows of kc >= padded_k(len) values, and this
-                // block's 32 columns from rows.start lie within them.
-                unsafe {
-                    transpose_rows(
-                        &pointers[..rows.len()],
-                        cgi,
-                        a[rows.start..].as_mut_ptr(),
-                        kc,
-                    )
-                };
-            }
+            let row = |p: usize| {
+                let mut from = zxp.get() as *const X;
+                forward_pointers(
+                    geo,
+                    &offsets,
+                    xp.get(),
+                    zxp.get(),
+                    g * cgi,
+                    first + p,
+                    |_, q| from = q,
+                );
+                from
+            };
+            // SAFETY: a pixel row (or the zero row) holds the group's cgi values after its
+            // pointer; A holds cgi rows of padded_k(len) values.
+            unsafe { transpose_rows(len, row, cgi, a.as_mut_ptr(), padded_k(len)) };
         },
     );
     let chunks_of_a = ChunksOfA::new(unit, geo, (blocks, splits), chunk, (cgi, m_blocks), fill_a);
