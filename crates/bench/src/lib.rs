@@ -96,13 +96,13 @@ pub fn train_steps(
         if step + 1 == warmup && cardinal_kernels::profile::enabled() {
             // The profile covers the timed steps only: the first steps' page faults would
             // inflate the per-call times of whatever allocates first.
-            let _ = cardinal_kernels::profile::take_report();
+            cardinal_kernels::profile::reset();
         }
         on_step();
     }
     let ms_per_step = median(times);
     if cardinal_kernels::profile::enabled() {
-        eprint!("{}", cardinal_kernels::profile::take_report());
+        eprint!("{}", cardinal_kernels::profile::take_report(steps));
     }
     Ok(StepTiming {
         ms_per_step,

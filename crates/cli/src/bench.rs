@@ -1,7 +1,7 @@
 //! `cardinal bench ...`: speed measured, never asserted. The cases and their output are
 //! here; the timing is `cardinal_bench`'s.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use cardinal_bench::{median, peak_rss_bytes, ConvShape};
 use cardinal_data::{Loader, LoaderConfig, Transform};
 use cardinal_zoo::{BlockForm, Kernels, NetSpec, Precision, Stem};
@@ -88,6 +88,13 @@ pub struct BenchTrainArgs {
     /// json: one object for one case, an array for several.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
+    /// Print where the timed steps' time goes, after each case (on standard error): every
+    /// op of cardinal's CPU kernels, convolutions by shape with their multiply-adds per
+    /// second, then the sums per step by kind (1x1, dense and grouped kxk products, batch
+    /// norm, ...). Comparing two models' kinds shows where one loses time to the other. The
+    /// same as CARDINAL_PROFILE=1.
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Serialize)]
@@ -233,6 +240,12 @@ pub fn run(command: BenchCommand) -> Result<()> {
 }
 
 fn train(args: BenchTrainArgs) -> Result<()> {
+    if args.profile {
+        if args.kernels != KernelChoice::Cardinal || args.device.to_string() != "cpu" {
+            bail!("--profile times cardinal's CPU kernels: use it with --kernels cardinal on the cpu device");
+        }
+        cardinal_kernels::profile::enable();
+    }
     let models = if args.models.is_empty() {
         CPU_MODELS.iter().map(|m| m.to_string()).collect()
     } else {

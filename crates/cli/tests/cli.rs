@@ -335,6 +335,67 @@ fn per_layer_csv_adds_up_to_the_total() {
     );
 }
 
+/// `bench train --profile`: the time of every op, then sums by kind per step, whose
+/// forward products' multiply-adds add up to the model's exact complexity; it refuses
+/// candle's ops, which it does not time.
+#[test]
+fn bench_train_profile_sums_the_products_multiply_adds_by_kind() {
+    let out = cardinal()
+        .args([
+            "bench",
+            "train",
+            "--model",
+            "cpu_resnext11_4x12d",
+            "--batch-size",
+            "2",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--profile",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let case: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let macs_per_image = case["macs"].as_f64().unwrap();
+    let (ops, kinds) = stderr
+        .split_once("by kind, over 1 steps")
+        .unwrap_or_else(|| panic!("no summary by kind in\n{stderr}"));
+    assert!(ops.contains("conv forward 2x28x28x1->32 k3 s2 g1"), "{ops}");
+    assert!(ops.contains("batch norm"), "{ops}");
+    let forward_mmacs: f64 = kinds
+        .lines()
+        .filter(|l| l.starts_with("conv forward"))
+        .map(|l| l.split_whitespace().last().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(kinds.contains("conv forward 3x3 grouped"), "{kinds}");
+    // The classifier's multiply-adds are in the complexity but are not a convolution.
+    let expected = 2.0 * macs_per_image / 1e6;
+    assert!(
+        (forward_mmacs - expected).abs() < 0.005 * expected,
+        "forward {forward_mmacs} MMAC against {expected} in\n{kinds}"
+    );
+
+    let out = cardinal()
+        .args([
+            "bench",
+            "train",
+            "--kernels",
+            "candle",
+            "--profile",
+            "--steps",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--profile times cardinal's CPU kernels"));
+}
+
 /// The JSON contract of `cardinal bench train`: one case is one object, the kernel choice
 /// `both` gives two cases (cardinal's kernels, then candle's ops) with the spec attached.
 #[test]

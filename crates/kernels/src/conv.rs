@@ -115,12 +115,24 @@ impl Geometry {
         self.n * self.ho * self.wo
     }
 
-    /// `what` and the shape, for the profile table.
-    pub(crate) fn label(&self, what: &str) -> String {
-        format!(
-            "{what} {}x{}x{}x{}->{} k{} s{} g{}",
-            self.n, self.h, self.w, self.c, self.c_out, self.k, self.stride, self.groups
-        )
+    /// The profile table's line for `what` ("conv forward", say): the shape, the kind it is
+    /// summed under (1x1, dense or grouped kxk) and its multiply-adds.
+    pub(crate) fn label(&self, what: &str) -> profile::Label {
+        let grouped = if self.groups > 1 { " grouped" } else { "" };
+        profile::Label {
+            name: format!(
+                "{what} {}x{}x{}x{}->{} k{} s{} g{}",
+                self.n, self.h, self.w, self.c, self.c_out, self.k, self.stride, self.groups
+            ),
+            kind: format!("{what} {k}x{k}{grouped}", k = self.k),
+            macs: self.macs(),
+        }
+    }
+
+    /// Multiply-adds of one of its products: the forward's count, which its input and
+    /// weight gradients share (padding taps included, as complexity counts them).
+    pub fn macs(&self) -> u64 {
+        (self.n * self.ho * self.wo * self.c_out * self.cgi() * self.k * self.k) as u64
     }
 
     /// The output shape [n, ho, wo, c_out].
@@ -1781,6 +1793,21 @@ mod tests {
     /// works), through the layout change, for every path the machine runs, f32 and f64:
     /// odd sizes, stride 2 on even and odd sides, 1x1, 3x3, 5x5 and 7x7, dense, grouped
     /// and depthwise.
+    /// The profile's line for a product: its shape, its kind, and its multiply-adds (one
+    /// per output value, tap and input channel of its group).
+    #[test]
+    fn profile_labels_name_the_kind_and_count_the_multiply_adds() {
+        let grouped = Geometry::new(&[128, 14, 14, 56], &[56, 7, 3, 3], 1, 1, 8).unwrap();
+        let label = grouped.label("conv forward");
+        assert_eq!(label.name, "conv forward 128x14x14x56->56 k3 s1 g8");
+        assert_eq!(label.kind, "conv forward 3x3 grouped");
+        assert_eq!(label.macs, 128 * 14 * 14 * 56 * 7 * 9);
+        let strided = Geometry::new(&[128, 14, 14, 128], &[256, 128, 1, 1], 2, 0, 1).unwrap();
+        let label = strided.label("conv weight grad");
+        assert_eq!(label.kind, "conv weight grad 1x1");
+        assert_eq!(label.macs, 128 * 7 * 7 * 256 * 128);
+    }
+
     #[test]
     fn input_grad_pointers_inside_match_the_checked_ones() {
         // Every pixel of every class, interior or border, against the per-tap checks,
