@@ -1789,10 +1789,6 @@ mod tests {
         assert!(diff <= tol * scale, "{what}: diff {diff} (scale {scale})");
     }
 
-    /// Values and both gradients against candle's NCHW conv2d (its backward where it
-    /// works), through the layout change, for every path the machine runs, f32 and f64:
-    /// odd sizes, stride 2 on even and odd sides, 1x1, 3x3, 5x5 and 7x7, dense, grouped
-    /// and depthwise.
     /// The profile's line for a product: its shape, its kind, and its multiply-adds (one
     /// per output value, tap and input channel of its group).
     #[test]
@@ -1841,6 +1837,10 @@ mod tests {
         }
     }
 
+    /// Values and both gradients against candle's NCHW conv2d (its backward where it
+    /// works), through the layout change, for every path the machine runs, f32 and f64:
+    /// odd sizes, stride 2 on even and odd sides, 1x1, 3x3, 5x5 and 7x7, dense, grouped
+    /// and depthwise.
     #[test]
     fn matches_candle_conv2d_on_every_path() {
         for isa in crate::isa::available() {
