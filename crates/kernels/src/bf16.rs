@@ -205,10 +205,12 @@ struct Line([u8; 64]);
 pub(crate) trait PlainBits: Copy {}
 impl PlainBits for u16 {}
 impl PlainBits for f32 {}
+impl PlainBits for f64 {}
 
 /// Zeroed values, the first at the start of a cache line. The tile unit loads and stores
-/// rows of 64 bytes, and a row that straddles two lines costs two accesses; the allocator
-/// promises 16-byte alignment only, so which rows straddle would change from run to run.
+/// rows of 64 bytes, as AVX-512 loads vectors of 64 bytes, and a row or vector that
+/// straddles two lines costs two accesses; the allocator promises 16-byte alignment only,
+/// so which rows straddle would change from run to run.
 pub(crate) struct Lines<T> {
     lines: Vec<Line>,
     len: usize,

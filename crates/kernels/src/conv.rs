@@ -21,7 +21,9 @@
 //!   count.
 //! - **Grouped convolutions with few channels per group** (up to 8 on AVX-512, 4 on AVX2)
 //!   take the group-lanes path (`gemm::group_lanes_tile`): vectorized across groups, each
-//!   vector holding whole groups, instead of products a few columns wide.
+//!   vector holding whole groups, instead of products a few columns wide. Their 3x3
+//!   forward and input gradient of stride 1 walk image rows instead (`group_rows`), which
+//!   permutes each input vector once for the three taps of a row that read it.
 //!
 //! Weights keep torchvision's layout [Cout, Cin / groups, k, k]; they are packed for the
 //! kernels on every call, and the weight gradient is returned in the same layout.
@@ -32,9 +34,10 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::bf16::round_vec;
+use crate::bf16::{round_vec, Lines};
 use crate::cpu::{contiguous, cpu_slice, SendPtr};
 use crate::gemm::{self, GroupLanes, Packed, Panel, MAX_GROUP};
+use crate::group_rows::{self, Walk};
 use crate::isa::{self, Isa};
 use crate::profile;
 use crate::simd::{simd_call, tile_shape, Element, Simd, VectorPath};
@@ -510,7 +513,11 @@ pub(crate) struct GroupBlock {
 /// Group blocks covering every (group, panel) of a grouped product once: groups whose packed
 /// weights fit one task's cache budget whole are taken several at a time (as many as fit),
 /// wider ones one group and one cache-sized range of its panels at a time.
-pub(crate) fn group_blocks<T>(packed: &[Packed<T>], depth: usize, lanes: usize) -> Vec<GroupBlock> {
+pub(crate) fn group_blocks<T: Element>(
+    packed: &[Packed<T>],
+    depth: usize,
+    lanes: usize,
+) -> Vec<GroupBlock> {
     let panels = &packed[0].panels;
     let per_group = panel_groups::<T>(panels, depth, lanes);
     if per_group.len() > 1 {
@@ -700,9 +707,9 @@ fn group_lanes_weights<T: Element>(
     lanes: usize,
     taps: &[usize],
     weight: impl Fn(usize, usize, usize) -> T,
-) -> Vec<T> {
+) -> Lines<T> {
     let tap_len = lg.tap_len(lanes);
-    let mut out = vec![T::zero(); taps.len() * tap_len];
+    let mut out = Lines::zeroed(taps.len() * tap_len);
     for (i, &t) in taps.iter().enumerate() {
         for b in 0..lg.cg {
             for v in 0..lg.vectors {
@@ -726,6 +733,18 @@ fn group_lanes_blocks<T>(lg: GroupLanes, taps: usize, lanes: usize) -> Vec<Range
 
 /// y = conv(x, w): [n, ho, wo, c_out].
 pub(crate) fn forward<T: Element>(x: &[T], w: &[T], geo: &Geometry, isa: Isa) -> Vec<T> {
+    forward_with(x, w, geo, isa, true)
+}
+
+/// `forward`, with the row walks of `group_rows` where they apply if `by_rows`, else the
+/// group-lanes tiles (which the tests hold the walks to, bit for bit).
+pub(crate) fn forward_with<T: Element>(
+    x: &[T],
+    w: &[T],
+    geo: &Geometry,
+    isa: Isa,
+    by_rows: bool,
+) -> Vec<T> {
     let (lanes, nv_max, _) = tile_shape::<T>(isa);
     let zero = vec![T::zero(); geo.c.max(geo.c_out)];
     let (xp, zp) = (
@@ -740,6 +759,9 @@ pub(crate) fn forward<T: Element>(x: &[T], w: &[T], geo: &Geometry, isa: Isa) ->
         let lg = GroupLanes::new(geo.c, cg, lanes);
         let wl = group_lanes_weights(lg, lanes, &all_taps, |ch, b, t| w[(ch * cg + b) * taps + t]);
         let blocks = group_lanes_blocks::<T>(lg, taps, lanes);
+        if by_rows && group_rows::applies(geo, VectorPath::of(isa)) {
+            return group_rows::product(x, &wl, lg, geo, Walk::Forward, &blocks, isa);
+        }
         let tasks: Vec<(Range<usize>, Range<usize>)> = ranges(rows, ROW_BLOCK)
             .flat_map(|r| blocks.iter().map(move |v| (r.clone(), v.clone())))
             .collect();
@@ -832,7 +854,31 @@ pub(crate) fn forward<T: Element>(x: &[T], w: &[T], geo: &Geometry, isa: Isa) ->
 
 /// dx of y = conv(x, w) given dy: [n, h, w, c].
 pub(crate) fn input_grad<T: Element>(dy: &[T], w: &[T], geo: &Geometry, isa: Isa) -> Vec<T> {
+    input_grad_with(dy, w, geo, isa, true)
+}
+
+/// `input_grad`, with the row walks of `group_rows` where they apply if `by_rows` (see
+/// `forward_with`).
+pub(crate) fn input_grad_with<T: Element>(
+    dy: &[T],
+    w: &[T],
+    geo: &Geometry,
+    isa: Isa,
+    by_rows: bool,
+) -> Vec<T> {
     let (lanes, nv_max, _) = tile_shape::<T>(isa);
+    if by_rows && group_rows::applies(geo, VectorPath::of(isa)) {
+        // Stride 1: one class, every tap in order (see `classes`); each group's weights
+        // transposed, as below.
+        let (cg, taps) = (geo.cgi(), geo.taps());
+        let lg = GroupLanes::new(geo.c, cg, lanes);
+        let all_taps = (0..taps).collect::<Vec<_>>();
+        let wl = group_lanes_weights(lg, lanes, &all_taps, |ci, o, t| {
+            w[(((ci / cg) * cg + o) * cg + ci % cg) * taps + t]
+        });
+        let blocks = group_lanes_blocks::<T>(lg, taps, lanes);
+        return group_rows::product(dy, &wl, lg, geo, Walk::InputGrad, &blocks, isa);
+    }
     let zero = vec![T::zero(); geo.c.max(geo.c_out)];
     let (dyp, zp) = (
         SendPtr(dy.as_ptr() as *mut T),
@@ -845,7 +891,7 @@ pub(crate) fn input_grad<T: Element>(dy: &[T], w: &[T], geo: &Geometry, isa: Isa
     // Per class: the packed weights of its taps (per group), or the group-lanes weights.
     enum Weights<T> {
         Products(Vec<Packed<T>>),
-        GroupLanes(GroupLanes, Vec<T>),
+        GroupLanes(GroupLanes, Lines<T>),
         None,
     }
     let weights: Vec<Weights<T>> = classes

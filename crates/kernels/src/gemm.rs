@@ -17,6 +17,7 @@
 //!
 //! Accumulation order is fixed by the loops, so results do not depend on scheduling.
 
+use crate::bf16::Lines;
 use crate::simd::Simd;
 
 /// Calls `$tiles!(MR, NV)` with the sub-tile shape of path `$s` for `$nv` vectors: rows
@@ -73,7 +74,7 @@ pub(crate) struct Panel {
 /// A right-hand operand [depth, n] packed into column panels, each row of a panel one
 /// contiguous run of `nv * lanes` values: the layout the tile kernels read.
 pub(crate) struct Packed<E> {
-    pub data: Vec<E>,
+    pub data: Lines<E>,
     pub panels: Vec<Panel>,
 }
 
@@ -157,7 +158,7 @@ impl<E: crate::simd::Element> Packed<E> {
         use rayon::prelude::*;
         let panels = panels(n, depth, lanes, nv_max);
         let size = panels.last().map_or(0, |p| p.offset + depth * p.nv * lanes);
-        let mut data = vec![E::zero(); size];
+        let mut data = Lines::zeroed(size);
         let mut parts = Vec::with_capacity(panels.len());
         let mut rest = &mut data[..];
         for panel in &panels {
@@ -550,7 +551,7 @@ pub(crate) unsafe fn group_rotations<S: Simd>(cg: usize) -> [S::Ix; MAX_GROUP] {
 /// # Safety
 /// `p` is valid for `n <= LANES` reads; the CPU runs `S`.
 #[inline(always)]
-unsafe fn load_upto<S: Simd>(p: *const S::E, n: usize) -> S::V {
+pub(crate) unsafe fn load_upto<S: Simd>(p: *const S::E, n: usize) -> S::V {
     // SAFETY: the caller's promise.
     unsafe {
         if n == S::LANES {
@@ -836,7 +837,11 @@ mod tests {
                     *value = b[row * n + col];
                 }
             });
-            assert_eq!(by_rows.data, by_columns.data, "n {n}, depth {depth}");
+            assert_eq!(
+                by_rows.data[..],
+                by_columns.data[..],
+                "n {n}, depth {depth}"
+            );
             assert_eq!(by_rows.panels.len(), by_columns.panels.len());
             assert!(by_rows.data.iter().any(|&v| v != 0.0));
         }

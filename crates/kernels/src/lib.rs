@@ -20,6 +20,7 @@ pub mod conv;
 pub(crate) mod conv_bf16;
 mod cpu;
 mod gemm;
+mod group_rows;
 pub mod isa;
 pub mod memory;
 pub mod norm;

@@ -10,10 +10,11 @@ use candle_core::WithDType;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+use crate::bf16::PlainBits;
 use crate::isa::Isa;
 
 /// The element types the products run in.
-pub(crate) trait Element: WithDType + Copy + Send + Sync + 'static {
+pub(crate) trait Element: WithDType + PlainBits + Send + Sync + 'static {
     type Avx512: Simd<E = Self>;
     type Avx2: Simd<E = Self>;
 }

@@ -1,0 +1,356 @@
+//! Grouped 3x3 convolutions of stride 1 and padding 1 with few channels per group, walked
+//! image row by image row: the group-lanes products of `gemm::group_lanes_tile` with each
+//! input vector's permutes shared by every output that reads it.
+//!
+//! A group-lanes tile reads a row's vector once per tap and permutes it once per product,
+//! so a narrow group pays a permute (on the port that also multiplies) for every
+//! multiply-add, and a table of tap pointers for every output. Here one pass walks a source
+//! image row for one row of taps: each source pixel is loaded and permuted once, and its
+//! permuted vectors feed the three outputs of the row that its three taps reach. Three
+//! accumulators roll along the row (the output the pixel reaches first, through tap 0, the
+//! one it reaches through tap 1, and the one it completes through tap 2), and the three
+//! passes of a 3x3 window add into the output row in turn.
+//!
+//! The same walk serves the forward product (source: the input, taps reading right and
+//! down) and the input gradient (source: the output gradient, taps reading left and up):
+//! stride 1 makes the input gradient one product over all nine taps.
+//!
+//! Each output's sum runs over (tap, input of the group) in the order of the tile, and the
+//! padding's taps, which the tile multiplies by a row of zeros, are skipped: adding a zero
+//! product to a sum that starts at +0 leaves it as it is, so the outputs are the tile's bit
+//! for bit.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::conv::{written_by, Geometry};
+use crate::cpu::SendPtr;
+use crate::gemm::{self, load_upto, GroupLanes, MAX_GROUP};
+use crate::isa::Isa;
+use crate::simd::{simd_call, Element, Simd, VectorPath};
+
+/// Image rows of one task: enough work to pay for handing it to a thread.
+const ROWS_PER_TASK: usize = 8;
+
+/// Whether the convolution takes this path on `path`: a group-lanes product (see
+/// `Geometry::group_lanes`) of a 3x3 window, stride 1 and padding 1.
+pub(crate) fn applies(geo: &Geometry, path: VectorPath) -> bool {
+    geo.group_lanes(path) && geo.k == 3 && geo.stride == 1 && geo.pad == 1
+}
+
+/// Which product a walk computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Walk {
+    /// y = conv(x, w): tap (ky, kx) of output (y, x) reads source pixel (y + ky - 1,
+    /// x + kx - 1).
+    Forward,
+    /// dx from dy: tap (ky, kx) of input pixel (y, x) reads output-gradient pixel
+    /// (y + 1 - ky, x + 1 - kx).
+    InputGrad,
+}
+
+/// The product over the nine taps of `src` ([n, h, w, lg.channels], with `geo`'s n, h and
+/// w) by weights `wl` in the [`GroupLanes`] layout of taps 0..9 (tap ky * 3 + kx): an
+/// [n, h, w, lg.channels] output.
+pub(crate) fn product<T: Element>(
+    src: &[T],
+    wl: &[T],
+    lg: GroupLanes,
+    geo: &Geometry,
+    walk: Walk,
+    blocks: &[Range<usize>],
+    isa: Isa,
+) -> Vec<T> {
+    let plane = geo.h * geo.w * lg.channels;
+    assert_eq!(src.len(), geo.n * plane, "group-rows source size");
+    let tap_len = lg.tap_len(simd_lanes::<T>(isa));
+    assert_eq!(wl.len(), 9 * tap_len, "group-rows weight size");
+    let image_rows = geo.n * geo.h;
+    let tasks: Vec<(Range<usize>, Range<usize>)> = crate::conv::ranges(image_rows, ROWS_PER_TASK)
+        .flat_map(|r| blocks.iter().map(move |v| (r.clone(), v.clone())))
+        .collect();
+    let sp = SendPtr(src.as_ptr() as *mut T);
+    // SAFETY: the tasks cover every image row and channel vector once; each writes the
+    // channels of its vectors on its rows, every pixel of them (`row_pass` stores every
+    // output of the row, and every row has at least its own source row to walk).
+    unsafe {
+        written_by(image_rows * geo.w * lg.channels, |out: SendPtr<T>| {
+            tasks.par_iter().for_each(|(rows, vectors)| {
+                simd_call!(
+                    isa,
+                    T,
+                    rows_task(
+                        sp.get(),
+                        out.get(),
+                        geo.h,
+                        geo.w,
+                        lg,
+                        wl.as_ptr(),
+                        walk,
+                        rows.clone(),
+                        vectors.clone(),
+                    )
+                )
+            })
+        })
+    }
+}
+
+/// Lanes of `T`'s vectors on `isa`'s path.
+fn simd_lanes<T: Element>(isa: Isa) -> usize {
+    crate::simd::tile_shape::<T>(isa).0
+}
+
+/// The image rows `rows` (image * h + y) of the product, for channel vectors `vectors`.
+///
+/// # Safety
+/// `src` and `out` hold n * h * w pixels of `lg.channels` values (`out` for writes, n * h at
+/// least `rows.end`), `wl` the nine taps' weights as [`GroupLanes`] lays them out for `S`'s
+/// lanes, `vectors` lies within `lg.vectors`, `lg.cg <= S::LANES`; the CPU runs `S`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_task<S: Simd, const MR: usize>(
+    src: *const S::E,
+    out: *mut S::E,
+    h: usize,
+    w: usize,
+    lg: GroupLanes,
+    wl: *const S::E,
+    walk: Walk,
+    rows: Range<usize>,
+    vectors: Range<usize>,
+) {
+    let row_len = w * lg.channels;
+    let tap_len = lg.tap_len(S::LANES);
+    // SAFETY: the path's CPU and `lg.cg` within its lanes (the caller's promise).
+    let bcast = unsafe { gemm::group_broadcasts::<S>(lg.cg) };
+    for r in rows {
+        let (image, y) = (r / h, r % h);
+        let mut first = true;
+        for ky in 0..3 {
+            // The source row this row of taps reads, if it lies inside the image.
+            let sy = match walk {
+                Walk::Forward => (y + ky).checked_sub(1),
+                Walk::InputGrad => (y + 1).checked_sub(ky),
+            };
+            let Some(sy) = sy.filter(|&sy| sy < h) else {
+                continue;
+            };
+            // SAFETY: rows within the images (the caller's promise); tap row ky's weights.
+            unsafe {
+                let s_row = src.add((image * h + sy) * row_len);
+                let o_row = out.add(r * row_len);
+                let wt = wl.add(ky * 3 * tap_len);
+                let backward = walk == Walk::InputGrad;
+                let mut v = vectors.start;
+                while v < vectors.end {
+                    if v + 4 <= vectors.end && S::NV_MAX >= 4 && S::LANES > 1 {
+                        row_pass::<S, 4>(s_row, o_row, w, lg, wt, &bcast, v, first, backward);
+                        v += 4;
+                    } else if v + 2 <= vectors.end && S::LANES > 1 {
+                        row_pass::<S, 2>(s_row, o_row, w, lg, wt, &bcast, v, first, backward);
+                        v += 2;
+                    } else {
+                        row_pass::<S, 1>(s_row, o_row, w, lg, wt, &bcast, v, first, backward);
+                        v += 1;
+                    }
+                }
+            }
+            first = false;
+        }
+    }
+}
+
+/// One row of taps over one source row, for channel vectors `v0..v0 + NV`: each output o of
+/// the row gains, for kx = 0, 1, 2 in turn and each input b of its group in turn, the
+/// source pixel s's permuted vector times the weight of tap (ky, kx), where s = o - 1 + kx
+/// walking forward, s = o + 1 - kx walking backward (`backward`); pixels past the row's
+/// ends are the padding and add nothing. The sums start at zero where `first`, else from
+/// what the output row holds.
+///
+/// # Safety
+/// `src` and `out` hold `w` pixels of `lg.channels` values (`out` for reads and writes; for
+/// reads only where not `first`, of values this walk stored); `wt` holds tap row ky's three
+/// taps of weights (`lg.tap_len(S::LANES)` values each, [`GroupLanes`] layout);
+/// `v0 + NV <= lg.vectors`; `bcast` is `group_broadcasts::<S>(lg.cg)`; the CPU runs `S`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn row_pass<S: Simd, const NV: usize>(
+    src: *const S::E,
+    out: *mut S::E,
+    w: usize,
+    lg: GroupLanes,
+    wt: *const S::E,
+    bcast: &[S::Ix; MAX_GROUP],
+    v0: usize,
+    first: bool,
+    backward: bool,
+) {
+    let filled: [usize; NV] = std::array::from_fn(|j| lg.filled(v0 + j));
+    let tap_len = lg.tap_len(S::LANES);
+    // Where vector j of column col starts in a row.
+    let at = |col: usize, j: usize| col * lg.channels + (v0 + j) * lg.width;
+    let column = |step: usize| if backward { w - 1 - step } else { step };
+    // SAFETY (whole body): every column is below `w` and every vector within the row's
+    // channels (the last cut to its filled lanes); weights within tap row ky's layout
+    // (the caller's promises).
+    unsafe {
+        // The output the walk's first pixel reaches through tap 1 (its tap 0 reads the
+        // padding); `last` is idle at the first pixel, which completes no output.
+        let mut mid = start::<S, NV>(out, at(column(0), 0), lg.width, &filled, first);
+        let mut last = [S::zero(); NV];
+        for step in 0..w {
+            let col = column(step);
+            let mut fresh = if step + 1 < w {
+                start::<S, NV>(out, at(column(step + 1), 0), lg.width, &filled, first)
+            } else {
+                [S::zero(); NV]
+            };
+            let x: [S::V; NV] =
+                std::array::from_fn(|j| load_upto::<S>(src.add(at(col, j)), filled[j]));
+            for (b, &idx) in bcast.iter().enumerate().take(lg.cg) {
+                let wb = wt.add((b * lg.vectors + v0) * S::LANES);
+                for j in 0..NV {
+                    let p = S::permute(x[j], idx);
+                    let wj = wb.add(j * S::LANES);
+                    fresh[j] = S::fma(p, S::load(wj), fresh[j]);
+                    mid[j] = S::fma(p, S::load(wj.add(tap_len)), mid[j]);
+                    last[j] = S::fma(p, S::load(wj.add(2 * tap_len)), last[j]);
+                }
+            }
+            if step > 0 {
+                store::<S, NV>(out, at(column(step - 1), 0), lg.width, &filled, &last);
+            }
+            last = mid;
+            mid = fresh;
+        }
+        // The walk's last pixel's tap-1 output is complete: its tap 2 reads the padding.
+        store::<S, NV>(out, at(column(w - 1), 0), lg.width, &filled, &last);
+    }
+}
+
+/// The NV vectors at `row + offset` (vector j at `offset + j * width`, cut to `filled[j]`
+/// lanes), or zeros where `first`.
+///
+/// # Safety
+/// Where not `first`, the vectors lie within `row`'s values; the CPU runs `S`.
+#[inline(always)]
+unsafe fn start<S: Simd, const NV: usize>(
+    row: *const S::E,
+    offset: usize,
+    width: usize,
+    filled: &[usize; NV],
+    first: bool,
+) -> [S::V; NV] {
+    if first {
+        // SAFETY: the CPU runs `S`.
+        return [unsafe { S::zero() }; NV];
+    }
+    // SAFETY: the caller's promise.
+    std::array::from_fn(|j| unsafe { load_upto::<S>(row.add(offset + j * width), filled[j]) })
+}
+
+/// Stores `v` as `start` reads it.
+///
+/// # Safety
+/// The vectors lie within `row`'s values, for writes; the CPU runs `S`.
+#[inline(always)]
+unsafe fn store<S: Simd, const NV: usize>(
+    row: *mut S::E,
+    offset: usize,
+    width: usize,
+    filled: &[usize; NV],
+    v: &[S::V; NV],
+) {
+    for j in 0..NV {
+        // SAFETY: the caller's promise.
+        unsafe {
+            let p = row.add(offset + j * width);
+            if filled[j] == S::LANES {
+                S::store(p, v[j]);
+            } else {
+                S::store_partial(p, v[j], filled[j]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv::{forward_with, input_grad_with};
+    use crate::isa::available;
+    use crate::testing::seeded;
+    use candle_core::DType;
+
+    /// Seeded values with every fifth one zero, as after a ReLU, so that zero products
+    /// occur inside the image as well as in the padding.
+    fn values<T: Element>(len: usize, dtype: DType, seed: u64) -> Vec<T> {
+        let mut v = seeded(&[len], dtype, seed).to_vec1::<T>().expect("values");
+        for x in v.iter_mut().step_by(5) {
+            *x = T::zero();
+        }
+        v
+    }
+
+    /// The walk's forward and input gradient against the tiles' of `geo`, bit for bit.
+    fn check<T: Element>(geo: &Geometry, dtype: DType, isa: Isa) {
+        let x = values::<T>(geo.n * geo.h * geo.w * geo.c, dtype, 1);
+        let w = values::<T>(geo.c_out * geo.cgi() * 9, dtype, 2);
+        let dy = values::<T>(geo.n * geo.ho * geo.wo * geo.c_out, dtype, 3);
+        let bits = |v: Vec<T>| v.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
+        for (what, walked, tiled) in [
+            (
+                "forward",
+                forward_with(&x, &w, geo, isa, true),
+                forward_with(&x, &w, geo, isa, false),
+            ),
+            (
+                "input gradient",
+                input_grad_with(&dy, &w, geo, isa, true),
+                input_grad_with(&dy, &w, geo, isa, false),
+            ),
+        ] {
+            assert!(tiled.iter().any(|v| v.to_f64() != 0.0), "{what} {geo:?}");
+            assert_eq!(
+                bits(walked),
+                bits(tiled),
+                "{what} {dtype:?} {isa:?} {geo:?}"
+            );
+        }
+    }
+
+    /// On every path the machine runs, in f32 and f64: groups of 1 to 8 channels; rows of
+    /// one vector, of several, and with a part-filled last (so the walks of four, two and
+    /// one vectors all run); images 1 to 14 pixels wide and 1 to 6 high.
+    #[test]
+    fn row_walks_give_the_group_lanes_tiles_outputs_bit_for_bit() {
+        // (n, h, w, channels, groups)
+        let shapes = [
+            (2, 5, 14, 56, 8),  // 7 per group, four full vectors of 14
+            (3, 2, 3, 64, 32),  // 2 per group
+            (1, 1, 1, 4, 4),    // depthwise, one pixel
+            (2, 4, 2, 21, 3),   // 7 per group, a vector of 14 and one of 7
+            (1, 3, 5, 24, 3),   // 8 per group
+            (2, 6, 7, 40, 8),   // 5 per group, three vectors (15, 15, 10)
+            (1, 2, 9, 36, 9),   // 4 per group, a part-filled last vector
+            (2, 3, 4, 120, 40), // 3 per group, more vectors than one walk takes
+        ];
+        let mut ran = 0;
+        for isa in available() {
+            for &(n, h, w, c, g) in &shapes {
+                let geo = Geometry::new(&[n, h, w, c], &[c, c / g, 3, 3], 1, 1, g).unwrap();
+                if applies(&geo, VectorPath::of(isa)) {
+                    check::<f32>(&geo, DType::F32, isa);
+                    check::<f64>(&geo, DType::F64, isa);
+                    ran += 1;
+                }
+            }
+        }
+        let vectors = available()
+            .iter()
+            .any(|&i| VectorPath::of(i) != VectorPath::Scalar);
+        assert!(!vectors || ran > 0, "no shape took the row walks");
+    }
+}
