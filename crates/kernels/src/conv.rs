@@ -22,8 +22,9 @@
 //! - **Grouped convolutions with few channels per group** (up to 8 on AVX-512, 4 on AVX2)
 //!   take the group-lanes path (`gemm::group_lanes_tile`): vectorized across groups, each
 //!   vector holding whole groups, instead of products a few columns wide. Their 3x3
-//!   forward and input gradient of stride 1 walk image rows instead (`group_rows`), which
-//!   permutes each input vector once for the three taps of a row that read it.
+//!   products of stride 1 (forward, input and weight gradients) walk image rows instead
+//!   (`group_rows`), which permutes each loaded vector once for the three taps of a row
+//!   that read it.
 //!
 //! Weights keep torchvision's layout [Cout, Cin / groups, k, k]; they are packed for the
 //! kernels on every call, and the weight gradient is returned in the same layout.
@@ -1076,6 +1077,18 @@ where
 
 /// dw of y = conv(x, w) given dy, in torchvision's layout [c_out, c / groups, k, k].
 pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Isa) -> Vec<T> {
+    weight_grad_with(x, dy, geo, isa, true)
+}
+
+/// `weight_grad`, with the row walks of `group_rows` where they apply if `by_rows` (see
+/// `forward_with`).
+pub(crate) fn weight_grad_with<T: Element>(
+    x: &[T],
+    dy: &[T],
+    geo: &Geometry,
+    isa: Isa,
+    by_rows: bool,
+) -> Vec<T> {
     let (lanes, nv_max, mr) = tile_shape::<T>(isa);
     let zero = vec![T::zero(); geo.c.max(geo.c_out)];
     let (xp, dyp, zp) = (
@@ -1103,6 +1116,7 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
             .iter()
             .flat_map(|b| (0..splits).map(move |s| (b.clone(), s)))
             .collect();
+        let walk = by_rows && group_rows::applies(geo, VectorPath::of(isa));
         tasks.par_iter().for_each(|(vectors, s)| {
             let span = ranges(pixels, pixels.div_ceil(splits))
                 .nth(*s)
@@ -1111,13 +1125,33 @@ pub(crate) fn weight_grad<T: Element>(x: &[T], dy: &[T], geo: &Geometry, isa: Is
             for chunk in ranges(span.len(), CHUNK) {
                 let chunk = span.start + chunk.start..span.start + chunk.end;
                 let len = chunk.len();
+                let out = pp.get().wrapping_add(s * part_len);
+                if walk {
+                    // SAFETY: x and dy hold the images' pixels of c values (stride 1 and
+                    // padding 1 keep the output's size), and the task owns the vectors
+                    // `vectors` of its split's part, which is zeroed.
+                    simd_call!(
+                        isa,
+                        T,
+                        group_rows::weight_grad_chunk(
+                            xp.get(),
+                            dyp.get(),
+                            geo.h,
+                            geo.w,
+                            lg,
+                            chunk.clone(),
+                            vectors.clone(),
+                            out
+                        )
+                    );
+                    continue;
+                }
                 for (i, r) in chunk.clone().enumerate() {
                     forward_pointers(geo, &offsets, xp.get(), zp.get(), 0, r, |t, p| {
                         table[t * CHUNK + i] = p
                     });
                 }
                 let dy_rows = dyp.get().wrapping_add(chunk.start * geo.c_out) as *const T;
-                let out = pp.get().wrapping_add(s * part_len);
                 // SAFETY: pointers are pixel rows of c values (or the zero row), the
                 // gradient rows hold c values, and the task owns the vectors `vectors` of
                 // its split's part, which is zeroed.

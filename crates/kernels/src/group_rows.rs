@@ -13,12 +13,14 @@
 //!
 //! The same walk serves the forward product (source: the input, taps reading right and
 //! down) and the input gradient (source: the output gradient, taps reading left and up):
-//! stride 1 makes the input gradient one product over all nine taps.
+//! stride 1 makes the input gradient one product over all nine taps. The weight gradient
+//! walks the input's rows likewise, each pixel rotated once (see
+//! `gemm::group_lanes_wgrad`) for the three taps whose sums it enters.
 //!
-//! Each output's sum runs over (tap, input of the group) in the order of the tile, and the
-//! padding's taps, which the tile multiplies by a row of zeros, are skipped: adding a zero
-//! product to a sum that starts at +0 leaves it as it is, so the outputs are the tile's bit
-//! for bit.
+//! Each output's sum runs over (tap, input of the group) in the order of the tile, each
+//! weight-gradient sum over the same chunks of pixels in the same order, and the padding's
+//! taps, which the tiles multiply by a row of zeros, are skipped: adding a zero product to
+//! a sum that starts at +0 leaves it as it is, so the results are the tiles' bit for bit.
 
 use std::ops::Range;
 
@@ -276,10 +278,125 @@ unsafe fn store<S: Simd, const NV: usize>(
     }
 }
 
+/// The group-lanes weight gradient's sums over the output pixels `chunk` (image, y and x
+/// flattened) for the channel vectors `vectors`, added into `out` as
+/// `gemm::group_lanes_wgrad` adds them: per tap, input rotation and vector, a sum that
+/// starts at zero and runs over the chunk's pixels in order, then added to what `out`
+/// holds. Here a pass per row of taps walks the source pixels of each image row the chunk
+/// covers, rotating each once for the three taps that read it.
+///
+/// # Safety
+/// `x` and `dy` hold n * h * w pixels of `lg.channels` values, with `chunk` within them;
+/// `out` holds the nine taps' [`GroupLanes`] layout for `S`'s lanes, for reads and writes;
+/// `vectors` lies within `lg.vectors`; `lg.cg <= S::LANES`; the CPU runs `S`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn weight_grad_chunk<S: Simd, const MR: usize>(
+    x: *const S::E,
+    dy: *const S::E,
+    h: usize,
+    w: usize,
+    lg: GroupLanes,
+    chunk: Range<usize>,
+    vectors: Range<usize>,
+    out: *mut S::E,
+) {
+    macro_rules! sums {
+        ($rotations:ident, $v:ident; $($cg:literal)*) => {
+            match lg.cg {
+                // SAFETY: passed on.
+                $($cg => unsafe {
+                    chunk_sums::<S, $cg>(x, dy, h, w, lg, &$rotations, chunk.clone(), $v, out)
+                },)*
+                other => unreachable!("a group-lanes product of {other} channels per group"),
+            }
+        };
+    }
+    // SAFETY: the path's CPU and `lg.cg` within its lanes (the caller's promise).
+    let rotations = unsafe { gemm::group_rotations::<S>(lg.cg) };
+    for v in vectors {
+        sums!(rotations, v; 1 2 3 4 5 6 7 8);
+    }
+}
+
+/// [`weight_grad_chunk`] for vector `v` and groups of CG channels.
+///
+/// # Safety
+/// As [`weight_grad_chunk`], with `rotations` `gemm::group_rotations::<S>(CG)`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn chunk_sums<S: Simd, const CG: usize>(
+    x: *const S::E,
+    dy: *const S::E,
+    h: usize,
+    w: usize,
+    lg: GroupLanes,
+    rotations: &[S::Ix; MAX_GROUP],
+    chunk: Range<usize>,
+    v: usize,
+    out: *mut S::E,
+) {
+    let (c, ch, n) = (lg.channels, v * lg.width, lg.filled(v));
+    let tap_len = lg.tap_len(S::LANES);
+    for ky in 0..3 {
+        // acc[kx][d]: tap (ky, kx), the input rotated by d within its group.
+        // SAFETY: the CPU runs `S`.
+        let mut acc = [[unsafe { S::zero() }; CG]; 3];
+        let mut p = chunk.start;
+        while p < chunk.end {
+            // The chunk's pixels on image row `row` (image * h + y): columns a..b.
+            let (row, a) = (p / w, p % w);
+            let end = chunk.end.min((row + 1) * w);
+            let b = a + (end - p);
+            p = end;
+            let (image, y) = (row / h, row % h);
+            // The source row of this row of taps; in the padding it adds nothing.
+            let Some(sy) = (y + ky).checked_sub(1).filter(|&sy| sy < h) else {
+                continue;
+            };
+            // SAFETY (loop): columns within the row, channels within the pixel (the
+            // vector cut to its filled lanes); the caller's bounds.
+            unsafe {
+                let x_row = x.add((image * h + sy) * w * c + ch);
+                let dy_row = dy.add(row * w * c + ch);
+                // Source column q reaches output column q + 1 - kx through tap kx.
+                for q in a.saturating_sub(1)..(b + 1).min(w) {
+                    let xv = load_upto::<S>(x_row.add(q * c), n);
+                    let rotated: [S::V; CG] = std::array::from_fn(|d| {
+                        if d == 0 {
+                            xv
+                        } else {
+                            S::permute(xv, rotations[d])
+                        }
+                    });
+                    for (kx, sums) in acc.iter_mut().enumerate() {
+                        let Some(o) = (q + 1).checked_sub(kx).filter(|o| (a..b).contains(o)) else {
+                            continue;
+                        };
+                        let g = load_upto::<S>(dy_row.add(o * c), n);
+                        for (sum, &r) in sums.iter_mut().zip(&rotated) {
+                            *sum = S::fma(r, g, *sum);
+                        }
+                    }
+                }
+            }
+        }
+        for (kx, sums) in acc.iter().enumerate() {
+            for (d, &sum) in sums.iter().enumerate() {
+                // SAFETY: within the layout of tap ky * 3 + kx (the caller's promise).
+                unsafe {
+                    let o = out.add((ky * 3 + kx) * tap_len + (d * lg.vectors + v) * S::LANES);
+                    S::store(o, S::add(S::load(o), sum));
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv::{forward_with, input_grad_with};
+    use crate::conv::{forward_with, input_grad_with, weight_grad_with};
     use crate::isa::available;
     use crate::testing::seeded;
     use candle_core::DType;
@@ -311,6 +428,11 @@ mod tests {
                 input_grad_with(&dy, &w, geo, isa, true),
                 input_grad_with(&dy, &w, geo, isa, false),
             ),
+            (
+                "weight gradient",
+                weight_grad_with(&x, &dy, geo, isa, true),
+                weight_grad_with(&x, &dy, geo, isa, false),
+            ),
         ] {
             assert!(tiled.iter().any(|v| v.to_f64() != 0.0), "{what} {geo:?}");
             assert_eq!(
@@ -328,14 +450,16 @@ mod tests {
     fn row_walks_give_the_group_lanes_tiles_outputs_bit_for_bit() {
         // (n, h, w, channels, groups)
         let shapes = [
-            (2, 5, 14, 56, 8),  // 7 per group, four full vectors of 14
-            (3, 2, 3, 64, 32),  // 2 per group
-            (1, 1, 1, 4, 4),    // depthwise, one pixel
-            (2, 4, 2, 21, 3),   // 7 per group, a vector of 14 and one of 7
-            (1, 3, 5, 24, 3),   // 8 per group
-            (2, 6, 7, 40, 8),   // 5 per group, three vectors (15, 15, 10)
-            (1, 2, 9, 36, 9),   // 4 per group, a part-filled last vector
-            (2, 3, 4, 120, 40), // 3 per group, more vectors than one walk takes
+            (2, 5, 14, 56, 8),   // 7 per group, four full vectors of 14
+            (3, 2, 3, 64, 32),   // 2 per group
+            (1, 1, 1, 4, 4),     // depthwise, one pixel
+            (2, 4, 2, 21, 3),    // 7 per group, a vector of 14 and one of 7
+            (1, 3, 5, 24, 3),    // 8 per group
+            (2, 6, 7, 40, 8),    // 5 per group, three vectors (15, 15, 10)
+            (1, 2, 9, 36, 9),    // 4 per group, a part-filled last vector
+            (2, 3, 4, 120, 40),  // 3 per group, more vectors than one walk takes
+            (3, 14, 14, 64, 32), // weight gradient: two pixel splits, chunks ending mid-row
+            (4, 11, 13, 28, 4),  // 7 per group, the same with two vectors
         ];
         let mut ran = 0;
         for isa in available() {
