@@ -411,7 +411,8 @@ mod tests {
         v
     }
 
-    /// The walk's forward and input gradient against the tiles' of `geo`, bit for bit.
+    /// The walks' forward, input gradient and weight gradient against the tiles' of `geo`,
+    /// bit for bit.
     fn check<T: Element>(geo: &Geometry, dtype: DType, isa: Isa) {
         let x = values::<T>(geo.n * geo.h * geo.w * geo.c, dtype, 1);
         let w = values::<T>(geo.c_out * geo.cgi() * 9, dtype, 2);
