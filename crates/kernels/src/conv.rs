@@ -724,6 +724,23 @@ fn group_lanes_weights<T: Element>(
     out
 }
 
+/// The input gradient's group-lanes weights for the taps `taps` of a weight with `all_taps`
+/// taps: dx[q][ci] sums dy[p][o] * w[o][ci] over the outputs o of ci's group, so input
+/// channel ci's b-th weight is that of its group's output b to it (each group's weights
+/// transposed).
+fn input_grad_weights<T: Element>(
+    lg: GroupLanes,
+    lanes: usize,
+    taps: &[usize],
+    w: &[T],
+    all_taps: usize,
+) -> Lines<T> {
+    let cg = lg.cg;
+    group_lanes_weights(lg, lanes, taps, |ci, o, t| {
+        w[(((ci / cg) * cg + o) * cg + ci % cg) * all_taps + t]
+    })
+}
+
 /// The channel vectors of a group-lanes product cut into the blocks one task takes: as
 /// many vectors as keep the block's weights (`taps` taps) within `GROUP_LANES_BUDGET`.
 fn group_lanes_blocks<T>(lg: GroupLanes, taps: usize, lanes: usize) -> Vec<Range<usize>> {
@@ -874,9 +891,7 @@ pub(crate) fn input_grad_with<T: Element>(
         let (cg, taps) = (geo.cgi(), geo.taps());
         let lg = GroupLanes::new(geo.c, cg, lanes);
         let all_taps = (0..taps).collect::<Vec<_>>();
-        let wl = group_lanes_weights(lg, lanes, &all_taps, |ci, o, t| {
-            w[(((ci / cg) * cg + o) * cg + ci % cg) * taps + t]
-        });
+        let wl = input_grad_weights(lg, lanes, &all_taps, w, taps);
         let blocks = group_lanes_blocks::<T>(lg, taps, lanes);
         return group_rows::product(dy, &wl, lg, geo, Walk::InputGrad, &blocks, isa);
     }
@@ -903,15 +918,11 @@ pub(crate) fn input_grad_with<T: Element>(
                 return Weights::None;
             }
             if group_lanes {
-                // dx[q][ci] sums dy[p][o] * w[o][ci] over the outputs o of ci's group: the
-                // forward product with each group's weights transposed.
-                let cg = cgi;
-                let lg = GroupLanes::new(geo.c, cg, lanes);
+                // The forward product with each group's weights transposed.
+                let lg = GroupLanes::new(geo.c, cgi, lanes);
                 let class_taps: Vec<usize> =
                     class.taps.iter().map(|&(ky, kx)| ky * geo.k + kx).collect();
-                let wt = group_lanes_weights(lg, lanes, &class_taps, |ci, o, t| {
-                    w[(((ci / cg) * cg + o) * cg + ci % cg) * taps + t]
-                });
+                let wt = input_grad_weights(lg, lanes, &class_taps, w, taps);
                 return Weights::GroupLanes(lg, wt);
             }
             let depth = ct * cgo;
@@ -1121,7 +1132,11 @@ pub(crate) fn weight_grad_with<T: Element>(
             let span = ranges(pixels, pixels.div_ceil(splits))
                 .nth(*s)
                 .unwrap_or(0..0);
-            let mut table = vec![zp.get() as *const T; taps * CHUNK];
+            // The chunk's tap pointers (the walks find their pixels row by row instead).
+            let mut table = match walk {
+                true => Vec::new(),
+                false => vec![zp.get() as *const T; taps * CHUNK],
+            };
             for chunk in ranges(span.len(), CHUNK) {
                 let chunk = span.start + chunk.start..span.start + chunk.end;
                 let len = chunk.len();

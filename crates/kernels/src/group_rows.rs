@@ -66,7 +66,7 @@ pub(crate) fn product<T: Element>(
 ) -> Vec<T> {
     let plane = geo.h * geo.w * lg.channels;
     assert_eq!(src.len(), geo.n * plane, "group-rows source size");
-    let tap_len = lg.tap_len(simd_lanes::<T>(isa));
+    let tap_len = lg.tap_len(crate::simd::tile_shape::<T>(isa).0);
     assert_eq!(wl.len(), 9 * tap_len, "group-rows weight size");
     let image_rows = geo.n * geo.h;
     let tasks: Vec<(Range<usize>, Range<usize>)> = crate::conv::ranges(image_rows, ROWS_PER_TASK)
@@ -97,11 +97,6 @@ pub(crate) fn product<T: Element>(
             })
         })
     }
-}
-
-/// Lanes of `T`'s vectors on `isa`'s path.
-fn simd_lanes<T: Element>(isa: Isa) -> usize {
-    crate::simd::tile_shape::<T>(isa).0
 }
 
 /// The image rows `rows` (image * h + y) of the product, for channel vectors `vectors`.
