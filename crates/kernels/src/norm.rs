@@ -20,6 +20,7 @@ use rayon::prelude::*;
 use std::ops::Range;
 
 use crate::cpu::{contiguous, cpu_slice, float_dispatch, storage, SendPtr};
+use crate::gemm::load_upto;
 use crate::isa::{self, Isa};
 use crate::simd::{simd_call, tile_shape, Element, Simd};
 
@@ -85,6 +86,12 @@ impl<T: Element> Channels<T> {
 
     fn ptr(&self) -> *const T {
         self.values.as_ptr()
+    }
+
+    /// The first `c` values laid out cyclically for `lanes` lanes: value j is that of
+    /// channel j % c, for c + lanes values (see `map_flat_streamed`).
+    fn cyclic(&self, c: usize, lanes: usize) -> Vec<T> {
+        (0..c + lanes).map(|j| self.values[j % c]).collect()
     }
 }
 
@@ -378,39 +385,25 @@ unsafe fn map_rows_simd<S: Simd, const MR: usize>(
     out: Out<S::E>,
 ) {
     let vn = c.div_ceil(S::LANES);
-    let [p, q, r, m, s] = vectors;
     // SAFETY: rows lie in x and dy and their outputs in `out`; vectors are whole.
     unsafe {
         for (i, row) in rows.enumerate() {
             for v in 0..vn {
                 let at = v * S::LANES;
                 let xv = x.load::<S>(row, v, c);
-                let pre = S::fma(xv, S::load(p.add(at)), S::load(q.add(at)));
-                let value = match kind {
-                    Map::Affine { relu } => {
-                        if relu {
-                            S::relu(pre)
-                        } else {
-                            pre
-                        }
-                    }
-                    Map::AffineAddRelu => S::relu(S::add(pre, dy.load::<S>(row, v, c))),
-                    Map::TrainGrad { relu } | Map::EvalGrad { relu } => {
-                        let mut g = dy.load::<S>(row, v, c);
-                        if relu {
-                            g = S::where_positive(pre, g);
-                        }
-                        if let Map::TrainGrad { .. } = kind {
-                            S::fma(
-                                g,
-                                S::load(r.add(at)),
-                                S::fma(xv, S::load(m.add(at)), S::load(s.add(at))),
-                            )
-                        } else {
-                            S::mul(g, S::load(r.add(at)))
-                        }
-                    }
+                let dyv = if kind.reads_dy() {
+                    dy.load::<S>(row, v, c)
+                } else {
+                    S::zero()
                 };
+                let per_channel = [
+                    S::load(vectors[0].add(at)),
+                    S::load(vectors[1].add(at)),
+                    S::load(vectors[2].add(at)),
+                    S::load(vectors[3].add(at)),
+                    S::load(vectors[4].add(at)),
+                ];
+                let value = map_value::<S>(kind, xv, dyv, per_channel);
                 match out {
                     Out::Values(o) => store_row::<S>(o.add(i * c), v, c, value),
                     Out::Bf16(o) => S::store_bf16(o.add(i * c + at), value, (c - at).min(S::LANES)),
@@ -420,8 +413,147 @@ unsafe fn map_rows_simd<S: Simd, const MR: usize>(
     }
 }
 
+/// What an output pass computes for one vector of x and dy (zero where the pass reads no
+/// dy), with the per-channel vectors [p, q, r, m, s] of its lanes' channels.
+///
+/// # Safety
+/// The CPU runs `S`.
+#[inline(always)]
+unsafe fn map_value<S: Simd>(kind: Map, xv: S::V, dyv: S::V, [p, q, r, m, s]: [S::V; 5]) -> S::V {
+    // SAFETY: the caller's promise.
+    unsafe {
+        let pre = S::fma(xv, p, q);
+        match kind {
+            Map::Affine { relu } => {
+                if relu {
+                    S::relu(pre)
+                } else {
+                    pre
+                }
+            }
+            Map::AffineAddRelu => S::relu(S::add(pre, dyv)),
+            Map::TrainGrad { relu } | Map::EvalGrad { relu } => {
+                let g = if relu {
+                    S::where_positive(pre, dyv)
+                } else {
+                    dyv
+                };
+                if let Map::TrainGrad { .. } = kind {
+                    S::fma(g, r, S::fma(xv, m, s))
+                } else {
+                    S::mul(g, r)
+                }
+            }
+        }
+    }
+}
+
+impl Map {
+    /// Whether the pass reads dy (the shortcut's rows, or the upstream gradient).
+    fn reads_dy(self) -> bool {
+        !matches!(self, Map::Affine { .. })
+    }
+}
+
+/// The vector at value f of [`map_flat_streamed`] (its first `n` lanes), its channels
+/// from `ch` on: stored as usual, or streamed (`n` is then LANES and `out + f` aligned).
+///
+/// # Safety
+/// As [`map_flat_streamed`], for the values f..f + n.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn flat_vector<S: Simd>(
+    kind: Map,
+    (x, dy): (*const S::E, *const S::E),
+    f: usize,
+    n: usize,
+    ch: usize,
+    cyclic: [*const S::E; 5],
+    out: *mut S::E,
+    stream: bool,
+) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        let xv = load_upto::<S>(x.add(f), n);
+        let dyv = if kind.reads_dy() {
+            load_upto::<S>(dy.add(f), n)
+        } else {
+            S::zero()
+        };
+        let per_channel = [
+            S::load(cyclic[0].add(ch)),
+            S::load(cyclic[1].add(ch)),
+            S::load(cyclic[2].add(ch)),
+            S::load(cyclic[3].add(ch)),
+            S::load(cyclic[4].add(ch)),
+        ];
+        let value = map_value::<S>(kind, xv, dyv, per_channel);
+        if stream {
+            S::stream(out.add(f), value)
+        } else if n == S::LANES {
+            S::store(out.add(f), value)
+        } else {
+            S::store_partial(out.add(f), value, n)
+        }
+    }
+}
+
+/// Bytes of output from which an output pass streams its stores (see `Simd::stream`): an
+/// output this large, with the rows it is computed from, overflows a core's second-level
+/// cache, so each line it writes would first be read from memory only to be overwritten.
+const STREAM_BYTES: usize = 2 << 20;
+
+/// An output pass over the values `span` of the rows, as [`map_rows_simd`] computes them,
+/// taken as one flat run of values so that every whole vector of `out` on a vector-aligned
+/// address is streamed, whatever the row length and wherever the rows start: the vector
+/// at value f covers channels f % c onwards, read from per-channel vectors laid out
+/// cyclically (value j of each holds channel j % c, for c + LANES values). The values
+/// before the first aligned vector and after the last whole one are stored as usual.
+///
+/// # Safety
+/// x (and dy, where the pass reads it) and `out` (for writes) hold the values `span`; each
+/// of `cyclic` holds c + LANES values; the CPU runs `S`.
+#[inline(always)]
+unsafe fn map_flat_streamed<S: Simd, const MR: usize>(
+    kind: Map,
+    x: *const S::E,
+    dy: *const S::E,
+    c: usize,
+    span: Range<usize>,
+    cyclic: [*const S::E; 5],
+    out: *mut S::E,
+) {
+    let vector_bytes = S::LANES * std::mem::size_of::<S::E>();
+    // SAFETY: every vector is cut to the values left in `span`; the per-channel loads
+    // start below c and read LANES values of c + LANES.
+    unsafe {
+        let mut f = span.start;
+        // The values before the first vector-aligned one.
+        let misaligned = (out.add(f) as usize % vector_bytes) / std::mem::size_of::<S::E>();
+        if misaligned > 0 {
+            let n = (S::LANES - misaligned).min(span.end - f);
+            flat_vector::<S>(kind, (x, dy), f, n, f % c, cyclic, out, false);
+            f += n;
+        }
+        let mut ch = f % c;
+        while f + S::LANES <= span.end {
+            flat_vector::<S>(kind, (x, dy), f, S::LANES, ch, cyclic, out, true);
+            f += S::LANES;
+            ch += S::LANES;
+            while ch >= c {
+                ch -= c;
+            }
+        }
+        if f < span.end {
+            flat_vector::<S>(kind, (x, dy), f, span.end - f, ch, cyclic, out, false);
+        }
+        S::fence();
+    }
+}
+
 /// An output pass over all rows, in parallel tasks of whole rows, into values of type `O`:
-/// the input's dtype, or bf16.
+/// the input's dtype, or bf16. A large output in the input's dtype is streamed (see
+/// `map_flat_streamed`).
 fn map_rows<T: Element, O: Copy + Send + Sync + 'static>(
     kind: Map,
     x: Rows<T>,
@@ -430,12 +562,52 @@ fn map_rows<T: Element, O: Copy + Send + Sync + 'static>(
     isa: Isa,
     vectors: [&Channels<T>; 5],
 ) -> Vec<O> {
+    map_rows_with(kind, x, dy, c, isa, vectors, true)
+}
+
+/// `map_rows`, its stores streamed only where `may_stream` (the tests hold the streamed
+/// pass to the plain one, bit for bit).
+fn map_rows_with<T: Element, O: Copy + Send + Sync + 'static>(
+    kind: Map,
+    x: Rows<T>,
+    dy: Rows<T>,
+    c: usize,
+    isa: Isa,
+    vectors: [&Channels<T>; 5],
+    may_stream: bool,
+) -> Vec<O> {
     let bf16 = std::any::TypeId::of::<O>() == std::any::TypeId::of::<half::bf16>();
     assert!(
         bf16 || std::any::TypeId::of::<O>() == std::any::TypeId::of::<T>(),
         "map_rows: outputs are T or bf16"
     );
     let len = x.len();
+    let (lanes, _, _) = tile_shape::<T>(isa);
+    // The flat values of x and dy, where the pass streams.
+    let streamed = match (x, dy) {
+        (Rows::Values(xs), Rows::Values(ds))
+            if may_stream
+                && !bf16
+                && lanes > 1
+                && c > 0
+                && len * std::mem::size_of::<T>() >= STREAM_BYTES
+                && (!kind.reads_dy() || ds.len() == len) =>
+        {
+            Some((
+                SendPtr(xs.as_ptr() as *mut T),
+                SendPtr(ds.as_ptr() as *mut T),
+            ))
+        }
+        _ => None,
+    };
+    let cyclic: Vec<Vec<T>> = match streamed {
+        Some(_) => vectors.iter().map(|v| v.cyclic(c, lanes)).collect(),
+        None => Vec::new(),
+    };
+    let cyclic_ptrs: Vec<SendPtr<T>> = cyclic
+        .iter()
+        .map(|v| SendPtr(v.as_ptr() as *mut T))
+        .collect();
     let rows_per_task = (PASS_VALUES / c.max(1)).max(1);
     let ptrs = vectors.map(|v| SendPtr(v.ptr() as *mut T));
     let chunk = rows_per_task * c;
@@ -446,6 +618,20 @@ fn map_rows<T: Element, O: Copy + Send + Sync + 'static>(
         .for_each(|task| {
             let first = task * rows_per_task;
             let rows = first..(first + rows_per_task).min(len / c);
+            if let Some((xs, ds)) = streamed {
+                let span = rows.start * c..rows.end * c;
+                let cyclic: [*const T; 5] =
+                    std::array::from_fn(|i| cyclic_ptrs[i].get() as *const T);
+                let (xs, ds, o) = (
+                    xs.get() as *const T,
+                    ds.get() as *const T,
+                    base.get() as *mut T,
+                );
+                // SAFETY: the task's values lie in x (and dy), and in `out`'s capacity; each
+                // cyclic vector holds c + lanes values.
+                simd_call!(isa, T, map_flat_streamed(kind, xs, ds, c, span, cyclic, o));
+                return;
+            }
             let vectors = ptrs.map(|p| p.get() as *const T);
             let at = base.get().wrapping_add(first * c);
             let out = if bf16 {
@@ -1324,6 +1510,67 @@ mod tests {
 
     /// The sums' split depends on the shape only: the same input gives bit-identical
     /// statistics on one thread and on several.
+    /// Large outputs stream their stores, as one flat run of values whatever the rows:
+    /// every pass gives the plain pass's values bit for bit, on every path the machine
+    /// runs, in f32 and f64, with rows of whole vectors, of a part-filled last one, and
+    /// narrower than a vector (tasks, and so the streamed runs, then start and end inside
+    /// vectors and inside rows).
+    #[test]
+    fn streamed_output_passes_match_the_plain_ones_bit_for_bit() {
+        fn check<T: Element>(dtype: DType, isa: Isa) {
+            let kinds = [
+                Map::Affine { relu: true },
+                Map::Affine { relu: false },
+                Map::AffineAddRelu,
+                Map::TrainGrad { relu: true },
+                Map::TrainGrad { relu: false },
+                Map::EvalGrad { relu: true },
+            ];
+            let (lanes, _, _) = tile_shape::<T>(isa);
+            for c in [64, 56, 7, 3] {
+                // Just past the streaming size, and not a whole number of tasks.
+                let rows = STREAM_BYTES / std::mem::size_of::<T>() / c + 37;
+                let values = |seed: u64| {
+                    seeded(&[rows * c], dtype, seed)
+                        .to_vec1::<T>()
+                        .expect("values")
+                };
+                let (x, dy) = (values(1), values(2));
+                let per_channel: Vec<Channels<T>> = (3..8)
+                    .map(|seed| {
+                        let v = seeded(&[c], dtype, seed).to_vec1::<T>().expect("values");
+                        Channels::new(&v, lanes)
+                    })
+                    .collect();
+                let vectors: [&Channels<T>; 5] = std::array::from_fn(|i| &per_channel[i]);
+                for kind in kinds {
+                    let dy = if kind.reads_dy() { &dy[..] } else { &[] };
+                    let pass = |stream: bool| {
+                        map_rows_with::<T, T>(
+                            kind,
+                            Rows::Values(&x),
+                            Rows::Values(dy),
+                            c,
+                            isa,
+                            vectors,
+                            stream,
+                        )
+                        .iter()
+                        .map(|v| v.to_f64().to_bits())
+                        .collect::<Vec<_>>()
+                    };
+                    let plain = pass(false);
+                    assert!(plain.iter().any(|&b| b != 0), "{kind:?} c={c}");
+                    assert_eq!(pass(true), plain, "{kind:?} {dtype:?} {isa:?} c={c}");
+                }
+            }
+        }
+        for isa in crate::isa::available() {
+            check::<f32>(DType::F32, isa);
+            check::<f64>(DType::F64, isa);
+        }
+    }
+
     #[test]
     fn statistics_do_not_depend_on_the_thread_count() {
         let x = seeded(&[8, 9, 9, 24], DType::F32, 7);

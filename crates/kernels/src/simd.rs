@@ -51,6 +51,19 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     unsafe fn load_partial(p: *const Self::E, n: usize) -> Self::V;
     /// Writes the first `n` lanes (`n < LANES`) only.
     unsafe fn store_partial(p: *mut Self::E, v: Self::V, n: usize);
+    /// `store` at a `p` aligned to the vector's bytes, as a non-temporal (streaming)
+    /// store: the line goes to memory without first being read into the cache, which a
+    /// store to a line the cache lacks otherwise costs. The writes become visible to other
+    /// threads in order only after [`Simd::fence`].
+    #[inline(always)]
+    unsafe fn stream(p: *mut Self::E, v: Self::V) {
+        // SAFETY: the caller's promise.
+        unsafe { Self::store(p, v) }
+    }
+    /// Orders the streaming stores before every later store (and so before the release
+    /// that hands the data to another thread).
+    #[inline(always)]
+    unsafe fn fence() {}
     /// a * b + c (fused where the path has FMA).
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
@@ -203,6 +216,14 @@ impl Simd for Avx512F32 {
         unsafe { _mm512_storeu_ps(p, v) }
     }
     #[inline(always)]
+    unsafe fn stream(p: *mut f32, v: __m512) {
+        unsafe { _mm512_stream_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn fence() {
+        unsafe { _mm_sfence() }
+    }
+    #[inline(always)]
     unsafe fn load_partial(p: *const f32, n: usize) -> __m512 {
         unsafe { _mm512_maskz_loadu_ps(((1u32 << n) - 1) as u16, p) }
     }
@@ -307,6 +328,14 @@ impl Simd for Avx512F64 {
     #[inline(always)]
     unsafe fn store(p: *mut f64, v: __m512d) {
         unsafe { _mm512_storeu_pd(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn stream(p: *mut f64, v: __m512d) {
+        unsafe { _mm512_stream_pd(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn fence() {
+        unsafe { _mm_sfence() }
     }
     #[inline(always)]
     unsafe fn load_partial(p: *const f64, n: usize) -> __m512d {
@@ -419,6 +448,14 @@ impl Simd for Avx2F32 {
         unsafe { _mm256_storeu_ps(p, v) }
     }
     #[inline(always)]
+    unsafe fn stream(p: *mut f32, v: __m256) {
+        unsafe { _mm256_stream_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn fence() {
+        unsafe { _mm_sfence() }
+    }
+    #[inline(always)]
     unsafe fn load_partial(p: *const f32, n: usize) -> __m256 {
         unsafe { _mm256_maskload_ps(p, avx2_mask32(n)) }
     }
@@ -491,6 +528,14 @@ impl Simd for Avx2F64 {
     #[inline(always)]
     unsafe fn store(p: *mut f64, v: __m256d) {
         unsafe { _mm256_storeu_pd(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn stream(p: *mut f64, v: __m256d) {
+        unsafe { _mm256_stream_pd(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn fence() {
+        unsafe { _mm_sfence() }
     }
     #[inline(always)]
     unsafe fn load_partial(p: *const f64, n: usize) -> __m256d {
