@@ -396,14 +396,7 @@ unsafe fn map_rows_simd<S: Simd, const MR: usize>(
                 } else {
                     S::zero()
                 };
-                let per_channel = [
-                    S::load(vectors[0].add(at)),
-                    S::load(vectors[1].add(at)),
-                    S::load(vectors[2].add(at)),
-                    S::load(vectors[3].add(at)),
-                    S::load(vectors[4].add(at)),
-                ];
-                let value = map_value::<S>(kind, xv, dyv, per_channel);
+                let value = map_value::<S>(kind, xv, dyv, vectors, at);
                 match out {
                     Out::Values(o) => store_row::<S>(o.add(i * c), v, c, value),
                     Out::Bf16(o) => S::store_bf16(o.add(i * c + at), value, (c - at).min(S::LANES)),
@@ -414,14 +407,27 @@ unsafe fn map_rows_simd<S: Simd, const MR: usize>(
 }
 
 /// What an output pass computes for one vector of x and dy (zero where the pass reads no
-/// dy), with the per-channel vectors [p, q, r, m, s] of its lanes' channels.
+/// dy), with the per-channel vectors [p, q, r, m, s] of its lanes' channels read from
+/// `vectors` at `at`.
 ///
 /// # Safety
-/// The CPU runs `S`.
+/// Each of `vectors` holds a whole vector at `at`; the CPU runs `S`.
 #[inline(always)]
-unsafe fn map_value<S: Simd>(kind: Map, xv: S::V, dyv: S::V, [p, q, r, m, s]: [S::V; 5]) -> S::V {
+unsafe fn map_value<S: Simd>(
+    kind: Map,
+    xv: S::V,
+    dyv: S::V,
+    vectors: [*const S::E; 5],
+    at: usize,
+) -> S::V {
     // SAFETY: the caller's promise.
     unsafe {
+        let (p, q) = (S::load(vectors[0].add(at)), S::load(vectors[1].add(at)));
+        let (r, m, s) = (
+            S::load(vectors[2].add(at)),
+            S::load(vectors[3].add(at)),
+            S::load(vectors[4].add(at)),
+        );
         let pre = S::fma(xv, p, q);
         match kind {
             Map::Affine { relu } => {
@@ -480,14 +486,7 @@ unsafe fn flat_vector<S: Simd>(
         } else {
             S::zero()
         };
-        let per_channel = [
-            S::load(cyclic[0].add(ch)),
-            S::load(cyclic[1].add(ch)),
-            S::load(cyclic[2].add(ch)),
-            S::load(cyclic[3].add(ch)),
-            S::load(cyclic[4].add(ch)),
-        ];
-        let value = map_value::<S>(kind, xv, dyv, per_channel);
+        let value = map_value::<S>(kind, xv, dyv, cyclic, ch);
         if stream {
             S::stream(out.add(f), value)
         } else if n == S::LANES {
