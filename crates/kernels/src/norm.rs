@@ -156,6 +156,21 @@ impl<T: Element> Rows<'_, T> {
         }
     }
 
+    /// Values f..f + n (n <= LANES) as one vector, widened, the rest zero.
+    ///
+    /// # Safety
+    /// The values lie in the rows; the CPU runs `S`.
+    #[inline(always)]
+    unsafe fn load_flat<S: Simd<E = T>>(&self, f: usize, n: usize) -> S::V {
+        // SAFETY: the caller's promise.
+        unsafe {
+            match self {
+                Rows::Values(v) => load_upto::<S>(v.as_ptr().add(f), n),
+                Rows::Bf16(v) => S::load_bf16((v.as_ptr() as *const u16).add(f), n),
+            }
+        }
+    }
+
     /// Channel vector `v` of row `row`.
     ///
     /// # Safety
@@ -462,7 +477,8 @@ impl Map {
 }
 
 /// The vector at value f of [`map_flat_streamed`] (its first `n` lanes), its channels
-/// from `ch` on: stored as usual, or streamed (`n` is then LANES and `out + f` aligned).
+/// from `ch` on: stored as usual, or streamed (`n` is then LANES and the vector's place in
+/// `out` aligned to its bytes).
 ///
 /// # Safety
 /// As [`map_flat_streamed`], for the values f..f + n.
@@ -470,29 +486,39 @@ impl Map {
 #[allow(clippy::too_many_arguments)]
 unsafe fn flat_vector<S: Simd>(
     kind: Map,
-    (x, dy): (*const S::E, *const S::E),
+    (x, dy): (Rows<S::E>, Rows<S::E>),
     f: usize,
     n: usize,
     ch: usize,
     cyclic: [*const S::E; 5],
-    out: *mut S::E,
+    out: Out<S::E>,
     stream: bool,
 ) {
     // SAFETY: the caller's promise.
     unsafe {
-        let xv = load_upto::<S>(x.add(f), n);
+        let xv = x.load_flat::<S>(f, n);
         let dyv = if kind.reads_dy() {
-            load_upto::<S>(dy.add(f), n)
+            dy.load_flat::<S>(f, n)
         } else {
             S::zero()
         };
         let value = map_value::<S>(kind, xv, dyv, cyclic, ch);
-        if stream {
-            S::stream(out.add(f), value)
-        } else if n == S::LANES {
-            S::store(out.add(f), value)
-        } else {
-            S::store_partial(out.add(f), value, n)
+        match out {
+            Out::Values(o) if stream => S::stream(o.add(f), value),
+            Out::Values(o) if n == S::LANES => S::store(o.add(f), value),
+            Out::Values(o) => S::store_partial(o.add(f), value, n),
+            Out::Bf16(o) if stream => S::stream_bf16(o.add(f), value),
+            Out::Bf16(o) => S::store_bf16(o.add(f), value, n),
+        }
+    }
+}
+
+impl<T> Out<T> {
+    /// Bytes of one value, and the address of value f.
+    fn value_at(self, f: usize) -> (usize, usize) {
+        match self {
+            Out::Values(o) => (std::mem::size_of::<T>(), o.wrapping_add(f) as usize),
+            Out::Bf16(o) => (2, o.wrapping_add(f) as usize),
         }
     }
 }
@@ -503,32 +529,32 @@ unsafe fn flat_vector<S: Simd>(
 const STREAM_BYTES: usize = 2 << 20;
 
 /// An output pass over the values `span` of the rows, as [`map_rows_simd`] computes them,
-/// taken as one flat run of values so that every whole vector of `out` on a vector-aligned
-/// address is streamed, whatever the row length and wherever the rows start: the vector
-/// at value f covers channels f % c onwards, read from per-channel vectors laid out
-/// cyclically (value j of each holds channel j % c, for c + LANES values). The values
+/// taken as one flat run of values so that every whole vector of `out` on an address
+/// aligned to its bytes is streamed, whatever the row length and wherever the rows start:
+/// the vector at value f covers channels f % c onwards, read from per-channel vectors laid
+/// out cyclically (value j of each holds channel j % c, for c + LANES values). The values
 /// before the first aligned vector and after the last whole one are stored as usual.
 ///
 /// # Safety
-/// x (and dy, where the pass reads it) and `out` (for writes) hold the values `span`; each
-/// of `cyclic` holds c + LANES values; the CPU runs `S`.
+/// x (and dy, where the pass reads it) and `out` (for writes; its first value that of the
+/// rows' first) hold the values `span`; each of `cyclic` holds c + LANES values; the CPU
+/// runs `S`.
 #[inline(always)]
 unsafe fn map_flat_streamed<S: Simd, const MR: usize>(
     kind: Map,
-    x: *const S::E,
-    dy: *const S::E,
+    (x, dy): (Rows<S::E>, Rows<S::E>),
     c: usize,
     span: Range<usize>,
     cyclic: [*const S::E; 5],
-    out: *mut S::E,
+    out: Out<S::E>,
 ) {
-    let vector_bytes = S::LANES * std::mem::size_of::<S::E>();
+    let (value_bytes, start) = out.value_at(span.start);
     // SAFETY: every vector is cut to the values left in `span`; the per-channel loads
     // start below c and read LANES values of c + LANES.
     unsafe {
         let mut f = span.start;
-        // The values before the first vector-aligned one.
-        let misaligned = (out.add(f) as usize % vector_bytes) / std::mem::size_of::<S::E>();
+        // The values before the first aligned vector.
+        let misaligned = (start % (S::LANES * value_bytes)) / value_bytes;
         if misaligned > 0 {
             let n = (S::LANES - misaligned).min(span.end - f);
             flat_vector::<S>(kind, (x, dy), f, n, f % c, cyclic, out, false);
@@ -551,8 +577,7 @@ unsafe fn map_flat_streamed<S: Simd, const MR: usize>(
 }
 
 /// An output pass over all rows, in parallel tasks of whole rows, into values of type `O`:
-/// the input's dtype, or bf16. A large output in the input's dtype is streamed (see
-/// `map_flat_streamed`).
+/// the input's dtype, or bf16. A large output is streamed (see `map_flat_streamed`).
 fn map_rows<T: Element, O: Copy + Send + Sync + 'static>(
     kind: Map,
     x: Rows<T>,
@@ -582,26 +607,17 @@ fn map_rows_with<T: Element, O: Copy + Send + Sync + 'static>(
     );
     let len = x.len();
     let (lanes, _, _) = tile_shape::<T>(isa);
-    // The flat values of x and dy, where the pass streams.
-    let streamed = match (x, dy) {
-        (Rows::Values(xs), Rows::Values(ds))
-            if may_stream
-                && !bf16
-                && lanes > 1
-                && c > 0
-                && len * std::mem::size_of::<T>() >= STREAM_BYTES
-                && (!kind.reads_dy() || ds.len() == len) =>
-        {
-            Some((
-                SendPtr(xs.as_ptr() as *mut T),
-                SendPtr(ds.as_ptr() as *mut T),
-            ))
-        }
-        _ => None,
-    };
-    let cyclic: Vec<Vec<T>> = match streamed {
-        Some(_) => vectors.iter().map(|v| v.cyclic(c, lanes)).collect(),
-        None => Vec::new(),
+    // Whether the pass streams (see `map_flat_streamed`).
+    let out_bytes = len * std::mem::size_of::<O>();
+    let streamed = may_stream
+        && lanes > 1
+        && c > 0
+        && out_bytes >= STREAM_BYTES
+        && (!kind.reads_dy() || dy.len() == len);
+    let cyclic: Vec<Vec<T>> = if streamed {
+        vectors.iter().map(|v| v.cyclic(c, lanes)).collect()
+    } else {
+        Vec::new()
     };
     let cyclic_ptrs: Vec<SendPtr<T>> = cyclic
         .iter()
@@ -617,18 +633,22 @@ fn map_rows_with<T: Element, O: Copy + Send + Sync + 'static>(
         .for_each(|task| {
             let first = task * rows_per_task;
             let rows = first..(first + rows_per_task).min(len / c);
-            if let Some((xs, ds)) = streamed {
+            if streamed {
                 let span = rows.start * c..rows.end * c;
                 let cyclic: [*const T; 5] =
                     std::array::from_fn(|i| cyclic_ptrs[i].get() as *const T);
-                let (xs, ds, o) = (
-                    xs.get() as *const T,
-                    ds.get() as *const T,
-                    base.get() as *mut T,
-                );
+                let out = if bf16 {
+                    Out::Bf16(base.get() as *mut u16)
+                } else {
+                    Out::Values(base.get() as *mut T)
+                };
                 // SAFETY: the task's values lie in x (and dy), and in `out`'s capacity; each
                 // cyclic vector holds c + lanes values.
-                simd_call!(isa, T, map_flat_streamed(kind, xs, ds, c, span, cyclic, o));
+                simd_call!(
+                    isa,
+                    T,
+                    map_flat_streamed(kind, (x, dy), c, span, cyclic, out)
+                );
                 return;
             }
             let vectors = ptrs.map(|p| p.get() as *const T);
@@ -1567,6 +1587,81 @@ mod tests {
         for isa in crate::isa::available() {
             check::<f32>(DType::F32, isa);
             check::<f64>(DType::F64, isa);
+        }
+    }
+
+    /// The same for the bf16-mixed passes: x and dy in bf16 or f32, the output in bf16 or
+    /// f32, every pass kind, on every path the machine runs.
+    #[test]
+    fn streamed_bf16_passes_match_the_plain_ones_bit_for_bit() {
+        fn pass<O: Copy + Send + Sync + 'static>(
+            kind: Map,
+            (x, dy): (Rows<f32>, Rows<f32>),
+            c: usize,
+            isa: Isa,
+            vectors: [&Channels<f32>; 5],
+            stream: bool,
+        ) -> Vec<u64> {
+            let out = map_rows_with::<f32, O>(kind, x, dy, c, isa, vectors, stream);
+            // SAFETY: O is f32 or bf16, plain bits of 4 or 2 bytes.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    out.as_ptr() as *const u8,
+                    out.len() * std::mem::size_of::<O>(),
+                )
+            };
+            bytes
+                .chunks(8)
+                .map(|b| b.iter().fold(0u64, |h, &v| h << 8 | v as u64))
+                .collect()
+        }
+        for isa in crate::isa::available() {
+            let (lanes, _, _) = tile_shape::<f32>(isa);
+            for c in [64, 56, 7] {
+                // Past the streaming size of a bf16 output.
+                let rows = STREAM_BYTES / 2 / c + 29;
+                let f32s = |seed: u64| {
+                    seeded(&[rows * c], DType::F32, seed)
+                        .to_vec1::<f32>()
+                        .expect("values")
+                };
+                let (x, dy) = (f32s(1), f32s(2));
+                let bf16s = |v: &[f32]| {
+                    v.iter()
+                        .map(|&v| half::bf16::from_f32(v))
+                        .collect::<Vec<_>>()
+                };
+                let (xb, dyb) = (bf16s(&x), bf16s(&dy));
+                let per_channel: Vec<Channels<f32>> = (3..8)
+                    .map(|seed| {
+                        let v = seeded(&[c], DType::F32, seed)
+                            .to_vec1::<f32>()
+                            .expect("values");
+                        Channels::new(&v, lanes)
+                    })
+                    .collect();
+                let vectors: [&Channels<f32>; 5] = std::array::from_fn(|i| &per_channel[i]);
+                for kind in [
+                    Map::Affine { relu: true },
+                    Map::AffineAddRelu,
+                    Map::TrainGrad { relu: true },
+                ] {
+                    for (xr, dr) in [
+                        (Rows::Bf16(&xb), Rows::Bf16(&dyb)),
+                        (Rows::Bf16(&xb), Rows::Values(&dy)),
+                        (Rows::Values(&x), Rows::Bf16(&dyb)),
+                    ] {
+                        let what = format!("{kind:?} {isa:?} c={c}");
+                        let plain = pass::<half::bf16>(kind, (xr, dr), c, isa, vectors, false);
+                        assert!(plain.iter().any(|&b| b != 0), "{what}");
+                        let streamed = pass::<half::bf16>(kind, (xr, dr), c, isa, vectors, true);
+                        assert_eq!(streamed, plain, "bf16 out, {what}");
+                        let plain = pass::<f32>(kind, (xr, dr), c, isa, vectors, false);
+                        let streamed = pass::<f32>(kind, (xr, dr), c, isa, vectors, true);
+                        assert_eq!(streamed, plain, "f32 out, {what}");
+                    }
+                }
+            }
         }
     }
 

@@ -60,6 +60,13 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
         // SAFETY: the caller's promise.
         unsafe { Self::store(p, v) }
     }
+    /// `store_bf16` of all LANES lanes at a `p` aligned to their bytes (LANES * 2), streamed
+    /// where the path can (see `stream`).
+    #[inline(always)]
+    unsafe fn stream_bf16(p: *mut u16, v: Self::V) {
+        // SAFETY: the caller's promise.
+        unsafe { Self::store_bf16(p, v, Self::LANES) }
+    }
     /// Orders the streaming stores before every later store (and so before the release
     /// that hands the data to another thread).
     #[inline(always)]
@@ -276,25 +283,20 @@ impl Simd for Avx512F32 {
     }
     #[inline(always)]
     unsafe fn store_bf16(p: *mut u16, v: __m512, n: usize) {
-        // Round to nearest even in integers, as `bf16::to_bf16`; NaNs stay quiet NaNs.
         // SAFETY: the caller's promise for the n values; the rest are masked off.
         unsafe {
-            let bits = _mm512_castps_si512(v);
-            let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
-            let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(
-                bits,
-                _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd),
-            ));
-            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-            let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(0x40));
-            let out = _mm512_mask_mov_epi32(rounded, nan, quiet);
             let mask = if n >= 16 {
                 u16::MAX
             } else {
                 ((1u32 << n) - 1) as u16
             };
-            _mm512_mask_cvtepi32_storeu_epi16(p as *mut i16, mask, out);
+            _mm512_mask_cvtepi32_storeu_epi16(p as *mut i16, mask, bf16_lanes(v));
         }
+    }
+    #[inline(always)]
+    unsafe fn stream_bf16(p: *mut u16, v: __m512) {
+        // SAFETY: the caller's promise (32 bytes at a 32-byte boundary).
+        unsafe { _mm256_stream_si256(p as *mut __m256i, _mm512_cvtepi32_epi16(bf16_lanes(v))) }
     }
     #[inline(always)]
     unsafe fn lane_index(idx: &[u32; 16]) -> __m512i {
@@ -303,6 +305,28 @@ impl Simd for Avx512F32 {
     #[inline(always)]
     unsafe fn permute(v: __m512, idx: __m512i) -> __m512 {
         unsafe { _mm512_permutexvar_ps(idx, v) }
+    }
+}
+
+/// Each lane of `v` rounded to bf16 (to nearest even in integers, as `bf16::to_bf16`;
+/// NaNs stay quiet NaNs), its bits in the low half of a 32-bit lane.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn bf16_lanes(v: __m512) -> __m512i {
+    // SAFETY: the caller's promise.
+    unsafe {
+        let bits = _mm512_castps_si512(v);
+        let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(
+            bits,
+            _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd),
+        ));
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+        let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(0x40));
+        _mm512_mask_mov_epi32(rounded, nan, quiet)
     }
 }
 
