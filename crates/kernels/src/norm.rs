@@ -4,7 +4,8 @@
 //! for the channel statistics and one for the output, its backward one pass for the two
 //! channel sums and one for the input gradient, with the following ReLU folded in: the
 //! backward recomputes the pre-ReLU value from x and the saved scale and shift (the same
-//! expression as the forward, so the same mask) instead of reading the output.
+//! expression as the forward, so the same mask) instead of reading the output. An output
+//! pass whose output reaches `STREAM_BYTES` streams its stores (see `map_flat_streamed`).
 //!
 //! Statistics sum fixed chunks of rows, each in lanes of the input's precision for a few
 //! rows and then in f64; chunk sums are added in chunk order. The chunks depend on the
