@@ -8,9 +8,15 @@ use std::mem::MaybeUninit;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 
+use rayon::prelude::*;
+
 use crate::cpu::{
     contiguous, cpu_slice, float_dispatch, masked, par_filled, relu_if, storage, write_from,
+    SendPtr,
 };
+use crate::gemm::load_upto;
+use crate::isa::Isa;
+use crate::simd::{simd_call, stream_parts, tile_shape, Element, Simd, STREAM_BYTES};
 
 /// max(a + b, 0).
 #[derive(Debug, Clone, Copy)]
@@ -48,13 +54,81 @@ fn add_relu<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {
     )
 }
 
-pub(crate) fn relu_grad<T: WithDType>(y: &[T], dy: &[T]) -> Vec<T> {
-    zip_map(
-        y,
-        dy,
-        #[inline(always)]
-        |y, g| masked(true, y, g),
-    )
+/// The gradient through a ReLU taken from its output y: dy where y was passed through,
+/// else 0. An output of `STREAM_BYTES` or more is streamed (see `Simd::stream`).
+pub(crate) fn relu_grad<T: Element>(y: &[T], dy: &[T]) -> Vec<T> {
+    relu_grad_with(y, dy, crate::isa::selected(), true)
+}
+
+/// `relu_grad` on `isa`'s path, streamed only where `may_stream` (the tests hold the
+/// streamed pass to the plain one, bit for bit).
+fn relu_grad_with<T: Element>(y: &[T], dy: &[T], isa: Isa, may_stream: bool) -> Vec<T> {
+    let (lanes, _, _) = tile_shape::<T>(isa);
+    let len = y.len();
+    if !may_stream || lanes == 1 || len * std::mem::size_of::<T>() < STREAM_BYTES {
+        return zip_map(
+            y,
+            dy,
+            #[inline(always)]
+            |y, g| masked(true, y, g),
+        );
+    }
+    assert_eq!(dy.len(), len, "relu_grad: y and dy differ in length");
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    let base = SendPtr(out.as_mut_ptr());
+    let (yp, gp) = (
+        SendPtr(y.as_ptr() as *mut T),
+        SendPtr(dy.as_ptr() as *mut T),
+    );
+    (0..len.div_ceil(CHUNK)).into_par_iter().for_each(|chunk| {
+        let span = chunk * CHUNK..((chunk + 1) * CHUNK).min(len);
+        let (y, dy) = (yp.get() as *const T, gp.get() as *const T);
+        // SAFETY: the chunk's values lie in y, dy and `out`'s capacity.
+        simd_call!(isa, T, relu_grad_streamed(y, dy, span, base.get()));
+    });
+    // SAFETY: the chunks wrote every value (T's values are plain bits).
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// `relu_grad`'s values `span`, every whole vector on an aligned address of `out`
+/// streamed, the values before and after them stored as usual.
+///
+/// # Safety
+/// y, dy and `out` (for writes) hold the values `span`; the CPU runs `S`.
+#[inline(always)]
+unsafe fn relu_grad_streamed<S: Simd, const MR: usize>(
+    y: *const S::E,
+    dy: *const S::E,
+    span: std::ops::Range<usize>,
+    out: *mut S::E,
+) {
+    let size = std::mem::size_of::<S::E>();
+    let [head, body, tail] = stream_parts(
+        span.clone(),
+        out.wrapping_add(span.start) as usize,
+        size,
+        S::LANES,
+    );
+    // SAFETY: every vector lies within `span` (the ends cut to their values).
+    unsafe {
+        for part in [head, tail] {
+            if !part.is_empty() {
+                let n = part.len();
+                let f = part.start;
+                let value =
+                    S::where_passed(load_upto::<S>(y.add(f), n), load_upto::<S>(dy.add(f), n));
+                S::store_partial(out.add(f), value, n);
+            }
+        }
+        for f in body.step_by(S::LANES) {
+            S::stream(
+                out.add(f),
+                S::where_passed(S::load(y.add(f)), S::load(dy.add(f))),
+            );
+        }
+        S::fence();
+    }
 }
 
 impl CustomOp2 for AddRelu {
@@ -150,6 +224,38 @@ mod tests {
                     assert_eq!(diff, 0.0, "{shape:?} gradient");
                 }
             }
+        }
+    }
+
+    /// The ReLU's gradient of a large output streams its stores: the plain pass's values
+    /// bit for bit, on every path the machine runs, in f32 and f64, with outputs that were
+    /// clamped (0, -0), passed, or NaN, and a length that ends inside a vector.
+    #[test]
+    fn streamed_relu_gradient_matches_the_plain_one_bit_for_bit() {
+        fn check<T: Element>(dtype: DType, isa: Isa) {
+            let len = STREAM_BYTES / std::mem::size_of::<T>() + 37;
+            let mut y = seeded(&[len], dtype, 1).to_vec1::<T>().unwrap();
+            let dy = seeded(&[len], dtype, 2).to_vec1::<T>().unwrap();
+            for (i, v) in y.iter_mut().enumerate() {
+                match i % 7 {
+                    0 => *v = T::zero(),
+                    1 => *v = T::from_f64(-0.0),
+                    2 => *v = T::from_f64(f64::NAN),
+                    _ => {}
+                }
+            }
+            let bits = |v: Vec<T>| v.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
+            let plain = bits(relu_grad_with(&y, &dy, isa, false));
+            assert!(plain.iter().any(|&b| b != 0), "{dtype:?} {isa:?}");
+            assert_eq!(
+                bits(relu_grad_with(&y, &dy, isa, true)),
+                plain,
+                "{dtype:?} {isa:?}"
+            );
+        }
+        for isa in crate::isa::available() {
+            check::<f32>(DType::F32, isa);
+            check::<f64>(DType::F64, isa);
         }
     }
 

@@ -5,7 +5,7 @@
 //! channel sums and one for the input gradient, with the following ReLU folded in: the
 //! backward recomputes the pre-ReLU value from x and the saved scale and shift (the same
 //! expression as the forward, so the same mask) instead of reading the output. An output
-//! pass whose output reaches `STREAM_BYTES` streams its stores (see `map_flat_streamed`).
+//! pass whose output reaches `simd::STREAM_BYTES` streams its stores (see `map_flat_streamed`).
 //!
 //! Statistics sum fixed chunks of rows, each in lanes of the input's precision for a few
 //! rows and then in f64; chunk sums are added in chunk order. The chunks depend on the
@@ -23,7 +23,7 @@ use std::ops::Range;
 use crate::cpu::{contiguous, cpu_slice, float_dispatch, storage, SendPtr};
 use crate::gemm::load_upto;
 use crate::isa::{self, Isa};
-use crate::simd::{simd_call, tile_shape, Element, Simd};
+use crate::simd::{simd_call, stream_parts, tile_shape, Element, Simd, STREAM_BYTES};
 
 /// Per-channel statistics of one training batch: saved by the forward for the backward and
 /// for the running-statistics update.
@@ -524,11 +524,6 @@ impl<T> Out<T> {
     }
 }
 
-/// Bytes of output from which an output pass streams its stores (see `Simd::stream`): an
-/// output this large, with the rows it is computed from, overflows a core's second-level
-/// cache, so each line it writes would first be read from memory only to be overwritten.
-const STREAM_BYTES: usize = 2 << 20;
-
 /// An output pass over the values `span` of the rows, as [`map_rows_simd`] computes them,
 /// taken as one flat run of values so that every whole vector of `out` on an address
 /// aligned to its bytes is streamed, whatever the row length and wherever the rows start:
@@ -550,28 +545,43 @@ unsafe fn map_flat_streamed<S: Simd, const MR: usize>(
     out: Out<S::E>,
 ) {
     let (value_bytes, start) = out.value_at(span.start);
+    let [head, body, tail] = stream_parts(span, start, value_bytes, S::LANES);
     // SAFETY: every vector is cut to the values left in `span`; the per-channel loads
     // start below c and read LANES values of c + LANES.
     unsafe {
-        let mut f = span.start;
-        // The values before the first aligned vector.
-        let misaligned = (start % (S::LANES * value_bytes)) / value_bytes;
-        if misaligned > 0 {
-            let n = (S::LANES - misaligned).min(span.end - f);
-            flat_vector::<S>(kind, (x, dy), f, n, f % c, cyclic, out, false);
-            f += n;
+        if !head.is_empty() {
+            let n = head.len();
+            flat_vector::<S>(
+                kind,
+                (x, dy),
+                head.start,
+                n,
+                head.start % c,
+                cyclic,
+                out,
+                false,
+            );
         }
-        let mut ch = f % c;
-        while f + S::LANES <= span.end {
+        let mut ch = body.start % c;
+        for f in body.step_by(S::LANES) {
             flat_vector::<S>(kind, (x, dy), f, S::LANES, ch, cyclic, out, true);
-            f += S::LANES;
             ch += S::LANES;
             while ch >= c {
                 ch -= c;
             }
         }
-        if f < span.end {
-            flat_vector::<S>(kind, (x, dy), f, span.end - f, ch, cyclic, out, false);
+        if !tail.is_empty() {
+            let n = tail.len();
+            flat_vector::<S>(
+                kind,
+                (x, dy),
+                tail.start,
+                n,
+                tail.start % c,
+                cyclic,
+                out,
+                false,
+            );
         }
         S::fence();
     }

@@ -80,6 +80,9 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     unsafe fn relu(v: Self::V) -> Self::V;
     /// `g` where `pre > 0`, else 0: the gradient through a ReLU whose input was `pre`.
     unsafe fn where_positive(pre: Self::V, g: Self::V) -> Self::V;
+    /// `g` where `y` is not at most zero (above it, or NaN), else 0: the gradient through a
+    /// ReLU taken from its output y, as `cpu::masked` takes it.
+    unsafe fn where_passed(y: Self::V, g: Self::V) -> Self::V;
     /// The permutation whose lane l reads lane `idx[l]` (each below LANES), from the
     /// first LANES entries.
     unsafe fn lane_index(idx: &[u32; 16]) -> Self::Ix;
@@ -107,6 +110,31 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
             unsafe { *p.add(i) = crate::bf16::to_bf16(value.to_f64() as f32) };
         }
     }
+}
+
+/// Bytes of output from which an element-wise pass streams its stores (see
+/// `Simd::stream`): an output this large, with the values it is computed from, overflows a
+/// core's second-level cache, so each line it writes would first be read from memory only
+/// to be overwritten.
+pub(crate) const STREAM_BYTES: usize = 2 << 20;
+
+/// The values `span` of an output whose value `span.start` lies at address `start`, in
+/// values of `value_bytes`, cut for streaming into vectors of `lanes`: the values before the
+/// first vector-aligned one, the whole aligned vectors, and the values after the last.
+pub(crate) fn stream_parts(
+    span: std::ops::Range<usize>,
+    start: usize,
+    value_bytes: usize,
+    lanes: usize,
+) -> [std::ops::Range<usize>; 3] {
+    let misaligned = (start % (lanes * value_bytes)) / value_bytes;
+    let head_end = if misaligned > 0 {
+        (span.start + lanes - misaligned).min(span.end)
+    } else {
+        span.start
+    };
+    let body_end = head_end + (span.end - head_end) / lanes * lanes;
+    [span.start..head_end, head_end..body_end, body_end..span.end]
 }
 
 /// Plain Rust, one element per "vector": the portable path (and its reference).
@@ -175,6 +203,10 @@ impl<T: Element> Simd for Scalar<T> {
         } else {
             T::zero()
         }
+    }
+    #[inline(always)]
+    unsafe fn where_passed(y: T, g: T) -> T {
+        crate::cpu::masked(true, y, g)
     }
     #[inline(always)]
     unsafe fn lane_index(_idx: &[u32; 16]) {}
@@ -267,6 +299,10 @@ impl Simd for Avx512F32 {
                 g,
             )
         }
+    }
+    #[inline(always)]
+    unsafe fn where_passed(y: __m512, g: __m512) -> __m512 {
+        unsafe { _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_NLE_UQ>(y, _mm512_setzero_ps()), g) }
     }
     #[inline(always)]
     unsafe fn load_bf16(p: *const u16, n: usize) -> __m512 {
@@ -400,6 +436,10 @@ impl Simd for Avx512F64 {
         }
     }
     #[inline(always)]
+    unsafe fn where_passed(y: __m512d, g: __m512d) -> __m512d {
+        unsafe { _mm512_maskz_mov_pd(_mm512_cmp_pd_mask::<_CMP_NLE_UQ>(y, _mm512_setzero_pd()), g) }
+    }
+    #[inline(always)]
     unsafe fn lane_index(idx: &[u32; 16]) -> __m512i {
         let wide: [u64; 8] = std::array::from_fn(|l| idx[l] as u64);
         unsafe { _mm512_loadu_si512(wide.as_ptr() as *const _) }
@@ -521,6 +561,10 @@ impl Simd for Avx2F32 {
         unsafe { _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(pre, _mm256_setzero_ps()), g) }
     }
     #[inline(always)]
+    unsafe fn where_passed(y: __m256, g: __m256) -> __m256 {
+        unsafe { _mm256_and_ps(_mm256_cmp_ps::<_CMP_NLE_UQ>(y, _mm256_setzero_ps()), g) }
+    }
+    #[inline(always)]
     unsafe fn lane_index(idx: &[u32; 16]) -> __m256i {
         unsafe { _mm256_loadu_si256(idx.as_ptr() as *const __m256i) }
     }
@@ -603,6 +647,10 @@ impl Simd for Avx2F64 {
     #[inline(always)]
     unsafe fn where_positive(pre: __m256d, g: __m256d) -> __m256d {
         unsafe { _mm256_and_pd(_mm256_cmp_pd::<_CMP_GT_OQ>(pre, _mm256_setzero_pd()), g) }
+    }
+    #[inline(always)]
+    unsafe fn where_passed(y: __m256d, g: __m256d) -> __m256d {
+        unsafe { _mm256_and_pd(_mm256_cmp_pd::<_CMP_NLE_UQ>(y, _mm256_setzero_pd()), g) }
     }
     #[inline(always)]
     unsafe fn lane_index(idx: &[u32; 16]) -> __m256i {
