@@ -549,18 +549,12 @@ unsafe fn map_flat_streamed<S: Simd, const MR: usize>(
     // SAFETY: every vector is cut to the values left in `span`; the per-channel loads
     // start below c and read LANES values of c + LANES.
     unsafe {
-        if !head.is_empty() {
-            let n = head.len();
-            flat_vector::<S>(
-                kind,
-                (x, dy),
-                head.start,
-                n,
-                head.start % c,
-                cyclic,
-                out,
-                false,
-            );
+        // The ends, stored as usual (either may be empty).
+        for part in [head, tail] {
+            let (f, n) = (part.start, part.len());
+            if n > 0 {
+                flat_vector::<S>(kind, (x, dy), f, n, f % c, cyclic, out, false);
+            }
         }
         let mut ch = body.start % c;
         for f in body.step_by(S::LANES) {
@@ -569,19 +563,6 @@ unsafe fn map_flat_streamed<S: Simd, const MR: usize>(
             while ch >= c {
                 ch -= c;
             }
-        }
-        if !tail.is_empty() {
-            let n = tail.len();
-            flat_vector::<S>(
-                kind,
-                (x, dy),
-                tail.start,
-                n,
-                tail.start % c,
-                cyclic,
-                out,
-                false,
-            );
         }
         S::fence();
     }
