@@ -65,7 +65,7 @@ pub(crate) fn relu_grad<T: Element>(y: &[T], dy: &[T]) -> Vec<T> {
 fn relu_grad_with<T: Element>(y: &[T], dy: &[T], isa: Isa, may_stream: bool) -> Vec<T> {
     let (lanes, _, _) = tile_shape::<T>(isa);
     let len = y.len();
-    if !may_stream || lanes == 1 || len * std::mem::size_of::<T>() < STREAM_BYTES {
+    if !may_stream || lanes == 1 || std::mem::size_of_val(y) < STREAM_BYTES {
         return zip_map(
             y,
             dy,
