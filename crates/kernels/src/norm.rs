@@ -515,6 +515,15 @@ unsafe fn flat_vector<S: Simd>(
 }
 
 impl<T> Out<T> {
+    /// An output starting at `p`: bf16 bits where `bf16`, else values of T.
+    fn at(p: *mut T, bf16: bool) -> Out<T> {
+        if bf16 {
+            Out::Bf16(p as *mut u16)
+        } else {
+            Out::Values(p)
+        }
+    }
+
     /// Bytes of one value, and the address of value f.
     fn value_at(self, f: usize) -> (usize, usize) {
         match self {
@@ -629,11 +638,7 @@ fn map_rows_with<T: Element, O: Copy + Send + Sync + 'static>(
                 let span = rows.start * c..rows.end * c;
                 let cyclic: [*const T; 5] =
                     std::array::from_fn(|i| cyclic_ptrs[i].get() as *const T);
-                let out = if bf16 {
-                    Out::Bf16(base.get() as *mut u16)
-                } else {
-                    Out::Values(base.get() as *mut T)
-                };
+                let out = Out::<T>::at(base.get() as *mut T, bf16);
                 // SAFETY: the task's values lie in x (and dy), and in `out`'s capacity; each
                 // cyclic vector holds c + lanes values.
                 simd_call!(
@@ -644,12 +649,7 @@ fn map_rows_with<T: Element, O: Copy + Send + Sync + 'static>(
                 return;
             }
             let vectors = ptrs.map(|p| p.get() as *const T);
-            let at = base.get().wrapping_add(first * c);
-            let out = if bf16 {
-                Out::Bf16(at as *mut u16)
-            } else {
-                Out::Values(at as *mut T)
-            };
+            let out = Out::<T>::at(base.get().wrapping_add(first * c) as *mut T, bf16);
             // SAFETY: the task's rows lie in x (and dy), and their outputs in `out`'s capacity.
             simd_call!(isa, T, map_rows_simd(kind, x, dy, c, rows, vectors, out));
         });
