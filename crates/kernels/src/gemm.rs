@@ -18,7 +18,7 @@
 //! Accumulation order is fixed by the loops, so results do not depend on scheduling.
 
 use crate::bf16::Lines;
-use crate::simd::Simd;
+use crate::simd::{prefetch, Simd};
 
 /// Calls `$tiles!(MR, NV)` with the sub-tile shape of path `$s` for `$nv` vectors: rows
 /// and vectors whose accumulators, one broadcast (or loaded vector) per row and the
@@ -234,6 +234,15 @@ pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize>(
         let mut acc = [[S::zero(); NV]; MR];
         let mut bp = b;
         for t in 0..taps {
+            // The next sub-tile's rows for this tap (where the table has them): strided and
+            // grouped products read a few scattered values per row, which the hardware's
+            // prefetchers do not foresee, so each load would otherwise wait on memory.
+            for i in 0..MR {
+                if let Some(&row) = a.get(t * stride + MR + i) {
+                    prefetch(row.wrapping_add(skip));
+                    prefetch(row.wrapping_add(skip + kc.max(1) - 1));
+                }
+            }
             let ap: [*const S::E; MR] =
                 std::array::from_fn(|i| a.get_unchecked(t * stride + i).add(skip));
             for k in 0..kc {
@@ -596,6 +605,14 @@ pub(crate) unsafe fn group_lanes_tile<S: Simd, const MR: usize, const NV: usize>
     unsafe {
         let mut acc = [[S::zero(); NV]; MR];
         for t in 0..taps {
+            // The next sub-tile's vectors for this tap, as in `igemm_tile`.
+            for i in 0..MR {
+                if let Some(&row) = a.get(t * stride + MR + i) {
+                    for j in 0..NV {
+                        prefetch(row.wrapping_add((v0 + j) * lg.width));
+                    }
+                }
+            }
             let x: [[S::V; NV]; MR] = std::array::from_fn(|i| {
                 let row = *a.get_unchecked(t * stride + i);
                 std::array::from_fn(|j| load_upto::<S>(row.add((v0 + j) * lg.width), filled[j]))
