@@ -8,11 +8,8 @@ use std::mem::MaybeUninit;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 
-use rayon::prelude::*;
-
 use crate::cpu::{
     contiguous, cpu_slice, float_dispatch, masked, par_filled, relu_if, storage, write_from,
-    SendPtr,
 };
 use crate::gemm::load_upto;
 use crate::isa::Isa;
@@ -74,21 +71,23 @@ fn relu_grad_with<T: Element>(y: &[T], dy: &[T], isa: Isa, may_stream: bool) -> 
         );
     }
     assert_eq!(dy.len(), len, "relu_grad: y and dy differ in length");
-    let mut out: Vec<T> = Vec::with_capacity(len);
-    let base = SendPtr(out.as_mut_ptr());
-    let (yp, gp) = (
-        SendPtr(y.as_ptr() as *mut T),
-        SendPtr(dy.as_ptr() as *mut T),
-    );
-    (0..len.div_ceil(CHUNK)).into_par_iter().for_each(|chunk| {
-        let span = chunk * CHUNK..((chunk + 1) * CHUNK).min(len);
-        let (y, dy) = (yp.get() as *const T, gp.get() as *const T);
-        // SAFETY: the chunk's values lie in y, dy and `out`'s capacity.
-        simd_call!(isa, T, relu_grad_streamed(y, dy, span, base.get()));
-    });
-    // SAFETY: the chunks wrote every value (T's values are plain bits).
-    unsafe { out.set_len(len) };
-    out
+    // SAFETY: `relu_grad_streamed` writes every value of each chunk, whose values lie in y
+    // and dy at the chunk's offset.
+    unsafe {
+        par_filled(
+            len,
+            CHUNK,
+            isa,
+            || (),
+            #[inline(always)]
+            |_, chunk, o: &mut [MaybeUninit<T>]| {
+                let start = chunk * CHUNK;
+                let (y, dy) = (y.as_ptr().add(start), dy.as_ptr().add(start));
+                let out = o.as_mut_ptr() as *mut T;
+                simd_call!(isa, T, relu_grad_streamed(y, dy, 0..o.len(), out));
+            },
+        )
+    }
 }
 
 /// `relu_grad`'s values `span`, every whole vector on an aligned address of `out`

@@ -61,6 +61,19 @@ macro_rules! sub_tiles {
     }};
 }
 
+/// Asks the cache, through `lines`, for the rows a tile's next sub-tile reads at one tap:
+/// the pointers `a[next..next + MR]`, as far as the table has them. Strided and grouped
+/// products read a few scattered values per row, which the hardware's prefetchers do not
+/// foresee, so each of their loads would otherwise wait on memory.
+#[inline(always)]
+fn prefetch_rows<E, const MR: usize>(a: &[*const E], next: usize, lines: impl Fn(*const E)) {
+    for i in 0..MR {
+        if let Some(&row) = a.get(next + i) {
+            lines(row);
+        }
+    }
+}
+
 /// One column panel of a packed operand: `width` real columns from `col`, stored as
 /// `nv` vectors per row (zero beyond `width`), starting at `offset`.
 #[derive(Debug, Clone, Copy)]
@@ -234,15 +247,15 @@ pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize>(
         let mut acc = [[S::zero(); NV]; MR];
         let mut bp = b;
         for t in 0..taps {
-            // The next sub-tile's rows for this tap (where the table has them): strided and
-            // grouped products read a few scattered values per row, which the hardware's
-            // prefetchers do not foresee, so each load would otherwise wait on memory.
-            for i in 0..MR {
-                if let Some(&row) = a.get(t * stride + MR + i) {
+            prefetch_rows::<S::E, MR>(
+                a,
+                t * stride + MR,
+                #[inline(always)]
+                |row| {
                     prefetch(row.wrapping_add(skip));
                     prefetch(row.wrapping_add(skip + kc.max(1) - 1));
-                }
-            }
+                },
+            );
             let ap: [*const S::E; MR] =
                 std::array::from_fn(|i| a.get_unchecked(t * stride + i).add(skip));
             for k in 0..kc {
@@ -605,14 +618,16 @@ pub(crate) unsafe fn group_lanes_tile<S: Simd, const MR: usize, const NV: usize>
     unsafe {
         let mut acc = [[S::zero(); NV]; MR];
         for t in 0..taps {
-            // The next sub-tile's vectors for this tap, as in `igemm_tile`.
-            for i in 0..MR {
-                if let Some(&row) = a.get(t * stride + MR + i) {
+            prefetch_rows::<S::E, MR>(
+                a,
+                t * stride + MR,
+                #[inline(always)]
+                |row| {
                     for j in 0..NV {
                         prefetch(row.wrapping_add((v0 + j) * lg.width));
                     }
-                }
-            }
+                },
+            );
             let x: [[S::V; NV]; MR] = std::array::from_fn(|i| {
                 let row = *a.get_unchecked(t * stride + i);
                 std::array::from_fn(|j| load_upto::<S>(row.add((v0 + j) * lg.width), filled[j]))
