@@ -183,7 +183,7 @@ const PANEL_BUDGET: usize = 256 << 10;
 /// task takes as many channel vectors as fit, so that it finds each row's tap pointers once
 /// for all of them (for groups of two or four channels, finding the pointers costs as much
 /// as the products of a vector or two).
-const GROUP_LANES_BUDGET: usize = 16 << 10;
+const GROUP_LANES_BUDGET: usize = 48 << 10;
 /// Pixels of a weight-gradient chunk: its gradient rows stay in cache across the taps.
 pub(crate) const CHUNK: usize = 128;
 /// Tasks the weight gradient aims for (a fixed number, so that its split, and so its
@@ -1875,7 +1875,7 @@ mod tests {
         (5, 27, 12, 13, 27, 3, 1, 1, 9),
         // Group-lanes weights over `GROUP_LANES_BUDGET`: the channel vectors in several blocks, the last
         // one shorter (4 channels per group, stride 2 for the input gradient's classes).
-        (2, 136, 5, 5, 136, 3, 2, 1, 34),
+        (2, 344, 5, 5, 344, 3, 2, 1, 86),
     ];
 
     fn close(a: &Tensor, b: &Tensor, tol: f64, what: &str) {
