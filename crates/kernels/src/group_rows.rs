@@ -9,7 +9,9 @@
 //! permuted vectors feed the three outputs of the row that its three taps reach. Three
 //! accumulators roll along the row (the output the pixel reaches first, through tap 0, the
 //! one it reaches through tap 1, and the one it completes through tap 2), and the three
-//! passes of a 3x3 window add into the output row in turn.
+//! passes of a 3x3 window add into the output row in turn. Where the path's registers have
+//! room, a pass holds its weights there for the whole row instead of reading them again at
+//! every pixel.
 //!
 //! The same walk serves the forward product (source: the input, taps reading right and
 //! down) and the input gradient (source: the output gradient, taps reading left and up):
@@ -140,21 +142,88 @@ unsafe fn rows_task<S: Simd, const MR: usize>(
                 let o_row = out.add(r * row_len);
                 let wt = wl.add(ky * 3 * tap_len);
                 let backward = walk == Walk::InputGrad;
-                let mut v = vectors.start;
-                while v < vectors.end {
-                    if v + 4 <= vectors.end && S::NV_MAX >= 4 && S::LANES > 1 {
-                        row_pass::<S, 4>(s_row, o_row, w, lg, wt, &bcast, v, first, backward);
-                        v += 4;
-                    } else if v + 2 <= vectors.end && S::LANES > 1 {
-                        row_pass::<S, 2>(s_row, o_row, w, lg, wt, &bcast, v, first, backward);
-                        v += 2;
-                    } else {
-                        row_pass::<S, 1>(s_row, o_row, w, lg, wt, &bcast, v, first, backward);
-                        v += 1;
-                    }
+                macro_rules! passes {
+                    ($($cg:literal)*) => {
+                        match lg.cg {
+                            $($cg => row_passes::<S, $cg>(
+                                s_row, o_row, w, lg, wt, &bcast, vectors.clone(), first, backward,
+                            ),)*
+                            _ => row_passes::<S, 0>(
+                                s_row, o_row, w, lg, wt, &bcast, vectors.clone(), first, backward,
+                            ),
+                        }
+                    };
                 }
+                // Groups of up to six channels may hold their weights in registers (no
+                // path has room for wider ones' with their sums); wider ones share a pass.
+                passes!(1 2 3 4 5 6);
             }
             first = false;
+        }
+    }
+}
+
+/// The row passes of one row of taps over one source row for the channel vectors
+/// `vectors`. With CG > 0 (groups of CG channels) and room in the path's registers, each
+/// pass holds its weights in registers, with as many vectors a pass as leave room for
+/// them; otherwise (CG = 0: any group width) the passes read their weights from memory at
+/// each pixel, four vectors a pass where they can (see [`row_pass`]).
+///
+/// # Safety
+/// As [`row_pass`] for each pass, with `vectors` within `lg.vectors` and, for CG > 0,
+/// `lg.cg == CG`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn row_passes<S: Simd, const CG: usize>(
+    src: *const S::E,
+    out: *mut S::E,
+    w: usize,
+    lg: GroupLanes,
+    wt: *const S::E,
+    bcast: &[S::Ix; MAX_GROUP],
+    vectors: Range<usize>,
+    first: bool,
+    backward: bool,
+) {
+    // A pass of NV vectors with its weights held holds 3 * CG * NV weights, 3 * NV sums,
+    // NV loaded vectors, CG permutations and the permuted vector in use. Where even one
+    // vector's do not fit, the compiler would move some of them to the stack and back at
+    // every pixel, which costs more than reading the weights where they lie.
+    let fits = |nv: usize| {
+        let held = nv * (3 * CG + 4) + CG + 1;
+        CG > 0 && S::LANES > 1 && nv <= S::NV_MAX && held <= S::REGISTERS
+    };
+    let mut v = vectors.start;
+    // SAFETY (loops): passed on, each pass's vectors within `vectors`.
+    unsafe {
+        if fits(1) {
+            while v < vectors.end {
+                let left = vectors.end - v;
+                if left >= 4 && fits(4) {
+                    held_row_pass::<S, CG, 4>(src, out, w, lg, wt, bcast, v, first, backward);
+                    v += 4;
+                } else if left >= 2 && fits(2) {
+                    held_row_pass::<S, CG, 2>(src, out, w, lg, wt, bcast, v, first, backward);
+                    v += 2;
+                } else {
+                    held_row_pass::<S, CG, 1>(src, out, w, lg, wt, bcast, v, first, backward);
+                    v += 1;
+                }
+            }
+        } else {
+            while v < vectors.end {
+                let left = vectors.end - v;
+                if left >= 4 && S::NV_MAX >= 4 && S::LANES > 1 {
+                    row_pass::<S, 4>(src, out, w, lg, wt, bcast, v, first, backward);
+                    v += 4;
+                } else if left >= 2 && S::LANES > 1 {
+                    row_pass::<S, 2>(src, out, w, lg, wt, bcast, v, first, backward);
+                    v += 2;
+                } else {
+                    row_pass::<S, 1>(src, out, w, lg, wt, bcast, v, first, backward);
+                    v += 1;
+                }
+            }
         }
     }
 }
@@ -214,6 +283,80 @@ unsafe fn row_pass<S: Simd, const NV: usize>(
                     fresh[j] = S::fma(p, S::load(wj), fresh[j]);
                     mid[j] = S::fma(p, S::load(wj.add(tap_len)), mid[j]);
                     last[j] = S::fma(p, S::load(wj.add(2 * tap_len)), last[j]);
+                }
+            }
+            if step > 0 {
+                store::<S, NV>(out, at(column(step - 1), 0), lg.width, &filled, &last);
+            }
+            last = mid;
+            mid = fresh;
+        }
+        // The walk's last pixel's tap-1 output is complete: its tap 2 reads the padding.
+        store::<S, NV>(out, at(column(w - 1), 0), lg.width, &filled, &last);
+    }
+}
+
+/// [`row_pass`] for groups of CG channels, with the pass's weights and its group's
+/// permutations read into registers once for the row: the same sums, each in the same
+/// order.
+///
+/// # Safety
+/// `src` and `out` hold `w` pixels of `lg.channels` values (`out` for reads and writes; for
+/// reads only where not `first`, of values this walk stored); `wt` holds tap row ky's three
+/// taps of weights (`lg.tap_len(S::LANES)` values each, [`GroupLanes`] layout);
+/// `v0 + NV <= lg.vectors`; `lg.cg == CG`; `bcast` is `group_broadcasts::<S>(CG)`; the CPU
+/// runs `S`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn held_row_pass<S: Simd, const CG: usize, const NV: usize>(
+    src: *const S::E,
+    out: *mut S::E,
+    w: usize,
+    lg: GroupLanes,
+    wt: *const S::E,
+    bcast: &[S::Ix; MAX_GROUP],
+    v0: usize,
+    first: bool,
+    backward: bool,
+) {
+    let filled: [usize; NV] = std::array::from_fn(|j| lg.filled(v0 + j));
+    let tap_len = lg.tap_len(S::LANES);
+    // Where vector j of column col starts in a row.
+    let at = |col: usize, j: usize| col * lg.channels + (v0 + j) * lg.width;
+    let column = |step: usize| if backward { w - 1 - step } else { step };
+    // SAFETY (whole body): every column is below `w` and every vector within the row's
+    // channels (the last cut to its filled lanes); weights within tap row ky's layout
+    // (the caller's promises).
+    unsafe {
+        // The pass's weights, read once for the row: read in the loop, they would be read
+        // again for every pixel, since the compiler cannot tell that the stores to the
+        // output row leave them be. weights[kx][b][j]: tap kx, input b, vector j.
+        let weight_at = |kx: usize, b: usize, j: usize| {
+            wt.add(kx * tap_len + (b * lg.vectors + v0 + j) * S::LANES)
+        };
+        let weights: [[[S::V; NV]; CG]; 3] = std::array::from_fn(|kx| {
+            std::array::from_fn(|b| std::array::from_fn(|j| S::load(weight_at(kx, b, j))))
+        });
+        let bcast: [S::Ix; CG] = std::array::from_fn(|b| bcast[b]);
+        // The output the walk's first pixel reaches through tap 1 (its tap 0 reads the
+        // padding); `last` is idle at the first pixel, which completes no output.
+        let mut mid = start::<S, NV>(out, at(column(0), 0), lg.width, &filled, first);
+        let mut last = [S::zero(); NV];
+        for step in 0..w {
+            let col = column(step);
+            let mut fresh = if step + 1 < w {
+                start::<S, NV>(out, at(column(step + 1), 0), lg.width, &filled, first)
+            } else {
+                [S::zero(); NV]
+            };
+            let x: [S::V; NV] =
+                std::array::from_fn(|j| load_upto::<S>(src.add(at(col, j)), filled[j]));
+            for (b, &idx) in bcast.iter().enumerate() {
+                for j in 0..NV {
+                    let p = S::permute(x[j], idx);
+                    fresh[j] = S::fma(p, weights[0][b][j], fresh[j]);
+                    mid[j] = S::fma(p, weights[1][b][j], mid[j]);
+                    last[j] = S::fma(p, weights[2][b][j], last[j]);
                 }
             }
             if step > 0 {

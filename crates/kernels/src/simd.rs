@@ -57,6 +57,8 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     const LANES: usize;
     /// Vectors per row of a product tile (with `MR` rows, see `simd_dispatch!`).
     const NV_MAX: usize;
+    /// Vector registers the path has: what a kernel may hold in registers at once.
+    const REGISTERS: usize;
     unsafe fn zero() -> Self::V;
     unsafe fn splat(value: Self::E) -> Self::V;
     unsafe fn load(p: *const Self::E) -> Self::V;
@@ -161,6 +163,7 @@ impl<T: Element> Simd for Scalar<T> {
     type Ix = ();
     const LANES: usize = 1;
     const NV_MAX: usize = 4;
+    const REGISTERS: usize = 16;
     #[inline(always)]
     unsafe fn zero() -> T {
         T::zero()
@@ -252,6 +255,7 @@ impl Simd for Avx512F32 {
     type Ix = __m512i;
     const LANES: usize = 16;
     const NV_MAX: usize = 4;
+    const REGISTERS: usize = 32;
     #[inline(always)]
     unsafe fn zero() -> __m512 {
         unsafe { _mm512_setzero_ps() }
@@ -387,6 +391,7 @@ impl Simd for Avx512F64 {
     type Ix = __m512i;
     const LANES: usize = 8;
     const NV_MAX: usize = 4;
+    const REGISTERS: usize = 32;
     #[inline(always)]
     unsafe fn zero() -> __m512d {
         unsafe { _mm512_setzero_pd() }
@@ -509,6 +514,7 @@ impl Simd for Avx2F32 {
     type Ix = __m256i;
     const LANES: usize = 8;
     const NV_MAX: usize = 2;
+    const REGISTERS: usize = 16;
     #[inline(always)]
     unsafe fn zero() -> __m256 {
         unsafe { _mm256_setzero_ps() }
@@ -595,6 +601,7 @@ impl Simd for Avx2F64 {
     type Ix = __m256i;
     const LANES: usize = 4;
     const NV_MAX: usize = 2;
+    const REGISTERS: usize = 16;
     #[inline(always)]
     unsafe fn zero() -> __m256d {
         unsafe { _mm256_setzero_pd() }
