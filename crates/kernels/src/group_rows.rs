@@ -253,46 +253,31 @@ unsafe fn row_pass<S: Simd, const NV: usize>(
     first: bool,
     backward: bool,
 ) {
-    let filled: [usize; NV] = std::array::from_fn(|j| lg.filled(v0 + j));
     let tap_len = lg.tap_len(S::LANES);
-    // Where vector j of column col starts in a row.
-    let at = |col: usize, j: usize| col * lg.channels + (v0 + j) * lg.width;
-    let column = |step: usize| if backward { w - 1 - step } else { step };
-    // SAFETY (whole body): every column is below `w` and every vector within the row's
-    // channels (the last cut to its filled lanes); weights within tap row ky's layout
-    // (the caller's promises).
+    // SAFETY: the walk's promises are the caller's; weights within tap row ky's layout.
     unsafe {
-        // The output the walk's first pixel reaches through tap 1 (its tap 0 reads the
-        // padding); `last` is idle at the first pixel, which completes no output.
-        let mut mid = start::<S, NV>(out, at(column(0), 0), lg.width, &filled, first);
-        let mut last = [S::zero(); NV];
-        for step in 0..w {
-            let col = column(step);
-            let mut fresh = if step + 1 < w {
-                start::<S, NV>(out, at(column(step + 1), 0), lg.width, &filled, first)
-            } else {
-                [S::zero(); NV]
-            };
-            let x: [S::V; NV] =
-                std::array::from_fn(|j| load_upto::<S>(src.add(at(col, j)), filled[j]));
-            for (b, &idx) in bcast.iter().enumerate().take(lg.cg) {
-                let wb = wt.add((b * lg.vectors + v0) * S::LANES);
-                for j in 0..NV {
-                    let p = S::permute(x[j], idx);
-                    let wj = wb.add(j * S::LANES);
-                    fresh[j] = S::fma(p, S::load(wj), fresh[j]);
-                    mid[j] = S::fma(p, S::load(wj.add(tap_len)), mid[j]);
-                    last[j] = S::fma(p, S::load(wj.add(2 * tap_len)), last[j]);
+        walk_row::<S, NV>(
+            src,
+            out,
+            w,
+            lg,
+            v0,
+            first,
+            backward,
+            #[inline(always)]
+            |x, [fresh, mid, last]| {
+                for (b, &idx) in bcast.iter().enumerate().take(lg.cg) {
+                    let wb = wt.add((b * lg.vectors + v0) * S::LANES);
+                    for j in 0..NV {
+                        let p = S::permute(x[j], idx);
+                        let wj = wb.add(j * S::LANES);
+                        fresh[j] = S::fma(p, S::load(wj), fresh[j]);
+                        mid[j] = S::fma(p, S::load(wj.add(tap_len)), mid[j]);
+                        last[j] = S::fma(p, S::load(wj.add(2 * tap_len)), last[j]);
+                    }
                 }
-            }
-            if step > 0 {
-                store::<S, NV>(out, at(column(step - 1), 0), lg.width, &filled, &last);
-            }
-            last = mid;
-            mid = fresh;
-        }
-        // The walk's last pixel's tap-1 output is complete: its tap 2 reads the padding.
-        store::<S, NV>(out, at(column(w - 1), 0), lg.width, &filled, &last);
+            },
+        );
     }
 }
 
@@ -301,11 +286,7 @@ unsafe fn row_pass<S: Simd, const NV: usize>(
 /// order.
 ///
 /// # Safety
-/// `src` and `out` hold `w` pixels of `lg.channels` values (`out` for reads and writes; for
-/// reads only where not `first`, of values this walk stored); `wt` holds tap row ky's three
-/// taps of weights (`lg.tap_len(S::LANES)` values each, [`GroupLanes`] layout);
-/// `v0 + NV <= lg.vectors`; `lg.cg == CG`; `bcast` is `group_broadcasts::<S>(CG)`; the CPU
-/// runs `S`.
+/// As [`row_pass`], with `lg.cg == CG`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn held_row_pass<S: Simd, const CG: usize, const NV: usize>(
@@ -319,25 +300,69 @@ unsafe fn held_row_pass<S: Simd, const CG: usize, const NV: usize>(
     first: bool,
     backward: bool,
 ) {
-    let filled: [usize; NV] = std::array::from_fn(|j| lg.filled(v0 + j));
     let tap_len = lg.tap_len(S::LANES);
+    // SAFETY: the walk's promises are the caller's; weights within tap row ky's layout.
+    unsafe {
+        // Read in the walk, the weights would be read again at every pixel: the compiler
+        // cannot tell that the stores to the output row leave them be.
+        // weights[kx][b][j]: tap kx, input b, vector j.
+        let weights: [[[S::V; NV]; CG]; 3] = std::array::from_fn(|kx| {
+            std::array::from_fn(|b| {
+                std::array::from_fn(|j| {
+                    S::load(wt.add(kx * tap_len + (b * lg.vectors + v0 + j) * S::LANES))
+                })
+            })
+        });
+        let bcast: [S::Ix; CG] = std::array::from_fn(|b| bcast[b]);
+        walk_row::<S, NV>(
+            src,
+            out,
+            w,
+            lg,
+            v0,
+            first,
+            backward,
+            #[inline(always)]
+            |x, [fresh, mid, last]| {
+                for (b, &idx) in bcast.iter().enumerate() {
+                    for j in 0..NV {
+                        let p = S::permute(x[j], idx);
+                        fresh[j] = S::fma(p, weights[0][b][j], fresh[j]);
+                        mid[j] = S::fma(p, weights[1][b][j], mid[j]);
+                        last[j] = S::fma(p, weights[2][b][j], last[j]);
+                    }
+                }
+            },
+        );
+    }
+}
+
+/// The walk of a row pass over the source row `src` into the output row `out` for channel
+/// vectors `v0..v0 + NV`: `products(x, [fresh, mid, last])` adds the products of source
+/// pixel x into the outputs it reaches through taps 0, 1 and 2, and the walk rolls them
+/// along, storing each output once its three taps are in (see [`row_pass`]).
+///
+/// # Safety
+/// As [`row_pass`] for `src`, `out`, `w`, `lg`, `v0` and `first`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn walk_row<S: Simd, const NV: usize>(
+    src: *const S::E,
+    out: *mut S::E,
+    w: usize,
+    lg: GroupLanes,
+    v0: usize,
+    first: bool,
+    backward: bool,
+    mut products: impl FnMut(&[S::V; NV], [&mut [S::V; NV]; 3]),
+) {
+    let filled: [usize; NV] = std::array::from_fn(|j| lg.filled(v0 + j));
     // Where vector j of column col starts in a row.
     let at = |col: usize, j: usize| col * lg.channels + (v0 + j) * lg.width;
     let column = |step: usize| if backward { w - 1 - step } else { step };
     // SAFETY (whole body): every column is below `w` and every vector within the row's
-    // channels (the last cut to its filled lanes); weights within tap row ky's layout
-    // (the caller's promises).
+    // channels (the last cut to its filled lanes) (the caller's promises).
     unsafe {
-        // The pass's weights, read once for the row: read in the loop, they would be read
-        // again for every pixel, since the compiler cannot tell that the stores to the
-        // output row leave them be. weights[kx][b][j]: tap kx, input b, vector j.
-        let weight_at = |kx: usize, b: usize, j: usize| {
-            wt.add(kx * tap_len + (b * lg.vectors + v0 + j) * S::LANES)
-        };
-        let weights: [[[S::V; NV]; CG]; 3] = std::array::from_fn(|kx| {
-            std::array::from_fn(|b| std::array::from_fn(|j| S::load(weight_at(kx, b, j))))
-        });
-        let bcast: [S::Ix; CG] = std::array::from_fn(|b| bcast[b]);
         // The output the walk's first pixel reaches through tap 1 (its tap 0 reads the
         // padding); `last` is idle at the first pixel, which completes no output.
         let mut mid = start::<S, NV>(out, at(column(0), 0), lg.width, &filled, first);
@@ -351,14 +376,7 @@ unsafe fn held_row_pass<S: Simd, const CG: usize, const NV: usize>(
             };
             let x: [S::V; NV] =
                 std::array::from_fn(|j| load_upto::<S>(src.add(at(col, j)), filled[j]));
-            for (b, &idx) in bcast.iter().enumerate() {
-                for j in 0..NV {
-                    let p = S::permute(x[j], idx);
-                    fresh[j] = S::fma(p, weights[0][b][j], fresh[j]);
-                    mid[j] = S::fma(p, weights[1][b][j], mid[j]);
-                    last[j] = S::fma(p, weights[2][b][j], last[j]);
-                }
-            }
+            products(&x, [&mut fresh, &mut mid, &mut last]);
             if step > 0 {
                 store::<S, NV>(out, at(column(step - 1), 0), lg.width, &filled, &last);
             }
