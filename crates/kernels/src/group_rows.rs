@@ -494,6 +494,9 @@ unsafe fn chunk_sums<S: Simd, const CG: usize>(
 ) {
     let (c, ch, n) = (lg.channels, v * lg.width, lg.filled(v));
     let tap_len = lg.tap_len(S::LANES);
+    // The sums, the three rotated source pixels an output reads and its gradient, in
+    // registers: each output's gradient is then read once, not once per tap.
+    let window_fits = 6 * CG + 2 <= S::REGISTERS;
     for ky in 0..3 {
         // acc[kx][d]: tap (ky, kx), the input rotated by d within its group.
         // SAFETY: the CPU runs `S`.
@@ -515,6 +518,10 @@ unsafe fn chunk_sums<S: Simd, const CG: usize>(
             unsafe {
                 let x_row = x.add((image * h + sy) * w * c + ch);
                 let dy_row = dy.add(row * w * c + ch);
+                if window_fits {
+                    row_sums::<S, CG>(x_row, dy_row, c, n, w, rotations, a..b, &mut acc);
+                    continue;
+                }
                 // Source column q reaches output column q + 1 - kx through tap kx.
                 for q in a.saturating_sub(1)..(b + 1).min(w) {
                     let xv = load_upto::<S>(x_row.add(q * c), n);
@@ -545,6 +552,71 @@ unsafe fn chunk_sums<S: Simd, const CG: usize>(
                     S::store(o, S::add(S::load(o), sum));
                 }
             }
+        }
+    }
+}
+
+/// [`chunk_sums`]'s sums for one row of taps over the output columns `cols` of an image
+/// row, walked by output: each output column o's gradient `dy_row[o]` times the rotations
+/// of source columns o - 1, o and o + 1 (taps 0, 1 and 2; columns outside the row are the
+/// padding and add nothing), each rotated once and held while the three outputs that read
+/// it pass. Each sum gains its products in the order of the output columns, as walking by
+/// source column adds them.
+///
+/// # Safety
+/// `x_row` and `dy_row` point at a vector of `n` filled lanes in column 0 of rows of `w`
+/// pixels of `c` values; `cols` lies within `0..w`; `rotations` is
+/// `gemm::group_rotations::<S>(CG)`; the CPU runs `S`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn row_sums<S: Simd, const CG: usize>(
+    x_row: *const S::E,
+    dy_row: *const S::E,
+    c: usize,
+    n: usize,
+    w: usize,
+    rotations: &[S::Ix; MAX_GROUP],
+    cols: Range<usize>,
+    acc: &mut [[S::V; CG]; 3],
+) {
+    // SAFETY (whole body): every column read is within the row (the caller's promise).
+    unsafe {
+        let rotated = |q: usize| -> [S::V; CG] {
+            let xv = load_upto::<S>(x_row.add(q * c), n);
+            std::array::from_fn(|d| {
+                if d == 0 {
+                    xv
+                } else {
+                    S::permute(xv, rotations[d])
+                }
+            })
+        };
+        let zeros = [S::zero(); CG];
+        // Source columns o - 1 and o for the output column o in hand.
+        let mut before = if cols.start > 0 {
+            rotated(cols.start - 1)
+        } else {
+            zeros
+        };
+        let mut here = rotated(cols.start);
+        for o in cols {
+            let g = load_upto::<S>(dy_row.add(o * c), n);
+            let after = if o + 1 < w { rotated(o + 1) } else { zeros };
+            if o > 0 {
+                for (sum, &r) in acc[0].iter_mut().zip(&before) {
+                    *sum = S::fma(r, g, *sum);
+                }
+            }
+            for (sum, &r) in acc[1].iter_mut().zip(&here) {
+                *sum = S::fma(r, g, *sum);
+            }
+            if o + 1 < w {
+                for (sum, &r) in acc[2].iter_mut().zip(&after) {
+                    *sum = S::fma(r, g, *sum);
+                }
+            }
+            before = here;
+            here = after;
         }
     }
 }
