@@ -154,8 +154,8 @@ unsafe fn rows_task<S: Simd, const MR: usize>(
                         }
                     };
                 }
-                // Groups of up to six channels may hold their weights in registers (no
-                // path has room for wider ones' with their sums); wider ones share a pass.
+                // Groups of up to six channels may hold their weights in registers; no
+                // path has room for wider groups' weights beside their sums.
                 passes!(1 2 3 4 5 6);
             }
             first = false;
