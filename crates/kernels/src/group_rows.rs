@@ -141,16 +141,21 @@ unsafe fn rows_task<S: Simd, const MR: usize>(
                 let s_row = src.add((image * h + sy) * row_len);
                 let o_row = out.add(r * row_len);
                 let wt = wl.add(ky * 3 * tap_len);
-                let backward = walk == Walk::InputGrad;
+                let taps = RowTaps::<S> {
+                    src: s_row,
+                    out: o_row,
+                    w,
+                    lg,
+                    wt,
+                    bcast: &bcast,
+                    first,
+                    backward: walk == Walk::InputGrad,
+                };
                 macro_rules! passes {
                     ($($cg:literal)*) => {
                         match lg.cg {
-                            $($cg => row_passes::<S, $cg>(
-                                s_row, o_row, w, lg, wt, &bcast, vectors.clone(), first, backward,
-                            ),)*
-                            _ => row_passes::<S, 0>(
-                                s_row, o_row, w, lg, wt, &bcast, vectors.clone(), first, backward,
-                            ),
+                            $($cg => row_passes::<S, $cg>(taps, vectors.clone()),)*
+                            _ => row_passes::<S, 0>(taps, vectors.clone()),
                         }
                     };
                 }
@@ -163,6 +168,26 @@ unsafe fn rows_task<S: Simd, const MR: usize>(
     }
 }
 
+/// One row of taps over one source row, as every pass over its channel vectors shares it.
+///
+/// `src` and `out` hold `w` pixels of `lg.channels` values (`out` for reads and writes; for
+/// reads only where not `first`, of values this walk stored); `wt` holds tap row ky's three
+/// taps of weights (`lg.tap_len(S::LANES)` values each, [`GroupLanes`] layout); `bcast` is
+/// `group_broadcasts::<S>(lg.cg)`.
+#[derive(Clone, Copy)]
+struct RowTaps<'a, S: Simd> {
+    src: *const S::E,
+    out: *mut S::E,
+    w: usize,
+    lg: GroupLanes,
+    wt: *const S::E,
+    bcast: &'a [S::Ix; MAX_GROUP],
+    /// Whether the sums start at zero, not from what the output row holds.
+    first: bool,
+    /// Whether the taps read left (the input gradient's walk), not right.
+    backward: bool,
+}
+
 /// The row passes of one row of taps over one source row for the channel vectors
 /// `vectors`. With CG > 0 (groups of CG channels) and room in the path's registers, each
 /// pass holds its weights in registers, with as many vectors a pass as leave room for
@@ -170,21 +195,10 @@ unsafe fn rows_task<S: Simd, const MR: usize>(
 /// each pixel, four vectors a pass where they can (see [`row_pass`]).
 ///
 /// # Safety
-/// As [`row_pass`] for each pass, with `vectors` within `lg.vectors` and, for CG > 0,
-/// `lg.cg == CG`.
+/// As [`row_pass`] for each pass, with `vectors` within `taps.lg.vectors` and, for CG > 0,
+/// `taps.lg.cg == CG`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn row_passes<S: Simd, const CG: usize>(
-    src: *const S::E,
-    out: *mut S::E,
-    w: usize,
-    lg: GroupLanes,
-    wt: *const S::E,
-    bcast: &[S::Ix; MAX_GROUP],
-    vectors: Range<usize>,
-    first: bool,
-    backward: bool,
-) {
+unsafe fn row_passes<S: Simd, const CG: usize>(taps: RowTaps<S>, vectors: Range<usize>) {
     // A pass of NV vectors with its weights held holds 3 * CG * NV weights, 3 * NV sums,
     // NV loaded vectors, CG permutations and the permuted vector in use. Where even one
     // vector's do not fit, the compiler would move some of them to the stack and back at
@@ -200,13 +214,13 @@ unsafe fn row_passes<S: Simd, const CG: usize>(
             while v < vectors.end {
                 let left = vectors.end - v;
                 if left >= 4 && fits(4) {
-                    held_row_pass::<S, CG, 4>(src, out, w, lg, wt, bcast, v, first, backward);
+                    held_row_pass::<S, CG, 4>(taps, v);
                     v += 4;
                 } else if left >= 2 && fits(2) {
-                    held_row_pass::<S, CG, 2>(src, out, w, lg, wt, bcast, v, first, backward);
+                    held_row_pass::<S, CG, 2>(taps, v);
                     v += 2;
                 } else {
-                    held_row_pass::<S, CG, 1>(src, out, w, lg, wt, bcast, v, first, backward);
+                    held_row_pass::<S, CG, 1>(taps, v);
                     v += 1;
                 }
             }
@@ -214,13 +228,13 @@ unsafe fn row_passes<S: Simd, const CG: usize>(
             while v < vectors.end {
                 let left = vectors.end - v;
                 if left >= 4 && S::NV_MAX >= 4 && S::LANES > 1 {
-                    row_pass::<S, 4>(src, out, w, lg, wt, bcast, v, first, backward);
+                    row_pass::<S, 4>(taps, v);
                     v += 4;
                 } else if left >= 2 && S::LANES > 1 {
-                    row_pass::<S, 2>(src, out, w, lg, wt, bcast, v, first, backward);
+                    row_pass::<S, 2>(taps, v);
                     v += 2;
                 } else {
-                    row_pass::<S, 1>(src, out, w, lg, wt, bcast, v, first, backward);
+                    row_pass::<S, 1>(taps, v);
                     v += 1;
                 }
             }
@@ -236,34 +250,16 @@ unsafe fn row_passes<S: Simd, const CG: usize>(
 /// what the output row holds.
 ///
 /// # Safety
-/// `src` and `out` hold `w` pixels of `lg.channels` values (`out` for reads and writes; for
-/// reads only where not `first`, of values this walk stored); `wt` holds tap row ky's three
-/// taps of weights (`lg.tap_len(S::LANES)` values each, [`GroupLanes`] layout);
-/// `v0 + NV <= lg.vectors`; `bcast` is `group_broadcasts::<S>(lg.cg)`; the CPU runs `S`.
+/// `taps` is as [`RowTaps`] states, and `v0 + NV <= taps.lg.vectors`; the CPU runs `S`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn row_pass<S: Simd, const NV: usize>(
-    src: *const S::E,
-    out: *mut S::E,
-    w: usize,
-    lg: GroupLanes,
-    wt: *const S::E,
-    bcast: &[S::Ix; MAX_GROUP],
-    v0: usize,
-    first: bool,
-    backward: bool,
-) {
+unsafe fn row_pass<S: Simd, const NV: usize>(taps: RowTaps<S>, v0: usize) {
+    let RowTaps { lg, wt, bcast, .. } = taps;
     let tap_len = lg.tap_len(S::LANES);
     // SAFETY: the walk's promises are the caller's; weights within tap row ky's layout.
     unsafe {
         walk_row::<S, NV>(
-            src,
-            out,
-            w,
-            lg,
+            taps,
             v0,
-            first,
-            backward,
             #[inline(always)]
             |x, [fresh, mid, last]| {
                 for (b, &idx) in bcast.iter().enumerate().take(lg.cg) {
@@ -286,20 +282,10 @@ unsafe fn row_pass<S: Simd, const NV: usize>(
 /// order.
 ///
 /// # Safety
-/// As [`row_pass`], with `lg.cg == CG`.
+/// As [`row_pass`], with `taps.lg.cg == CG`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn held_row_pass<S: Simd, const CG: usize, const NV: usize>(
-    src: *const S::E,
-    out: *mut S::E,
-    w: usize,
-    lg: GroupLanes,
-    wt: *const S::E,
-    bcast: &[S::Ix; MAX_GROUP],
-    v0: usize,
-    first: bool,
-    backward: bool,
-) {
+unsafe fn held_row_pass<S: Simd, const CG: usize, const NV: usize>(taps: RowTaps<S>, v0: usize) {
+    let RowTaps { lg, wt, bcast, .. } = taps;
     let tap_len = lg.tap_len(S::LANES);
     // SAFETY: the walk's promises are the caller's; weights within tap row ky's layout.
     unsafe {
@@ -315,13 +301,8 @@ unsafe fn held_row_pass<S: Simd, const CG: usize, const NV: usize>(
         });
         let bcast: [S::Ix; CG] = std::array::from_fn(|b| bcast[b]);
         walk_row::<S, NV>(
-            src,
-            out,
-            w,
-            lg,
+            taps,
             v0,
-            first,
-            backward,
             #[inline(always)]
             |x, [fresh, mid, last]| {
                 for (b, &idx) in bcast.iter().enumerate() {
@@ -343,19 +324,22 @@ unsafe fn held_row_pass<S: Simd, const CG: usize, const NV: usize>(
 /// along, storing each output once its three taps are in (see [`row_pass`]).
 ///
 /// # Safety
-/// As [`row_pass`] for `src`, `out`, `w`, `lg`, `v0` and `first`.
+/// As [`row_pass`].
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn walk_row<S: Simd, const NV: usize>(
-    src: *const S::E,
-    out: *mut S::E,
-    w: usize,
-    lg: GroupLanes,
+    taps: RowTaps<S>,
     v0: usize,
-    first: bool,
-    backward: bool,
     mut products: impl FnMut(&[S::V; NV], [&mut [S::V; NV]; 3]),
 ) {
+    let RowTaps {
+        src,
+        out,
+        w,
+        lg,
+        first,
+        backward,
+        ..
+    } = taps;
     let filled: [usize; NV] = std::array::from_fn(|j| lg.filled(v0 + j));
     // Where vector j of column col starts in a row.
     let at = |col: usize, j: usize| col * lg.channels + (v0 + j) * lg.width;
