@@ -71,9 +71,17 @@ pub(crate) fn product<T: Element>(
     let tap_len = lg.tap_len(crate::simd::tile_shape::<T>(isa).0);
     assert_eq!(wl.len(), 9 * tap_len, "group-rows weight size");
     let image_rows = geo.n * geo.h;
-    let tasks: Vec<(Range<usize>, Range<usize>)> = crate::conv::ranges(image_rows, ROWS_PER_TASK)
-        .flat_map(|r| blocks.iter().map(move |v| (r.clone(), v.clone())))
-        .collect();
+    let mut tasks: Vec<(Range<usize>, Range<usize>)> =
+        crate::conv::ranges(image_rows, ROWS_PER_TASK)
+            .flat_map(|r| blocks.iter().map(move |v| (r.clone(), v.clone())))
+            .collect();
+    // The input gradient walks each row right to left, so it takes its rows, and its tasks,
+    // last first: the whole sweep then runs down through memory, a stream the hardware's
+    // prefetchers follow, where rows taken first to last would turn it back at every row.
+    // The order of the rows changes no sum.
+    if walk == Walk::InputGrad {
+        tasks.reverse();
+    }
     let sp = SendPtr(src.as_ptr() as *mut T);
     // SAFETY: the tasks cover every image row and channel vector once; each writes the
     // channels of its vectors on its rows, every pixel of them (`row_pass` stores every
@@ -124,7 +132,13 @@ unsafe fn rows_task<S: Simd, const MR: usize>(
     let tap_len = lg.tap_len(S::LANES);
     // SAFETY: the path's CPU and `lg.cg` within its lanes (the caller's promise).
     let bcast = unsafe { gemm::group_broadcasts::<S>(lg.cg) };
-    for r in rows {
+    for i in 0..rows.len() {
+        // Last row first for the input gradient (see `product`).
+        let r = if walk == Walk::InputGrad {
+            rows.end - 1 - i
+        } else {
+            rows.start + i
+        };
         let (image, y) = (r / h, r % h);
         let mut first = true;
         for ky in 0..3 {
