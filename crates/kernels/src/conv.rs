@@ -595,7 +595,9 @@ unsafe fn product_rows<S: Simd, const MR: usize>(
     );
 }
 
-/// Rows of group-lanes products (see `for_each_tile`) for the channel vectors `vectors`.
+/// Rows of group-lanes products (see `for_each_tile`) for the channel vectors `vectors`,
+/// each tile vector by vector or, `rows_first`, rows by rows (see
+/// `gemm::group_lanes_vectors`).
 ///
 /// # Safety
 /// As `product_rows`, for rows of `lg.channels` values and weights `w` of
@@ -605,6 +607,7 @@ unsafe fn product_rows<S: Simd, const MR: usize>(
 #[allow(clippy::too_many_arguments)]
 unsafe fn group_lanes_rows<S: Simd, const MR: usize>(
     rows: Range<usize>,
+    rows_first: bool,
     taps: usize,
     lg: GroupLanes,
     w: &[S::E],
@@ -628,6 +631,7 @@ unsafe fn group_lanes_rows<S: Simd, const MR: usize>(
                 vectors.start,
                 c,
                 valid,
+                rows_first,
             )
         };
     });
@@ -793,6 +797,7 @@ pub(crate) fn forward_with<T: Element>(
                         T,
                         group_lanes_rows(
                             rows.clone(),
+                            false,
                             taps,
                             lg,
                             &wl,
@@ -1007,6 +1012,7 @@ pub(crate) fn input_grad_with<T: Element>(
                             T,
                             group_lanes_rows(
                                 rows.clone(),
+                                true,
                                 ct,
                                 *lg,
                                 wt,

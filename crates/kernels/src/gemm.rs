@@ -61,8 +61,8 @@ macro_rules! sub_tiles {
     }};
 }
 
-/// Asks the cache, through `lines`, for the rows a tile's next sub-tile reads at one tap:
-/// the pointers `a[next..next + MR]`, as far as the table has them. Strided and grouped
+/// Asks the cache, through `lines`, for the rows the work after a sub-tile reads at one
+/// tap: the pointers `a[next..next + MR]`, as far as the table has them. Strided and grouped
 /// products read a few scattered values per row, which the hardware's prefetchers do not
 /// foresee, so each of their loads would otherwise wait on memory.
 #[inline(always)]
@@ -588,7 +588,9 @@ pub(crate) unsafe fn load_upto<S: Simd>(p: *const S::E, n: usize) -> S::V {
 /// first channel of ch's group, for the channel vectors `v0..v0 + NV` of MR pixels. Each
 /// row's vector is read once per tap, and each of its groups' b-th value reaches the
 /// group's lanes by a permute: every product is a useful one, and each lane's sum runs over
-/// (t, b) in order.
+/// (t, b) in order. `next` = (row offset, first vector) says which work follows, whose
+/// rows (`a[t * stride + offset..][..MR]`, as far as `a` has them) and vectors (NV from
+/// the first) the cache is asked for, tap by tap.
 ///
 /// # Safety
 /// - `a` holds `taps * stride` pointers (stride >= MR), each to a row of `lg.channels`
@@ -609,9 +611,11 @@ pub(crate) unsafe fn group_lanes_tile<S: Simd, const MR: usize, const NV: usize>
     v0: usize,
     c: &[*mut S::E],
     valid: usize,
+    next: (usize, usize),
 ) {
     let filled: [usize; NV] = std::array::from_fn(|j| lg.filled(v0 + j));
     let tap_len = lg.tap_len(S::LANES);
+    let (next_row, next_v) = next;
     // SAFETY: loads stay within each row's `channels` values (the last vector's cut to its
     // filled lanes), weight loads within the layout, stores within the rows (the caller's
     // promises).
@@ -620,11 +624,11 @@ pub(crate) unsafe fn group_lanes_tile<S: Simd, const MR: usize, const NV: usize>
         for t in 0..taps {
             prefetch_rows::<S::E, MR>(
                 a,
-                t * stride + MR,
+                t * stride + next_row,
                 #[inline(always)]
                 |row| {
                     for j in 0..NV {
-                        prefetch(row.wrapping_add((v0 + j) * lg.width));
+                        prefetch(row.wrapping_add((next_v + j) * lg.width));
                     }
                 },
             );
@@ -659,7 +663,11 @@ pub(crate) unsafe fn group_lanes_tile<S: Simd, const MR: usize, const NV: usize>
 /// One tile of MT rows (the first `valid` real) of group-lanes products for `nv` channel
 /// vectors from `v0`: in sub-tiles of two vectors (one for a last odd vector), the rows per
 /// sub-tile chosen so that the accumulators and each row's loaded vectors fit the path's
-/// registers.
+/// registers. Vector by vector, each over the tile's rows, so that a vector's weights stay
+/// in the nearest cache; or, `rows_first`, rows by rows, each sub-tile taking every vector
+/// of its rows, so that their lines are read whole while in that cache: what the input
+/// gradient's products want, whose rows (the output gradient's) are denser than the
+/// forward's, and whose weights fewer per class.
 ///
 /// # Safety
 /// As [`group_lanes_tile`] with stride MT, and `c` holding MT row pointers.
@@ -675,34 +683,81 @@ pub(crate) unsafe fn group_lanes_vectors<S: Simd, const MT: usize>(
     v0: usize,
     c: &[*mut S::E; MT],
     valid: usize,
+    rows_first: bool,
 ) {
-    macro_rules! tiles {
-        ($mr:literal, $nv:literal, $v:expr) => {
+    macro_rules! tile {
+        ($mr:literal, $nv:literal, $v:expr, $off:expr, $rows:expr, $next:expr) => {
             // SAFETY: the sub-tile's pointers start at `off` of each tap's MT.
-            sub_tiles!($mr, valid, |off, rows| unsafe {
+            unsafe {
                 group_lanes_tile::<S, $mr, $nv>(
-                    &a[off..],
+                    &a[$off..],
                     MT,
                     taps,
                     lg,
                     w,
                     bcast,
                     $v,
-                    &c[off..],
-                    rows,
+                    &c[$off..],
+                    $rows,
+                    $next,
                 )
+            }
+        };
+    }
+    // Sub-tile by sub-tile, every vector of it, each sub-tile asking the cache for what
+    // runs after it: the next vectors of its rows, or the next rows' first.
+    macro_rules! rows_then_vectors {
+        ($mr:literal, $pairs:expr) => {
+            sub_tiles!($mr, valid, |off, rows| {
+                let mut v = v0;
+                if $pairs {
+                    while v + 2 <= v0 + nv {
+                        let next = if v + 2 < v0 + nv {
+                            (0, v + 2)
+                        } else {
+                            ($mr, v0)
+                        };
+                        tile!($mr, 2, v, off, rows, next);
+                        v += 2;
+                    }
+                }
+                while v < v0 + nv {
+                    let next = if v + 1 < v0 + nv {
+                        (0, v + 1)
+                    } else {
+                        ($mr, v0)
+                    };
+                    tile!($mr, 1, v, off, rows, next);
+                    v += 1;
+                }
             })
         };
+    }
+    // Vector by vector, every sub-tile of it, each asking for the same vectors' next rows.
+    macro_rules! vectors_then_rows {
+        ($mr:literal, $nv:literal, $v:expr) => {
+            sub_tiles!($mr, valid, |off, rows| {
+                tile!($mr, $nv, $v, off, rows, ($mr, $v))
+            })
+        };
+    }
+    if rows_first {
+        match (S::LANES, S::NV_MAX) {
+            (1, _) => rows_then_vectors!(4, false),
+            (_, 2) => rows_then_vectors!(3, true),
+            _ => rows_then_vectors!(6, true),
+        }
+        return;
     }
     let mut v = v0;
     while v < v0 + nv {
         let two = v + 2 <= v0 + nv;
         match (S::LANES, S::NV_MAX, two) {
-            (1, _, _) => tiles!(4, 1, v),
-            (_, 2, true) => tiles!(3, 2, v),
-            (_, 2, false) => tiles!(6, 1, v),
-            (_, _, true) => tiles!(6, 2, v),
-            (_, _, false) => tiles!(12, 1, v),
+            (1, _, _) => vectors_then_rows!(4, 1, v),
+            (_, 2, true) => vectors_then_rows!(3, 2, v),
+            (_, 2, false) => vectors_then_rows!(6, 1, v),
+            (_, _, true) => vectors_then_rows!(6, 2, v),
+            (_, _, false) => vectors_then_rows!(12, 1, v),
         }
         v += if two && S::LANES > 1 { 2 } else { 1 };
     }
