@@ -710,25 +710,19 @@ pub(crate) unsafe fn group_lanes_vectors<S: Simd, const MT: usize>(
         ($mr:literal, $pairs:expr) => {
             sub_tiles!($mr, valid, |off, rows| {
                 let mut v = v0;
-                if $pairs {
-                    while v + 2 <= v0 + nv {
-                        let next = if v + 2 < v0 + nv {
-                            (0, v + 2)
-                        } else {
-                            ($mr, v0)
-                        };
-                        tile!($mr, 2, v, off, rows, next);
-                        v += 2;
-                    }
-                }
                 while v < v0 + nv {
-                    let next = if v + 1 < v0 + nv {
-                        (0, v + 1)
+                    let step = if $pairs && v + 2 <= v0 + nv { 2 } else { 1 };
+                    let next = if v + step < v0 + nv {
+                        (0, v + step)
                     } else {
                         ($mr, v0)
                     };
-                    tile!($mr, 1, v, off, rows, next);
-                    v += 1;
+                    if step == 2 {
+                        tile!($mr, 2, v, off, rows, next);
+                    } else {
+                        tile!($mr, 1, v, off, rows, next);
+                    }
+                    v += step;
                 }
             })
         };
