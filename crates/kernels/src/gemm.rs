@@ -664,10 +664,11 @@ pub(crate) unsafe fn group_lanes_tile<S: Simd, const MR: usize, const NV: usize>
 /// vectors from `v0`: in sub-tiles of two vectors (one for a last odd vector), the rows per
 /// sub-tile chosen so that the accumulators and each row's loaded vectors fit the path's
 /// registers. Vector by vector, each over the tile's rows, so that a vector's weights stay
-/// in the nearest cache; or, `rows_first`, rows by rows, each sub-tile taking every vector
-/// of its rows, so that their lines are read whole while in that cache: what the input
-/// gradient's products want, whose rows (the output gradient's) are denser than the
-/// forward's, and whose weights fewer per class.
+/// in the nearest cache (the forward's order); or, `rows_first`, rows by rows, each
+/// sub-tile taking every vector of its rows, so that the rows' lines are read whole while
+/// in that cache (the input gradient's: a stride class's weights cover a few of the taps,
+/// so every vector's stay cached too, and its rows are the output gradient's, read by
+/// every class).
 ///
 /// # Safety
 /// As [`group_lanes_tile`] with stride MT, and `c` holding MT row pointers.
