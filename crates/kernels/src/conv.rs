@@ -573,9 +573,17 @@ unsafe fn product_rows<S: Simd, const MR: usize>(
         |table, starts, valid| {
             for g in block.groups.clone() {
                 let packed = &packed[g];
-                for panel in &packed.panels[block.panels.clone()] {
+                let panels = &packed.panels[block.panels.clone()];
+                for (p, panel) in panels.iter().enumerate() {
                     let c: [*mut S::E; MR] =
                         std::array::from_fn(|i| starts[i].wrapping_add(g * width + panel.col));
+                    // The next group's channels of the same rows run next, after this
+                    // group's last panel.
+                    let then = if p + 1 == panels.len() && g + 1 < block.groups.end {
+                        g + 1
+                    } else {
+                        g
+                    };
                     // SAFETY: the caller's promises, for this tile, group and panel.
                     unsafe {
                         gemm::igemm_panel::<S, MR>(
@@ -587,6 +595,7 @@ unsafe fn product_rows<S: Simd, const MR: usize>(
                             *panel,
                             &c,
                             valid,
+                            then * skip,
                         );
                     }
                 }

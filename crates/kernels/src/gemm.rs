@@ -219,12 +219,15 @@ unsafe fn store_rows<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// c[i][0..width] = sum over taps t and k < kc of a[t * stride + i][skip + k] *
-/// b[t * kc + k][..] for the MR rows i of one tile. `skip` selects a group's channels
-/// within rows shared by every group.
+/// c[i][0..width] = sum over taps t and k < kc of a[t * stride + off + i][skip + k] *
+/// b[t * kc + k][..] for the MR rows i of one sub-tile, from row `off` of its tile. `skip`
+/// selects a group's channels within rows shared by every group. `next` = (row, skip) says
+/// which work follows, whose MR rows from `row` of the tile (as far as `a` has them) and
+/// `kc` channels from `skip` the cache is asked for, tap by tap.
 ///
 /// # Safety
-/// - `a` holds `taps * stride` pointers (stride >= MR), each valid for `skip + kc` reads;
+/// - `a` holds `taps * stride` pointers (stride >= off + MR), each valid for `skip + kc`
+///   reads;
 /// - `b` is valid for `taps * kc * NV * LANES` reads (a packed panel);
 /// - the first `valid` pointers of `c` are valid for `width <= NV * LANES` writes;
 /// - the CPU runs `S` (see `simd_call!`).
@@ -233,6 +236,7 @@ unsafe fn store_rows<S: Simd, const MR: usize, const NV: usize>(
 pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize>(
     a: &[*const S::E],
     stride: usize,
+    off: usize,
     skip: usize,
     taps: usize,
     kc: usize,
@@ -240,8 +244,10 @@ pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize>(
     c: &[*mut S::E],
     valid: usize,
     width: usize,
+    next: (usize, usize),
 ) {
-    debug_assert!(a.len() >= (taps - 1) * stride + MR || taps == 0);
+    debug_assert!(a.len() >= (taps - 1) * stride + off + MR || taps == 0);
+    let (next_row, next_skip) = next;
     // SAFETY: every pointer is read within the bounds the caller vouches for.
     unsafe {
         let mut acc = [[S::zero(); NV]; MR];
@@ -249,15 +255,15 @@ pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize>(
         for t in 0..taps {
             prefetch_rows::<S::E, MR>(
                 a,
-                t * stride + MR,
+                t * stride + next_row,
                 #[inline(always)]
                 |row| {
-                    prefetch(row.wrapping_add(skip));
-                    prefetch(row.wrapping_add(skip + kc.max(1) - 1));
+                    prefetch(row.wrapping_add(next_skip));
+                    prefetch(row.wrapping_add(next_skip + kc.max(1) - 1));
                 },
             );
             let ap: [*const S::E; MR] =
-                std::array::from_fn(|i| a.get_unchecked(t * stride + i).add(skip));
+                std::array::from_fn(|i| a.get_unchecked(t * stride + off + i).add(skip));
             for k in 0..kc {
                 let bv: [S::V; NV] = std::array::from_fn(|j| S::load(bp.add(j * S::LANES)));
                 for i in 0..MR {
@@ -281,7 +287,10 @@ pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize>(
 ///
 /// # Safety
 /// As [`igemm_tile`] with stride `MT`, `b` the start of the panel `panel` of a packed
-/// operand `taps * kc` rows deep, and `c` holding MT row pointers.
+/// operand `taps * kc` rows deep, and `c` holding MT row pointers. `then_skip` is the skip
+/// of the product that runs next on the tile's rows (the next group's channels, or `skip`
+/// again): each sub-tile asks the cache for the next sub-tile's rows, and the last for the
+/// first rows of that product.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn igemm_panel<S: Simd, const MT: usize>(
@@ -293,15 +302,23 @@ pub(crate) unsafe fn igemm_panel<S: Simd, const MT: usize>(
     panel: Panel,
     c: &[*mut S::E; MT],
     valid: usize,
+    then_skip: usize,
 ) {
     macro_rules! tiles {
         ($mr:literal, $nv:literal) => {
-            // SAFETY: the sub-tile's pointers start at `off` of each tap's MT; MR <= MT is
-            // guaranteed by the table sizes (24 for the vector paths, 4 plain).
+            // SAFETY: the sub-tile's pointers start at `off` of each tap's MT, and
+            // off + MR <= MT: sub-tiles start at multiples of MR, which divides MT (24 for
+            // the vector paths, 4 plain).
             sub_tiles!($mr, valid, |off, rows| unsafe {
+                let next = if off + $mr < valid {
+                    (off + $mr, skip)
+                } else {
+                    (0, then_skip)
+                };
                 igemm_tile::<S, $mr, $nv>(
-                    &a[off..],
+                    a,
                     MT,
+                    off,
                     skip,
                     taps,
                     kc,
@@ -309,6 +326,7 @@ pub(crate) unsafe fn igemm_panel<S: Simd, const MT: usize>(
                     &c[off..],
                     rows,
                     panel.width,
+                    next,
                 )
             })
         };
@@ -990,6 +1008,7 @@ mod tests {
                         *panel,
                         &c,
                         valid,
+                        0,
                     )
                 };
             }
