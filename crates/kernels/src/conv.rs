@@ -790,7 +790,7 @@ pub(crate) fn forward_with<T: Element>(
         let lg = GroupLanes::new(geo.c, cg, lanes);
         let wl = group_lanes_weights(lg, lanes, &all_taps, |ch, b, t| w[(ch * cg + b) * taps + t]);
         let blocks = group_lanes_blocks::<T>(lg, taps, lanes);
-        if by_rows && group_rows::applies(geo, VectorPath::of(isa)) {
+        if by_rows && group_rows::walks_products(geo, VectorPath::of(isa)) {
             return group_rows::product(x, &wl, lg, geo, Walk::Forward, &blocks, isa);
         }
         let tasks: Vec<(Range<usize>, Range<usize>)> = ranges(rows, ROW_BLOCK)
@@ -899,9 +899,9 @@ pub(crate) fn input_grad_with<T: Element>(
     by_rows: bool,
 ) -> Vec<T> {
     let (lanes, nv_max, _) = tile_shape::<T>(isa);
-    if by_rows && group_rows::applies(geo, VectorPath::of(isa)) {
-        // Stride 1: one class, every tap in order (see `classes`); each group's weights
-        // transposed, as below.
+    if by_rows && group_rows::walks_products(geo, VectorPath::of(isa)) {
+        // The walks take every tap, each input pixel's in order, as its class does (see
+        // `classes`); each group's weights transposed, as below.
         let (cg, taps) = (geo.cgi(), geo.taps());
         let lg = GroupLanes::new(geo.c, cg, lanes);
         let all_taps = (0..taps).collect::<Vec<_>>();
@@ -1142,7 +1142,7 @@ pub(crate) fn weight_grad_with<T: Element>(
             .iter()
             .flat_map(|b| (0..splits).map(move |s| (b.clone(), s)))
             .collect();
-        let walk = by_rows && group_rows::applies(geo, VectorPath::of(isa));
+        let walk = by_rows && group_rows::walks_weight_grad(geo, VectorPath::of(isa));
         tasks.par_iter().for_each(|(vectors, s)| {
             let span = ranges(pixels, pixels.div_ceil(splits))
                 .nth(*s)

@@ -1,5 +1,5 @@
-//! Grouped 3x3 convolutions of stride 1 and padding 1 with few channels per group, walked
-//! image row by image row: the group-lanes products of `gemm::group_lanes_tile` with each
+//! Grouped 3x3 convolutions of padding 1 with few channels per group, walked image row by
+//! image row: the group-lanes products of `gemm::group_lanes_tile` with each
 //! input vector's permutes shared by every output that reads it.
 //!
 //! A group-lanes tile reads a row's vector once per tap and permutes it once per product,
@@ -15,9 +15,13 @@
 //!
 //! The same walk serves the forward product (source: the input, taps reading right and
 //! down) and the input gradient (source: the output gradient, taps reading left and up):
-//! stride 1 makes the input gradient one product over all nine taps. The weight gradient
-//! walks the input's rows likewise, each pixel rotated once (see
-//! `gemm::group_lanes_wgrad`) for the three taps whose sums it enters.
+//! stride 1 makes the input gradient one product over all nine taps. At stride 2 the
+//! walks step differently but keep the idea: walking forward, a source pixel reaches one
+//! output (an even column) or two (an odd one) from one permutation; walking back, each
+//! output-gradient pixel reaches three input pixels, and the input gradient needs no split
+//! into stride classes. The weight gradient walks the input's rows likewise at stride 1,
+//! each pixel rotated once (see `gemm::group_lanes_wgrad`) for the three taps whose sums it
+//! enters.
 //!
 //! Each output's sum runs over (tap, input of the group) in the order of the tile, each
 //! weight-gradient sum over the same chunks of pixels in the same order, and the padding's
@@ -37,26 +41,50 @@ use crate::simd::{simd_call, Element, Simd, VectorPath};
 /// Image rows of one task: enough work to pay for handing it to a thread.
 const ROWS_PER_TASK: usize = 8;
 
-/// Whether the convolution takes this path on `path`: a group-lanes product (see
-/// `Geometry::group_lanes`) of a 3x3 window, stride 1 and padding 1.
-pub(crate) fn applies(geo: &Geometry, path: VectorPath) -> bool {
-    geo.group_lanes(path) && geo.k == 3 && geo.stride == 1 && geo.pad == 1
+/// Whether the forward product and the input gradient take this path on `path`: a
+/// group-lanes product (see `Geometry::group_lanes`) of a 3x3 window, padding 1, stride 1,
+/// or stride 2 where the passes hold their weights in registers. At stride 2 a pixel
+/// reaches fewer outputs (one and a half on average walking forward), and passes that read
+/// their weights at every pixel are slower than the tiles.
+pub(crate) fn walks_products(geo: &Geometry, path: VectorPath) -> bool {
+    let registers = match path {
+        VectorPath::Avx512 => 32,
+        VectorPath::Avx2 => 16,
+        VectorPath::Scalar => 0,
+    };
+    let strided = geo.stride == 2 && holds_weights(1, geo.cgi(), registers);
+    geo.group_lanes(path) && geo.k == 3 && geo.pad == 1 && (geo.stride == 1 || strided)
+}
+
+/// Whether a pass of `nv` vectors over groups of `cg` channels has room for its weights in
+/// `registers` vector registers: 3 * cg * nv weights, 3 * nv sums, nv loaded vectors, cg
+/// permutations and the permuted vector in use. Where even one vector's do not fit, the
+/// compiler would move some of them to the stack and back at every pixel, which costs more
+/// than reading the weights where they lie.
+const fn holds_weights(nv: usize, cg: usize, registers: usize) -> bool {
+    let held = nv * (3 * cg + 4) + cg + 1;
+    held <= registers
+}
+
+/// Whether the weight gradient takes this path on `path`: as [`walks_products`], stride 1.
+pub(crate) fn walks_weight_grad(geo: &Geometry, path: VectorPath) -> bool {
+    walks_products(geo, path) && geo.stride == 1
 }
 
 /// Which product a walk computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Walk {
-    /// y = conv(x, w): tap (ky, kx) of output (y, x) reads source pixel (y + ky - 1,
-    /// x + kx - 1).
+    /// y = conv(x, w): tap (ky, kx) of output (y, x) reads source pixel
+    /// (s * y + ky - 1, s * x + kx - 1), s the stride.
     Forward,
     /// dx from dy: tap (ky, kx) of input pixel (y, x) reads output-gradient pixel
-    /// (y + 1 - ky, x + 1 - kx).
+    /// ((y + 1 - ky) / s, (x + 1 - kx) / s) where both divide exactly.
     InputGrad,
 }
 
-/// The product over the nine taps of `src` ([n, h, w, lg.channels], with `geo`'s n, h and
-/// w) by weights `wl` in the [`GroupLanes`] layout of taps 0..9 (tap ky * 3 + kx): an
-/// [n, h, w, lg.channels] output.
+/// The product over the nine taps of `src` (`geo`'s input walking forward, its output
+/// gradient walking back, of `lg.channels` channels) by weights `wl` in the [`GroupLanes`]
+/// layout of taps 0..9 (tap ky * 3 + kx): `geo`'s output, or its input gradient.
 pub(crate) fn product<T: Element>(
     src: &[T],
     wl: &[T],
@@ -66,11 +94,20 @@ pub(crate) fn product<T: Element>(
     blocks: &[Range<usize>],
     isa: Isa,
 ) -> Vec<T> {
-    let plane = geo.h * geo.w * lg.channels;
+    let (src_image, out_image) = match walk {
+        Walk::Forward => ((geo.h, geo.w), (geo.ho, geo.wo)),
+        Walk::InputGrad => ((geo.ho, geo.wo), (geo.h, geo.w)),
+    };
+    let images = Images {
+        src: src_image,
+        out: out_image,
+        stride: geo.stride,
+    };
+    let plane = src_image.0 * src_image.1 * lg.channels;
     assert_eq!(src.len(), geo.n * plane, "group-rows source size");
     let tap_len = lg.tap_len(crate::simd::tile_shape::<T>(isa).0);
     assert_eq!(wl.len(), 9 * tap_len, "group-rows weight size");
-    let image_rows = geo.n * geo.h;
+    let image_rows = geo.n * out_image.0;
     let mut tasks: Vec<(Range<usize>, Range<usize>)> =
         crate::conv::ranges(image_rows, ROWS_PER_TASK)
             .flat_map(|r| blocks.iter().map(move |v| (r.clone(), v.clone())))
@@ -87,48 +124,103 @@ pub(crate) fn product<T: Element>(
     // channels of its vectors on its rows, every pixel of them (`row_pass` stores every
     // output of the row, and every row has at least its own source row to walk).
     unsafe {
-        written_by(image_rows * geo.w * lg.channels, |out: SendPtr<T>| {
+        written_by(image_rows * out_image.1 * lg.channels, |out: SendPtr<T>| {
             tasks.par_iter().for_each(|(rows, vectors)| {
-                simd_call!(
-                    isa,
-                    T,
-                    rows_task(
-                        sp.get(),
-                        out.get(),
-                        geo.h,
-                        geo.w,
-                        lg,
-                        wl.as_ptr(),
-                        walk,
-                        rows.clone(),
-                        vectors.clone(),
-                    )
-                )
+                let (rows, vectors) = (rows.clone(), vectors.clone());
+                let (src, out, wl) = (sp.get(), out.get(), wl.as_ptr());
+                match images.stride {
+                    1 => simd_call!(
+                        isa,
+                        T,
+                        rows_task(src, out, images, lg, wl, walk, rows, vectors)
+                    ),
+                    _ => simd_call!(
+                        isa,
+                        T,
+                        strided_rows_task(src, out, images, lg, wl, walk, rows, vectors)
+                    ),
+                }
             })
         })
     }
 }
 
-/// The image rows `rows` (image * h + y) of the product, for channel vectors `vectors`.
+/// The image sizes of a walk: its source's and its output's (height, width), and the
+/// stride.
+#[derive(Debug, Clone, Copy)]
+struct Images {
+    src: (usize, usize),
+    out: (usize, usize),
+    stride: usize,
+}
+
+/// The output's image rows `rows` (image * height + y) of the product, for channel vectors
+/// `vectors`.
 ///
 /// # Safety
-/// `src` and `out` hold n * h * w pixels of `lg.channels` values (`out` for writes, n * h at
-/// least `rows.end`), `wl` the nine taps' weights as [`GroupLanes`] lays them out for `S`'s
-/// lanes, `vectors` lies within `lg.vectors`, `lg.cg <= S::LANES`; the CPU runs `S`.
+/// `src` and `out` hold n images of `images`' sizes, pixels of `lg.channels` values (`out`
+/// for writes, n * height at least `rows.end`), `wl` the nine taps' weights as
+/// [`GroupLanes`] lays them out for `S`'s lanes, `vectors` lies within `lg.vectors`,
+/// `lg.cg <= S::LANES`; the CPU runs `S`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn rows_task<S: Simd, const MR: usize>(
     src: *const S::E,
     out: *mut S::E,
-    h: usize,
-    w: usize,
+    images: Images,
     lg: GroupLanes,
     wl: *const S::E,
     walk: Walk,
     rows: Range<usize>,
     vectors: Range<usize>,
 ) {
-    let row_len = w * lg.channels;
+    // SAFETY: passed on.
+    unsafe { walk_rows::<S, 1>(src, out, images, lg, wl, walk, rows, vectors) }
+}
+
+/// [`rows_task`] at stride 2: an entry of its own, so that the stride-1 walks' code is
+/// compiled apart from the stride-2 walks'.
+///
+/// # Safety
+/// As [`rows_task`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn strided_rows_task<S: Simd, const MR: usize>(
+    src: *const S::E,
+    out: *mut S::E,
+    images: Images,
+    lg: GroupLanes,
+    wl: *const S::E,
+    walk: Walk,
+    rows: Range<usize>,
+    vectors: Range<usize>,
+) {
+    // SAFETY: passed on.
+    unsafe { walk_rows::<S, 2>(src, out, images, lg, wl, walk, rows, vectors) }
+}
+
+/// [`rows_task`] at stride `STRIDE` (`images.stride`).
+///
+/// # Safety
+/// As [`rows_task`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn walk_rows<S: Simd, const STRIDE: usize>(
+    src: *const S::E,
+    out: *mut S::E,
+    images: Images,
+    lg: GroupLanes,
+    wl: *const S::E,
+    walk: Walk,
+    rows: Range<usize>,
+    vectors: Range<usize>,
+) {
+    let Images {
+        src: (src_h, src_w),
+        out: (out_h, out_w),
+        ..
+    } = images;
+    let stride = STRIDE;
     let tap_len = lg.tap_len(S::LANES);
     // SAFETY: the path's CPU and `lg.cg` within its lanes (the caller's promise).
     let bcast = unsafe { gemm::group_broadcasts::<S>(lg.cg) };
@@ -139,26 +231,31 @@ unsafe fn rows_task<S: Simd, const MR: usize>(
         } else {
             rows.start + i
         };
-        let (image, y) = (r / h, r % h);
+        let (image, y) = (r / out_h, r % out_h);
         let mut first = true;
         for ky in 0..3 {
-            // The source row this row of taps reads, if it lies inside the image.
+            // The source row this row of taps reads, if it lies inside the image (and,
+            // walking back, if the stride divides its distance).
             let sy = match walk {
-                Walk::Forward => (y + ky).checked_sub(1),
-                Walk::InputGrad => (y + 1).checked_sub(ky),
+                Walk::Forward => (y * stride + ky).checked_sub(1),
+                Walk::InputGrad => (y + 1)
+                    .checked_sub(ky)
+                    .filter(|d| d % stride == 0)
+                    .map(|d| d / stride),
             };
-            let Some(sy) = sy.filter(|&sy| sy < h) else {
+            let Some(sy) = sy.filter(|&sy| sy < src_h) else {
                 continue;
             };
             // SAFETY: rows within the images (the caller's promise); tap row ky's weights.
             unsafe {
-                let s_row = src.add((image * h + sy) * row_len);
-                let o_row = out.add(r * row_len);
+                let s_row = src.add((image * src_h + sy) * src_w * lg.channels);
+                let o_row = out.add(r * out_w * lg.channels);
                 let wt = wl.add(ky * 3 * tap_len);
                 let taps = RowTaps::<S> {
                     src: s_row,
                     out: o_row,
-                    w,
+                    src_w,
+                    out_w,
                     lg,
                     wt,
                     bcast: &bcast,
@@ -168,8 +265,8 @@ unsafe fn rows_task<S: Simd, const MR: usize>(
                 macro_rules! passes {
                     ($($cg:literal)*) => {
                         match lg.cg {
-                            $($cg => row_passes::<S, $cg>(taps, vectors.clone()),)*
-                            _ => row_passes::<S, 0>(taps, vectors.clone()),
+                            $($cg => row_passes::<S, $cg, STRIDE>(taps, vectors.clone()),)*
+                            _ => row_passes::<S, 0, STRIDE>(taps, vectors.clone()),
                         }
                     };
                 }
@@ -184,15 +281,18 @@ unsafe fn rows_task<S: Simd, const MR: usize>(
 
 /// One row of taps over one source row, as every pass over its channel vectors shares it.
 ///
-/// `src` and `out` hold `w` pixels of `lg.channels` values (`out` for reads and writes; for
-/// reads only where not `first`, of values this walk stored); `wt` holds tap row ky's three
+/// `src` holds `src_w` pixels of `lg.channels` values, `out` `out_w` (for reads and writes;
+/// for reads only where not `first`, of values this walk stored), `stride` is 1 (and the
+/// widths equal) or 2 (and `out_w` the forward's output width, `(src_w - 1) / 2 + 1`, or
+/// walking back, its input width, with `src_w` that of its output); `wt` holds tap row ky's three
 /// taps of weights (`lg.tap_len(S::LANES)` values each, [`GroupLanes`] layout); `bcast` is
 /// `group_broadcasts::<S>(lg.cg)`.
 #[derive(Clone, Copy)]
 struct RowTaps<'a, S: Simd> {
     src: *const S::E,
     out: *mut S::E,
-    w: usize,
+    src_w: usize,
+    out_w: usize,
     lg: GroupLanes,
     wt: *const S::E,
     bcast: &'a [S::Ix; MAX_GROUP],
@@ -212,14 +312,12 @@ struct RowTaps<'a, S: Simd> {
 /// As [`row_pass`] for each pass, with `vectors` within `taps.lg.vectors` and, for CG > 0,
 /// `taps.lg.cg == CG`.
 #[inline(always)]
-unsafe fn row_passes<S: Simd, const CG: usize>(taps: RowTaps<S>, vectors: Range<usize>) {
-    // A pass of NV vectors with its weights held holds 3 * CG * NV weights, 3 * NV sums,
-    // NV loaded vectors, CG permutations and the permuted vector in use. Where even one
-    // vector's do not fit, the compiler would move some of them to the stack and back at
-    // every pixel, which costs more than reading the weights where they lie.
+unsafe fn row_passes<S: Simd, const CG: usize, const STRIDE: usize>(
+    taps: RowTaps<S>,
+    vectors: Range<usize>,
+) {
     let fits = |nv: usize| {
-        let held = nv * (3 * CG + 4) + CG + 1;
-        CG > 0 && S::LANES > 1 && nv <= S::NV_MAX && held <= S::REGISTERS
+        CG > 0 && S::LANES > 1 && nv <= S::NV_MAX && holds_weights(nv, CG, S::REGISTERS)
     };
     let mut v = vectors.start;
     // SAFETY (loops): passed on, each pass's vectors within `vectors`.
@@ -228,13 +326,13 @@ unsafe fn row_passes<S: Simd, const CG: usize>(taps: RowTaps<S>, vectors: Range<
             while v < vectors.end {
                 let left = vectors.end - v;
                 if left >= 4 && fits(4) {
-                    held_row_pass::<S, CG, 4>(taps, v);
+                    held_row_pass::<S, CG, 4, STRIDE>(taps, v);
                     v += 4;
                 } else if left >= 2 && fits(2) {
-                    held_row_pass::<S, CG, 2>(taps, v);
+                    held_row_pass::<S, CG, 2, STRIDE>(taps, v);
                     v += 2;
                 } else {
-                    held_row_pass::<S, CG, 1>(taps, v);
+                    held_row_pass::<S, CG, 1, STRIDE>(taps, v);
                     v += 1;
                 }
             }
@@ -242,13 +340,13 @@ unsafe fn row_passes<S: Simd, const CG: usize>(taps: RowTaps<S>, vectors: Range<
             while v < vectors.end {
                 let left = vectors.end - v;
                 if left >= 4 && S::NV_MAX >= 4 && S::LANES > 1 {
-                    row_pass::<S, 4>(taps, v);
+                    row_pass::<S, 4, STRIDE>(taps, v);
                     v += 4;
                 } else if left >= 2 && S::LANES > 1 {
-                    row_pass::<S, 2>(taps, v);
+                    row_pass::<S, 2, STRIDE>(taps, v);
                     v += 2;
                 } else {
-                    row_pass::<S, 1>(taps, v);
+                    row_pass::<S, 1, STRIDE>(taps, v);
                     v += 1;
                 }
             }
@@ -259,31 +357,38 @@ unsafe fn row_passes<S: Simd, const CG: usize>(taps: RowTaps<S>, vectors: Range<
 /// One row of taps over one source row, for channel vectors `v0..v0 + NV`: each output o of
 /// the row gains, for kx = 0, 1, 2 in turn and each input b of its group in turn, the
 /// source pixel s's permuted vector times the weight of tap (ky, kx), where s = o - 1 + kx
-/// walking forward, s = o + 1 - kx walking backward (`backward`); pixels past the row's
-/// ends are the padding and add nothing. The sums start at zero where `first`, else from
+/// walking forward, s = o + 1 - kx walking backward (`backward`), at stride 1; at stride 2,
+/// s = 2o - 1 + kx forward and o = 2s - 1 + kx backward; pixels past the row's ends are
+/// the padding and add nothing. The sums start at zero where `first`, else from
 /// what the output row holds.
 ///
 /// # Safety
 /// `taps` is as [`RowTaps`] states, and `v0 + NV <= taps.lg.vectors`; the CPU runs `S`.
 #[inline(always)]
-unsafe fn row_pass<S: Simd, const NV: usize>(taps: RowTaps<S>, v0: usize) {
+unsafe fn row_pass<S: Simd, const NV: usize, const STRIDE: usize>(taps: RowTaps<S>, v0: usize) {
     let RowTaps { lg, wt, bcast, .. } = taps;
     let tap_len = lg.tap_len(S::LANES);
     // SAFETY: the walk's promises are the caller's; weights within tap row ky's layout.
     unsafe {
-        walk_row::<S, NV>(
+        walk_row::<S, NV, STRIDE>(
             taps,
             v0,
             #[inline(always)]
-            |x, [fresh, mid, last]| {
+            |x, [mut fresh, mut mid, mut last]| {
                 for (b, &idx) in bcast.iter().enumerate().take(lg.cg) {
                     let wb = wt.add((b * lg.vectors + v0) * S::LANES);
                     for j in 0..NV {
                         let p = S::permute(x[j], idx);
                         let wj = wb.add(j * S::LANES);
-                        fresh[j] = S::fma(p, S::load(wj), fresh[j]);
-                        mid[j] = S::fma(p, S::load(wj.add(tap_len)), mid[j]);
-                        last[j] = S::fma(p, S::load(wj.add(2 * tap_len)), last[j]);
+                        if let Some(a) = &mut fresh {
+                            a[j] = S::fma(p, S::load(wj), a[j]);
+                        }
+                        if let Some(a) = &mut mid {
+                            a[j] = S::fma(p, S::load(wj.add(tap_len)), a[j]);
+                        }
+                        if let Some(a) = &mut last {
+                            a[j] = S::fma(p, S::load(wj.add(2 * tap_len)), a[j]);
+                        }
                     }
                 }
             },
@@ -298,7 +403,10 @@ unsafe fn row_pass<S: Simd, const NV: usize>(taps: RowTaps<S>, v0: usize) {
 /// # Safety
 /// As [`row_pass`], with `taps.lg.cg == CG`.
 #[inline(always)]
-unsafe fn held_row_pass<S: Simd, const CG: usize, const NV: usize>(taps: RowTaps<S>, v0: usize) {
+unsafe fn held_row_pass<S: Simd, const CG: usize, const NV: usize, const STRIDE: usize>(
+    taps: RowTaps<S>,
+    v0: usize,
+) {
     let RowTaps { lg, wt, bcast, .. } = taps;
     let tap_len = lg.tap_len(S::LANES);
     // SAFETY: the walk's promises are the caller's; weights within tap row ky's layout.
@@ -314,17 +422,23 @@ unsafe fn held_row_pass<S: Simd, const CG: usize, const NV: usize>(taps: RowTaps
             })
         });
         let bcast: [S::Ix; CG] = std::array::from_fn(|b| bcast[b]);
-        walk_row::<S, NV>(
+        walk_row::<S, NV, STRIDE>(
             taps,
             v0,
             #[inline(always)]
-            |x, [fresh, mid, last]| {
+            |x, [mut fresh, mut mid, mut last]| {
                 for (b, &idx) in bcast.iter().enumerate() {
                     for j in 0..NV {
                         let p = S::permute(x[j], idx);
-                        fresh[j] = S::fma(p, weights[0][b][j], fresh[j]);
-                        mid[j] = S::fma(p, weights[1][b][j], mid[j]);
-                        last[j] = S::fma(p, weights[2][b][j], last[j]);
+                        if let Some(a) = &mut fresh {
+                            a[j] = S::fma(p, weights[0][b][j], a[j]);
+                        }
+                        if let Some(a) = &mut mid {
+                            a[j] = S::fma(p, weights[1][b][j], a[j]);
+                        }
+                        if let Some(a) = &mut last {
+                            a[j] = S::fma(p, weights[2][b][j], a[j]);
+                        }
                     }
                 }
             },
@@ -332,28 +446,44 @@ unsafe fn held_row_pass<S: Simd, const CG: usize, const NV: usize>(taps: RowTaps
     }
 }
 
+/// What a row pass's walk hands its products: a source pixel's vectors, and the sums of the
+/// outputs it reaches through taps 0, 1 and 2 (kx) of the pass's row of taps, where it
+/// reaches one. Each call site names which it reaches, so that the compiler drops the
+/// others' products.
+type Reached<'a, V, const NV: usize> = [Option<&'a mut [V; NV]>; 3];
+
 /// The walk of a row pass over the source row `src` into the output row `out` for channel
-/// vectors `v0..v0 + NV`: `products(x, [fresh, mid, last])` adds the products of source
-/// pixel x into the outputs it reaches through taps 0, 1 and 2, and the walk rolls them
-/// along, storing each output once its three taps are in (see [`row_pass`]).
+/// vectors `v0..v0 + NV`: `products(x, reached)` adds the products of source pixel x into
+/// the outputs it reaches (see [`Reached`]), and the walk rolls them along, storing each
+/// output once its taps of this row are in, its sum over kx in order. Stride 1 walks
+/// forward left to right (each pixel reaches three outputs) and back right to left; stride
+/// 2 see [`walk_forward_by_2`] and [`walk_back_by_2`].
 ///
 /// # Safety
 /// As [`row_pass`].
 #[inline(always)]
-unsafe fn walk_row<S: Simd, const NV: usize>(
+unsafe fn walk_row<S: Simd, const NV: usize, const STRIDE: usize>(
     taps: RowTaps<S>,
     v0: usize,
-    mut products: impl FnMut(&[S::V; NV], [&mut [S::V; NV]; 3]),
+    mut products: impl FnMut(&[S::V; NV], Reached<S::V, NV>),
 ) {
     let RowTaps {
         src,
         out,
-        w,
+        src_w: w,
         lg,
         first,
         backward,
         ..
     } = taps;
+    // SAFETY: the caller's promises.
+    unsafe {
+        match (STRIDE, backward) {
+            (1, _) => {}
+            (_, false) => return walk_forward_by_2::<S, NV>(taps, v0, products),
+            (_, true) => return walk_back_by_2::<S, NV>(taps, v0, products),
+        }
+    }
     let filled: [usize; NV] = std::array::from_fn(|j| lg.filled(v0 + j));
     // Where vector j of column col starts in a row.
     let at = |col: usize, j: usize| col * lg.channels + (v0 + j) * lg.width;
@@ -374,7 +504,7 @@ unsafe fn walk_row<S: Simd, const NV: usize>(
             };
             let x: [S::V; NV] =
                 std::array::from_fn(|j| load_upto::<S>(src.add(at(col, j)), filled[j]));
-            products(&x, [&mut fresh, &mut mid, &mut last]);
+            products(&x, [Some(&mut fresh), Some(&mut mid), Some(&mut last)]);
             if step > 0 {
                 store::<S, NV>(out, at(column(step - 1), 0), lg.width, &filled, &last);
             }
@@ -383,6 +513,148 @@ unsafe fn walk_row<S: Simd, const NV: usize>(
         }
         // The walk's last pixel's tap-1 output is complete: its tap 2 reads the padding.
         store::<S, NV>(out, at(column(w - 1), 0), lg.width, &filled, &last);
+    }
+}
+
+/// [`walk_row`] forward at stride 2: output m reads source pixels 2m - 1, 2m and 2m + 1
+/// through taps 0, 1 and 2. Left to right, an even pixel 2m reaches output m (tap 1); an
+/// odd one, 2m + 1, completes output m (tap 2) and starts output m + 1 (tap 0), both from
+/// one permutation of it.
+///
+/// # Safety
+/// As [`row_pass`], with `taps.stride == 2`, and `taps.out_w == (taps.src_w - 1) / 2 + 1`.
+#[inline(always)]
+unsafe fn walk_forward_by_2<S: Simd, const NV: usize>(
+    taps: RowTaps<S>,
+    v0: usize,
+    mut products: impl FnMut(&[S::V; NV], Reached<S::V, NV>),
+) {
+    let RowTaps {
+        src,
+        out,
+        src_w,
+        out_w,
+        lg,
+        first,
+        ..
+    } = taps;
+    let filled: [usize; NV] = std::array::from_fn(|j| lg.filled(v0 + j));
+    let at = |col: usize, j: usize| col * lg.channels + (v0 + j) * lg.width;
+    // SAFETY (whole body): source columns below `src_w`, output columns below `out_w` (the
+    // last output, (src_w - 1) / 2, is the last even pixel's), every vector within the
+    // row's channels (the caller's promises).
+    unsafe {
+        let load = |col: usize| -> [S::V; NV] {
+            std::array::from_fn(|j| load_upto::<S>(src.add(at(col, j)), filled[j]))
+        };
+        // Output 0's tap 0 reads the padding.
+        let mut cur = start::<S, NV>(out, at(0, 0), lg.width, &filled, first);
+        let mut m = 0;
+        while 2 * m + 1 < src_w {
+            products(&load(2 * m), [None, Some(&mut cur), None]);
+            let odd = load(2 * m + 1);
+            if m + 1 < out_w {
+                let mut next = start::<S, NV>(out, at(m + 1, 0), lg.width, &filled, first);
+                products(&odd, [Some(&mut next), None, Some(&mut cur)]);
+                store::<S, NV>(out, at(m, 0), lg.width, &filled, &cur);
+                cur = next;
+            } else {
+                products(&odd, [None, None, Some(&mut cur)]);
+            }
+            m += 1;
+        }
+        if 2 * m < src_w {
+            // An odd width ends on an even pixel: its output's tap 2 reads the padding.
+            products(&load(2 * m), [None, Some(&mut cur), None]);
+        } else {
+            m -= 1;
+        }
+        store::<S, NV>(out, at(m, 0), lg.width, &filled, &cur);
+    }
+}
+
+/// [`walk_row`] back at stride 2 (the input gradient): source pixel m (of the output
+/// gradient) reaches input pixels 2m - 1, 2m and 2m + 1 through taps 0, 1 and 2. Right to
+/// left, each pixel starts input 2m - 1 (tap 0, the first of its two), completes input 2m
+/// (tap 1, its only one) and completes input 2m + 1 (tap 2, after tap 0 from pixel m + 1).
+///
+/// # Safety
+/// As [`row_pass`], with `taps.stride == 2`, and `taps.src_w == (taps.out_w - 1) / 2 + 1`.
+#[inline(always)]
+unsafe fn walk_back_by_2<S: Simd, const NV: usize>(
+    taps: RowTaps<S>,
+    v0: usize,
+    mut products: impl FnMut(&[S::V; NV], Reached<S::V, NV>),
+) {
+    let RowTaps {
+        src,
+        out,
+        src_w,
+        out_w,
+        lg,
+        first,
+        ..
+    } = taps;
+    let filled: [usize; NV] = std::array::from_fn(|j| lg.filled(v0 + j));
+    let at = |col: usize, j: usize| col * lg.channels + (v0 + j) * lg.width;
+    // SAFETY (whole body): source columns below `src_w`, input columns below `out_w`
+    // (2m + 1 only where it is), every vector within the row's channels (the caller's
+    // promises).
+    unsafe {
+        let load = |col: usize| -> [S::V; NV] {
+            std::array::from_fn(|j| load_upto::<S>(src.add(at(col, j)), filled[j]))
+        };
+        let begin = |col: usize| start::<S, NV>(out, at(col, 0), lg.width, &filled, first);
+        let put =
+            |col: usize, v: &[S::V; NV]| store::<S, NV>(out, at(col, 0), lg.width, &filled, v);
+        let mut m = src_w - 1;
+        // The last pixel's input 2m + 1, if the input has it: its tap 0 reads the padding.
+        let mut carried = if 2 * m + 1 < out_w {
+            begin(2 * m + 1)
+        } else {
+            [S::zero(); NV]
+        };
+        let mut mid = begin(2 * m);
+        if m == 0 {
+            let x = load(0);
+            if 2 * m + 1 < out_w {
+                products(&x, [None, Some(&mut mid), Some(&mut carried)]);
+                put(1, &carried);
+            } else {
+                products(&x, [None, Some(&mut mid), None]);
+            }
+            put(0, &mid);
+            return;
+        }
+        let mut fresh = begin(2 * m - 1);
+        if 2 * m + 1 < out_w {
+            products(
+                &load(m),
+                [Some(&mut fresh), Some(&mut mid), Some(&mut carried)],
+            );
+            put(2 * m + 1, &carried);
+        } else {
+            products(&load(m), [Some(&mut fresh), Some(&mut mid), None]);
+        }
+        put(2 * m, &mid);
+        carried = fresh;
+        m -= 1;
+        while m > 0 {
+            let mut mid = begin(2 * m);
+            let mut fresh = begin(2 * m - 1);
+            products(
+                &load(m),
+                [Some(&mut fresh), Some(&mut mid), Some(&mut carried)],
+            );
+            put(2 * m + 1, &carried);
+            put(2 * m, &mid);
+            carried = fresh;
+            m -= 1;
+        }
+        let mut mid = begin(0);
+        products(&load(0), [None, Some(&mut mid), Some(&mut carried)]);
+        put(1, &carried);
+        put(0, &mid);
     }
 }
 
@@ -672,7 +944,7 @@ mod tests {
 
     /// On every path the machine runs, in f32 and f64: groups of 1 to 8 channels; rows of
     /// one vector, of several, and with a part-filled last (so the walks of four, two and
-    /// one vectors all run); images 1 to 14 pixels wide and 1 to 6 high.
+    /// one vectors all run); images 1 to 14 pixels wide and 1 to 6 high; stride 1 and 2.
     #[test]
     fn row_walks_give_the_group_lanes_tiles_outputs_bit_for_bit() {
         // (n, h, w, channels, groups)
@@ -688,14 +960,28 @@ mod tests {
             (3, 14, 14, 64, 32), // weight gradient: two pixel splits, chunks ending mid-row
             (4, 11, 13, 28, 4),  // 7 per group, the same with two vectors
         ];
-        let mut ran = 0;
+        // Stride 2 (forward and input gradient): even and odd sides, down to one pixel.
+        // Stride 2 (the forward and the input gradient), groups whose weights the passes
+        // hold: even and odd sides, down to one pixel.
+        let strided = [
+            (2, 14, 14, 128, 32), // 4 per group, the 32x2d cell's
+            (2, 7, 7, 96, 16),    // 6 per group, odd sides
+            (1, 5, 6, 64, 32),    // 2 per group
+            (1, 4, 5, 64, 64),    // depthwise, passes of four vectors
+            (2, 1, 1, 12, 4),     // 3 per group, one pixel
+            (1, 2, 3, 40, 8),     // 5 per group, a part-filled last vector
+            (2, 3, 2, 20, 5),     // 4 per group, a part-filled last vector
+        ];
+        let (mut ran, mut ran_strided) = (0, 0);
         for isa in available() {
-            for &(n, h, w, c, g) in &shapes {
-                let geo = Geometry::new(&[n, h, w, c], &[c, c / g, 3, 3], 1, 1, g).unwrap();
-                if applies(&geo, VectorPath::of(isa)) {
+            let shapes = shapes.iter().map(|&s| (s, 1));
+            for ((n, h, w, c, g), stride) in shapes.chain(strided.iter().map(|&s| (s, 2))) {
+                let geo = Geometry::new(&[n, h, w, c], &[c, c / g, 3, 3], stride, 1, g).unwrap();
+                if walks_products(&geo, VectorPath::of(isa)) {
                     check::<f32>(&geo, DType::F32, isa);
                     check::<f64>(&geo, DType::F64, isa);
                     ran += 1;
+                    ran_strided += usize::from(stride == 2);
                 }
             }
         }
@@ -703,5 +989,9 @@ mod tests {
             .iter()
             .any(|&i| VectorPath::of(i) != VectorPath::Scalar);
         assert!(!vectors || ran > 0, "no shape took the row walks");
+        assert!(
+            !vectors || ran_strided > 0,
+            "no shape took the stride-2 walks"
+        );
     }
 }
