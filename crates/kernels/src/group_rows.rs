@@ -516,6 +516,63 @@ unsafe fn walk_row<S: Simd, const NV: usize, const STRIDE: usize>(
     }
 }
 
+/// A row pass's columns, for channel vectors `v0..v0 + NV`: source pixels to load, and
+/// outputs whose sums start at zero (`first`) or from what the output row holds, and which
+/// are stored back.
+struct Columns<'a, S: Simd, const NV: usize> {
+    taps: RowTaps<'a, S>,
+    v0: usize,
+    filled: [usize; NV],
+}
+
+impl<'a, S: Simd, const NV: usize> Columns<'a, S, NV> {
+    #[inline(always)]
+    fn new(taps: RowTaps<'a, S>, v0: usize) -> Self {
+        let filled = std::array::from_fn(|j| taps.lg.filled(v0 + j));
+        Columns { taps, v0, filled }
+    }
+
+    /// Where vector j of column col starts in a row.
+    #[inline(always)]
+    fn at(&self, col: usize, j: usize) -> usize {
+        col * self.taps.lg.channels + (self.v0 + j) * self.taps.lg.width
+    }
+
+    /// Source pixel `col`'s vectors.
+    ///
+    /// # Safety
+    /// `col` is below the source row's width; the pass's promises (see [`row_pass`]).
+    #[inline(always)]
+    unsafe fn load(&self, col: usize) -> [S::V; NV] {
+        // SAFETY: the caller's promise; each vector cut to its filled lanes.
+        std::array::from_fn(|j| unsafe {
+            load_upto::<S>(self.taps.src.add(self.at(col, j)), self.filled[j])
+        })
+    }
+
+    /// Output `col`'s sums so far.
+    ///
+    /// # Safety
+    /// As [`Columns::load`], for the output row.
+    #[inline(always)]
+    unsafe fn begin(&self, col: usize) -> [S::V; NV] {
+        let t = &self.taps;
+        // SAFETY: the caller's promise.
+        unsafe { start::<S, NV>(t.out, self.at(col, 0), t.lg.width, &self.filled, t.first) }
+    }
+
+    /// Stores output `col`'s sums.
+    ///
+    /// # Safety
+    /// As [`Columns::begin`].
+    #[inline(always)]
+    unsafe fn put(&self, col: usize, v: &[S::V; NV]) {
+        let t = &self.taps;
+        // SAFETY: the caller's promise.
+        unsafe { store::<S, NV>(t.out, self.at(col, 0), t.lg.width, &self.filled, v) }
+    }
+}
+
 /// [`walk_row`] forward at stride 2: output m reads source pixels 2m - 1, 2m and 2m + 1
 /// through taps 0, 1 and 2. Left to right, an even pixel 2m reaches output m (tap 1); an
 /// odd one, 2m + 1, completes output m (tap 2) and starts output m + 1 (tap 0), both from
@@ -529,34 +586,22 @@ unsafe fn walk_forward_by_2<S: Simd, const NV: usize>(
     v0: usize,
     mut products: impl FnMut(&[S::V; NV], Reached<S::V, NV>),
 ) {
-    let RowTaps {
-        src,
-        out,
-        src_w,
-        out_w,
-        lg,
-        first,
-        ..
-    } = taps;
-    let filled: [usize; NV] = std::array::from_fn(|j| lg.filled(v0 + j));
-    let at = |col: usize, j: usize| col * lg.channels + (v0 + j) * lg.width;
+    let (src_w, out_w) = (taps.src_w, taps.out_w);
+    let cols = Columns::<S, NV>::new(taps, v0);
     // SAFETY (whole body): source columns below `src_w`, output columns below `out_w` (the
-    // last output, (src_w - 1) / 2, is the last even pixel's), every vector within the
-    // row's channels (the caller's promises).
+    // last output, (src_w - 1) / 2, is the last even pixel's) (the caller's promises).
     unsafe {
-        let load = |col: usize| -> [S::V; NV] {
-            std::array::from_fn(|j| load_upto::<S>(src.add(at(col, j)), filled[j]))
-        };
+        let load = |col: usize| cols.load(col);
         // Output 0's tap 0 reads the padding.
-        let mut cur = start::<S, NV>(out, at(0, 0), lg.width, &filled, first);
+        let mut cur = cols.begin(0);
         let mut m = 0;
         while 2 * m + 1 < src_w {
             products(&load(2 * m), [None, Some(&mut cur), None]);
             let odd = load(2 * m + 1);
             if m + 1 < out_w {
-                let mut next = start::<S, NV>(out, at(m + 1, 0), lg.width, &filled, first);
+                let mut next = cols.begin(m + 1);
                 products(&odd, [Some(&mut next), None, Some(&mut cur)]);
-                store::<S, NV>(out, at(m, 0), lg.width, &filled, &cur);
+                cols.put(m, &cur);
                 cur = next;
             } else {
                 products(&odd, [None, None, Some(&mut cur)]);
@@ -569,7 +614,7 @@ unsafe fn walk_forward_by_2<S: Simd, const NV: usize>(
         } else {
             m -= 1;
         }
-        store::<S, NV>(out, at(m, 0), lg.width, &filled, &cur);
+        cols.put(m, &cur);
     }
 }
 
@@ -586,27 +631,14 @@ unsafe fn walk_back_by_2<S: Simd, const NV: usize>(
     v0: usize,
     mut products: impl FnMut(&[S::V; NV], Reached<S::V, NV>),
 ) {
-    let RowTaps {
-        src,
-        out,
-        src_w,
-        out_w,
-        lg,
-        first,
-        ..
-    } = taps;
-    let filled: [usize; NV] = std::array::from_fn(|j| lg.filled(v0 + j));
-    let at = |col: usize, j: usize| col * lg.channels + (v0 + j) * lg.width;
+    let (src_w, out_w) = (taps.src_w, taps.out_w);
+    let cols = Columns::<S, NV>::new(taps, v0);
     // SAFETY (whole body): source columns below `src_w`, input columns below `out_w`
-    // (2m + 1 only where it is), every vector within the row's channels (the caller's
-    // promises).
+    // (2m + 1 only where it is) (the caller's promises).
     unsafe {
-        let load = |col: usize| -> [S::V; NV] {
-            std::array::from_fn(|j| load_upto::<S>(src.add(at(col, j)), filled[j]))
-        };
-        let begin = |col: usize| start::<S, NV>(out, at(col, 0), lg.width, &filled, first);
-        let put =
-            |col: usize, v: &[S::V; NV]| store::<S, NV>(out, at(col, 0), lg.width, &filled, v);
+        let load = |col: usize| cols.load(col);
+        let begin = |col: usize| cols.begin(col);
+        let put = |col: usize, v: &[S::V; NV]| cols.put(col, v);
         let mut m = src_w - 1;
         // The last pixel's input 2m + 1, if the input has it: its tap 0 reads the padding.
         let mut carried = if 2 * m + 1 < out_w {
