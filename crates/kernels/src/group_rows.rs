@@ -741,7 +741,9 @@ unsafe fn store<S: Simd, const NV: usize>(
 /// `gemm::group_lanes_wgrad` adds them: per tap, input rotation and vector, a sum that
 /// starts at zero and runs over the chunk's pixels in order, then added to what `out`
 /// holds. Here a pass per row of taps walks the source pixels of each image row the chunk
-/// covers, rotating each once for the three taps that read it.
+/// covers, rotating each once for the three taps that read it; or, for groups narrow
+/// enough that the nine taps' sums fit the registers, one pass walks the output pixels,
+/// each gradient entering all nine.
 ///
 /// # Safety
 /// `x` and `dy` hold n * h * w pixels of `lg.channels` values, with `chunk` within them;
@@ -795,7 +797,60 @@ unsafe fn chunk_sums<S: Simd, const CG: usize>(
     out: *mut S::E,
 ) {
     let (c, ch, n) = (lg.channels, v * lg.width, lg.filled(v));
-    let tap_len = lg.tap_len(S::LANES);
+    // Where all nine taps' sums fit the registers beside a pixel's rotations and its
+    // gradient, each output pixel's gradient is read once and enters nine sums, where a
+    // row of taps at a time reads it three times over, and each sum has eight others beside
+    // it to cover the latency of its chain of multiply-adds. Each sum still starts at zero
+    // and runs over the chunk's pixels in order, so the sums are the same.
+    if 10 * CG + 3 <= S::REGISTERS {
+        let rotations: [S::Ix; CG] = std::array::from_fn(|d| rotations[d]);
+        // acc[ky][kx][d]: tap (ky, kx), the input rotated by d within its group.
+        // SAFETY: the CPU runs `S`.
+        let mut acc = [[[unsafe { S::zero() }; CG]; 3]; 3];
+        for (row, cols) in chunk_rows(chunk, w) {
+            let (image, y) = (row / h, row % h);
+            // SAFETY (loop): rows within the images, columns within the row, channels
+            // within the pixel (the vector cut to its filled lanes); the caller's bounds.
+            unsafe {
+                // The source row of each row of taps; in the padding it adds nothing.
+                let x_rows: [Option<*const S::E>; 3] = std::array::from_fn(|ky| {
+                    (y + ky)
+                        .checked_sub(1)
+                        .filter(|&sy| sy < h)
+                        .map(|sy| x.add((image * h + sy) * w * c + ch))
+                });
+                let dy_row = dy.add(row * w * c + ch);
+                for o in cols {
+                    let g = load_upto::<S>(dy_row.add(o * c), n);
+                    for (sums, x_row) in acc.iter_mut().zip(x_rows) {
+                        let Some(x_row) = x_row else {
+                            continue;
+                        };
+                        // Tap kx reads source column o + kx - 1.
+                        for (kx, sums) in sums.iter_mut().enumerate() {
+                            if (kx == 0 && o == 0) || (kx == 2 && o + 1 == w) {
+                                continue;
+                            }
+                            let xv = load_upto::<S>(x_row.add((o + kx - 1) * c), n);
+                            for (d, sum) in sums.iter_mut().enumerate() {
+                                let r = if d == 0 {
+                                    xv
+                                } else {
+                                    S::permute(xv, rotations[d])
+                                };
+                                *sum = S::fma(r, g, *sum);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (ky, sums) in acc.iter().enumerate() {
+            // SAFETY: the caller's promise.
+            unsafe { add_sums::<S, CG>(out, ky, sums, lg, v) };
+        }
+        return;
+    }
     // The sums, the three rotated source pixels an output reads and its gradient, in
     // registers: each output's gradient is then read once, not once per tap.
     let window_fits = 6 * CG + 2 <= S::REGISTERS;
@@ -803,13 +858,8 @@ unsafe fn chunk_sums<S: Simd, const CG: usize>(
         // acc[kx][d]: tap (ky, kx), the input rotated by d within its group.
         // SAFETY: the CPU runs `S`.
         let mut acc = [[unsafe { S::zero() }; CG]; 3];
-        let mut p = chunk.start;
-        while p < chunk.end {
-            // The chunk's pixels on image row `row` (image * h + y): columns a..b.
-            let (row, a) = (p / w, p % w);
-            let end = chunk.end.min((row + 1) * w);
-            let b = a + (end - p);
-            p = end;
+        for (row, cols) in chunk_rows(chunk.clone(), w) {
+            let (a, b) = (cols.start, cols.end);
             let (image, y) = (row / h, row % h);
             // The source row of this row of taps; in the padding it adds nothing.
             let Some(sy) = (y + ky).checked_sub(1).filter(|&sy| sy < h) else {
@@ -846,13 +896,47 @@ unsafe fn chunk_sums<S: Simd, const CG: usize>(
                 }
             }
         }
-        for (kx, sums) in acc.iter().enumerate() {
-            for (d, &sum) in sums.iter().enumerate() {
-                // SAFETY: within the layout of tap ky * 3 + kx (the caller's promise).
-                unsafe {
-                    let o = out.add((ky * 3 + kx) * tap_len + (d * lg.vectors + v) * S::LANES);
-                    S::store(o, S::add(S::load(o), sum));
-                }
+        // SAFETY: the caller's promise.
+        unsafe { add_sums::<S, CG>(out, ky, &acc, lg, v) };
+    }
+}
+
+/// The image rows a chunk of pixels (image, y and x flattened, rows `w` wide) covers: each
+/// row (image * h + y) with its columns in the chunk.
+fn chunk_rows(chunk: Range<usize>, w: usize) -> impl Iterator<Item = (usize, Range<usize>)> {
+    let mut p = chunk.start;
+    std::iter::from_fn(move || {
+        (p < chunk.end).then(|| {
+            let (row, a) = (p / w, p % w);
+            let end = chunk.end.min((row + 1) * w);
+            let b = a + (end - p);
+            p = end;
+            (row, a..b)
+        })
+    })
+}
+
+/// Adds the sums of tap row ky (`sums[kx][d]`: tap (ky, kx), the input rotated by d) for
+/// vector `v` to the weight gradient `out`.
+///
+/// # Safety
+/// `out` holds the nine taps' [`GroupLanes`] layout for `S`'s lanes, for reads and writes,
+/// and `v < lg.vectors`, `CG == lg.cg`; the CPU runs `S`.
+#[inline(always)]
+unsafe fn add_sums<S: Simd, const CG: usize>(
+    out: *mut S::E,
+    ky: usize,
+    sums: &[[S::V; CG]; 3],
+    lg: GroupLanes,
+    v: usize,
+) {
+    let tap_len = lg.tap_len(S::LANES);
+    for (kx, sums) in sums.iter().enumerate() {
+        for (d, &sum) in sums.iter().enumerate() {
+            // SAFETY: within the layout of tap ky * 3 + kx (the caller's promise).
+            unsafe {
+                let o = out.add((ky * 3 + kx) * tap_len + (d * lg.vectors + v) * S::LANES);
+                S::store(o, S::add(S::load(o), sum));
             }
         }
     }
