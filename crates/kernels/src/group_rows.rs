@@ -375,8 +375,8 @@ unsafe fn row_pass<S: Simd, const NV: usize, const STRIDE: usize>(taps: RowTaps<
             v0,
             #[inline(always)]
             |x, [mut fresh, mut mid, mut last]| {
-                for (b, &idx) in bcast.iter().enumerate().take(lg.cg) {
-                    let wb = wt.add((b * lg.vectors + v0) * S::LANES);
+                let mut wb = wt.add(v0 * S::LANES);
+                for &idx in bcast.iter().take(lg.cg) {
                     for j in 0..NV {
                         let p = S::permute(x[j], idx);
                         let wj = wb.add(j * S::LANES);
@@ -390,6 +390,7 @@ unsafe fn row_pass<S: Simd, const NV: usize, const STRIDE: usize>(taps: RowTaps<
                             a[j] = S::fma(p, S::load(wj.add(2 * tap_len)), a[j]);
                         }
                     }
+                    wb = wb.add(lg.vectors * S::LANES);
                 }
             },
         );
