@@ -122,7 +122,8 @@ pub(crate) fn product<T: Element>(
     let sp = SendPtr(src.as_ptr() as *mut T);
     // SAFETY: the tasks cover every image row and channel vector once; each writes the
     // channels of its vectors on its rows, every pixel of them (`row_pass` stores every
-    // output of the row, and every row has at least its own source row to walk).
+    // output of the row, and every row has a source row to walk through tap row 1, or at
+    // stride 2 walking back an odd row through tap row 2, which always lies in the image).
     unsafe {
         written_by(image_rows * out_image.1 * lg.channels, |out: SendPtr<T>| {
             tasks.par_iter().for_each(|(rows, vectors)| {
@@ -282,9 +283,10 @@ unsafe fn walk_rows<S: Simd, const STRIDE: usize>(
 /// One row of taps over one source row, as every pass over its channel vectors shares it.
 ///
 /// `src` holds `src_w` pixels of `lg.channels` values, `out` `out_w` (for reads and writes;
-/// for reads only where not `first`, of values this walk stored), `stride` is 1 (and the
-/// widths equal) or 2 (and `out_w` the forward's output width, `(src_w - 1) / 2 + 1`, or
-/// walking back, its input width, with `src_w` that of its output); `wt` holds tap row ky's three
+/// for reads only where not `first`, of values this walk stored): the same width at stride
+/// 1; at stride 2 (the walk's `STRIDE`) `out_w` is the forward's output width,
+/// `(src_w - 1) / 2 + 1`, or walking back its input width, `src_w` then that of its
+/// output; `wt` holds tap row ky's three
 /// taps of weights (`lg.tap_len(S::LANES)` values each, [`GroupLanes`] layout); `bcast` is
 /// `group_broadcasts::<S>(lg.cg)`.
 #[derive(Clone, Copy)]
@@ -580,7 +582,7 @@ impl<'a, S: Simd, const NV: usize> Columns<'a, S, NV> {
 /// one permutation of it.
 ///
 /// # Safety
-/// As [`row_pass`], with `taps.stride == 2`, and `taps.out_w == (taps.src_w - 1) / 2 + 1`.
+/// As [`row_pass`] at stride 2, with `taps.out_w == (taps.src_w - 1) / 2 + 1`.
 #[inline(always)]
 unsafe fn walk_forward_by_2<S: Simd, const NV: usize>(
     taps: RowTaps<S>,
@@ -625,7 +627,7 @@ unsafe fn walk_forward_by_2<S: Simd, const NV: usize>(
 /// (tap 1, its only one) and completes input 2m + 1 (tap 2, after tap 0 from pixel m + 1).
 ///
 /// # Safety
-/// As [`row_pass`], with `taps.stride == 2`, and `taps.src_w == (taps.out_w - 1) / 2 + 1`.
+/// As [`row_pass`] at stride 2, with `taps.src_w == (taps.out_w - 1) / 2 + 1`.
 #[inline(always)]
 unsafe fn walk_back_by_2<S: Simd, const NV: usize>(
     taps: RowTaps<S>,
