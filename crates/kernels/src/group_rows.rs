@@ -155,50 +155,50 @@ struct Images {
     stride: usize,
 }
 
-/// The output's image rows `rows` (image * height + y) of the product, for channel vectors
-/// `vectors`.
-///
-/// # Safety
-/// `src` and `out` hold n images of `images`' sizes, pixels of `lg.channels` values (`out`
-/// for writes, n * height at least `rows.end`), `wl` the nine taps' weights as
-/// [`GroupLanes`] lays them out for `S`'s lanes, `vectors` lies within `lg.vectors`,
-/// `lg.cg <= S::LANES`; the CPU runs `S`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn rows_task<S: Simd, const MR: usize>(
-    src: *const S::E,
-    out: *mut S::E,
-    images: Images,
-    lg: GroupLanes,
-    wl: *const S::E,
-    walk: Walk,
-    rows: Range<usize>,
-    vectors: Range<usize>,
-) {
-    // SAFETY: passed on.
-    unsafe { walk_rows::<S, 1>(src, out, images, lg, wl, walk, rows, vectors) }
+/// Defines `$name`, the entry of the walks at stride `$stride` (see `walk_rows`), one
+/// function per stride.
+macro_rules! rows_task_at {
+    ($(#[$doc:meta])* $name:ident, $stride:literal) => {
+        $(#[$doc])*
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name<S: Simd, const MR: usize>(
+            src: *const S::E,
+            out: *mut S::E,
+            images: Images,
+            lg: GroupLanes,
+            wl: *const S::E,
+            walk: Walk,
+            rows: Range<usize>,
+            vectors: Range<usize>,
+        ) {
+            // SAFETY: passed on.
+            unsafe { walk_rows::<S, $stride>(src, out, images, lg, wl, walk, rows, vectors) }
+        }
+    };
 }
 
-/// [`rows_task`] at stride 2: an entry of its own, so that the stride-1 walks' code is
-/// compiled apart from the stride-2 walks'.
-///
-/// # Safety
-/// As [`rows_task`].
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn strided_rows_task<S: Simd, const MR: usize>(
-    src: *const S::E,
-    out: *mut S::E,
-    images: Images,
-    lg: GroupLanes,
-    wl: *const S::E,
-    walk: Walk,
-    rows: Range<usize>,
-    vectors: Range<usize>,
-) {
-    // SAFETY: passed on.
-    unsafe { walk_rows::<S, 2>(src, out, images, lg, wl, walk, rows, vectors) }
-}
+rows_task_at!(
+    /// The output's image rows `rows` (image * height + y) of the product, for channel
+    /// vectors `vectors`, at stride 1.
+    ///
+    /// # Safety
+    /// `src` and `out` hold n images of `images`' sizes, pixels of `lg.channels` values
+    /// (`out` for writes, n * height at least `rows.end`), `wl` the nine taps' weights as
+    /// [`GroupLanes`] lays them out for `S`'s lanes, `vectors` lies within `lg.vectors`,
+    /// `lg.cg <= S::LANES`; the CPU runs `S`.
+    rows_task,
+    1
+);
+rows_task_at!(
+    /// [`rows_task`] at stride 2: an entry of its own, so that the stride-1 walks' code is
+    /// compiled apart from the stride-2 walks'.
+    ///
+    /// # Safety
+    /// As [`rows_task`].
+    strided_rows_task,
+    2
+);
 
 /// [`rows_task`] at stride `STRIDE` (`images.stride`).
 ///
