@@ -92,6 +92,7 @@ pub fn train_steps(
         sgd.step(&grads, 0.01)?;
         if step >= warmup {
             times.push(start.elapsed().as_secs_f64() * 1e3);
+            cardinal_kernels::profile::end_step();
         }
         if step + 1 == warmup && cardinal_kernels::profile::enabled() {
             // The profile covers the timed steps only: the first steps' page faults would
@@ -102,7 +103,7 @@ pub fn train_steps(
     }
     let ms_per_step = median(times);
     if cardinal_kernels::profile::enabled() {
-        eprint!("{}", cardinal_kernels::profile::take_report(steps));
+        eprint!("{}", cardinal_kernels::profile::take_report());
     }
     Ok(StepTiming {
         ms_per_step,

@@ -91,8 +91,8 @@ pub struct BenchTrainArgs {
     /// Print where the timed steps' time goes, after each case (on standard error): every
     /// op of cardinal's CPU kernels, convolutions by shape with their multiply-adds per
     /// second, then the sums per step by kind (1x1, dense and grouped kxk products, batch
-    /// norm, ...). Comparing two models' kinds shows where one loses time to the other. The
-    /// same as CARDINAL_PROFILE=1.
+    /// norm, ...), each the median over the timed steps. Comparing two models' kinds shows
+    /// where one loses time to the other. The same as CARDINAL_PROFILE=1.
     #[arg(long)]
     profile: bool,
 }

@@ -363,7 +363,7 @@ fn bench_train_profile_sums_the_products_multiply_adds_by_kind() {
     let case: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let macs_per_image = case["macs"].as_f64().unwrap();
     let (ops, kinds) = stderr
-        .split_once("by kind, over 1 steps")
+        .split_once("by kind, median of 1 step")
         .unwrap_or_else(|| panic!("no summary by kind in\n{stderr}"));
     assert!(ops.contains("conv forward 2x28x28x1->32 k3 s2 g1"), "{ops}");
     assert!(ops.contains("batch norm"), "{ops}");

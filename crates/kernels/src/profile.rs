@@ -1,8 +1,11 @@
 //! Where a step's time goes, op by op: with `CARDINAL_PROFILE=1` in the environment (or
 //! `cardinal bench train --profile`), every op of this crate adds its wall time to a table
-//! (by op, and for convolutions by shape, with their multiply-adds), which `cardinal bench
-//! train` prints after each case with the sums by kind of op. Off (the default), the ops
-//! only test one flag.
+//! (by op, and for convolutions by shape, with their multiply-adds), one table per step,
+//! which `cardinal bench train` prints after each case with the sums by kind of op. Each
+//! figure is the median over the steps, as the step time is: a step that pays a one-off
+//! cost (fresh memory that the first step to reach a new peak faults in, say) then moves no
+//! op's figure, where a sum over the steps would lay the whole cost on whichever op met
+//! it. Off (the default), the ops only test one flag.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -20,7 +23,13 @@ struct Entry {
     kind: String,
 }
 
-static TABLE: Mutex<BTreeMap<String, Entry>> = Mutex::new(BTreeMap::new());
+/// The ops of one step, by line.
+type Table = BTreeMap<String, Entry>;
+
+/// The step in progress.
+static TABLE: Mutex<Table> = Mutex::new(BTreeMap::new());
+/// The steps ended so far (see [`end_step`]).
+static STEPS: Mutex<Vec<Table>> = Mutex::new(Vec::new());
 static ASKED: AtomicBool = AtomicBool::new(false);
 
 /// What one timed call is: its line in the table, the kind of op it is summed under, and
@@ -88,15 +97,45 @@ impl Drop for Span {
     }
 }
 
-/// Empties the table (the untimed steps' calls, say).
+/// Empties the tables (the untimed steps' calls, say).
 pub fn reset() {
     TABLE.lock().expect("profile table").clear();
+    STEPS.lock().expect("profile steps").clear();
 }
 
-/// The table so far, over `steps` steps, and resets it; empty when nothing was recorded.
-pub fn take_report(steps: usize) -> String {
+/// Ends a step: the calls from now on are the next step's. Off, it does nothing.
+pub fn end_step() {
+    if !enabled() {
+        return;
+    }
     let table = std::mem::take(&mut *TABLE.lock().expect("profile table"));
-    format_report(&table, steps)
+    STEPS.lock().expect("profile steps").push(table);
+}
+
+/// The report of the steps so far (with the calls since the last [`end_step`] as one more
+/// step, if any), and resets the tables; empty when nothing was recorded.
+pub fn take_report() -> String {
+    let current = std::mem::take(&mut *TABLE.lock().expect("profile table"));
+    let mut steps = std::mem::take(&mut *STEPS.lock().expect("profile steps"));
+    if !current.is_empty() {
+        steps.push(current);
+    }
+    format_report(&steps)
+}
+
+/// A count per step: whole where it is, else to one decimal.
+fn count(c: f64) -> String {
+    if c.fract() == 0.0 {
+        format!("{c:.0}")
+    } else {
+        format!("{c:.1}")
+    }
+}
+
+/// The median of `values` (the upper middle of an even count); zero for none.
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values.get(values.len() / 2).copied().unwrap_or_default()
 }
 
 /// Billions of multiply-adds per second, where the entry is a product.
@@ -108,48 +147,83 @@ fn gmacs(macs: u64, time: Duration) -> String {
     }
 }
 
-/// One line per entry (its total time, calls, share of the total and, for products,
-/// GMAC/s), then the sums by kind per step, with the products' multiply-adds: the lines to
-/// compare between two models.
-fn format_report(table: &BTreeMap<String, Entry>, steps: usize) -> String {
-    if table.is_empty() {
+/// One line per op (its median time per step, calls per step, share of the median step
+/// and, for products, GMAC/s), then the sums by kind per step, with the products'
+/// multiply-adds: the lines to compare between two models. Every time is the median over
+/// `steps` (a step without an op counts as zero for it), and the rates are the median
+/// step's multiply-adds over the median time.
+fn format_report(steps: &[Table]) -> String {
+    let n = steps.len();
+    if steps.iter().all(|t| t.is_empty()) {
         return String::new();
     }
-    let total: Duration = table.values().map(|e| e.time).sum();
+    // Each line's kind, its calls and multiply-adds over all the steps, and its time in
+    // each step.
+    let mut lines: BTreeMap<&str, (&str, usize, u64, Vec<Duration>)> = BTreeMap::new();
+    for (k, table) in steps.iter().enumerate() {
+        for (name, e) in table {
+            let line = lines
+                .entry(name)
+                .or_insert_with(|| (&e.kind, 0, 0, vec![Duration::ZERO; n]));
+            line.1 += e.calls;
+            line.2 += e.macs;
+            line.3[k] += e.time;
+        }
+    }
+    let per_step = |value: f64| value / n as f64;
+    let kinds: BTreeMap<&str, (u64, Vec<Duration>)> =
+        lines
+            .values()
+            .fold(BTreeMap::new(), |mut kinds, (kind, _, macs, times)| {
+                let sum = kinds
+                    .entry(*kind)
+                    .or_insert_with(|| (0, vec![Duration::ZERO; n]));
+                sum.0 += macs;
+                for (total, t) in sum.1.iter_mut().zip(times) {
+                    *total += *t;
+                }
+                kinds
+            });
+    let total = median(
+        (0..n)
+            .map(|k| steps[k].values().map(|e| e.time).sum())
+            .collect(),
+    );
     let share = |t: Duration| 100.0 * t.as_secs_f64() / total.as_secs_f64().max(1e-12);
+    let gmacs = |macs: u64, time: Duration| gmacs(per_step(macs as f64) as u64, time);
+    let over = format!("median of {n} step{}", if n == 1 { "" } else { "s" });
     let mut out = String::new();
     let _ = writeln!(
         out,
         "{:48} {:>9} {:>6} {:>6} {:>7}",
-        "op", "total ms", "calls", "share", "GMAC/s"
+        format!("op, {over}"),
+        "ms/step",
+        "calls",
+        "share",
+        "GMAC/s"
     );
-    for (name, e) in table {
+    for (name, (_, calls, macs, times)) in &lines {
+        let time = median(times.clone());
         let _ = writeln!(
             out,
-            "{name:48} {:9.1} {:6} {:5.1}% {:>7}",
-            e.time.as_secs_f64() * 1e3,
-            e.calls,
-            share(e.time),
-            gmacs(e.macs, e.time),
+            "{name:48} {:9.2} {:>6} {:5.1}% {:>7}",
+            time.as_secs_f64() * 1e3,
+            count(per_step(*calls as f64)),
+            share(time),
+            gmacs(*macs, time),
         );
-    }
-    let mut kinds: BTreeMap<&str, (Duration, u64)> = BTreeMap::new();
-    for e in table.values() {
-        let sum = kinds.entry(&e.kind).or_default();
-        sum.0 += e.time;
-        sum.1 += e.macs;
     }
     let _ = writeln!(
         out,
         "{:48} {:>9} {:>6} {:>7} {:>10}",
-        format!("by kind, over {steps} steps"),
+        format!("by kind, {over}"),
         "ms/step",
         "share",
         "GMAC/s",
         "MMAC/step"
     );
-    let per_step = |value: f64| value / steps.max(1) as f64;
-    for (kind, (time, macs)) in &kinds {
+    for (kind, (macs, times)) in &kinds {
+        let time = median(times.clone());
         let mmacs = if *macs == 0 {
             String::new()
         } else {
@@ -158,17 +232,12 @@ fn format_report(table: &BTreeMap<String, Entry>, steps: usize) -> String {
         let _ = writeln!(
             out,
             "{kind:48} {:9.2} {:5.1}% {:>7} {mmacs:>10}",
-            per_step(time.as_secs_f64() * 1e3),
-            share(*time),
-            gmacs(*macs, *time),
+            time.as_secs_f64() * 1e3,
+            share(time),
+            gmacs(*macs, time),
         );
     }
-    let _ = writeln!(
-        out,
-        "{:48} {:9.2}",
-        "all ops",
-        total.as_secs_f64() * 1e3 / steps.max(1) as f64
-    );
+    let _ = writeln!(out, "{:48} {:9.2}", "all ops", total.as_secs_f64() * 1e3);
     out
 }
 
@@ -186,7 +255,8 @@ mod tests {
                 macs: 1,
             };
             assert_eq!(super::time(label, || 7), 7);
-            assert!(super::take_report(1).is_empty());
+            end_step();
+            assert!(super::take_report().is_empty());
         }
     }
 
@@ -200,20 +270,32 @@ mod tests {
     }
 
     #[test]
-    fn the_report_sums_each_kind_per_step_with_its_rate() {
-        let table: BTreeMap<String, Entry> = [
-            (
-                "conv forward a k1".to_string(),
-                entry(300, 10, 6_000_000_000, "conv forward 1x1"),
-            ),
-            (
-                "conv forward b k1".to_string(),
-                entry(100, 10, 2_000_000_000, "conv forward 1x1"),
-            ),
-            ("norm".to_string(), entry(600, 20, 0, "norm")),
-        ]
-        .into();
-        let report = format_report(&table, 10);
+    fn the_report_gives_each_op_and_kind_its_median_step() {
+        // Three steps; the second pays a one-off cost in "norm" and in an op of its own.
+        let step = |a: u64, b: u64, norm: u64, once: bool| {
+            let mut table: Table = [
+                (
+                    "conv forward a k1".to_string(),
+                    entry(a, 1, 600_000_000, "conv forward 1x1"),
+                ),
+                (
+                    "conv forward b k1".to_string(),
+                    entry(b, 1, 200_000_000, "conv forward 1x1"),
+                ),
+                ("norm".to_string(), entry(norm, 2, 0, "norm")),
+            ]
+            .into();
+            if once {
+                table.insert("once".into(), entry(5, 1, 0, "once"));
+            }
+            table
+        };
+        let steps = [
+            step(30, 10, 60, false),
+            step(29, 11, 600, true),
+            step(31, 9, 60, false),
+        ];
+        let report = format_report(&steps);
         let (ops, kinds) = report
             .split_once("by kind")
             .unwrap_or_else(|| panic!("no summary in\n{report}"));
@@ -226,14 +308,17 @@ mod tests {
                 .map(str::to_string)
                 .collect::<Vec<_>>()
         };
-        // Each op: total ms, calls, share of the whole, GMAC/s (6e9 MACs in 0.3 s).
+        // Each op: median ms per step, calls per step, share of the median step (totals
+        // 100, 645 and 100 ms), GMAC/s (6e8 MACs a step in 30 ms).
         assert_eq!(
             line(ops, "conv forward a k1")[4..],
-            ["300.0", "10", "30.0%", "20.0"]
+            ["30.00", "1", "30.0%", "20.0"]
         );
-        assert_eq!(line(ops, "norm")[1..], ["600.0", "20", "60.0%"]);
-        // Kinds: ms per step over the 10 steps, share, the kind's own rate (8e9 / 0.4 s) and
-        // its multiply-adds per step.
+        assert_eq!(line(ops, "norm")[1..], ["60.00", "2", "60.0%"]);
+        // An op of one step in three: its median step has none of it.
+        assert_eq!(line(ops, "once")[1..], ["0.00", "0.3", "0.0%"]);
+        // Kinds: the median of each step's sum (40 ms in each), share, the kind's rate
+        // (8e8 a step / 40 ms) and its multiply-adds per step.
         assert_eq!(
             line(kinds, "conv forward 1x1")[3..],
             ["40.00", "40.0%", "20.0", "800.0"]
@@ -241,6 +326,7 @@ mod tests {
         // Not a product: no rate.
         assert_eq!(line(kinds, "norm")[1..], ["60.00", "60.0%"]);
         assert_eq!(line(kinds, "all ops")[2..], ["100.00"]);
-        assert!(format_report(&BTreeMap::new(), 10).is_empty());
+        assert!(format_report(&[]).is_empty());
+        assert!(format_report(&[Table::new()]).is_empty());
     }
 }
