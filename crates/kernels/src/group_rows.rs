@@ -1079,7 +1079,6 @@ mod tests {
             (3, 14, 14, 64, 32), // weight gradient: two pixel splits, chunks ending mid-row
             (4, 11, 13, 28, 4),  // 7 per group, the same with two vectors
         ];
-        // Stride 2 (forward and input gradient): even and odd sides, down to one pixel.
         // Stride 2 (the forward and the input gradient), groups whose weights the passes
         // hold: even and odd sides, down to one pixel.
         let strided = [
