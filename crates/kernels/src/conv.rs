@@ -570,6 +570,7 @@ unsafe fn product_rows<S: Simd, const MR: usize>(
         zero,
         pointers,
         out_row,
+        #[inline(always)]
         |table, starts, valid| {
             for g in block.groups.clone() {
                 let packed = &packed[g];

@@ -18,7 +18,7 @@
 //! Accumulation order is fixed by the loops, so results do not depend on scheduling.
 
 use crate::bf16::Lines;
-use crate::simd::{prefetch, Simd};
+use crate::simd::{has_half, prefetch, Simd};
 
 /// Calls `$tiles!(MR, NV)` with the sub-tile shape of path `$s` for `$nv` vectors: rows
 /// and vectors whose accumulators, one broadcast (or loaded vector) per row and the
@@ -44,6 +44,20 @@ macro_rules! by_shape {
                 3 => $tiles!(6, 3),
                 _ => $tiles!(4, 4),
             }
+        }
+    };
+}
+
+/// `$body` with `$h` a constant: true where `$half`, else false (a tile's HALF chosen at
+/// run time, its code compiled for each).
+macro_rules! with_half {
+    ($half:expr, $h:ident, $body:block) => {
+        if $half {
+            const $h: bool = true;
+            $body
+        } else {
+            const $h: bool = false;
+            $body
         }
     };
 }
@@ -225,15 +239,21 @@ unsafe fn store_rows<S: Simd, const MR: usize, const NV: usize>(
 /// which work follows, whose MR rows from `row` of the tile (as far as `a` has them) and
 /// `kc` channels from `skip` the cache is asked for, tap by tap.
 ///
+/// With HALF, the last of the NV vectors is taken as a vector of `S::Half` (the columns
+/// past `(NV - 1) * LANES` fill no more than it): a multiply-add of half the lanes costs
+/// no more than one of a whole vector of which half is zeros, and less on cores that run a
+/// whole AVX-512 vector as two halves. Each sum is the same, bit for bit.
+///
 /// # Safety
 /// - `a` holds `taps * stride` pointers (stride >= off + MR), each valid for `skip + kc`
 ///   reads;
 /// - `b` is valid for `taps * kc * NV * LANES` reads (a packed panel);
-/// - the first `valid` pointers of `c` are valid for `width <= NV * LANES` writes;
+/// - the first `valid` pointers of `c` are valid for `width <= NV * LANES` writes, and with
+///   HALF `width <= (NV - 1) * LANES + S::Half::LANES` and `has_half::<S>()`;
 /// - the CPU runs `S` (see `simd_call!`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize>(
+pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize, const HALF: bool>(
     a: &[*const S::E],
     stride: usize,
     off: usize,
@@ -250,7 +270,11 @@ pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize>(
     let (next_row, next_skip) = next;
     // SAFETY: every pointer is read within the bounds the caller vouches for.
     unsafe {
+        type H<S> = <S as Simd>::Half;
+        // The whole vectors; with HALF, the last is `acc_half`'s.
+        let full = NV - usize::from(HALF);
         let mut acc = [[S::zero(); NV]; MR];
+        let mut acc_half = [H::<S>::zero(); MR];
         let mut bp = b;
         for t in 0..taps {
             prefetch_rows::<S::E, MR>(
@@ -265,17 +289,45 @@ pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize>(
             let ap: [*const S::E; MR] =
                 std::array::from_fn(|i| a.get_unchecked(t * stride + off + i).add(skip));
             for k in 0..kc {
-                let bv: [S::V; NV] = std::array::from_fn(|j| S::load(bp.add(j * S::LANES)));
+                let bv: [S::V; NV] = std::array::from_fn(|j| {
+                    if j < full {
+                        S::load(bp.add(j * S::LANES))
+                    } else {
+                        S::zero()
+                    }
+                });
+                let b_half = if HALF {
+                    H::<S>::load(bp.add(full * S::LANES))
+                } else {
+                    H::<S>::zero()
+                };
                 for i in 0..MR {
-                    let av = S::splat(*ap[i].add(k));
-                    for j in 0..NV {
+                    let value = *ap[i].add(k);
+                    let av = S::splat(value);
+                    for j in 0..full {
                         acc[i][j] = S::fma(av, bv[j], acc[i][j]);
+                    }
+                    if HALF {
+                        acc_half[i] = H::<S>::fma(H::<S>::splat(value), b_half, acc_half[i]);
                     }
                 }
                 bp = bp.add(NV * S::LANES);
             }
         }
-        store_rows::<S, MR, NV>(&acc, c, valid, width);
+        if HALF {
+            let rest = width - full * S::LANES;
+            store_rows::<S, MR, NV>(&acc, c, valid, full * S::LANES);
+            for (i, &v) in acc_half.iter().enumerate().take(valid) {
+                let p = c[i].add(full * S::LANES);
+                if rest == H::<S>::LANES {
+                    H::<S>::store(p, v);
+                } else {
+                    H::<S>::store_partial(p, v, rest);
+                }
+            }
+        } else {
+            store_rows::<S, MR, NV>(&acc, c, valid, width);
+        }
     }
 }
 
@@ -304,6 +356,8 @@ pub(crate) unsafe fn igemm_panel<S: Simd, const MT: usize>(
     valid: usize,
     then_skip: usize,
 ) {
+    // The panel's last columns in a half vector where they fit one.
+    let last_half = has_half::<S>() && panel.width <= (panel.nv - 1) * S::LANES + S::Half::LANES;
     macro_rules! tiles {
         ($mr:literal, $nv:literal) => {
             // SAFETY: the sub-tile's pointers start at `off` of each tap's MT, and
@@ -315,19 +369,21 @@ pub(crate) unsafe fn igemm_panel<S: Simd, const MT: usize>(
                 } else {
                     (0, then_skip)
                 };
-                igemm_tile::<S, $mr, $nv>(
-                    a,
-                    MT,
-                    off,
-                    skip,
-                    taps,
-                    kc,
-                    b,
-                    &c[off..],
-                    rows,
-                    panel.width,
-                    next,
-                )
+                with_half!(last_half, HALF, {
+                    igemm_tile::<S, $mr, $nv, HALF>(
+                        a,
+                        MT,
+                        off,
+                        skip,
+                        taps,
+                        kc,
+                        b,
+                        &c[off..],
+                        rows,
+                        panel.width,
+                        next,
+                    )
+                })
             })
         };
     }
@@ -339,7 +395,8 @@ pub(crate) unsafe fn igemm_panel<S: Simd, const MT: usize>(
 /// rows. Where each `dy` row can be read past `width` to the end of its last vector
 /// (`readable >= NV * LANES`: the columns of the next group), it is read whole, since a
 /// masked load costs more than a plain one; the extra lanes only reach accumulator lanes
-/// that are not stored.
+/// that are not stored. Where the last vector's columns fit a vector of `S::Half`, they are
+/// summed in one (see `igemm_tile`).
 ///
 /// # Safety
 /// - each `x[p] + skip` is valid for `R` reads, and `dy + p * ldy` for
@@ -358,24 +415,40 @@ pub(crate) unsafe fn wgrad_tile<S: Simd, const R: usize, const NV: usize>(
     out: *mut S::E,
     ldo: usize,
 ) {
+    type H<S> = <S as Simd>::Half;
     let tail = width - (NV - 1) * S::LANES;
-    let partial = tail < S::LANES;
-    let partial_load = partial && readable < NV * S::LANES;
+    let half = has_half::<S>() && tail <= H::<S>::LANES;
+    // The lanes of the last vector, whole or half.
+    let last_lanes = if half { H::<S>::LANES } else { S::LANES };
+    let partial = tail < last_lanes;
+    let partial_load = partial && readable < (NV - 1) * S::LANES + last_lanes;
     // SAFETY: reads and writes stay within the bounds the caller vouches for; the last
     // vector of a narrower panel reads only its `tail` lanes.
     unsafe {
-        // The pixel loop in two copies, so that the choice of load is made once per tile
-        // and the loop body holds nothing but loads and FMAs.
-        let acc = if partial_load {
-            wgrad_sums::<S, R, NV, true>(x, skip, dy, ldy, tail)
-        } else {
-            wgrad_sums::<S, R, NV, false>(x, skip, dy, ldy, tail)
+        // The pixel loop in copies, so that the choice of load is made once per tile and
+        // the loop body holds nothing but loads and FMAs.
+        let (acc, acc_half) = match (partial_load, half) {
+            (true, true) => wgrad_sums::<S, R, NV, true, true>(x, skip, dy, ldy, tail),
+            (false, true) => wgrad_sums::<S, R, NV, false, true>(x, skip, dy, ldy, tail),
+            (true, false) => wgrad_sums::<S, R, NV, true, false>(x, skip, dy, ldy, tail),
+            (false, false) => wgrad_sums::<S, R, NV, false, false>(x, skip, dy, ldy, tail),
         };
         for (i, acc_row) in acc.iter().enumerate() {
             let o = out.add(i * ldo);
             for (j, &v) in acc_row.iter().enumerate() {
                 let p = o.add(j * S::LANES);
-                if j == NV - 1 && partial {
+                if j == NV - 1 && half {
+                    let v = acc_half[i];
+                    if partial {
+                        H::<S>::store_partial(
+                            p,
+                            H::<S>::add(H::<S>::load_partial(p, tail), v),
+                            tail,
+                        );
+                    } else {
+                        H::<S>::store(p, H::<S>::add(H::<S>::load(p), v));
+                    }
+                } else if j == NV - 1 && partial {
                     S::store_partial(p, S::add(S::load_partial(p, tail), v), tail);
                 } else {
                     S::store(p, S::add(S::load(p), v));
@@ -386,40 +459,63 @@ pub(crate) unsafe fn wgrad_tile<S: Simd, const R: usize, const NV: usize>(
 }
 
 /// The sums of [`wgrad_tile`] over its pixels, the last `dy` vector read masked to `tail`
-/// lanes where `PARTIAL`.
+/// lanes where `PARTIAL`, and summed as a vector of `S::Half` (the second result; the
+/// first's last vectors are then unused) where `HALF`.
 ///
 /// # Safety
-/// As [`wgrad_tile`].
+/// As [`wgrad_tile`], with `has_half::<S>()` and `tail <= S::Half::LANES` where `HALF`.
 #[inline(always)]
-unsafe fn wgrad_sums<S: Simd, const R: usize, const NV: usize, const PARTIAL: bool>(
+#[allow(clippy::type_complexity)]
+unsafe fn wgrad_sums<
+    S: Simd,
+    const R: usize,
+    const NV: usize,
+    const PARTIAL: bool,
+    const HALF: bool,
+>(
     x: &[*const S::E],
     skip: usize,
     dy: *const S::E,
     ldy: usize,
     tail: usize,
-) -> [[S::V; NV]; R] {
+) -> ([[S::V; NV]; R], [<S::Half as Simd>::V; R]) {
+    type H<S> = <S as Simd>::Half;
+    // The whole vectors; with HALF, the last is `acc_half`'s.
+    let full = NV - usize::from(HALF);
     // SAFETY: the caller's bounds (see `wgrad_tile`).
     unsafe {
         let mut acc = [[S::zero(); NV]; R];
+        let mut acc_half = [H::<S>::zero(); R];
         let mut row = dy;
         for &xp in x {
             let bv: [S::V; NV] = std::array::from_fn(|j| {
-                if PARTIAL && j == NV - 1 {
+                if j >= full {
+                    S::zero()
+                } else if PARTIAL && j == NV - 1 {
                     S::load_partial(row.add(j * S::LANES), tail)
                 } else {
                     S::load(row.add(j * S::LANES))
                 }
             });
+            let b_half = match (HALF, PARTIAL) {
+                (false, _) => H::<S>::zero(),
+                (true, true) => H::<S>::load_partial(row.add(full * S::LANES), tail),
+                (true, false) => H::<S>::load(row.add(full * S::LANES)),
+            };
             let xs = xp.add(skip);
             for (i, acc_row) in acc.iter_mut().enumerate() {
-                let av = S::splat(*xs.add(i));
-                for (a, &b) in acc_row.iter_mut().zip(&bv) {
+                let value = *xs.add(i);
+                let av = S::splat(value);
+                for (a, &b) in acc_row.iter_mut().zip(&bv).take(full) {
                     *a = S::fma(av, b, *a);
+                }
+                if HALF {
+                    acc_half[i] = H::<S>::fma(H::<S>::splat(value), b_half, acc_half[i]);
                 }
             }
             row = row.add(ldy);
         }
-        acc
+        (acc, acc_half)
     }
 }
 
@@ -1099,8 +1195,8 @@ mod tests {
     }
 
     /// Every row count from 1 to 30 (one tile, several, and the cuts between them), widths
-    /// of whole and partial vectors, and `dy` rows read masked or whole, against a plain
-    /// sum.
+    /// of whole and partial vectors (and, on AVX-512, last vectors of a half vector or
+    /// less), and `dy` rows read masked or whole, against a plain sum.
     #[test]
     fn weight_gradient_tiles_match_a_plain_sum_on_every_path() {
         for isa in available() {
@@ -1108,8 +1204,9 @@ mod tests {
             let x = values(pixels * 32, 5);
             let dy = values(pixels * 24, 6);
             for rows in 1..=30 {
-                for (width, whole_rows) in
-                    [3, 8, 21].into_iter().flat_map(|w| [(w, false), (w, true)])
+                for (width, whole_rows) in [3, 8, 19, 20, 21]
+                    .into_iter()
+                    .flat_map(|w| [(w, false), (w, true)])
                 {
                     let mut out = vec![0.5; rows * 24];
                     let (rows, width) = simd_call!(
@@ -1135,5 +1232,120 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The sums of one indirect tile of 4 rows and three vectors, the last summed as a
+    /// half vector or not (`half`), and of one weight-gradient tile of 3 rows likewise, as
+    /// bits: the first two vectors whole, the last `tail` lanes of the third.
+    ///
+    /// # Safety
+    /// The CPU runs `S`; `has_half::<S>()`, `tail <= S::Half::LANES`.
+    unsafe fn tiles_in_halves<S: Simd, const MR: usize>(tail: usize, half: bool) -> Vec<u64> {
+        let (taps, kc) = (3, 7);
+        let width = 2 * S::LANES + tail;
+        let to = |v: f64| S::E::from_f64(v);
+        let source: Vec<S::E> = values(4 * kc, 11).into_iter().map(to).collect();
+        let b: Vec<S::E> = values(taps * kc * 3 * S::LANES, 12)
+            .into_iter()
+            .enumerate()
+            // The packed panel's lanes past the width are zeros.
+            .map(|(i, v)| to(if i % (3 * S::LANES) < width { v } else { 0.0 }))
+            .collect();
+        let a: Vec<*const S::E> = (0..taps * 4)
+            .map(|i| source[(i % 4) * kc..].as_ptr())
+            .collect();
+        let mut out = vec![S::E::from_f64(0.0); 4 * width];
+        let c: Vec<*mut S::E> = (0..4).map(|i| out[i * width..].as_mut_ptr()).collect();
+        let dy: Vec<S::E> = values(9 * 3 * S::LANES, 13).into_iter().map(to).collect();
+        let x: Vec<S::E> = values(9 * 3, 14).into_iter().map(to).collect();
+        let xp: Vec<*const S::E> = (0..9).map(|p| x[p * 3..].as_ptr()).collect();
+        let mut bits: Vec<u64> = Vec::new();
+        // SAFETY: the buffers hold what the tiles read and write (the CPU runs `S`, and
+        // `tail` fits the half vector: the caller's promise).
+        unsafe {
+            let args = (
+                &a[..],
+                4,
+                0,
+                0,
+                taps,
+                kc,
+                b.as_ptr(),
+                &c[..],
+                4,
+                width,
+                (0, 0),
+            );
+            if half {
+                let (a, st, o, sk, t, k, b, c, v, w, n) = args;
+                igemm_tile::<S, 4, 3, true>(a, st, o, sk, t, k, b, c, v, w, n);
+            } else {
+                let (a, st, o, sk, t, k, b, c, v, w, n) = args;
+                igemm_tile::<S, 4, 3, false>(a, st, o, sk, t, k, b, c, v, w, n);
+            }
+            bits.extend(out.iter().map(|v| v.to_f64().to_bits()));
+            let mut lanes = vec![S::E::from_f64(0.0); 3 * S::LANES];
+            let ldy = 3 * S::LANES;
+            if half {
+                let (acc, acc_half) =
+                    wgrad_sums::<S, 3, 3, false, true>(&xp, 0, dy.as_ptr(), ldy, tail);
+                for (row, last) in acc.iter().zip(acc_half) {
+                    S::store(lanes.as_mut_ptr(), row[0]);
+                    S::store(lanes.as_mut_ptr().add(S::LANES), row[1]);
+                    S::Half::store(lanes.as_mut_ptr().add(2 * S::LANES), last);
+                    bits.extend(lanes[..width].iter().map(|v| v.to_f64().to_bits()));
+                }
+            } else {
+                let (acc, _) = wgrad_sums::<S, 3, 3, false, false>(&xp, 0, dy.as_ptr(), ldy, tail);
+                for row in acc {
+                    for (j, &v) in row.iter().enumerate() {
+                        S::store(lanes.as_mut_ptr().add(j * S::LANES), v);
+                    }
+                    bits.extend(lanes[..width].iter().map(|v| v.to_f64().to_bits()));
+                }
+            }
+        }
+        bits
+    }
+
+    /// Whether the path of `S` has half vectors.
+    ///
+    /// # Safety
+    /// None; `unsafe` for `simd_call!`.
+    unsafe fn path_has_half<S: Simd, const MR: usize>() -> bool {
+        has_half::<S>()
+    }
+
+    /// Where a path has half vectors, a tile's last columns summed in one give the same
+    /// sums as a whole vector, bit for bit, in the indirect products and the weight
+    /// gradient's tiles, f32 and f64, for a half vector whole and part-filled.
+    #[test]
+    fn half_vectors_give_the_whole_vectors_sums_bit_for_bit() {
+        let mut compared = 0;
+        for isa in available() {
+            if simd_call!(isa, f32, path_has_half()) {
+                for tail in [1, 3, 8] {
+                    let whole = simd_call!(isa, f32, tiles_in_halves(tail, false));
+                    let halves = simd_call!(isa, f32, tiles_in_halves(tail, true));
+                    assert!(whole.iter().any(|&b| b != 0), "{isa} f32 tail {tail}");
+                    assert_eq!(halves, whole, "{isa} f32 tail {tail}");
+                    compared += 1;
+                }
+            }
+            if simd_call!(isa, f64, path_has_half()) {
+                for tail in [1, 4] {
+                    let whole = simd_call!(isa, f64, tiles_in_halves(tail, false));
+                    let halves = simd_call!(isa, f64, tiles_in_halves(tail, true));
+                    assert_eq!(halves, whole, "{isa} f64 tail {tail}");
+                }
+            }
+        }
+        let avx512 = available()
+            .iter()
+            .any(|&i| crate::simd::VectorPath::of(i) == crate::simd::VectorPath::Avx512);
+        assert!(
+            !avx512 || compared > 0,
+            "no path with half vectors compared"
+        );
     }
 }

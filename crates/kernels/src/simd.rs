@@ -59,6 +59,9 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     const NV_MAX: usize;
     /// Vector registers the path has: what a kernel may hold in registers at once.
     const REGISTERS: usize;
+    /// Vectors of half the lanes on the same CPU, for the last columns of a product that
+    /// fill no more than half a vector: `Self` where the path has none (see [`has_half`]).
+    type Half: Simd<E = Self::E>;
     unsafe fn zero() -> Self::V;
     unsafe fn splat(value: Self::E) -> Self::V;
     unsafe fn load(p: *const Self::E) -> Self::V;
@@ -128,6 +131,11 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     }
 }
 
+/// Whether `S::Half` has half of `S`'s lanes (the path has a narrower vector).
+pub(crate) const fn has_half<S: Simd>() -> bool {
+    S::Half::LANES * 2 == S::LANES
+}
+
 /// Bytes of output from which an element-wise pass streams its stores (see
 /// `Simd::stream`): an output this large, with the values it is computed from, overflows a
 /// core's second-level cache, so each line it writes would first be read from memory only
@@ -160,6 +168,7 @@ pub(crate) struct Scalar<T>(std::marker::PhantomData<T>);
 impl<T: Element> Simd for Scalar<T> {
     type E = T;
     type V = T;
+    type Half = Self;
     type Ix = ();
     const LANES: usize = 1;
     const NV_MAX: usize = 4;
@@ -252,6 +261,7 @@ pub(crate) struct Avx2F64;
 impl Simd for Avx512F32 {
     type E = f32;
     type V = __m512;
+    type Half = Avx2F32;
     type Ix = __m512i;
     const LANES: usize = 16;
     const NV_MAX: usize = 4;
@@ -388,6 +398,7 @@ unsafe fn bf16_lanes(v: __m512) -> __m512i {
 impl Simd for Avx512F64 {
     type E = f64;
     type V = __m512d;
+    type Half = Avx2F64;
     type Ix = __m512i;
     const LANES: usize = 8;
     const NV_MAX: usize = 4;
@@ -511,6 +522,7 @@ unsafe fn store_upto3_f32(p: *mut f32, v: __m128, n: usize) {
 impl Simd for Avx2F32 {
     type E = f32;
     type V = __m256;
+    type Half = Self;
     type Ix = __m256i;
     const LANES: usize = 8;
     const NV_MAX: usize = 2;
@@ -598,6 +610,7 @@ impl Simd for Avx2F32 {
 impl Simd for Avx2F64 {
     type E = f64;
     type V = __m256d;
+    type Half = Self;
     type Ix = __m256i;
     const LANES: usize = 4;
     const NV_MAX: usize = 2;
