@@ -62,6 +62,12 @@ macro_rules! with_half {
     };
 }
 
+/// Whether the last of `nv` vectors holding `width` columns is summed as a vector of
+/// `S::Half`: where the path has one and the columns past the whole vectors fit it.
+fn last_in_half<S: Simd>(width: usize, nv: usize) -> bool {
+    has_half::<S>() && width <= (nv - 1) * S::LANES + S::Half::LANES
+}
+
 /// Runs `$call(off, rows)` for the sub-tiles of `$mr` rows (the last with fewer) of the
 /// first `$valid` rows of a tile.
 macro_rules! sub_tiles {
@@ -356,8 +362,7 @@ pub(crate) unsafe fn igemm_panel<S: Simd, const MT: usize>(
     valid: usize,
     then_skip: usize,
 ) {
-    // The panel's last columns in a half vector where they fit one.
-    let last_half = has_half::<S>() && panel.width <= (panel.nv - 1) * S::LANES + S::Half::LANES;
+    let last_half = last_in_half::<S>(panel.width, panel.nv);
     macro_rules! tiles {
         ($mr:literal, $nv:literal) => {
             // SAFETY: the sub-tile's pointers start at `off` of each tap's MT, and
@@ -417,7 +422,7 @@ pub(crate) unsafe fn wgrad_tile<S: Simd, const R: usize, const NV: usize>(
 ) {
     type H<S> = <S as Simd>::Half;
     let tail = width - (NV - 1) * S::LANES;
-    let half = has_half::<S>() && tail <= H::<S>::LANES;
+    let half = last_in_half::<S>(width, NV);
     // The lanes of the last vector, whole or half.
     let last_lanes = if half { H::<S>::LANES } else { S::LANES };
     let partial = tail < last_lanes;
@@ -427,12 +432,13 @@ pub(crate) unsafe fn wgrad_tile<S: Simd, const R: usize, const NV: usize>(
     unsafe {
         // The pixel loop in copies, so that the choice of load is made once per tile and
         // the loop body holds nothing but loads and FMAs.
-        let (acc, acc_half) = match (partial_load, half) {
-            (true, true) => wgrad_sums::<S, R, NV, true, true>(x, skip, dy, ldy, tail),
-            (false, true) => wgrad_sums::<S, R, NV, false, true>(x, skip, dy, ldy, tail),
-            (true, false) => wgrad_sums::<S, R, NV, true, false>(x, skip, dy, ldy, tail),
-            (false, false) => wgrad_sums::<S, R, NV, false, false>(x, skip, dy, ldy, tail),
-        };
+        let (acc, acc_half) = with_half!(half, HALF, {
+            if partial_load {
+                wgrad_sums::<S, R, NV, true, HALF>(x, skip, dy, ldy, tail)
+            } else {
+                wgrad_sums::<S, R, NV, false, HALF>(x, skip, dy, ldy, tail)
+            }
+        });
         for (i, acc_row) in acc.iter().enumerate() {
             let o = out.add(i * ldo);
             for (j, &v) in acc_row.iter().enumerate() {
