@@ -576,8 +576,6 @@ unsafe fn product_rows<S: Simd, const MR: usize>(
                 let packed = &packed[g];
                 let panels = &packed.panels[block.panels.clone()];
                 for (p, panel) in panels.iter().enumerate() {
-                    let c: [*mut S::E; MR] =
-                        std::array::from_fn(|i| starts[i].wrapping_add(g * width + panel.col));
                     // The next group's channels of the same rows run next, after this
                     // group's last panel.
                     let then = if p + 1 == panels.len() && g + 1 < block.groups.end {
@@ -594,7 +592,8 @@ unsafe fn product_rows<S: Simd, const MR: usize>(
                             kc,
                             packed.data.as_ptr().add(panel.offset),
                             *panel,
-                            &c,
+                            starts,
+                            g * width + panel.col,
                             valid,
                             then * skip,
                         );

@@ -210,14 +210,16 @@ impl<E: crate::simd::Element> Packed<E> {
 /// pass's part of the panel stays in the second-level cache while every column writes it.
 pub(crate) const COLUMN_ROWS: usize = 512;
 
-/// Stores `MR` rows of accumulators (the first `valid`), `width` columns of each.
+/// Stores `MR` rows of accumulators (the first `valid`), `width` columns of each, from
+/// column `col` of each row.
 ///
 /// # Safety
-/// Each of the first `valid` row pointers is valid for `width` writes.
+/// Each of the first `valid` row pointers plus `col` is valid for `width` writes.
 #[inline(always)]
 unsafe fn store_rows<S: Simd, const MR: usize, const NV: usize>(
     acc: &[[S::V; NV]; MR],
     c: &[*mut S::E],
+    col: usize,
     valid: usize,
     width: usize,
 ) {
@@ -226,20 +228,21 @@ unsafe fn store_rows<S: Simd, const MR: usize, const NV: usize>(
             break;
         }
         for (j, &v) in acc[i].iter().enumerate() {
-            let start = j * S::LANES;
-            // SAFETY: the row holds `width` values (the caller's promise).
+            let start = col + j * S::LANES;
+            let end = col + width;
+            // SAFETY: the row holds `width` values from `col` (the caller's promise).
             unsafe {
-                if start + S::LANES <= width {
+                if start + S::LANES <= end {
                     S::store(c[i].add(start), v);
-                } else if start < width {
-                    S::store_partial(c[i].add(start), v, width - start);
+                } else if start < end {
+                    S::store_partial(c[i].add(start), v, end - start);
                 }
             }
         }
     }
 }
 
-/// c[i][0..width] = sum over taps t and k < kc of a[t * stride + off + i][skip + k] *
+/// c[i][col..col + width] = sum over taps t and k < kc of a[t * stride + off + i][skip + k] *
 /// b[t * kc + k][..] for the MR rows i of one sub-tile, from row `off` of its tile. `skip`
 /// selects a group's channels within rows shared by every group. `next` = (row, skip) says
 /// which work follows, whose MR rows from `row` of the tile (as far as `a` has them) and
@@ -254,8 +257,9 @@ unsafe fn store_rows<S: Simd, const MR: usize, const NV: usize>(
 /// - `a` holds `taps * stride` pointers (stride >= off + MR), each valid for `skip + kc`
 ///   reads;
 /// - `b` is valid for `taps * kc * NV * LANES` reads (a packed panel);
-/// - the first `valid` pointers of `c` are valid for `width <= NV * LANES` writes, and with
-///   HALF `width <= (NV - 1) * LANES + S::Half::LANES` and `has_half::<S>()`;
+/// - the first `valid` pointers of `c`, plus `col`, are valid for `width <= NV * LANES`
+///   writes, and with HALF `width <= (NV - 1) * LANES + S::Half::LANES` and
+///   `has_half::<S>()`;
 /// - the CPU runs `S` (see `simd_call!`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -268,6 +272,7 @@ pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize, const
     kc: usize,
     b: *const S::E,
     c: &[*mut S::E],
+    col: usize,
     valid: usize,
     width: usize,
     next: (usize, usize),
@@ -322,9 +327,9 @@ pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize, const
         }
         if HALF {
             let rest = width - full * S::LANES;
-            store_rows::<S, MR, NV>(&acc, c, valid, full * S::LANES);
+            store_rows::<S, MR, NV>(&acc, c, col, valid, full * S::LANES);
             for (i, &v) in acc_half.iter().enumerate().take(valid) {
-                let p = c[i].add(full * S::LANES);
+                let p = c[i].add(col + full * S::LANES);
                 if rest == H::<S>::LANES {
                     H::<S>::store(p, v);
                 } else {
@@ -332,7 +337,7 @@ pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize, const
                 }
             }
         } else {
-            store_rows::<S, MR, NV>(&acc, c, valid, width);
+            store_rows::<S, MR, NV>(&acc, c, col, valid, width);
         }
     }
 }
@@ -345,10 +350,12 @@ pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize, const
 ///
 /// # Safety
 /// As [`igemm_tile`] with stride `MT`, `b` the start of the panel `panel` of a packed
-/// operand `taps * kc` rows deep, and `c` holding MT row pointers. `then_skip` is the skip
-/// of the product that runs next on the tile's rows (the next group's channels, or `skip`
-/// again): each sub-tile asks the cache for the next sub-tile's rows, and the last for the
-/// first rows of that product.
+/// operand `taps * kc` rows deep, and `c` holding MT row pointers, each row's columns of
+/// the panel `col` values after its pointer (so that every group and panel of a tile
+/// stores through the tile's own row pointers, with no table of its own to fill).
+/// `then_skip` is the skip of the product that runs next on the tile's rows (the next
+/// group's channels, or `skip` again): each sub-tile asks the cache for the next sub-tile's
+/// rows, and the last for the first rows of that product.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn igemm_panel<S: Simd, const MT: usize>(
@@ -359,6 +366,7 @@ pub(crate) unsafe fn igemm_panel<S: Simd, const MT: usize>(
     b: *const S::E,
     panel: Panel,
     c: &[*mut S::E; MT],
+    col: usize,
     valid: usize,
     then_skip: usize,
 ) {
@@ -384,6 +392,7 @@ pub(crate) unsafe fn igemm_panel<S: Simd, const MT: usize>(
                         kc,
                         b,
                         &c[off..],
+                        col,
                         rows,
                         panel.width,
                         next,
@@ -1095,9 +1104,8 @@ mod tests {
             }
             let base = out.as_mut_ptr();
             for panel in &packed.panels {
-                let c: [*mut S::E; MR] = std::array::from_fn(|i| {
-                    base.wrapping_add((tile + i.min(valid - 1)) * n + panel.col)
-                });
+                let c: [*mut S::E; MR] =
+                    std::array::from_fn(|i| base.wrapping_add((tile + i.min(valid - 1)) * n));
                 // SAFETY: pointers cover kc values, the panel is packed for taps * kc rows,
                 // and each output row has panel.width values from panel.col.
                 unsafe {
@@ -1109,6 +1117,7 @@ mod tests {
                         packed.data.as_ptr().add(panel.offset),
                         *panel,
                         &c,
+                        panel.col,
                         valid,
                         0,
                     )
@@ -1278,16 +1287,17 @@ mod tests {
                 kc,
                 b.as_ptr(),
                 &c[..],
+                0,
                 4,
                 width,
                 (0, 0),
             );
             if half {
-                let (a, st, o, sk, t, k, b, c, v, w, n) = args;
-                igemm_tile::<S, 4, 3, true>(a, st, o, sk, t, k, b, c, v, w, n);
+                let (a, st, o, sk, t, k, b, c, col, v, w, n) = args;
+                igemm_tile::<S, 4, 3, true>(a, st, o, sk, t, k, b, c, col, v, w, n);
             } else {
-                let (a, st, o, sk, t, k, b, c, v, w, n) = args;
-                igemm_tile::<S, 4, 3, false>(a, st, o, sk, t, k, b, c, v, w, n);
+                let (a, st, o, sk, t, k, b, c, col, v, w, n) = args;
+                igemm_tile::<S, 4, 3, false>(a, st, o, sk, t, k, b, c, col, v, w, n);
             }
             bits.extend(out.iter().map(|v| v.to_f64().to_bits()));
             let mut lanes = vec![S::E::from_f64(0.0); 3 * S::LANES];
