@@ -23,6 +23,10 @@
 //! each pixel rotated once (see `gemm::group_lanes_wgrad`) for the three taps whose sums it
 //! enters.
 //!
+//! A pass over groups too wide for its weights to stay in the registers (7 or 8 channels
+//! on AVX-512) reads a weight for every multiply-add, and those reads bound it; at stride
+//! 1 the same row of two images then walks together, each weight read once for both.
+//!
 //! Each output's sum runs over (tap, input of the group) in the order of the tile, each
 //! weight-gradient sum over the same chunks of pixels in the same order, and the padding's
 //! taps, which the tiles multiply by a row of zeros, are skipped: adding a zero product to
@@ -71,6 +75,14 @@ pub(crate) fn walks_weight_grad(geo: &Geometry, path: VectorPath) -> bool {
     walks_products(geo, path) && geo.stride == 1
 }
 
+/// Whether a stride-1 walk takes the same row of two images together (see
+/// [`pair_row_pass`]): where its passes read their weights from memory, groups too wide
+/// for the registers to hold them, and on AVX-512, whose 32 registers hold both rows' sums
+/// for two vectors (AVX2's 16 would spill them).
+fn pair_walks(lg: GroupLanes, path: VectorPath) -> bool {
+    path == VectorPath::Avx512 && !holds_weights(1, lg.cg, 32)
+}
+
 /// Which product a walk computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Walk {
@@ -108,9 +120,23 @@ pub(crate) fn product<T: Element>(
     let tap_len = lg.tap_len(crate::simd::tile_shape::<T>(isa).0);
     assert_eq!(wl.len(), 9 * tap_len, "group-rows weight size");
     let image_rows = geo.n * out_image.0;
-    let mut tasks: Vec<(Range<usize>, Range<usize>)> =
-        crate::conv::ranges(image_rows, ROWS_PER_TASK)
-            .flat_map(|r| blocks.iter().map(move |v| (r.clone(), v.clone())))
+    // At stride 1, the same row of two images walks together (one task unit a pair of
+    // rows), each weight read once for both; an odd batch's last image walks alone.
+    let pairs = if geo.stride == 1 && pair_walks(lg, VectorPath::of(isa)) {
+        geo.n / 2
+    } else {
+        0
+    };
+    let pair_units = pairs * out_image.0;
+    let single = (2 * pairs * out_image.0)..image_rows;
+    let mut tasks: Vec<(Range<usize>, Range<usize>, bool)> =
+        crate::conv::ranges(pair_units, ROWS_PER_TASK / 2)
+            .map(|r| (r, true))
+            .chain(
+                crate::conv::ranges(single.len(), ROWS_PER_TASK)
+                    .map(|r| (r.start + single.start..r.end + single.start, false)),
+            )
+            .flat_map(|(r, paired)| blocks.iter().map(move |v| (r.clone(), v.clone(), paired)))
             .collect();
     // The input gradient walks each row right to left, so it takes its rows, and its tasks,
     // last first: the whole sweep then runs down through memory, a stream the hardware's
@@ -126,19 +152,19 @@ pub(crate) fn product<T: Element>(
     // stride 2 walking back an odd row through tap row 2, which always lies in the image).
     unsafe {
         written_by(image_rows * out_image.1 * lg.channels, |out: SendPtr<T>| {
-            tasks.par_iter().for_each(|(rows, vectors)| {
-                let (rows, vectors) = (rows.clone(), vectors.clone());
+            tasks.par_iter().for_each(|(rows, vectors, paired)| {
+                let (rows, vectors, paired) = (rows.clone(), vectors.clone(), *paired);
                 let (src, out, wl) = (sp.get(), out.get(), wl.as_ptr());
                 match images.stride {
                     1 => simd_call!(
                         isa,
                         T,
-                        rows_task(src, out, images, lg, wl, walk, rows, vectors)
+                        rows_task(src, out, images, lg, wl, walk, rows, vectors, paired)
                     ),
                     _ => simd_call!(
                         isa,
                         T,
-                        strided_rows_task(src, out, images, lg, wl, walk, rows, vectors)
+                        strided_rows_task(src, out, images, lg, wl, walk, rows, vectors, paired)
                     ),
                 }
             })
@@ -171,20 +197,25 @@ macro_rules! rows_task_at {
             walk: Walk,
             rows: Range<usize>,
             vectors: Range<usize>,
+            paired: bool,
         ) {
             // SAFETY: passed on.
-            unsafe { walk_rows::<S, $stride>(src, out, images, lg, wl, walk, rows, vectors) }
+            unsafe {
+                walk_rows::<S, $stride>(src, out, images, lg, wl, walk, rows, vectors, paired)
+            }
         }
     };
 }
 
 rows_task_at!(
-    /// The output's image rows `rows` (image * height + y) of the product, for channel
-    /// vectors `vectors`, at stride 1.
+    /// The output's image rows `rows` (image * height + y; where `paired`, pair * height +
+    /// y: row y of images 2 * pair and 2 * pair + 1, walked together) of the product, for
+    /// channel vectors `vectors`, at stride 1.
     ///
     /// # Safety
     /// `src` and `out` hold n images of `images`' sizes, pixels of `lg.channels` values
-    /// (`out` for writes, n * height at least `rows.end`), `wl` the nine taps' weights as
+    /// (`out` for writes, n * height at least the last row's image row, paired or not),
+    /// `wl` the nine taps' weights as
     /// [`GroupLanes`] lays them out for `S`'s lanes, `vectors` lies within `lg.vectors`,
     /// `lg.cg <= S::LANES`; the CPU runs `S`.
     rows_task,
@@ -215,6 +246,7 @@ unsafe fn walk_rows<S: Simd, const STRIDE: usize>(
     walk: Walk,
     rows: Range<usize>,
     vectors: Range<usize>,
+    paired: bool,
 ) {
     let Images {
         src: (src_h, src_w),
@@ -232,7 +264,12 @@ unsafe fn walk_rows<S: Simd, const STRIDE: usize>(
         } else {
             rows.start + i
         };
-        let (image, y) = (r / out_h, r % out_h);
+        let (image, y) = if paired {
+            (2 * (r / out_h), r % out_h)
+        } else {
+            (r / out_h, r % out_h)
+        };
+        let r = image * out_h + y;
         let mut first = true;
         for ky in 0..3 {
             // The source row this row of taps reads, if it lies inside the image (and,
@@ -255,6 +292,14 @@ unsafe fn walk_rows<S: Simd, const STRIDE: usize>(
                 let taps = RowTaps::<S> {
                     src: s_row,
                     out: o_row,
+                    pair: if paired {
+                        Some((
+                            s_row.add(src_h * src_w * lg.channels),
+                            o_row.add(out_h * out_w * lg.channels),
+                        ))
+                    } else {
+                        None
+                    },
                     src_w,
                     out_w,
                     lg,
@@ -293,6 +338,8 @@ unsafe fn walk_rows<S: Simd, const STRIDE: usize>(
 struct RowTaps<'a, S: Simd> {
     src: *const S::E,
     out: *mut S::E,
+    /// The next image's same rows, walked together with these.
+    pair: Option<(*const S::E, *mut S::E)>,
     src_w: usize,
     out_w: usize,
     lg: GroupLanes,
@@ -308,7 +355,8 @@ struct RowTaps<'a, S: Simd> {
 /// `vectors`. With CG > 0 (groups of CG channels) and room in the path's registers, each
 /// pass holds its weights in registers, with as many vectors a pass as leave room for
 /// them; otherwise (CG = 0: any group width) the passes read their weights from memory at
-/// each pixel, four vectors a pass where they can (see [`row_pass`]).
+/// each pixel, four vectors a pass where they can (see [`row_pass`]), or, where `taps`
+/// holds a pair of images' rows, two vectors of both rows a pass (see [`pair_row_pass`]).
 ///
 /// # Safety
 /// As [`row_pass`] for each pass, with `vectors` within `taps.lg.vectors` and, for CG > 0,
@@ -322,6 +370,24 @@ unsafe fn row_passes<S: Simd, const CG: usize, const STRIDE: usize>(
         CG > 0 && S::LANES > 1 && nv <= S::NV_MAX && holds_weights(nv, CG, S::REGISTERS)
     };
     let mut v = vectors.start;
+    if taps.pair.is_some() {
+        // Pairs are walked only where the passes read their weights from memory (see
+        // `pair_walks`).
+        debug_assert!(STRIDE == 1 && !fits(1));
+        // SAFETY: passed on, each pass's vectors within `vectors`.
+        unsafe {
+            while v < vectors.end {
+                if vectors.end - v >= 2 && S::LANES > 1 {
+                    pair_row_pass::<S, 2>(taps, v);
+                    v += 2;
+                } else {
+                    pair_row_pass::<S, 1>(taps, v);
+                    v += 1;
+                }
+            }
+        }
+        return;
+    }
     // SAFETY (loops): passed on, each pass's vectors within `vectors`.
     unsafe {
         if fits(1) {
@@ -396,6 +462,109 @@ unsafe fn row_pass<S: Simd, const NV: usize, const STRIDE: usize>(taps: RowTaps<
                 }
             },
         );
+    }
+}
+
+/// [`row_pass`] over the same row of two images (`taps.pair`), stride 1: each weight read
+/// once for both rows' products. A pass that reads its weights from memory reads one
+/// for every multiply-add, and those reads, not the multiply-adds or the permutes, bound
+/// it; the two images' rows share their padding, their taps and so their weights, and
+/// each row's sums run as the row's own walk runs them.
+///
+/// # Safety
+/// As [`row_pass`] for both rows.
+#[inline(always)]
+unsafe fn pair_row_pass<S: Simd, const NV: usize>(taps: RowTaps<S>, v0: usize) {
+    let RowTaps { lg, wt, bcast, .. } = taps;
+    let tap_len = lg.tap_len(S::LANES);
+    // SAFETY: the walk's promises are the caller's; weights within tap row ky's layout.
+    unsafe {
+        walk_row_pair::<S, NV>(
+            taps,
+            v0,
+            #[inline(always)]
+            |xa, xb, [fa, ma, la], [fb, mb, lb]| {
+                let mut wb = wt.add(v0 * S::LANES);
+                for &idx in bcast.iter().take(lg.cg) {
+                    for j in 0..NV {
+                        let pa = S::permute(xa[j], idx);
+                        let pb = S::permute(xb[j], idx);
+                        let wj = wb.add(j * S::LANES);
+                        let w0 = S::load(wj);
+                        fa[j] = S::fma(pa, w0, fa[j]);
+                        fb[j] = S::fma(pb, w0, fb[j]);
+                        let w1 = S::load(wj.add(tap_len));
+                        ma[j] = S::fma(pa, w1, ma[j]);
+                        mb[j] = S::fma(pb, w1, mb[j]);
+                        let w2 = S::load(wj.add(2 * tap_len));
+                        la[j] = S::fma(pa, w2, la[j]);
+                        lb[j] = S::fma(pb, w2, lb[j]);
+                    }
+                    wb = wb.add(lg.vectors * S::LANES);
+                }
+            },
+        );
+    }
+}
+
+/// [`walk_row`] at stride 1 over the same row of two images (`taps.pair`), the products of
+/// both rows' pixels at each step.
+///
+/// # Safety
+/// As [`walk_row`] for both rows.
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+unsafe fn walk_row_pair<S: Simd, const NV: usize>(
+    taps: RowTaps<S>,
+    v0: usize,
+    mut products: impl FnMut(&[S::V; NV], &[S::V; NV], [&mut [S::V; NV]; 3], [&mut [S::V; NV]; 3]),
+) {
+    let (src, out, w, lg, first) = (taps.src, taps.out, taps.src_w, taps.lg, taps.first);
+    let backward = taps.backward;
+    let (src2, out2) = taps.pair.expect("a pair");
+    let filled: [usize; NV] = std::array::from_fn(|j| lg.filled(v0 + j));
+    let at = |col: usize, j: usize| col * lg.channels + (v0 + j) * lg.width;
+    let column = |step: usize| if backward { w - 1 - step } else { step };
+    // SAFETY: as `walk_row`, for each row.
+    unsafe {
+        let mut mid_a = start::<S, NV>(out, at(column(0), 0), lg.width, &filled, first);
+        let mut mid_b = start::<S, NV>(out2, at(column(0), 0), lg.width, &filled, first);
+        let mut last_a = [S::zero(); NV];
+        let mut last_b = [S::zero(); NV];
+        for step in 0..w {
+            let col = column(step);
+            let (mut fresh_a, mut fresh_b) = if step + 1 < w {
+                let next = at(column(step + 1), 0);
+                (
+                    start::<S, NV>(out, next, lg.width, &filled, first),
+                    start::<S, NV>(out2, next, lg.width, &filled, first),
+                )
+            } else {
+                ([S::zero(); NV], [S::zero(); NV])
+            };
+            let xa: [S::V; NV] =
+                std::array::from_fn(|j| load_upto::<S>(src.add(at(col, j)), filled[j]));
+            let xb: [S::V; NV] =
+                std::array::from_fn(|j| load_upto::<S>(src2.add(at(col, j)), filled[j]));
+            products(
+                &xa,
+                &xb,
+                [&mut fresh_a, &mut mid_a, &mut last_a],
+                [&mut fresh_b, &mut mid_b, &mut last_b],
+            );
+            if step > 0 {
+                let prev = at(column(step - 1), 0);
+                store::<S, NV>(out, prev, lg.width, &filled, &last_a);
+                store::<S, NV>(out2, prev, lg.width, &filled, &last_b);
+            }
+            last_a = mid_a;
+            mid_a = fresh_a;
+            last_b = mid_b;
+            mid_b = fresh_b;
+        }
+        let end = at(column(w - 1), 0);
+        store::<S, NV>(out, end, lg.width, &filled, &last_a);
+        store::<S, NV>(out2, end, lg.width, &filled, &last_b);
     }
 }
 
@@ -1063,7 +1232,9 @@ mod tests {
 
     /// On every path the machine runs, in f32 and f64: groups of 1 to 8 channels; rows of
     /// one vector, of several, and with a part-filled last (so the walks of four, two and
-    /// one vectors all run); images 1 to 14 pixels wide and 1 to 6 high; stride 1 and 2.
+    /// one vectors all run); images 1 to 14 pixels wide and 1 to 6 high; stride 1 and 2;
+    /// batches of one image, even ones and odd ones (on AVX-512, pairs of images walked
+    /// together and an image alone).
     #[test]
     fn row_walks_give_the_group_lanes_tiles_outputs_bit_for_bit() {
         // (n, h, w, channels, groups)
@@ -1078,6 +1249,8 @@ mod tests {
             (2, 3, 4, 120, 40),  // 3 per group, more vectors than one walk takes
             (3, 14, 14, 64, 32), // weight gradient: two pixel splits, chunks ending mid-row
             (4, 11, 13, 28, 4),  // 7 per group, the same with two vectors
+            (3, 3, 5, 28, 4),    // 7 per group, an odd batch: a pair of images, then one
+            (3, 2, 6, 32, 4),    // 8 per group, the same
         ];
         // Stride 2 (the forward and the input gradient), groups whose weights the passes
         // hold: even and odd sides, down to one pixel.
@@ -1090,7 +1263,7 @@ mod tests {
             (1, 2, 3, 40, 8),     // 5 per group, a part-filled last vector
             (2, 3, 2, 20, 5),     // 4 per group, a part-filled last vector
         ];
-        let (mut ran, mut ran_strided) = (0, 0);
+        let (mut ran, mut ran_strided, mut ran_paired) = (0, 0, 0);
         for isa in available() {
             let shapes = shapes.iter().map(|&s| (s, 1));
             for ((n, h, w, c, g), stride) in shapes.chain(strided.iter().map(|&s| (s, 2))) {
@@ -1100,6 +1273,9 @@ mod tests {
                     check::<f64>(&geo, DType::F64, isa);
                     ran += 1;
                     ran_strided += usize::from(stride == 2);
+                    let lg = GroupLanes::new(c, c / g, crate::simd::tile_shape::<f32>(isa).0);
+                    ran_paired +=
+                        usize::from(stride == 1 && n > 1 && pair_walks(lg, VectorPath::of(isa)));
                 }
             }
         }
@@ -1110,6 +1286,13 @@ mod tests {
         assert!(
             !vectors || ran_strided > 0,
             "no shape took the stride-2 walks"
+        );
+        let avx512 = available()
+            .iter()
+            .any(|&i| VectorPath::of(i) == VectorPath::Avx512);
+        assert!(
+            !avx512 || ran_paired > 0,
+            "no shape walked two images together"
         );
     }
 }
