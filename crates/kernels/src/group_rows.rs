@@ -146,8 +146,9 @@ pub(crate) fn product<T: Element>(
         tasks.reverse();
     }
     let sp = SendPtr(src.as_ptr() as *mut T);
-    // SAFETY: the tasks cover every image row and channel vector once; each writes the
-    // channels of its vectors on its rows, every pixel of them (`row_pass` stores every
+    // SAFETY: the tasks cover every image row and channel vector once (a paired task's
+    // unit is two images' rows); each writes the channels of its vectors on its rows,
+    // every pixel of them (`row_pass` and `pair_row_pass` store every
     // output of the row, and every row has a source row to walk through tap row 1, or at
     // stride 2 walking back an odd row through tap row 2, which always lies in the image).
     unsafe {
@@ -214,10 +215,9 @@ rows_task_at!(
     ///
     /// # Safety
     /// `src` and `out` hold n images of `images`' sizes, pixels of `lg.channels` values
-    /// (`out` for writes, n * height at least the last row's image row, paired or not),
-    /// `wl` the nine taps' weights as
-    /// [`GroupLanes`] lays them out for `S`'s lanes, `vectors` lies within `lg.vectors`,
-    /// `lg.cg <= S::LANES`; the CPU runs `S`.
+    /// (`out` for writes, n * height above every image row of `rows`, paired or not), `wl`
+    /// the nine taps' weights as [`GroupLanes`] lays them out for `S`'s lanes, `vectors`
+    /// lies within `lg.vectors`, `lg.cg <= S::LANES`; the CPU runs `S`.
     rows_task,
     1
 );
