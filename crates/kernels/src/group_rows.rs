@@ -129,15 +129,20 @@ pub(crate) fn product<T: Element>(
     };
     let pair_units = pairs * out_image.0;
     let single = (2 * pairs * out_image.0)..image_rows;
-    let mut tasks: Vec<(Range<usize>, Range<usize>, bool)> =
-        crate::conv::ranges(pair_units, ROWS_PER_TASK / 2)
-            .map(|r| (r, true))
-            .chain(
-                crate::conv::ranges(single.len(), ROWS_PER_TASK)
-                    .map(|r| (r.start + single.start..r.end + single.start, false)),
-            )
-            .flat_map(|(r, paired)| blocks.iter().map(move |v| (r.clone(), v.clone(), paired)))
-            .collect();
+    let mut tasks: Vec<RowsTask> = crate::conv::ranges(pair_units, ROWS_PER_TASK / 2)
+        .map(|r| (r, true))
+        .chain(
+            crate::conv::ranges(single.len(), ROWS_PER_TASK)
+                .map(|r| (r.start + single.start..r.end + single.start, false)),
+        )
+        .flat_map(|(rows, paired)| {
+            blocks.iter().map(move |vectors| RowsTask {
+                rows: rows.clone(),
+                vectors: vectors.clone(),
+                paired,
+            })
+        })
+        .collect();
     // The input gradient walks each row right to left, so it takes its rows, and its tasks,
     // last first: the whole sweep then runs down through memory, a stream the hardware's
     // prefetchers follow, where rows taken first to last would turn it back at every row.
@@ -153,19 +158,14 @@ pub(crate) fn product<T: Element>(
     // stride 2 walking back an odd row through tap row 2, which always lies in the image).
     unsafe {
         written_by(image_rows * out_image.1 * lg.channels, |out: SendPtr<T>| {
-            tasks.par_iter().for_each(|(rows, vectors, paired)| {
-                let (rows, vectors, paired) = (rows.clone(), vectors.clone(), *paired);
-                let (src, out, wl) = (sp.get(), out.get(), wl.as_ptr());
+            tasks.par_iter().for_each(|task| {
+                let (src, out, wl, task) = (sp.get(), out.get(), wl.as_ptr(), task.clone());
                 match images.stride {
-                    1 => simd_call!(
-                        isa,
-                        T,
-                        rows_task(src, out, images, lg, wl, walk, rows, vectors, paired)
-                    ),
+                    1 => simd_call!(isa, T, rows_task(src, out, images, lg, wl, walk, task)),
                     _ => simd_call!(
                         isa,
                         T,
-                        strided_rows_task(src, out, images, lg, wl, walk, rows, vectors, paired)
+                        strided_rows_task(src, out, images, lg, wl, walk, task)
                     ),
                 }
             })
@@ -182,13 +182,22 @@ struct Images {
     stride: usize,
 }
 
+/// One task of a walk: its channel vectors `vectors` over its `rows`, each the image row
+/// image * height + y, or, where `paired`, pair * height + y: row y of images 2 * pair and
+/// 2 * pair + 1, walked together.
+#[derive(Clone)]
+struct RowsTask {
+    rows: Range<usize>,
+    vectors: Range<usize>,
+    paired: bool,
+}
+
 /// Defines `$name`, the entry of the walks at stride `$stride` (see `walk_rows`), one
 /// function per stride.
 macro_rules! rows_task_at {
     ($(#[$doc:meta])* $name:ident, $stride:literal) => {
         $(#[$doc])*
         #[inline(always)]
-        #[allow(clippy::too_many_arguments)]
         unsafe fn $name<S: Simd, const MR: usize>(
             src: *const S::E,
             out: *mut S::E,
@@ -196,28 +205,22 @@ macro_rules! rows_task_at {
             lg: GroupLanes,
             wl: *const S::E,
             walk: Walk,
-            rows: Range<usize>,
-            vectors: Range<usize>,
-            paired: bool,
+            task: RowsTask,
         ) {
             // SAFETY: passed on.
-            unsafe {
-                walk_rows::<S, $stride>(src, out, images, lg, wl, walk, rows, vectors, paired)
-            }
+            unsafe { walk_rows::<S, $stride>(src, out, images, lg, wl, walk, task) }
         }
     };
 }
 
 rows_task_at!(
-    /// The output's image rows `rows` (image * height + y; where `paired`, pair * height +
-    /// y: row y of images 2 * pair and 2 * pair + 1, walked together) of the product, for
-    /// channel vectors `vectors`, at stride 1.
+    /// The output's image rows of `task` (see [`RowsTask`]) of the product, at stride 1.
     ///
     /// # Safety
     /// `src` and `out` hold n images of `images`' sizes, pixels of `lg.channels` values
-    /// (`out` for writes, n * height above every image row of `rows`, paired or not), `wl`
-    /// the nine taps' weights as [`GroupLanes`] lays them out for `S`'s lanes, `vectors`
-    /// lies within `lg.vectors`, `lg.cg <= S::LANES`; the CPU runs `S`.
+    /// (`out` for writes, n * height above every image row of the task's), `wl` the nine
+    /// taps' weights as [`GroupLanes`] lays them out for `S`'s lanes, the task's vectors lie
+    /// within `lg.vectors`, `lg.cg <= S::LANES`; the CPU runs `S`.
     rows_task,
     1
 );
@@ -236,7 +239,6 @@ rows_task_at!(
 /// # Safety
 /// As [`rows_task`].
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn walk_rows<S: Simd, const STRIDE: usize>(
     src: *const S::E,
     out: *mut S::E,
@@ -244,10 +246,13 @@ unsafe fn walk_rows<S: Simd, const STRIDE: usize>(
     lg: GroupLanes,
     wl: *const S::E,
     walk: Walk,
-    rows: Range<usize>,
-    vectors: Range<usize>,
-    paired: bool,
+    task: RowsTask,
 ) {
+    let RowsTask {
+        rows,
+        vectors,
+        paired,
+    } = task;
     let Images {
         src: (src_h, src_w),
         out: (out_h, out_w),
