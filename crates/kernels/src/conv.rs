@@ -541,9 +541,46 @@ pub(crate) fn group_blocks<T: Element>(
         .collect()
 }
 
+/// How a grouped product writes its output rows (see [`product_rows`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Stores {
+    /// Each group's columns straight into the output.
+    Direct,
+    /// Each tile's columns into a buffer, then copied whole to the output.
+    Staged,
+    /// As `Staged`, the copies streamed (see [`copy_columns`]).
+    Streamed,
+}
+
+/// Bytes of a cache line on the CPUs the vector paths target.
+const LINE_BYTES: usize = 64;
+
+impl Stores {
+    /// How a product of `groups` groups of `width` columns into `len` values writes them;
+    /// `gaps`: whether the rows of a tile lie apart in the output (a strided input
+    /// gradient's classes of pixels). Stores of a group's columns rarely fill whole cache
+    /// lines; where a group is narrower than a line, or a tile's rows lie apart, a line
+    /// the cache lacks is read from memory for each such store to part of it, which costs
+    /// more than the copy. Where the output would overflow a core's cache, the copies
+    /// stream.
+    pub(crate) fn of<T>(groups: usize, width: usize, len: usize, gaps: bool) -> Stores {
+        let value_bytes = std::mem::size_of::<T>();
+        if groups == 1 || !(width * value_bytes < LINE_BYTES || gaps) {
+            Stores::Direct
+        } else if len * value_bytes >= crate::simd::STREAM_BYTES {
+            Stores::Streamed
+        } else {
+            Stores::Staged
+        }
+    }
+}
+
 /// Rows of indirect products (see `for_each_tile`); each tile runs every group and panel of
 /// `block`, group g reading its channels `g * skip..` of the rows and writing its columns
 /// `g * width..` (see [`GroupBlock`]).
+///
+/// `stores` says whether the products write the output rows directly or through a buffer
+/// (see [`Stores`]).
 ///
 /// # Safety
 /// Pointers given by `pointers` are valid for `skip * block.groups.end` reads (the zero row
@@ -561,9 +598,22 @@ unsafe fn product_rows<S: Simd, const MR: usize>(
     block: &GroupBlock,
     skip: usize,
     width: usize,
+    stores: Stores,
     pointers: impl Fn(usize, &mut [*const S::E]),
     out_row: impl Fn(usize) -> *mut S::E,
 ) {
+    // The block's columns of a row, one run: all of each of its groups, or one group's run
+    // of panels.
+    let panels = &packed[0].panels[block.panels.clone()];
+    let (first, last) = (panels[0], panels[panels.len() - 1]);
+    let cols = block.groups.start * width + first.col
+        ..(block.groups.end - 1) * width + last.col + last.width;
+    let (staged, stream) = (stores != Stores::Direct, stores == Stores::Streamed);
+    let mut buffer: Vec<S::E> = Vec::with_capacity(if staged { MR * cols.len() } else { 0 });
+    let buffer_rows: [*mut S::E; MR] =
+        std::array::from_fn(|i| buffer.as_mut_ptr().wrapping_add(i * cols.len()));
+    // Where the products write: their columns' place in the buffer, or in the output.
+    let base = if staged { cols.start } else { 0 };
     for_each_tile::<S::E, MR>(
         rows,
         taps,
@@ -571,7 +621,8 @@ unsafe fn product_rows<S: Simd, const MR: usize>(
         pointers,
         out_row,
         #[inline(always)]
-        |table, starts, valid| {
+        |table, out_rows, valid| {
+            let starts = if staged { &buffer_rows } else { out_rows };
             for g in block.groups.clone() {
                 let packed = &packed[g];
                 let panels = &packed.panels[block.panels.clone()];
@@ -593,15 +644,78 @@ unsafe fn product_rows<S: Simd, const MR: usize>(
                             packed.data.as_ptr().add(panel.offset),
                             *panel,
                             starts,
-                            g * width + panel.col,
+                            g * width + panel.col - base,
                             valid,
                             then * skip,
                         );
                     }
                 }
             }
+            if staged {
+                // Whole rows one after another in the output (a stride-1 product's) are
+                // copied as one run, so that only its ends share lines with other tiles.
+                let len = cols.len();
+                let run = cols.start == 0
+                    && len == width * packed.len()
+                    && (1..valid).all(|i| out_rows[i] == out_rows[0].wrapping_add(i * len));
+                // SAFETY: the buffer rows hold the block's columns, written above, one after
+                // another; each output row has them from `cols.start`, and in a run the rows
+                // follow one another (the caller's promise, and the check above).
+                unsafe {
+                    if run {
+                        copy_columns::<S>(buffer.as_ptr(), out_rows[0], valid * len, stream);
+                    } else {
+                        for (&from, &to) in buffer_rows.iter().zip(out_rows).take(valid) {
+                            copy_columns::<S>(from, to.add(cols.start), len, stream);
+                        }
+                    }
+                }
+            }
         },
     );
+    if staged && stream {
+        // SAFETY: the CPU runs `S` (the caller's promise).
+        unsafe { S::fence() };
+    }
+}
+
+/// Copies `len` values from `from` to `to`, whole vectors at a time; where `stream`, those
+/// on addresses aligned to a vector's bytes are streamed (see `Simd::stream`), which spares
+/// an output larger than the caches the reads of lines that are only to be overwritten.
+/// Streamed stores must be fenced before the output is handed on.
+///
+/// # Safety
+/// `from` is valid for `len` reads and `to` for `len` writes; the CPU runs `S`.
+#[inline(always)]
+unsafe fn copy_columns<S: Simd>(from: *const S::E, to: *mut S::E, len: usize, stream: bool) {
+    let value_bytes = std::mem::size_of::<S::E>();
+    let [head, body, tail] = if stream {
+        crate::simd::stream_parts(0..len, to as usize, value_bytes, S::LANES)
+    } else {
+        [
+            0..0,
+            0..len / S::LANES * S::LANES,
+            len / S::LANES * S::LANES..len,
+        ]
+    };
+    // SAFETY: every part lies within the `len` values (the caller's promise); head and tail
+    // hold fewer than LANES values, the body whole vectors, aligned where streamed.
+    unsafe {
+        for part in [head, tail] {
+            if !part.is_empty() {
+                let v = S::load_partial(from.add(part.start), part.len());
+                S::store_partial(to.add(part.start), v, part.len());
+            }
+        }
+        for at in body.step_by(S::LANES) {
+            let v = S::load(from.add(at));
+            if stream {
+                S::stream(to.add(at), v);
+            } else {
+                S::store(to.add(at), v);
+            }
+        }
+    }
 }
 
 /// Rows of group-lanes products (see `for_each_tile`) for the channel vectors `vectors`,
@@ -847,6 +961,7 @@ pub(crate) fn forward_with<T: Element>(
         })
         .collect();
     let blocks = group_blocks(&packed, depth, lanes);
+    let stores = Stores::of::<T>(geo.groups, cgo, rows * geo.c_out, false);
     let tasks: Vec<(Range<usize>, &GroupBlock)> = ranges(rows, ROW_BLOCK)
         .flat_map(|r| blocks.iter().map(move |b| (r.clone(), b)))
         .collect();
@@ -867,6 +982,7 @@ pub(crate) fn forward_with<T: Element>(
                         block,
                         cgi,
                         cgo,
+                        stores,
                         |r, row| forward_pointers(
                             geo,
                             &offsets,
@@ -988,6 +1104,7 @@ pub(crate) fn input_grad_with<T: Element>(
             }
         }
     }
+    let stores = Stores::of::<T>(geo.groups, cgi, geo.in_pixels() * geo.c, geo.stride > 1);
     // SAFETY: the classes partition the input pixels; within a class the tasks cover every
     // row, group and panel (or vector) once, and tap-less classes write their rows' zeros.
     unsafe {
@@ -1009,6 +1126,7 @@ pub(crate) fn input_grad_with<T: Element>(
                                 block,
                                 cgo,
                                 cgi,
+                                stores,
                                 |r, row| class
                                     .pointers(geo, dyp.get(), zp.get(), 0, r, |t, p| row[t] = p),
                                 |r| out.get().wrapping_add(class.offset(geo, r)),
@@ -1899,6 +2017,11 @@ mod tests {
         assert!(diff <= tol * scale, "{what}: diff {diff} (scale {scale})");
     }
 
+    /// Candle's gradients of sum(y * up): up is the upstream gradient of y.
+    fn grads_of_sum(y: &Tensor, up: &Tensor) -> candle_core::backprop::GradStore {
+        (y * up).unwrap().sum_all().unwrap().backward().unwrap()
+    }
+
     /// The profile's line for a product: its shape, its kind, and its multiply-adds (one
     /// per output value, tap and input channel of its group).
     #[test]
@@ -2056,12 +2179,7 @@ mod tests {
                         let xv = Var::from_tensor(&x_nchw).unwrap();
                         let y = xv.as_tensor().conv2d(wt.as_tensor(), p, s, 1, g).unwrap();
                         let up_nchw = up.permute((0, 3, 1, 2)).unwrap();
-                        let grads = (&y * &up_nchw)
-                            .unwrap()
-                            .sum_all()
-                            .unwrap()
-                            .backward()
-                            .unwrap();
+                        let grads = grads_of_sum(&y, &up_nchw);
                         let dx_ref = grads
                             .get(xv.as_tensor())
                             .unwrap()
@@ -2076,6 +2194,107 @@ mod tests {
                             tol,
                             &format!("{what} weight gradient"),
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Grouped products whose groups are narrower than a cache line, or whose tiles' rows
+    /// lie apart (a strided input gradient), write through a buffer, streamed where the
+    /// output outgrows a core's cache; their values still match candle's on every path.
+    #[test]
+    fn staged_and_streamed_products_match_candle() {
+        // A case, then how its forward and its input gradient store (in f32).
+        use Stores::{Direct, Staged, Streamed};
+        let cases: [(Case, Stores, Stores); 5] = [
+            // Groups of 12; the input gradient's classes' rows lie apart, and it is large.
+            ((3, 96, 47, 47, 96, 3, 2, 1, 8), Staged, Streamed),
+            // Stride 1: every tile's rows follow one another, copied as one run.
+            ((3, 96, 48, 48, 96, 3, 1, 1, 8), Streamed, Streamed),
+            // Groups of 20 (a line and more): written directly, but for the classes' gaps.
+            ((2, 40, 9, 9, 40, 3, 1, 1, 2), Direct, Direct),
+            ((2, 80, 9, 9, 80, 3, 2, 1, 2), Direct, Staged),
+            // 40 groups of 12, more than one task's cache budget of weights: blocks of
+            // groups that start past the row's first column.
+            ((1, 480, 5, 5, 480, 3, 1, 1, 40), Staged, Staged),
+        ];
+        for (i, &((n, c, h, w, c_out, k, s, p, g), fwd_stores, grad_stores)) in
+            cases.iter().enumerate()
+        {
+            let seed = 500 + 10 * i as u64;
+            let x_nchw = seeded(&[n, c, h, w], DType::F32, seed);
+            let wt = seeded(&[c_out, c / g, k, k], DType::F32, seed + 1);
+            let x = x_nchw.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
+            let geo = Geometry::new(x.dims(), wt.dims(), s, p, g).unwrap();
+            let out_len = geo.out_pixels() * c_out;
+            let in_len = geo.in_pixels() * c;
+            assert_eq!(
+                Stores::of::<f32>(g, geo.cgo(), out_len, false),
+                fwd_stores,
+                "case {i} forward"
+            );
+            assert_eq!(
+                Stores::of::<f32>(g, geo.cgi(), in_len, s > 1),
+                grad_stores,
+                "case {i} input gradient"
+            );
+            // Candle's values: its output, and its input gradient (right at stride 1 or
+            // on odd sides, as here) of the output times `up`.
+            let xv = Var::from_tensor(&x_nchw).unwrap();
+            let y = xv.as_tensor().conv2d(&wt, p, s, 1, g).unwrap();
+            let up_nchw = seeded(y.dims(), DType::F32, seed + 2);
+            let grads = grads_of_sum(&y, &up_nchw);
+            let nhwc = |t: &Tensor| t.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
+            let (y_ref, dx_ref) = (nhwc(&y), nhwc(grads.get(xv.as_tensor()).unwrap()));
+            let values = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+            let (xs, ws, ups) = (values(&x), values(&wt), values(&nhwc(&up_nchw)));
+            for isa in crate::isa::available() {
+                let what = format!("{isa} case {i}");
+                let cpu = &candle_core::Device::Cpu;
+                let y = Tensor::from_vec(forward(&xs, &ws, &geo, isa), y_ref.dims(), cpu).unwrap();
+                close(&y, &y_ref, 1e-4, &format!("{what} output"));
+                let dx = Tensor::from_vec(input_grad(&ups, &ws, &geo, isa), x.dims(), cpu).unwrap();
+                close(&dx, &dx_ref, 1e-4, &format!("{what} input gradient"));
+            }
+        }
+    }
+
+    /// `copy_columns` as an entry of `simd_call!`.
+    unsafe fn copy_entry<S: Simd, const MR: usize>(
+        from: *const S::E,
+        to: *mut S::E,
+        len: usize,
+        stream: bool,
+    ) {
+        // SAFETY: the caller's promise.
+        unsafe {
+            copy_columns::<S>(from, to, len, stream);
+            S::fence();
+        }
+    }
+
+    /// A copy of any length, to any alignment, streamed or not, writes exactly its values.
+    #[test]
+    fn column_copies_write_exactly_their_values() {
+        let from: Vec<f32> = (0..80).map(|i| i as f32 + 0.5).collect();
+        for isa in crate::isa::available() {
+            for stream in [false, true] {
+                for start in 0..17 {
+                    for len in 0..=from.len() - 17 {
+                        let mut to = vec![-1.0f32; from.len() + 17];
+                        let (src, dst) = (from.as_ptr(), to.as_mut_ptr().wrapping_add(start));
+                        // `from` holds `len` values, `to` has room for them from `start`
+                        // (what `copy_entry` asks, under `simd_call!`'s unsafe).
+                        simd_call!(isa, f32, copy_entry(src, dst, len, stream));
+                        for (j, &v) in to.iter().enumerate() {
+                            let want = if (start..start + len).contains(&j) {
+                                from[j - start]
+                            } else {
+                                -1.0
+                            };
+                            assert_eq!(v, want, "{isa} stream {stream} start {start} len {len}");
+                        }
                     }
                 }
             }
