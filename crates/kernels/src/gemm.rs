@@ -448,25 +448,43 @@ pub(crate) unsafe fn wgrad_tile<S: Simd, const R: usize, const NV: usize>(
                 wgrad_sums::<S, R, NV, false, HALF>(x, skip, dy, ldy, tail)
             }
         });
-        for (i, acc_row) in acc.iter().enumerate() {
+        // Every row's earlier sums are read and added before any row is stored: rows of
+        // a narrow panel lie less than a vector apart, so a row's load right after the
+        // previous row's masked store would wait for that store to reach the cache.
+        let mut sums = acc;
+        let mut sums_half = acc_half;
+        for (i, sum_row) in sums.iter_mut().enumerate() {
             let o = out.add(i * ldo);
-            for (j, &v) in acc_row.iter().enumerate() {
+            for (j, v) in sum_row.iter_mut().enumerate() {
                 let p = o.add(j * S::LANES);
                 if j == NV - 1 && half {
-                    let v = acc_half[i];
-                    if partial {
-                        H::<S>::store_partial(
-                            p,
-                            H::<S>::add(H::<S>::load_partial(p, tail), v),
-                            tail,
-                        );
+                    let before = if partial {
+                        H::<S>::load_partial(p, tail)
                     } else {
-                        H::<S>::store(p, H::<S>::add(H::<S>::load(p), v));
+                        H::<S>::load(p)
+                    };
+                    sums_half[i] = H::<S>::add(before, sums_half[i]);
+                } else if j == NV - 1 && partial {
+                    *v = S::add(S::load_partial(p, tail), *v);
+                } else {
+                    *v = S::add(S::load(p), *v);
+                }
+            }
+        }
+        for (i, sum_row) in sums.iter().enumerate() {
+            let o = out.add(i * ldo);
+            for (j, &v) in sum_row.iter().enumerate() {
+                let p = o.add(j * S::LANES);
+                if j == NV - 1 && half {
+                    if partial {
+                        H::<S>::store_partial(p, sums_half[i], tail);
+                    } else {
+                        H::<S>::store(p, sums_half[i]);
                     }
                 } else if j == NV - 1 && partial {
-                    S::store_partial(p, S::add(S::load_partial(p, tail), v), tail);
+                    S::store_partial(p, v, tail);
                 } else {
-                    S::store(p, S::add(S::load(p), v));
+                    S::store(p, v);
                 }
             }
         }
