@@ -95,14 +95,16 @@ bench-compare ROUNDS="3" PRECISIONS="f32 bf16-mixed" MODES="f32,f32-cl,bf16-cl":
     {{torch_python}} benches/pytorch_reference.py "${files[@]}" --conv target/bench/conv.json --json target/bench/compare.json --cardinal {{cardinal}} --rounds {{ROUNDS}} --modes {{MODES}}
 
 # The cardinality grid's cells against its dense cell (cpu_resnet14), at 2 threads and at 1:
-# ROUNDS rounds, each timing every cell in turn, and each cell's img/s over the dense
-# cell's as the median of the rounds' ratios, so that the machine's drift cancels.
-bench-cells ROUNDS="5" PRECISION="f32": build
+# every cell's model held, ROUNDS rounds of one step of each cell in turn, and each cell's
+# img/s over the dense cell's as the median of the rounds' ratios, so that the machine's
+# drift cancels.
+bench-cells ROUNDS="30" PRECISION="f32": build
     #!/usr/bin/env bash
     set -euo pipefail
     grid="--model cpu_resnet14 --model cpu_resnext14_2x20d --model cpu_resnext14_4x12d --model cpu_resnext14_8x7d --model cpu_resnext14_32x2d"
-    {{cardinal}} bench train --precision {{PRECISION}} --rounds {{ROUNDS}} $grid
-    {{cardinal}} bench train --precision {{PRECISION}} --rounds {{ROUNDS}} --threads 1 $grid
+    turns="--interleave --steps 1 --warmup 2 --rounds {{ROUNDS}}"
+    {{cardinal}} bench train --precision {{PRECISION}} $turns $grid
+    {{cardinal}} bench train --precision {{PRECISION}} $turns --threads 1 $grid
 
 # Fuzz the IDX and CIFAR parsers for SECONDS each (needs nightly and cargo-fuzz).
 fuzz SECONDS="300":

@@ -55,43 +55,85 @@ pub struct StepTiming {
     pub peak_rss_bytes: Option<u64>,
 }
 
-/// Times full SGD steps (forward in train mode, cross-entropy, backward, SGD with momentum
-/// and weight decay) of `spec` on a random batch: `warmup` untimed steps, then the median
-/// of `steps`. `on_step` is called after every step (a progress bar).
+/// One model's full SGD steps (forward in train mode, cross-entropy, backward, SGD with
+/// momentum and weight decay) on a fixed random batch, ready to be timed one step at a
+/// time: what [`train_steps`] times, and what `cardinal bench train --interleave` keeps for
+/// every case at once so that their steps alternate.
+pub struct TrainStepper {
+    net: ResNet,
+    sgd: Sgd,
+    x: Tensor,
+    labels: Tensor,
+    batch_size: usize,
+}
+
+impl TrainStepper {
+    /// The model of `spec` with seed-0 weights and its optimizer, on a random batch.
+    pub fn new(
+        spec: &NetSpec,
+        batch_size: usize,
+        (kernels, precision): (Kernels, Precision),
+        device: &Device,
+    ) -> Result<TrainStepper> {
+        let state = init_weights(spec, 0, device)?;
+        let mut net = ResNet::new(spec, &state)?;
+        net.set_kernels(kernels);
+        net.set_precision(precision);
+        let shape = (
+            batch_size,
+            spec.in_channels,
+            spec.input_size,
+            spec.input_size,
+        );
+        let x = Tensor::randn(0f32, 1.0, shape, device)?;
+        let labels: Vec<u32> = (0..batch_size)
+            .map(|i| (i * 7919 % spec.classes) as u32)
+            .collect();
+        let labels = Tensor::new(labels.as_slice(), device)?;
+        let sgd = Sgd::new(net.params().trainable(), 0.9, false, 5e-4, false);
+        Ok(TrainStepper {
+            net,
+            sgd,
+            x,
+            labels,
+            batch_size,
+        })
+    }
+
+    /// Runs one step; returns its wall time in milliseconds.
+    pub fn step(&mut self) -> Result<f64> {
+        let start = Instant::now();
+        let logits = self.net.forward_t(&self.x, true)?;
+        let loss = cardinal_train::run::cross_entropy(&logits, &self.labels)?;
+        let grads = loss.backward()?;
+        self.sgd.step(&grads, 0.01)?;
+        Ok(start.elapsed().as_secs_f64() * 1e3)
+    }
+
+    /// Images per second of a step that took `ms` milliseconds.
+    pub fn images_per_sec(&self, ms: f64) -> f64 {
+        self.batch_size as f64 / ms * 1e3
+    }
+}
+
+/// Times full SGD steps of `spec` on a random batch (see [`TrainStepper`]): `warmup`
+/// untimed steps, then the median of `steps`. `on_step` is called after every step (a
+/// progress bar).
 pub fn train_steps(
     spec: &NetSpec,
     batch_size: usize,
-    (kernels, precision): (Kernels, Precision),
+    choice: (Kernels, Precision),
     device: &Device,
     (warmup, steps): (usize, usize),
     on_step: &mut dyn FnMut(),
 ) -> Result<StepTiming> {
-    let state = init_weights(spec, 0, device)?;
-    let mut net = ResNet::new(spec, &state)?;
-    net.set_kernels(kernels);
-    net.set_precision(precision);
-    let shape = (
-        batch_size,
-        spec.in_channels,
-        spec.input_size,
-        spec.input_size,
-    );
-    let x = Tensor::randn(0f32, 1.0, shape, device)?;
-    let labels: Vec<u32> = (0..batch_size)
-        .map(|i| (i * 7919 % spec.classes) as u32)
-        .collect();
-    let labels = Tensor::new(labels.as_slice(), device)?;
-    let mut sgd = Sgd::new(net.params().trainable(), 0.9, false, 5e-4, false);
+    let mut stepper = TrainStepper::new(spec, batch_size, choice, device)?;
     let reset = reset_peak_rss();
     let mut times = Vec::new();
     for step in 0..warmup + steps {
-        let start = Instant::now();
-        let logits = net.forward_t(&x, true)?;
-        let loss = cardinal_train::run::cross_entropy(&logits, &labels)?;
-        let grads = loss.backward()?;
-        sgd.step(&grads, 0.01)?;
+        let ms = stepper.step()?;
         if step >= warmup {
-            times.push(start.elapsed().as_secs_f64() * 1e3);
+            times.push(ms);
             cardinal_kernels::profile::end_step();
         }
         if step + 1 == warmup && cardinal_kernels::profile::enabled() {
@@ -107,7 +149,7 @@ pub fn train_steps(
     }
     Ok(StepTiming {
         ms_per_step,
-        images_per_sec: batch_size as f64 / ms_per_step * 1e3,
+        images_per_sec: stepper.images_per_sec(ms_per_step),
         peak_rss_bytes: if reset { peak_rss_bytes() } else { None },
     })
 }

@@ -69,6 +69,13 @@ pub struct BenchTrainArgs {
     /// odd count has a middle round; of an even one the upper middle is taken.
     #[arg(long, default_value_t = 1, value_parser = crate::at_least_one)]
     rounds: usize,
+    /// Build every case's model once and keep them all, then in each round take `--steps`
+    /// steps of each case in turn (after `--warmup` steps of each): the cases' steps are
+    /// then a fraction of a second apart instead of seconds, so each round's ratios carry
+    /// less of the machine's drift, and many short rounds (`--steps 1 --rounds 30`) give a
+    /// tight median. Peak memory is not reported, since every model is held at once.
+    #[arg(long)]
+    interleave: bool,
     #[arg(long, value_enum, default_value_t = KernelChoice::Cardinal)]
     kernels: KernelChoice,
     /// Where the steps run: cpu, cuda or cuda:N (a build with `--features cuda`).
@@ -97,6 +104,9 @@ pub struct BenchTrainArgs {
     profile: bool,
 }
 
+/// One case of `bench train`: its name, spec, batch, kernels and complexity.
+type PlannedCase = (String, NetSpec, usize, Kernels, cardinal_zoo::Complexity);
+
 #[derive(Serialize)]
 struct TrainCase {
     model: String,
@@ -124,6 +134,9 @@ struct TrainCase {
     rounds: usize,
     /// images_per_sec of each round.
     round_images_per_sec: Vec<f64>,
+    /// Whether the rounds took the cases' steps in turn with every model held
+    /// (`--interleave`).
+    interleaved: bool,
     /// With several rounds and models: images_per_sec against the first case of the same
     /// kernels, the median of the rounds' ratios, with their least and greatest.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -135,19 +148,23 @@ struct Ratio {
     median: f64,
     min: f64,
     max: f64,
+    /// The lower and upper quartiles of the rounds' ratios (the values a quarter of the
+    /// way in from each end of their sorted list): half the rounds lie between them.
+    quartiles: (f64, f64),
 }
 
 impl Ratio {
-    fn of(ratios: Vec<f64>) -> Ratio {
-        let (min, max) = ratios
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &r| {
-                (lo.min(r), hi.max(r))
-            });
+    fn of(mut ratios: Vec<f64>) -> Ratio {
+        ratios.sort_by(f64::total_cmp);
+        let last = ratios.len().saturating_sub(1);
         Ratio {
+            min: ratios.first().copied().unwrap_or(f64::NAN),
+            max: ratios.last().copied().unwrap_or(f64::NAN),
+            quartiles: (
+                ratios.get(last / 4).copied().unwrap_or(f64::NAN),
+                ratios.get(last - last / 4).copied().unwrap_or(f64::NAN),
+            ),
             median: median(ratios),
-            min,
-            max,
         }
     }
 }
@@ -244,7 +261,13 @@ fn train(args: BenchTrainArgs) -> Result<()> {
         if args.kernels != KernelChoice::Cardinal || args.device.to_string() != "cpu" {
             bail!("--profile times cardinal's CPU kernels: use it with --kernels cardinal on the cpu device");
         }
+        if args.interleave {
+            bail!("--profile reports one case's steps at a time: use it without --interleave");
+        }
         cardinal_kernels::profile::enable();
+    }
+    if args.interleave && args.rounds < 2 {
+        bail!("--interleave compares the cases round by round: give it --rounds 2 or more");
     }
     let models = if args.models.is_empty() {
         CPU_MODELS.iter().map(|m| m.to_string()).collect()
@@ -257,7 +280,7 @@ fn train(args: BenchTrainArgs) -> Result<()> {
         KernelChoice::Both => &[Kernels::Cardinal, Kernels::Candle],
     };
     // Every case's model, spec and batch first, so that a bad model fails before any timing.
-    let mut plan = Vec::new();
+    let mut plan: Vec<PlannedCase> = Vec::new();
     for model in &models {
         let mut spec = model_arg::resolve(model)?.spec;
         if let Some(size) = args.input_size {
@@ -295,25 +318,34 @@ fn train(args: BenchTrainArgs) -> Result<()> {
         ),
         None => None,
     };
-    // Rounds outermost: each round times every case once, in order.
-    let mut timed: Vec<Vec<TrainCase>> = plan.iter().map(|_| Vec::new()).collect();
-    for round in 0..args.rounds {
-        for ((name, spec, batch_size, k, _), runs) in plan.iter().zip(&mut timed) {
-            let label = if args.rounds > 1 {
-                format!("{name}, round {}/{}", round + 1, args.rounds)
-            } else {
-                name.clone()
-            };
-            let case = match &pool {
-                Some(pool) => pool.install(|| train_case(&label, spec, *batch_size, *k, &args))?,
-                None => train_case(&label, spec, *batch_size, *k, &args)?,
-            };
-            runs.push(TrainCase {
-                model: name.clone(),
-                ..case
-            });
+    let timed = match (&pool, args.interleave) {
+        (Some(pool), true) => pool.install(|| interleaved(&plan, &args))?,
+        (None, true) => interleaved(&plan, &args)?,
+        (_, false) => {
+            // Rounds outermost: each round times every case once, in order.
+            let mut timed: Vec<Vec<TrainCase>> = plan.iter().map(|_| Vec::new()).collect();
+            for round in 0..args.rounds {
+                for ((name, spec, batch_size, k, _), runs) in plan.iter().zip(&mut timed) {
+                    let label = if args.rounds > 1 {
+                        format!("{name}, round {}/{}", round + 1, args.rounds)
+                    } else {
+                        name.clone()
+                    };
+                    let case = match &pool {
+                        Some(pool) => {
+                            pool.install(|| train_case(&label, spec, *batch_size, *k, &args))?
+                        }
+                        None => train_case(&label, spec, *batch_size, *k, &args)?,
+                    };
+                    runs.push(TrainCase {
+                        model: name.clone(),
+                        ..case
+                    });
+                }
+            }
+            timed
         }
-    }
+    };
     let per_round: Vec<Vec<f64>> = timed
         .iter()
         .map(|runs| runs.iter().map(|c| c.images_per_sec).collect())
@@ -375,14 +407,19 @@ fn train(args: BenchTrainArgs) -> Result<()> {
             print!("{}", t.render());
             if args.rounds > 1 {
                 println!(
-                    "medians of {} rounds; img/s against the first model, median of the rounds' ratios (range):",
-                    args.rounds
+                    "medians of {} rounds{}; img/s against the first model, median of the rounds' ratios (middle half of the rounds; all):",
+                    args.rounds,
+                    if args.interleave {
+                        ", the cases' steps in turn"
+                    } else {
+                        ""
+                    }
                 );
                 for c in cases.iter().filter(|c| c.against_first.is_some()) {
                     let r = c.against_first.expect("filtered");
                     println!(
-                        "  {} ({}): {:.3} ({:.3}-{:.3})",
-                        c.model, c.kernels, r.median, r.min, r.max
+                        "  {} ({}): {:.3} ({:.3}-{:.3}; {:.3}-{:.3})",
+                        c.model, c.kernels, r.median, r.quartiles.0, r.quartiles.1, r.min, r.max
                     );
                 }
             }
@@ -430,7 +467,22 @@ fn train_case(
         &mut || progress.inc(1),
     )?;
     progress.finish_and_clear();
-    Ok(TrainCase {
+    Ok(measured_case(
+        model, spec, batch_size, kernels, args, timing,
+    ))
+}
+
+/// A case's record from what its steps measured (its complexity and the rounds' figures
+/// are filled in by the caller).
+fn measured_case(
+    model: &str,
+    spec: &NetSpec,
+    batch_size: usize,
+    kernels: Kernels,
+    args: &BenchTrainArgs,
+    timing: cardinal_bench::StepTiming,
+) -> TrainCase {
+    TrainCase {
         model: model.to_string(),
         kernels: kernel_name(kernels),
         device: args.device.to_string(),
@@ -452,8 +504,55 @@ fn train_case(
         spec: spec.clone(),
         rounds: 1,
         round_images_per_sec: vec![timing.images_per_sec],
+        interleaved: args.interleave,
         against_first: None,
-    })
+    }
+}
+
+/// `--interleave`: every case's model built and warmed up, then each round takes
+/// `args.steps` steps of every case in turn; a case's round is the median of its steps.
+/// Returns each case's rounds, as the plain rounds do.
+fn interleaved(plan: &[PlannedCase], args: &BenchTrainArgs) -> Result<Vec<Vec<TrainCase>>> {
+    let device = args.device.open()?;
+    let total = plan.len() * (args.warmup + args.rounds * args.steps);
+    let progress = indicatif::ProgressBar::new(total as u64).with_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} steps, ETA {eta}")
+            .expect("valid template"),
+    );
+    progress.set_message("warming up every case");
+    let mut steppers = Vec::with_capacity(plan.len());
+    for (name, spec, batch_size, k, _) in plan {
+        let mut stepper =
+            cardinal_bench::TrainStepper::new(spec, *batch_size, (*k, args.precision), &device)
+                .with_context(|| format!("building {name}"))?;
+        for _ in 0..args.warmup {
+            stepper.step()?;
+            progress.inc(1);
+        }
+        steppers.push(stepper);
+    }
+    let mut timed: Vec<Vec<TrainCase>> = plan.iter().map(|_| Vec::new()).collect();
+    for round in 0..args.rounds {
+        progress.set_message(format!("round {}/{}", round + 1, args.rounds));
+        for (((name, spec, batch_size, k, _), stepper), runs) in
+            plan.iter().zip(&mut steppers).zip(&mut timed)
+        {
+            let mut times = Vec::with_capacity(args.steps);
+            for _ in 0..args.steps {
+                times.push(stepper.step()?);
+                progress.inc(1);
+            }
+            let ms_per_step = median(times);
+            let timing = cardinal_bench::StepTiming {
+                ms_per_step,
+                images_per_sec: stepper.images_per_sec(ms_per_step),
+                peak_rss_bytes: None,
+            };
+            runs.push(measured_case(name, spec, *batch_size, *k, args, timing));
+        }
+    }
+    progress.finish_and_clear();
+    Ok(timed)
 }
 
 fn kernel_name(kernels: Kernels) -> &'static str {

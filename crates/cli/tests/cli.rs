@@ -477,33 +477,20 @@ fn bench_train_reports_images_per_second_and_memory_as_json() {
 
     // Rounds: every case timed in each, its img/s the median; every later model against
     // the first by the median of the rounds' own ratios.
-    let out = cardinal()
-        .args([
-            "bench",
-            "train",
-            "--model",
-            "cpu_resnet11",
-            "--model",
-            "cpu_resnext11_4x12d",
-            "--batch-size",
-            "2",
-            "--steps",
-            "1",
-            "--warmup",
-            "0",
-            "--rounds",
-            "3",
-            "--format",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cases: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    // The dense and the grouped 11-layer models, batch 2, one step a round, as JSON.
+    let two_models = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let out = cardinal()
+            .args(["bench", "train", "--model", "cpu_resnet11"])
+            .args(["--model", "cpu_resnext11_4x12d", "--batch-size", "2"])
+            .args(["--steps", "1", "--format", "json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{extra:?}: {stderr}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let cases = two_models(&["--warmup", "0", "--rounds", "3"]);
     let rounds = |c: &serde_json::Value| -> Vec<f64> {
         c["round_images_per_sec"]
             .as_array()
@@ -530,6 +517,50 @@ fn bench_train_reports_images_per_second_and_memory_as_json() {
         ),
         (ratios[0], ratios[2])
     );
+    let quartiles = against["quartiles"].as_array().unwrap();
+    assert_eq!(
+        (
+            quartiles[0].as_f64().unwrap(),
+            quartiles[1].as_f64().unwrap()
+        ),
+        (ratios[0], ratios[2])
+    );
+
+    // Interleaved rounds: every model held, the cases' steps in turn; the same record, the
+    // quartiles a quarter of the way in from each end of five sorted ratios.
+    let cases = two_models(&["--warmup", "1", "--rounds", "5", "--interleave"]);
+    assert!(cases
+        .iter()
+        .all(|c| c["rounds"] == 5 && c["interleaved"] == true && c["peak_rss_bytes"].is_null()));
+    let (dense, grouped) = (rounds(&cases[0]), rounds(&cases[1]));
+    assert_eq!((dense.len(), grouped.len()), (5, 5));
+    let mut ratios: Vec<f64> = grouped.iter().zip(&dense).map(|(g, d)| g / d).collect();
+    ratios.sort_by(f64::total_cmp);
+    let against = &cases[1]["against_first"];
+    let quartiles = against["quartiles"].as_array().unwrap();
+    assert_eq!(
+        (
+            against["median"].as_f64().unwrap(),
+            quartiles[0].as_f64().unwrap(),
+            quartiles[1].as_f64().unwrap()
+        ),
+        (ratios[2], ratios[1], ratios[3])
+    );
+
+    // It needs rounds to compare, and cannot profile one case's steps among others'.
+    for (extra, message) in [
+        (&["--rounds", "1"][..], "--rounds 2 or more"),
+        (&["--rounds", "2", "--profile"][..], "without --interleave"),
+    ] {
+        let out = cardinal()
+            .args(["bench", "train", "--model", "cpu_resnet11", "--interleave"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{extra:?}: {stderr}");
+    }
 
     // A zero count names its flag.
     for flag in ["--batch-size", "--steps", "--input-size", "--rounds"] {
