@@ -33,5 +33,7 @@ mod testing;
 
 pub use add_relu::add_relu_op;
 pub use conv::{conv2d, ConvOptions};
-pub use norm::{batch_norm_add_relu_train, batch_norm_eval, batch_norm_train, BatchStats};
+pub use norm::{
+    batch_norm_add_relu_train, batch_norm_eval, batch_norm_train, BatchStats, NormOutput,
+};
 pub use pool::{global_avg_pool, max_pool_3x3_s2};

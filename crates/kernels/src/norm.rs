@@ -39,6 +39,19 @@ pub struct BatchStats {
 
 type SavedStats = Arc<Mutex<Option<BatchStats>>>;
 
+/// How a batch norm writes its output, chosen by what reads it next.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NormOutput {
+    /// Rounded to bf16 (x f32): what a bf16-mixed convolution reads.
+    pub bf16: bool,
+    /// Stored through the cache however large. Otherwise an output of `STREAM_BYTES` or
+    /// more is streamed to memory, since its reader (a 1x1 product, the next block) reads
+    /// it in order, as the prefetchers foresee. A grouped 3x3 product reads each pixel's
+    /// channels in a group's few at a time, tap by tap, in an order they do not: it runs
+    /// faster finding its input in the cache.
+    pub cached: bool,
+}
+
 /// The statistics a training forward saved (for its backward, or for the caller).
 fn saved_stats(saved: &SavedStats, op: &str) -> Result<BatchStats> {
     saved
@@ -665,7 +678,7 @@ fn map_rows_with<T: Element, O: Copy + Send + Sync + 'static>(
 struct BatchNormTrain {
     eps: f64,
     relu: bool,
-    out_bf16: bool,
+    out: NormOutput,
     saved: SavedStats,
 }
 
@@ -700,6 +713,7 @@ fn train_forward<T: Element, O: Copy + Send + Sync + 'static>(
     eps: f64,
     (map, added): (Map, Rows<T>),
     isa: Isa,
+    may_stream: bool,
 ) -> (Vec<O>, BatchStats) {
     let (lanes, _, _) = tile_shape::<T>(isa);
     let count = x.len() / c;
@@ -721,13 +735,14 @@ fn train_forward<T: Element, O: Copy + Send + Sync + 'static>(
     let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     let (scale, shift) = scale_shift(weight, bias, &mean, &invstd);
     let (scale, shift) = (Channels::new(&scale, lanes), Channels::new(&shift, lanes));
-    let out = map_rows(
+    let out = map_rows_with(
         map,
         x,
         added,
         c,
         isa,
         [&scale, &shift, &scale, &scale, &scale],
+        may_stream,
     );
     let stats = BatchStats {
         mean,
@@ -741,14 +756,14 @@ fn train_forward<T: Element, O: Copy + Send + Sync + 'static>(
 /// Training-mode BN's forward from an op's storages: x (f32 or f64, or bf16 computed in
 /// f32), the parameters `params` as [weight; bias] once concatenated, the output pass with
 /// the rows it adds (the shortcut's, for AffineAddRelu), the output in x's compute dtype or
-/// in bf16.
+/// in bf16, as `out` says.
 fn train_forward_storage(
     op: &str,
     (s1, l1): (&CpuStorage, &Layout),
     params: &[(&CpuStorage, &Layout)],
     (map, added): (Map, Option<(&CpuStorage, &Layout)>),
     eps: f64,
-    out_bf16: bool,
+    out: NormOutput,
 ) -> Result<(CpuStorage, BatchStats)> {
     fn values<T: WithDType>(parts: &[(&CpuStorage, &Layout)], op: &str) -> Result<Vec<T>> {
         let mut all = Vec::new();
@@ -768,17 +783,18 @@ fn train_forward_storage(
     }
     let (_, c) = rows_of(l1, op)?;
     let isa = isa::selected();
-    Ok(if s1.dtype() == DType::BF16 || out_bf16 {
+    let stream = !out.cached;
+    Ok(if s1.dtype() == DType::BF16 || out.bf16 {
         let x = bf16_or_f32_rows(s1, l1, op)?;
         let wb = values::<f32>(params, op)?;
         let (w, b) = wb.split_at(c);
         let pass = (map, rows::<f32>(added, op)?);
-        if out_bf16 {
-            let (out, stats) = train_forward::<f32, half::bf16>(x, w, b, c, eps, pass, isa);
-            (CpuStorage::BF16(out), stats)
+        if out.bf16 {
+            let (y, stats) = train_forward::<f32, half::bf16>(x, w, b, c, eps, pass, isa, stream);
+            (CpuStorage::BF16(y), stats)
         } else {
-            let (out, stats) = train_forward::<f32, f32>(x, w, b, c, eps, pass, isa);
-            (CpuStorage::F32(out), stats)
+            let (y, stats) = train_forward::<f32, f32>(x, w, b, c, eps, pass, isa, stream);
+            (CpuStorage::F32(y), stats)
         }
     } else {
         float_dispatch!(s1.dtype(), op, T => {
@@ -786,8 +802,8 @@ fn train_forward_storage(
             let (w, b) = wb.split_at(c);
             let x = Rows::Values(contiguous(s1.as_slice::<T>()?, l1, op)?);
             let pass = (map, rows::<T>(added, op)?);
-            let (out, stats) = train_forward::<T, T>(x, w, b, c, eps, pass, isa);
-            (storage(out), stats)
+            let (y, stats) = train_forward::<T, T>(x, w, b, c, eps, pass, isa, stream);
+            (storage(y), stats)
         })
     })
 }
@@ -860,7 +876,7 @@ fn train_backward<T: Element, O: Copy + Send + Sync + 'static>(
 #[derive(Debug, Clone, Copy)]
 struct ChannelAffine {
     relu: bool,
-    out_bf16: bool,
+    out: NormOutput,
 }
 
 fn affine_forward<T: Element, O: Copy + Send + Sync + 'static>(
@@ -870,16 +886,18 @@ fn affine_forward<T: Element, O: Copy + Send + Sync + 'static>(
     c: usize,
     relu: bool,
     isa: Isa,
+    may_stream: bool,
 ) -> Vec<O> {
     let (lanes, _, _) = tile_shape::<T>(isa);
     let (scale, shift) = (Channels::new(scale, lanes), Channels::new(shift, lanes));
-    map_rows(
+    map_rows_with(
         Map::Affine { relu },
         x,
         Rows::Values(&[]),
         c,
         isa,
         [&scale, &shift, &scale, &scale, &scale],
+        may_stream,
     )
 }
 
@@ -938,7 +956,7 @@ impl CustomOp3 for BatchNormTrain {
             &[(s2, l2), (s3, l3)],
             (Map::Affine { relu: self.relu }, None),
             self.eps,
-            self.out_bf16,
+            self.out,
         )?;
         *self.saved.lock().expect("stats lock") = Some(stats);
         Ok((out, l1.shape().clone()))
@@ -1038,7 +1056,7 @@ impl CustomOp3 for BatchNormAddRelu {
             &[(s2, l2)],
             (Map::AffineAddRelu, Some((s3, l3))),
             self.eps,
-            false,
+            NormOutput::default(),
         )?;
         *self.saved.lock().expect("stats lock") = Some(stats);
         Ok((out, l1.shape().clone()))
@@ -1125,24 +1143,26 @@ impl CustomOp3 for ChannelAffine {
         let _span = crate::profile::Span::new("batch norm (eval) forward");
         let (_, c) = rows_of(l1, self.name())?;
         let isa = isa::selected();
-        let relu = self.relu;
-        let out = if s1.dtype() == DType::BF16 || self.out_bf16 {
+        let (relu, stream) = (self.relu, !self.out.cached);
+        let out = if s1.dtype() == DType::BF16 || self.out.bf16 {
             let x = bf16_or_f32_rows(s1, l1, self.name())?;
             let scale = contiguous(s2.as_slice::<f32>()?, l2, self.name())?;
             let shift = contiguous(s3.as_slice::<f32>()?, l3, self.name())?;
-            if self.out_bf16 {
+            if self.out.bf16 {
                 CpuStorage::BF16(affine_forward::<f32, half::bf16>(
-                    x, scale, shift, c, relu, isa,
+                    x, scale, shift, c, relu, isa, stream,
                 ))
             } else {
-                CpuStorage::F32(affine_forward::<f32, f32>(x, scale, shift, c, relu, isa))
+                CpuStorage::F32(affine_forward::<f32, f32>(
+                    x, scale, shift, c, relu, isa, stream,
+                ))
             }
         } else {
             float_dispatch!(s1.dtype(), self.name(), T => {
                 let x = Rows::Values(contiguous(s1.as_slice::<T>()?, l1, self.name())?);
                 let scale = contiguous(s2.as_slice::<T>()?, l2, self.name())?;
                 let shift = contiguous(s3.as_slice::<T>()?, l3, self.name())?;
-                storage(affine_forward::<T, T>(x, scale, shift, c, relu, isa))
+                storage(affine_forward::<T, T>(x, scale, shift, c, relu, isa, stream))
             })
         };
         Ok((out, l1.shape().clone()))
@@ -1200,21 +1220,22 @@ pub fn batch_norm_train(
     eps: f64,
     relu: bool,
 ) -> Result<(Tensor, BatchStats)> {
-    batch_norm_train_to(x, weight, bias, eps, relu, false)
+    batch_norm_train_to(x, weight, bias, eps, relu, NormOutput::default())
 }
 
-/// [`batch_norm_train`], its output rounded to bf16 when `out_bf16` (x f32): what a
-/// bf16-mixed convolution reads next. The backward takes a bf16 or f32 gradient.
+/// [`batch_norm_train`], its output written as `out` says for what reads it next: rounded
+/// to bf16 for a bf16-mixed convolution (x f32; the backward then takes a bf16 or f32
+/// gradient), kept in the cache for a grouped one. The values are the same either way.
 pub fn batch_norm_train_to(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
     relu: bool,
-    out_bf16: bool,
+    out: NormOutput,
 ) -> Result<(Tensor, BatchStats)> {
     let (rows, _) = check_channels(x, &[weight, bias], "batch-norm")?;
-    check_bf16_output(x, weight, out_bf16)?;
+    check_bf16_output(x, weight, out.bf16)?;
     if rows < 2 {
         // PyTorch refuses this too: one value per channel has no variance to normalize by.
         candle_core::bail!(
@@ -1226,7 +1247,7 @@ pub fn batch_norm_train_to(
     let op = BatchNormTrain {
         eps,
         relu,
-        out_bf16,
+        out,
         saved: saved.clone(),
     };
     let y = x.contiguous()?.apply_op3(weight, bias, op)?;
@@ -1297,11 +1318,11 @@ pub fn batch_norm_eval(
         (running_mean, running_var),
         eps,
         relu,
-        false,
+        NormOutput::default(),
     )
 }
 
-/// [`batch_norm_eval`], its output rounded to bf16 when `out_bf16` (x f32).
+/// [`batch_norm_eval`], its output written as `out` says (see [`batch_norm_train_to`]).
 pub fn batch_norm_eval_to(
     x: &Tensor,
     weight: &Tensor,
@@ -1309,14 +1330,14 @@ pub fn batch_norm_eval_to(
     (running_mean, running_var): (&Tensor, &Tensor),
     eps: f64,
     relu: bool,
-    out_bf16: bool,
+    out: NormOutput,
 ) -> Result<Tensor> {
     check_channels(x, &[weight, bias, running_mean, running_var], "batch-norm")?;
-    check_bf16_output(x, weight, out_bf16)?;
+    check_bf16_output(x, weight, out.bf16)?;
     let scale = (weight / (running_var + eps)?.sqrt()?)?;
     let shift = (bias - (running_mean * &scale)?)?;
     x.contiguous()?
-        .apply_op3(&scale, &shift, ChannelAffine { relu, out_bf16 })
+        .apply_op3(&scale, &shift, ChannelAffine { relu, out })
 }
 
 /// A backward's gradients as tensors: the input's in x's shape, two per-channel ones.
@@ -1709,15 +1730,70 @@ mod tests {
         x: &Tensor,
         (w, b, rv): (&Var, &Var, &Tensor),
         train: bool,
-        out_bf16: bool,
+        bf16: bool,
+    ) -> Tensor {
+        norm_with_relu_to(
+            x,
+            (w, b, rv),
+            train,
+            NormOutput {
+                bf16,
+                cached: false,
+            },
+        )
+    }
+
+    /// `norm_with_relu`, its output written as `out` says.
+    fn norm_with_relu_to(
+        x: &Tensor,
+        (w, b, rv): (&Var, &Var, &Tensor),
+        train: bool,
+        out: NormOutput,
     ) -> Tensor {
         let (w, b) = (w.as_tensor(), b.as_tensor());
         if train {
-            batch_norm_train_to(x, w, b, 1e-5, true, out_bf16)
-                .unwrap()
-                .0
+            batch_norm_train_to(x, w, b, 1e-5, true, out).unwrap().0
         } else {
-            batch_norm_eval_to(x, w, b, (rv, rv), 1e-5, true, out_bf16).unwrap()
+            batch_norm_eval_to(x, w, b, (rv, rv), 1e-5, true, out).unwrap()
+        }
+    }
+
+    /// A tensor's values as f32, flattened.
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    /// An output kept in the cache holds the same values as the streamed one (the output is
+    /// large enough to stream), in both modes and both output dtypes, and so do the
+    /// gradients taken through it.
+    #[test]
+    fn cached_outputs_match_the_streamed_ones() {
+        // Large enough to stream in bf16 (two bytes a value) too.
+        let shape = [8, 32, 32, 136];
+        assert!(shape.iter().product::<usize>() * 2 >= STREAM_BYTES);
+        let x = Var::from_tensor(&seeded(&shape, DType::F32, 21)).unwrap();
+        let w = Var::from_tensor(&rand(&[136], DType::F32, 1.0, 22)).unwrap();
+        let b = Var::from_tensor(&rand(&[136], DType::F32, 0.0, 23)).unwrap();
+        let rv = (rand(&[136], DType::F32, 0.0, 24).abs().unwrap() + 0.5).unwrap();
+        let up = seeded(&shape, DType::F32, 25);
+        for train in [true, false] {
+            for bf16 in [false, true] {
+                let run = |cached: bool| {
+                    let out = NormOutput { bf16, cached };
+                    let y = norm_with_relu_to(x.as_tensor(), (&w, &b, &rv), train, out);
+                    let loss = (y.to_dtype(DType::F32).unwrap() * &up).unwrap();
+                    let grads = loss.sum_all().unwrap().backward().unwrap();
+                    let mut values = vec![flat(&y)];
+                    values.extend([&x, &w, &b].map(|v| flat(grads.get(v.as_tensor()).unwrap())));
+                    values
+                };
+                assert_eq!(run(true), run(false), "train={train} bf16={bf16}");
+            }
         }
     }
 
@@ -1792,14 +1868,6 @@ mod tests {
         let b = Var::from_tensor(&rand(&[20], DType::F32, 0.0, 23)).unwrap();
         let rv = (rand(&[20], DType::F32, 0.0, 24).abs().unwrap() + 0.5).unwrap();
         let up = seeded(&[3, 5, 4, 20], DType::F32, 25);
-        let flat = |t: &Tensor| -> Vec<f32> {
-            t.to_dtype(DType::F32)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap()
-        };
         for train in [true, false] {
             for out_bf16 in [false, true] {
                 let run = |x: &Var| {
@@ -1825,7 +1893,8 @@ mod tests {
             }
         }
         let w64 = w.as_tensor().to_dtype(DType::F64).unwrap();
-        let err = batch_norm_train_to(xb.as_tensor(), &w64, &w64, 1e-5, false, false).unwrap_err();
+        let out = NormOutput::default();
+        let err = batch_norm_train_to(xb.as_tensor(), &w64, &w64, 1e-5, false, out).unwrap_err();
         assert!(err.to_string().contains("needs f32 parameters"), "{err}");
     }
 

@@ -225,11 +225,24 @@ struct Norm {
 const BN_MOMENTUM: f64 = 0.1;
 
 /// What a batch norm's output feeds: a convolution (which, in bf16-mixed, reads it rounded
-/// to bf16, so BN writes it so) or anything else (f32).
+/// to bf16, so BN writes it so), a grouped convolution (the same, and BN keeps its output in
+/// the cache, where that convolution's scattered reads find it) or anything else (f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Feeds {
     Conv,
+    GroupedConv,
     Other,
+}
+
+impl Feeds {
+    /// What feeds `next`.
+    fn conv(next: &Conv) -> Feeds {
+        if next.groups > 1 {
+            Feeds::GroupedConv
+        } else {
+            Feeds::Conv
+        }
+    }
 }
 
 impl Norm {
@@ -244,7 +257,10 @@ impl Norm {
             let y = self.reference.forward_t(x, pass.train)?;
             return if relu { y.relu() } else { Ok(y) };
         }
-        let out_bf16 = pass.bf16 && feeds == Feeds::Conv;
+        let out = cardinal_kernels::NormOutput {
+            bf16: pass.bf16 && feeds != Feeds::Other,
+            cached: feeds == Feeds::GroupedConv,
+        };
         if !pass.train {
             return cardinal_kernels::norm::batch_norm_eval_to(
                 x,
@@ -253,7 +269,7 @@ impl Norm {
                 (self.running_mean.as_tensor(), self.running_var.as_tensor()),
                 BN_EPS,
                 relu,
-                out_bf16,
+                out,
             );
         }
         let (y, stats) = cardinal_kernels::norm::batch_norm_train_to(
@@ -262,7 +278,7 @@ impl Norm {
             &self.bias,
             BN_EPS,
             relu,
-            out_bf16,
+            out,
         )?;
         self.update_running(stats)?;
         Ok(y)
@@ -474,7 +490,11 @@ impl Block {
                 conv3,
                 bn3,
             } => {
-                let h = conv_bn(conv1, bn1, x, pass, true, Feeds::Conv)?;
+                let feeds = match conv2.as_slice() {
+                    [next] => Feeds::conv(next),
+                    _ => Feeds::Conv,
+                };
+                let h = conv_bn(conv1, bn1, x, pass, true, feeds)?;
                 let h = match conv2.as_slice() {
                     [grouped] => grouped.forward(&h, pass, OutputTo::Norm)?,
                     split => {
@@ -500,7 +520,7 @@ impl Block {
                 conv2,
                 bn2,
             } => {
-                let h = conv_bn(conv1, bn1, x, pass, true, Feeds::Conv)?;
+                let h = conv_bn(conv1, bn1, x, pass, true, Feeds::conv(conv2))?;
                 (conv2.forward(&h, pass, OutputTo::Norm)?, bn2)
             }
             Body::Paths { paths, bn } => {
