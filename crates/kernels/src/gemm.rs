@@ -520,7 +520,12 @@ unsafe fn wgrad_sums<
         let mut acc = [[S::zero(); NV]; R];
         let mut acc_half = [H::<S>::zero(); R];
         let mut row = dy;
-        for &xp in x {
+        for (p, &xp) in x.iter().enumerate() {
+            // Rows through a table of pointers, which the prefetchers do not follow (see
+            // `group_lanes_wgrad_sums`).
+            if let Some(&ahead) = x.get(p + WGRAD_AHEAD) {
+                prefetch(ahead.wrapping_add(skip));
+            }
             let bv: [S::V; NV] = std::array::from_fn(|j| {
                 if j >= full {
                     S::zero()
@@ -982,6 +987,17 @@ unsafe fn group_lanes_wgrad_sums<S: Simd, const CG: usize, const T: usize, const
         let mut row = dy.add(ch);
         for p in 0..len {
             let g = load(row);
+            // The pixels' rows lie apart (a strided or padded window's), so the hardware's
+            // prefetchers do not foresee them: ask for the rows a few pixels ahead. Tap t's
+            // pointers are `x[t * stride..][..len]`, so the pointer read is within them.
+            if p + WGRAD_AHEAD < len {
+                for t in 0..T {
+                    prefetch(
+                        x.get_unchecked(t * stride + p + WGRAD_AHEAD)
+                            .wrapping_add(ch),
+                    );
+                }
+            }
             for (t, sums) in acc.iter_mut().enumerate() {
                 let xv = load(x.get_unchecked(t * stride + p).add(ch));
                 for (d, a) in sums.iter_mut().enumerate() {
@@ -998,6 +1014,10 @@ unsafe fn group_lanes_wgrad_sums<S: Simd, const CG: usize, const T: usize, const
         acc
     }
 }
+
+/// How many pixels ahead a weight-gradient tile asks the cache for its input rows: far
+/// enough for a line to arrive from memory before its pixel's turn.
+const WGRAD_AHEAD: usize = 16;
 
 /// The taps a [`group_lanes_wgrad`] call takes for groups of `cg` channels: enough for about
 /// eight independent sums or more, up to three taps.
