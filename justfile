@@ -112,9 +112,11 @@ fuzz SECONDS="300":
     cd fuzz && cargo +nightly fuzz run idx corpus-work/idx corpus/idx -- -max_total_time={{SECONDS}}
     cd fuzz && cargo +nightly fuzz run cifar corpus-work/cifar corpus/cifar -- -max_total_time={{SECONDS}}
 
-# The whole test suite (numeric dependencies are optimised even in the test profile).
+# The whole test suite (numeric dependencies are optimised even in the test profile), and
+# the PyTorch comparison script's own examples (they need Python, not PyTorch).
 test:
     cargo test --workspace
+    if command -v python3 >/dev/null 2>&1; then python3 -m doctest benches/pytorch_reference.py; else echo "python3 not found: the comparison script's examples are skipped"; fi
 
 # Debian's slurm-wlm and munge, root: a 4-cell grid submitted as a job array, 2 at a
 # time, then its report job, and a failing cell; stops its daemons.

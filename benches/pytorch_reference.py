@@ -262,6 +262,37 @@ def spread(values):
     return f"{min(values):.2f}-{max(values):.2f}" if len(values) > 1 else ""
 
 
+# Grouped models and the dense model they match in MACs: the cardinality grid's cells and
+# its dense cell, the CPU ResNeXts and their ResNet.
+DENSE_OF = (("cpu_resnext14_", "cpu_resnet14"), ("cpu_resnext20_", "cpu_resnet20"))
+
+
+def against_dense(ips_by_model):
+    """Each grouped model's img/s over its dense model's, at the same threads and precision,
+    in cardinal and in each PyTorch mode: a cell loses to its dense cell in both tools, and
+    this shows by how much in each. `ips_by_model` maps (model, threads, bf16) to (cardinal
+    img/s, {mode: PyTorch img/s}); returns (model, dense, threads, bf16, cardinal ratio,
+    {mode: PyTorch ratio}) for every model whose dense model was timed too.
+
+    >>> ips = {("cpu_resnet14", 2, False): (1000.0, {"f32-cl": 800.0}),
+    ...        ("cpu_resnext14_8x7d", 2, False): (900.0, {"f32-cl": 600.0}),
+    ...        ("cpu_resnext14_32x2d", 1, False): (500.0, {"f32-cl": 400.0}),
+    ...        ("cpu_resnext20_4x12d", 2, True): (700.0, {"f32-cl": 700.0}),
+    ...        ("cpu_resnet20", 2, False): (350.0, {"f32-cl": 350.0})}
+    >>> against_dense(ips)
+    [('cpu_resnext14_8x7d', 'cpu_resnet14', 2, False, 0.9, {'f32-cl': 0.75})]
+    """
+    rows = []
+    for (model, threads, bf16), (ours, theirs) in ips_by_model.items():
+        dense = next((d for prefix, d in DENSE_OF if model.startswith(prefix)), None)
+        ref = ips_by_model.get((dense, threads, bf16))
+        if ref is None:
+            continue
+        rows.append((model, dense, threads, bf16, ours / ref[0],
+                     {m: theirs[m] / ref[1][m] for m in theirs if m in ref[1]}))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", action="append", help="JSON from `cardinal bench train`")
@@ -307,7 +338,7 @@ def main():
                   + " | peak RSS cardinal / PyTorch (same precision, channels_last) |")
         print(header)
         print("|" + "---|" * (5 + 2 * len(MODES) + 1))
-        by_model = {}
+        by_model, ips_by_model = {}, {}
         for case in train_cases:
             threads = case.get("threads") or default_threads
             torch.set_num_threads(threads)
@@ -347,6 +378,8 @@ def main():
                 statistics.median(o["ms_per_step"] for o in ours_runs),
                 {m: statistics.median(t["ms_per_step"] for t in runs) for m, runs in theirs_runs.items()},
             )
+            if case.get("kernels", "cardinal") == "cardinal":
+                ips_by_model[(case["model"], threads, bf16)] = (ours_ips, theirs_ips)
             rows.append({"kind": "train", "case": label, "threads": threads,
                          "precision": case.get("precision", "f32"), "isa": case.get("isa"),
                          "cardinal": ours_runs, "pytorch": theirs_runs,
@@ -361,6 +394,21 @@ def main():
                     print(f"\nresnext50_32x4d / resnet50 train time at equal FLOPs ({'bf16-mixed' if bf16 else 'f32'}): "
                           f"cardinal {ours:.2f}, PyTorch " + ", ".join(f"{v:.2f} ({MODES[m]})" for m, v in theirs.items()))
                     rows.append({"kind": "ratio", "case": "resnext50_32x4d / resnet50", "cardinal": ours, "pytorch": theirs})
+        dense_rows = against_dense(ips_by_model)
+        if dense_rows:
+            print("\nGrouped models against their dense model at equal MACs: img/s over the dense "
+                  "model's, from the medians above (cases timed minutes apart; `just bench-cells` "
+                  "times cardinal's cells in interleaved steps, more tightly)\n")
+            print("| model | against | threads | precision | cardinal | "
+                  + " | ".join(f"PyTorch {m}" for m in MODES.values()) + " |")
+            print("|" + "---|" * (5 + len(MODES)))
+            for model, dense, threads, bf16, ours, theirs in dense_rows:
+                precision = "bf16-mixed" if bf16 else "f32"
+                print(f"| {model} | {dense} | {threads} | {precision} | {ours:.3f} | "
+                      + " | ".join(f"{theirs[m]:.3f}" for m in MODES) + " |")
+                rows.append({"kind": "against_dense", "case": model, "dense": dense,
+                             "threads": threads, "precision": precision,
+                             "cardinal": ours, "pytorch": theirs})
         print()
         torch.set_num_threads(default_threads)
     if conv_cases:
