@@ -460,7 +460,10 @@ impl Class {
 /// Rows `rows` of a product, tile by tile: for each tile of MR rows (the last may have
 /// fewer `valid` ones) the tap pointers of its rows, tap-major (`table[t * MR + i]`, from
 /// `pointers(r, row)`; the zero row for absent rows), and where each row's output starts
-/// (`out_row(r)`; null for absent rows), handed to `product`.
+/// (`out_row(r)`; null for absent rows), handed to `product` with the next tile's table
+/// (empty after the last tile), which it may ask the cache for while it works: a tile's
+/// rows are read once, so they come from memory, and a tile ahead is far enough for the
+/// lines to arrive before they are needed, where the sub-tile before is not.
 #[inline(always)]
 fn for_each_tile<E, const MR: usize>(
     rows: Range<usize>,
@@ -468,15 +471,12 @@ fn for_each_tile<E, const MR: usize>(
     zero: *const E,
     pointers: impl Fn(usize, &mut [*const E]),
     out_row: impl Fn(usize) -> *mut E,
-    mut product: impl FnMut(&[*const E], &[*mut E; MR], usize),
+    mut product: impl FnMut(&[*const E], &[*const E], &[*mut E; MR], usize),
 ) {
-    let mut table = vec![zero; taps * MR];
     let mut row = vec![zero; taps];
-    let mut tile = rows.start;
-    while tile < rows.end {
-        let valid = (rows.end - tile).min(MR);
+    let mut fill = |tile: usize, table: &mut [*const E]| {
         for i in 0..MR {
-            if i < valid {
+            if tile + i < rows.end {
                 pointers(tile + i, &mut row);
                 for t in 0..taps {
                     table[t * MR + i] = row[t];
@@ -487,6 +487,19 @@ fn for_each_tile<E, const MR: usize>(
                 }
             }
         }
+    };
+    let mut table = vec![zero; taps * MR];
+    let mut ahead = vec![zero; taps * MR];
+    let mut tile = rows.start;
+    if tile < rows.end {
+        fill(tile, &mut table);
+    }
+    while tile < rows.end {
+        let valid = (rows.end - tile).min(MR);
+        let next = tile + MR;
+        if next < rows.end {
+            fill(next, &mut ahead);
+        }
         let starts: [*mut E; MR] = std::array::from_fn(|i| {
             if i < valid {
                 out_row(tile + i)
@@ -494,8 +507,10 @@ fn for_each_tile<E, const MR: usize>(
                 std::ptr::null_mut()
             }
         });
-        product(&table, &starts, valid);
-        tile += MR;
+        let ahead_table: &[*const E] = if next < rows.end { &ahead } else { &[] };
+        product(&table, ahead_table, &starts, valid);
+        std::mem::swap(&mut table, &mut ahead);
+        tile = next;
     }
 }
 
@@ -621,8 +636,11 @@ unsafe fn product_rows<S: Simd, const MR: usize>(
         pointers,
         out_row,
         #[inline(always)]
-        |table, out_rows, valid| {
+        |table, ahead, out_rows, valid| {
             let starts = if staged { &buffer_rows } else { out_rows };
+            // Only a 1x1 product reads each input row in one tile; a wider window's next
+            // tile reads mostly rows this one has brought in.
+            let ahead = if taps == 1 { ahead } else { &[] };
             for g in block.groups.clone() {
                 let packed = &packed[g];
                 let panels = &packed.panels[block.panels.clone()];
@@ -638,6 +656,9 @@ unsafe fn product_rows<S: Simd, const MR: usize>(
                     unsafe {
                         gemm::igemm_panel::<S, MR>(
                             table,
+                            // The group's first panel asks for the next tile's rows; the
+                            // panels after it read the same channels.
+                            if p == 0 { ahead } else { &[] },
                             g * skip,
                             taps,
                             kc,
@@ -741,7 +762,7 @@ unsafe fn group_lanes_rows<S: Simd, const MR: usize>(
 ) {
     // SAFETY: the path's CPU (the caller's promise); `lg.cg` fits (`GroupLanes::new`).
     let bcast = unsafe { gemm::group_broadcasts::<S>(lg.cg) };
-    for_each_tile::<S::E, MR>(rows, taps, zero, pointers, out_row, |table, c, valid| {
+    for_each_tile::<S::E, MR>(rows, taps, zero, pointers, out_row, |table, _, c, valid| {
         // SAFETY: the caller's promises, for this tile.
         unsafe {
             gemm::group_lanes_vectors::<S, MR>(

@@ -18,7 +18,7 @@
 //! Accumulation order is fixed by the loops, so results do not depend on scheduling.
 
 use crate::bf16::Lines;
-use crate::simd::{has_half, prefetch, Simd};
+use crate::simd::{has_half, prefetch, prefetch_l2, Simd};
 
 /// Calls `$tiles!(MR, NV)` with the sub-tile shape of path `$s` for `$nv` vectors: rows
 /// and vectors whose accumulators, one broadcast (or loaded vector) per row and the
@@ -91,6 +91,18 @@ fn prefetch_rows<E, const MR: usize>(a: &[*const E], next: usize, lines: impl Fn
         if let Some(&row) = a.get(next + i) {
             lines(row);
         }
+    }
+}
+
+/// Asks the second-level cache for every line of the `len` values from `p`.
+#[inline(always)]
+fn prefetch_run<E>(p: *const E, len: usize) {
+    let start = p as usize;
+    let end = start + len * std::mem::size_of::<E>();
+    let mut line = start & !63;
+    while line < end {
+        prefetch_l2(line as *const u8);
+        line += 64;
     }
 }
 
@@ -265,6 +277,7 @@ unsafe fn store_rows<S: Simd, const MR: usize, const NV: usize>(
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize, const HALF: bool>(
     a: &[*const S::E],
+    ahead: &[*const S::E],
     stride: usize,
     off: usize,
     skip: usize,
@@ -296,6 +309,12 @@ pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize, const
                     prefetch(row.wrapping_add(next_skip));
                     prefetch(row.wrapping_add(next_skip + kc.max(1) - 1));
                 },
+            );
+            prefetch_rows::<S::E, MR>(
+                ahead,
+                t * stride + off,
+                #[inline(always)]
+                |row| prefetch_run(row.wrapping_add(skip), kc),
             );
             let ap: [*const S::E; MR] =
                 std::array::from_fn(|i| a.get_unchecked(t * stride + off + i).add(skip));
@@ -360,6 +379,7 @@ pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize, const
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn igemm_panel<S: Simd, const MT: usize>(
     a: &[*const S::E],
+    ahead: &[*const S::E],
     skip: usize,
     taps: usize,
     kc: usize,
@@ -385,6 +405,7 @@ pub(crate) unsafe fn igemm_panel<S: Simd, const MT: usize>(
                 with_half!(last_half, HALF, {
                     igemm_tile::<S, $mr, $nv, HALF>(
                         a,
+                        ahead,
                         MT,
                         off,
                         skip,
@@ -1149,6 +1170,7 @@ mod tests {
                 unsafe {
                     igemm_panel::<S, MR>(
                         &a,
+                        &a,
                         0,
                         taps,
                         kc,
@@ -1332,10 +1354,10 @@ mod tests {
             );
             if half {
                 let (a, st, o, sk, t, k, b, c, col, v, w, n) = args;
-                igemm_tile::<S, 4, 3, true>(a, st, o, sk, t, k, b, c, col, v, w, n);
+                igemm_tile::<S, 4, 3, true>(a, a, st, o, sk, t, k, b, c, col, v, w, n);
             } else {
                 let (a, st, o, sk, t, k, b, c, col, v, w, n) = args;
-                igemm_tile::<S, 4, 3, false>(a, st, o, sk, t, k, b, c, col, v, w, n);
+                igemm_tile::<S, 4, 3, false>(a, a, st, o, sk, t, k, b, c, col, v, w, n);
             }
             bits.extend(out.iter().map(|v| v.to_f64().to_bits()));
             let mut lanes = vec![S::E::from_f64(0.0); 3 * S::LANES];

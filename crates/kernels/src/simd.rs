@@ -17,11 +17,26 @@ use crate::isa::Isa;
 /// it. A hint only: it never faults and changes no value, whatever `p` is.
 #[inline(always)]
 pub(crate) fn prefetch<T>(p: *const T) {
+    // PREFETCHT0: into every level.
+    prefetch_hint::<3, T>(p)
+}
+
+/// As [`prefetch`], into the second-level cache only: for lines wanted a while from now,
+/// which would otherwise push lines in use out of the first level.
+#[inline(always)]
+pub(crate) fn prefetch_l2<T>(p: *const T) {
+    // PREFETCHT1.
+    prefetch_hint::<2, T>(p)
+}
+
+/// PREFETCHh of `p` with the hint `HINT` (`_MM_HINT_T0`'s 3 to `_MM_HINT_NTA`'s 0).
+#[inline(always)]
+fn prefetch_hint<const HINT: i32, T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 (SSE, in every x86-64 CPU) reads nothing architecturally and
-    // cannot fault, on any address.
+    // SAFETY: PREFETCHh (SSE, in every x86-64 CPU) reads nothing architecturally and cannot
+    // fault, on any address.
     unsafe {
-        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+        _mm_prefetch::<HINT>(p as *const i8)
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
