@@ -96,7 +96,7 @@ fn prefetch_rows<E, const MR: usize>(a: &[*const E], next: usize, lines: impl Fn
 
 /// Asks the second-level cache for every line of the `len` values from `p`.
 #[inline(always)]
-fn prefetch_run<E>(p: *const E, len: usize) {
+pub(crate) fn prefetch_run<E>(p: *const E, len: usize) {
     let start = p as usize;
     let end = start + len * std::mem::size_of::<E>();
     let mut line = start & !63;

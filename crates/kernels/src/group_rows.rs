@@ -262,36 +262,67 @@ unsafe fn walk_rows<S: Simd, const STRIDE: usize>(
     let tap_len = lg.tap_len(S::LANES);
     // SAFETY: the path's CPU and `lg.cg` within its lanes (the caller's promise).
     let bcast = unsafe { gemm::group_broadcasts::<S>(lg.cg) };
-    for i in 0..rows.len() {
-        // Last row first for the input gradient (see `product`).
-        let r = if walk == Walk::InputGrad {
+    // The task's i-th row: last first for the input gradient (see `product`).
+    let row_at = |i: usize| {
+        if walk == Walk::InputGrad {
             rows.end - 1 - i
         } else {
             rows.start + i
-        };
-        let (image, y) = if paired {
+        }
+    };
+    // Task row r's image and row y in it (with a pair, the first image's).
+    let image_row = |r: usize| {
+        if paired {
             (2 * (r / out_h), r % out_h)
         } else {
             (r / out_h, r % out_h)
+        }
+    };
+    // The source row, counted over the images, that tap row ky of task row r reads, if it
+    // lies inside the image (and, walking back, if the stride divides its distance).
+    let src_row_of = |r: usize, ky: usize| {
+        let (image, y) = image_row(r);
+        let sy = match walk {
+            Walk::Forward => (y * stride + ky).checked_sub(1),
+            Walk::InputGrad => (y + 1)
+                .checked_sub(ky)
+                .filter(|d| d % stride == 0)
+                .map(|d| d / stride),
         };
+        sy.filter(|&sy| sy < src_h).map(|sy| image * src_h + sy)
+    };
+    // A row's walk reads the source rows the row before did not (one at stride 1, two at
+    // stride 2), from memory or a far cache. Asked for a row ahead, they arrive while the
+    // row before is walked. Walking forward at stride 1 the hardware's prefetchers keep up,
+    // and the requests cost more than they save; walking back, or at stride 2, they do not.
+    let ahead = walk == Walk::InputGrad || STRIDE == 2;
+    // The channels of the task's vectors, which its walks read of each source pixel.
+    let task_cols = vectors.start * lg.width..(vectors.end * lg.width).min(lg.channels);
+    for i in 0..rows.len() {
+        if ahead && i + 1 < rows.len() {
+            let (now, next) = (row_at(i), row_at(i + 1));
+            for ky in 0..3 {
+                let Some(s_row) = src_row_of(next, ky) else {
+                    continue;
+                };
+                if (0..3).any(|k| src_row_of(now, k) == Some(s_row)) {
+                    continue;
+                }
+                for image in 0..1 + usize::from(paired) {
+                    prefetch_row(src, s_row + image * src_h, src_w, lg.channels, &task_cols);
+                }
+            }
+        }
+        let (image, y) = image_row(row_at(i));
         let r = image * out_h + y;
         let mut first = true;
         for ky in 0..3 {
-            // The source row this row of taps reads, if it lies inside the image (and,
-            // walking back, if the stride divides its distance).
-            let sy = match walk {
-                Walk::Forward => (y * stride + ky).checked_sub(1),
-                Walk::InputGrad => (y + 1)
-                    .checked_sub(ky)
-                    .filter(|d| d % stride == 0)
-                    .map(|d| d / stride),
-            };
-            let Some(sy) = sy.filter(|&sy| sy < src_h) else {
+            let Some(s_row) = src_row_of(row_at(i), ky) else {
                 continue;
             };
             // SAFETY: rows within the images (the caller's promise); tap row ky's weights.
             unsafe {
-                let s_row = src.add((image * src_h + sy) * src_w * lg.channels);
+                let s_row = src.add(s_row * src_w * lg.channels);
                 let o_row = out.add(r * out_w * lg.channels);
                 let wt = wl.add(ky * 3 * tap_len);
                 let taps = RowTaps::<S> {
@@ -327,6 +358,16 @@ unsafe fn walk_rows<S: Simd, const STRIDE: usize>(
             }
             first = false;
         }
+    }
+}
+
+/// Asks the second-level cache for the channels `cols` of every pixel of row `row` (counted
+/// over the images) of `x`, whose rows hold `w` pixels of `c` values.
+#[inline(always)]
+fn prefetch_row<E>(x: *const E, row: usize, w: usize, c: usize, cols: &Range<usize>) {
+    let pixels = x.wrapping_add(row * w * c + cols.start);
+    for col in 0..w {
+        gemm::prefetch_run(pixels.wrapping_add(col * c), cols.len());
     }
 }
 
@@ -939,11 +980,22 @@ pub(crate) unsafe fn weight_grad_chunk<S: Simd, const MR: usize>(
     out: *mut S::E,
 ) {
     macro_rules! sums {
-        ($rotations:ident, $v:ident; $($cg:literal)*) => {
+        ($rotations:ident, $v:ident, $cols:ident; $($cg:literal)*) => {
             match lg.cg {
                 // SAFETY: passed on.
                 $($cg => unsafe {
-                    chunk_sums::<S, $cg>(x, dy, h, w, lg, &$rotations, chunk.clone(), $v, out)
+                    chunk_sums::<S, $cg>(
+                        x,
+                        dy,
+                        h,
+                        w,
+                        lg,
+                        &$rotations,
+                        chunk.clone(),
+                        $v,
+                        ($v == vectors.start).then_some(&$cols),
+                        out,
+                    )
                 },)*
                 other => unreachable!("a group-lanes product of {other} channels per group"),
             }
@@ -951,8 +1003,11 @@ pub(crate) unsafe fn weight_grad_chunk<S: Simd, const MR: usize>(
     }
     // SAFETY: the path's CPU and `lg.cg` within its lanes (the caller's promise).
     let rotations = unsafe { gemm::group_rotations::<S>(lg.cg) };
-    for v in vectors {
-        sums!(rotations, v; 1 2 3 4 5 6 7 8);
+    // The first vector's walk reads the chunk's rows from memory; those after it find them
+    // cached.
+    let task_cols = vectors.start * lg.width..(vectors.end * lg.width).min(lg.channels);
+    for v in vectors.clone() {
+        sums!(rotations, v, task_cols; 1 2 3 4 5 6 7 8);
     }
 }
 
@@ -971,9 +1026,39 @@ unsafe fn chunk_sums<S: Simd, const CG: usize>(
     rotations: &[S::Ix; MAX_GROUP],
     chunk: Range<usize>,
     v: usize,
+    ahead: Option<&Range<usize>>,
     out: *mut S::E,
 ) {
     let (c, ch, n) = (lg.channels, v * lg.width, lg.filled(v));
+    // The source rows, counted over the images, of output row `row`'s three rows of taps
+    // (none in the padding).
+    let src_rows = |row: usize| -> [Option<usize>; 3] {
+        let (image, y) = (row / h, row % h);
+        std::array::from_fn(|ky| {
+            (y + ky)
+                .checked_sub(1)
+                .filter(|&sy| sy < h)
+                .map(|sy| image * h + sy)
+        })
+    };
+    // With `ahead` (channels), asks for the gradient row after `row` within the chunk and
+    // those of the source rows `wanted` of it (of `src_rows`) that `row` did not read.
+    let prefetch_next = |row: usize, wanted: &[usize]| {
+        let Some(cols) = ahead else {
+            return;
+        };
+        let next = row + 1;
+        if next * w >= chunk.end {
+            return;
+        }
+        prefetch_row(dy, next, w, c, cols);
+        let (now, then) = (src_rows(row), src_rows(next));
+        for &ky in wanted {
+            if let Some(s_row) = then[ky].filter(|r| !now.contains(&Some(*r))) {
+                prefetch_row(x, s_row, w, c, cols);
+            }
+        }
+    };
     // Where all nine taps' sums fit the registers beside a pixel's rotations and its
     // gradient, each output pixel's gradient is read once and enters nine sums, where a
     // row of taps at a time reads it three times over, and each sum has eight others beside
@@ -984,7 +1069,8 @@ unsafe fn chunk_sums<S: Simd, const CG: usize>(
         // acc[ky][kx][d]: tap (ky, kx), the input rotated by d within its group.
         // SAFETY: the CPU runs `S`.
         let mut acc = [[[unsafe { S::zero() }; CG]; 3]; 3];
-        for (row, cols) in chunk_rows(chunk, w) {
+        for (row, cols) in chunk_rows(chunk.clone(), w) {
+            prefetch_next(row, &[0, 1, 2]);
             let (image, y) = (row / h, row % h);
             // SAFETY (loop): rows within the images, columns within the row, channels
             // within the pixel (the vector cut to its filled lanes); the caller's bounds.
@@ -1036,6 +1122,10 @@ unsafe fn chunk_sums<S: Simd, const CG: usize>(
         // SAFETY: the CPU runs `S`.
         let mut acc = [[unsafe { S::zero() }; CG]; 3];
         for (row, cols) in chunk_rows(chunk.clone(), w) {
+            // The later rows of taps read what this one brought in, but for a last row.
+            if ky == 0 {
+                prefetch_next(row, &[0]);
+            }
             let (a, b) = (cols.start, cols.end);
             let (image, y) = (row / h, row % h);
             // The source row of this row of taps; in the padding it adds nothing.
