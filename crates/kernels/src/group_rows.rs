@@ -1042,8 +1042,9 @@ unsafe fn chunk_sums<S: Simd, const CG: usize>(
         })
     };
     // With `ahead` (channels), asks for the gradient row after `row` within the chunk and
-    // those of the source rows `wanted` of it (of `src_rows`) that `row` did not read.
-    let prefetch_next = |row: usize, wanted: &[usize]| {
+    // those of its source rows `taps` (rows of taps, of `src_rows`) that `row`'s own rows of
+    // `taps` did not read: the rows a pass over those rows of taps reads next.
+    let prefetch_next = |row: usize, taps: &[usize]| {
         let Some(cols) = ahead else {
             return;
         };
@@ -1053,8 +1054,8 @@ unsafe fn chunk_sums<S: Simd, const CG: usize>(
         }
         prefetch_row(dy, next, w, c, cols);
         let (now, then) = (src_rows(row), src_rows(next));
-        for &ky in wanted {
-            if let Some(s_row) = then[ky].filter(|r| !now.contains(&Some(*r))) {
+        for &ky in taps {
+            if let Some(s_row) = then[ky].filter(|&r| taps.iter().all(|&k| now[k] != Some(r))) {
                 prefetch_row(x, s_row, w, c, cols);
             }
         }
