@@ -293,9 +293,10 @@ unsafe fn walk_rows<S: Simd, const STRIDE: usize>(
     };
     // A row's walk reads the source rows the row before did not (one at stride 1, two at
     // stride 2), from memory or a far cache. Asked for a row ahead, they arrive while the
-    // row before is walked. Walking forward at stride 1 the hardware's prefetchers keep up,
-    // and the requests cost more than they save; walking back, or at stride 2, they do not.
-    let ahead = walk == Walk::InputGrad || STRIDE == 2;
+    // row before is walked. Walking forward at stride 1 through one image the hardware's
+    // prefetchers keep up, and the requests cost more than they save; walking back, at
+    // stride 2, or through two images' rows at once, they do not.
+    let ahead = walk == Walk::InputGrad || STRIDE == 2 || paired;
     // The channels of the task's vectors, which its walks read of each source pixel.
     let task_cols = vectors.start * lg.width..(vectors.end * lg.width).min(lg.channels);
     for i in 0..rows.len() {
