@@ -18,7 +18,7 @@
 //! Accumulation order is fixed by the loops, so results do not depend on scheduling.
 
 use crate::bf16::Lines;
-use crate::simd::{has_half, prefetch, prefetch_l2, Simd};
+use crate::simd::{has_half, prefetch, prefetch_run, Simd};
 
 /// Calls `$tiles!(MR, NV)` with the sub-tile shape of path `$s` for `$nv` vectors: rows
 /// and vectors whose accumulators, one broadcast (or loaded vector) per row and the
@@ -91,18 +91,6 @@ fn prefetch_rows<E, const MR: usize>(a: &[*const E], next: usize, lines: impl Fn
         if let Some(&row) = a.get(next + i) {
             lines(row);
         }
-    }
-}
-
-/// Asks the second-level cache for every line of the `len` values from `p`.
-#[inline(always)]
-pub(crate) fn prefetch_run<E>(p: *const E, len: usize) {
-    let start = p as usize;
-    let end = start + len * std::mem::size_of::<E>();
-    let mut line = start & !63;
-    while line < end {
-        prefetch_l2(line as *const u8);
-        line += 64;
     }
 }
 

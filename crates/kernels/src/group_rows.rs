@@ -278,18 +278,21 @@ unsafe fn walk_rows<S: Simd, const STRIDE: usize>(
             (r / out_h, r % out_h)
         }
     };
-    // The source row, counted over the images, that tap row ky of task row r reads, if it
-    // lies inside the image (and, walking back, if the stride divides its distance).
-    let src_row_of = |r: usize, ky: usize| {
+    // The source rows, counted over the images, that tap rows 0, 1 and 2 of task row r
+    // read, where they lie inside the image (and, walking back, where the stride divides
+    // their distance).
+    let src_rows = |r: usize| -> [Option<usize>; 3] {
         let (image, y) = image_row(r);
-        let sy = match walk {
-            Walk::Forward => (y * stride + ky).checked_sub(1),
-            Walk::InputGrad => (y + 1)
-                .checked_sub(ky)
-                .filter(|d| d % stride == 0)
-                .map(|d| d / stride),
-        };
-        sy.filter(|&sy| sy < src_h).map(|sy| image * src_h + sy)
+        std::array::from_fn(|ky| {
+            let sy = match walk {
+                Walk::Forward => (y * stride + ky).checked_sub(1),
+                Walk::InputGrad => (y + 1)
+                    .checked_sub(ky)
+                    .filter(|d| d % stride == 0)
+                    .map(|d| d / stride),
+            };
+            sy.filter(|&sy| sy < src_h).map(|sy| image * src_h + sy)
+        })
     };
     // A row's walk reads the source rows the row before did not (one at stride 1, two at
     // stride 2), from memory or a far cache. Asked for a row ahead, they arrive while the
@@ -300,13 +303,10 @@ unsafe fn walk_rows<S: Simd, const STRIDE: usize>(
     // The channels of the task's vectors, which its walks read of each source pixel.
     let task_cols = vectors.start * lg.width..(vectors.end * lg.width).min(lg.channels);
     for i in 0..rows.len() {
+        let now = src_rows(row_at(i));
         if ahead && i + 1 < rows.len() {
-            let (now, next) = (row_at(i), row_at(i + 1));
-            for ky in 0..3 {
-                let Some(s_row) = src_row_of(next, ky) else {
-                    continue;
-                };
-                if (0..3).any(|k| src_row_of(now, k) == Some(s_row)) {
+            for s_row in src_rows(row_at(i + 1)).into_iter().flatten() {
+                if now.contains(&Some(s_row)) {
                     continue;
                 }
                 for image in 0..1 + usize::from(paired) {
@@ -317,8 +317,8 @@ unsafe fn walk_rows<S: Simd, const STRIDE: usize>(
         let (image, y) = image_row(row_at(i));
         let r = image * out_h + y;
         let mut first = true;
-        for ky in 0..3 {
-            let Some(s_row) = src_row_of(row_at(i), ky) else {
+        for (ky, s_row) in now.into_iter().enumerate() {
+            let Some(s_row) = s_row else {
                 continue;
             };
             // SAFETY: rows within the images (the caller's promise); tap row ky's weights.
@@ -368,7 +368,7 @@ unsafe fn walk_rows<S: Simd, const STRIDE: usize>(
 fn prefetch_row<E>(x: *const E, row: usize, w: usize, c: usize, cols: &Range<usize>) {
     let pixels = x.wrapping_add(row * w * c + cols.start);
     for col in 0..w {
-        gemm::prefetch_run(pixels.wrapping_add(col * c), cols.len());
+        crate::simd::prefetch_run(pixels.wrapping_add(col * c), cols.len());
     }
 }
 
@@ -1073,17 +1073,11 @@ unsafe fn chunk_sums<S: Simd, const CG: usize>(
         let mut acc = [[[unsafe { S::zero() }; CG]; 3]; 3];
         for (row, cols) in chunk_rows(chunk.clone(), w) {
             prefetch_next(row, &[0, 1, 2]);
-            let (image, y) = (row / h, row % h);
             // SAFETY (loop): rows within the images, columns within the row, channels
             // within the pixel (the vector cut to its filled lanes); the caller's bounds.
             unsafe {
                 // The source row of each row of taps; in the padding it adds nothing.
-                let x_rows: [Option<*const S::E>; 3] = std::array::from_fn(|ky| {
-                    (y + ky)
-                        .checked_sub(1)
-                        .filter(|&sy| sy < h)
-                        .map(|sy| x.add((image * h + sy) * w * c + ch))
-                });
+                let x_rows = src_rows(row).map(|s_row| s_row.map(|r| x.add(r * w * c + ch)));
                 let dy_row = dy.add(row * w * c + ch);
                 for o in cols {
                     let g = load_upto::<S>(dy_row.add(o * c), n);
@@ -1129,15 +1123,14 @@ unsafe fn chunk_sums<S: Simd, const CG: usize>(
                 prefetch_next(row, &[0]);
             }
             let (a, b) = (cols.start, cols.end);
-            let (image, y) = (row / h, row % h);
             // The source row of this row of taps; in the padding it adds nothing.
-            let Some(sy) = (y + ky).checked_sub(1).filter(|&sy| sy < h) else {
+            let Some(s_row) = src_rows(row)[ky] else {
                 continue;
             };
             // SAFETY (loop): columns within the row, channels within the pixel (the
             // vector cut to its filled lanes); the caller's bounds.
             unsafe {
-                let x_row = x.add((image * h + sy) * w * c + ch);
+                let x_row = x.add(s_row * w * c + ch);
                 let dy_row = dy.add(row * w * c + ch);
                 if window_fits {
                     row_sums::<S, CG>(x_row, dy_row, c, n, w, rotations, a..b, &mut acc);

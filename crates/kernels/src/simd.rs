@@ -29,6 +29,19 @@ pub(crate) fn prefetch_l2<T>(p: *const T) {
     prefetch_hint::<2, T>(p)
 }
 
+/// Asks the second-level cache ([`prefetch_l2`]) for every line of the `len` values from
+/// `p`.
+#[inline(always)]
+pub(crate) fn prefetch_run<E>(p: *const E, len: usize) {
+    let start = p as usize;
+    let end = start + len * std::mem::size_of::<E>();
+    let mut line = start & !63;
+    while line < end {
+        prefetch_l2(line as *const u8);
+        line += 64;
+    }
+}
+
 /// PREFETCHh of `p` with the hint `HINT` (`_MM_HINT_T0`'s 3 to `_MM_HINT_NTA`'s 0).
 #[inline(always)]
 fn prefetch_hint<const HINT: i32, T>(p: *const T) {
