@@ -40,7 +40,7 @@ use crate::conv::{written_by, Geometry};
 use crate::cpu::SendPtr;
 use crate::gemm::{self, load_upto, GroupLanes, MAX_GROUP};
 use crate::isa::Isa;
-use crate::simd::{simd_call, Element, Simd, VectorPath};
+use crate::simd::{array_in_line, simd_call, Element, Simd, VectorPath};
 
 /// Image rows of one task: enough work to pay for handing it to a thread.
 const ROWS_PER_TASK: usize = 8;
@@ -590,9 +590,9 @@ unsafe fn walk_row_pair<S: Simd, const NV: usize>(
                 ([S::zero(); NV], [S::zero(); NV])
             };
             let xa: [S::V; NV] =
-                std::array::from_fn(|j| load_upto::<S>(src.add(at(col, j)), filled[j]));
+                array_in_line!(S::zero(); NV, |j| load_upto::<S>(src.add(at(col, j)), filled[j]));
             let xb: [S::V; NV] =
-                std::array::from_fn(|j| load_upto::<S>(src2.add(at(col, j)), filled[j]));
+                array_in_line!(S::zero(); NV, |j| load_upto::<S>(src2.add(at(col, j)), filled[j]));
             products(
                 &xa,
                 &xb,
@@ -633,9 +633,9 @@ unsafe fn held_row_pass<S: Simd, const CG: usize, const NV: usize, const STRIDE:
         // Read in the walk, the weights would be read again at every pixel: the compiler
         // cannot tell that the stores to the output row leave them be.
         // weights[kx][b][j]: tap kx, input b, vector j.
-        let weights: [[[S::V; NV]; CG]; 3] = std::array::from_fn(|kx| {
-            std::array::from_fn(|b| {
-                std::array::from_fn(|j| {
+        let weights: [[[S::V; NV]; CG]; 3] = array_in_line!([[S::zero(); NV]; CG]; 3, |kx| {
+            array_in_line!([S::zero(); NV]; CG, |b| {
+                array_in_line!(S::zero(); NV, |j| {
                     S::load(wt.add(kx * tap_len + (b * lg.vectors + v0 + j) * S::LANES))
                 })
             })
@@ -722,7 +722,7 @@ unsafe fn walk_row<S: Simd, const NV: usize, const STRIDE: usize>(
                 [S::zero(); NV]
             };
             let x: [S::V; NV] =
-                std::array::from_fn(|j| load_upto::<S>(src.add(at(col, j)), filled[j]));
+                array_in_line!(S::zero(); NV, |j| load_upto::<S>(src.add(at(col, j)), filled[j]));
             products(&x, [Some(&mut fresh), Some(&mut mid), Some(&mut last)]);
             if step > 0 {
                 store::<S, NV>(out, at(column(step - 1), 0), lg.width, &filled, &last);
@@ -764,9 +764,11 @@ impl<'a, S: Simd, const NV: usize> Columns<'a, S, NV> {
     #[inline(always)]
     unsafe fn load(&self, col: usize) -> [S::V; NV] {
         // SAFETY: the caller's promise; each vector cut to its filled lanes.
-        std::array::from_fn(|j| unsafe {
-            load_upto::<S>(self.taps.src.add(self.at(col, j)), self.filled[j])
-        })
+        unsafe {
+            array_in_line!(S::zero(); NV, |j| {
+                load_upto::<S>(self.taps.src.add(self.at(col, j)), self.filled[j])
+            })
+        }
     }
 
     /// Output `col`'s sums so far.
@@ -927,7 +929,9 @@ unsafe fn start<S: Simd, const NV: usize>(
         return [unsafe { S::zero() }; NV];
     }
     // SAFETY: the caller's promise.
-    std::array::from_fn(|j| unsafe { load_upto::<S>(row.add(offset + j * width), filled[j]) })
+    unsafe {
+        array_in_line!(S::zero(); NV, |j| load_upto::<S>(row.add(offset + j * width), filled[j]))
+    }
 }
 
 /// Stores `v` as `start` reads it.
@@ -1139,7 +1143,7 @@ unsafe fn chunk_sums<S: Simd, const CG: usize>(
                 // Source column q reaches output column q + 1 - kx through tap kx.
                 for q in a.saturating_sub(1)..(b + 1).min(w) {
                     let xv = load_upto::<S>(x_row.add(q * c), n);
-                    let rotated: [S::V; CG] = std::array::from_fn(|d| {
+                    let rotated: [S::V; CG] = array_in_line!(xv; CG, |d| {
                         if d == 0 {
                             xv
                         } else {
@@ -1231,7 +1235,7 @@ unsafe fn row_sums<S: Simd, const CG: usize>(
     unsafe {
         let rotated = |q: usize| -> [S::V; CG] {
             let xv = load_upto::<S>(x_row.add(q * c), n);
-            std::array::from_fn(|d| {
+            array_in_line!(xv; CG, |d| {
                 if d == 0 {
                     xv
                 } else {

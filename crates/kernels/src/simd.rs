@@ -827,6 +827,23 @@ macro_rules! simd_call {
 }
 pub(crate) use simd_call;
 
+/// `[$value; $n]` with `$i` running over the indices: what `std::array::from_fn(|$i|
+/// $value)` builds, but by a loop in the function that writes it. `from_fn`'s closure is
+/// a function of its own, compiled without the kernel's target features, so the
+/// intrinsics in it cannot inline there; where LLVM then leaves the closure out of line
+/// (it did for the row walks' loads on AVX2), each vector read costs a few calls. `$fill`
+/// is any value of the element type, overwritten.
+macro_rules! array_in_line {
+    ($fill:expr; $n:expr, |$i:ident| $value:expr) => {{
+        let mut out = [$fill; $n];
+        for $i in 0..$n {
+            out[$i] = $value;
+        }
+        out
+    }};
+}
+pub(crate) use array_in_line;
+
 #[cfg(test)]
 mod tests {
     use super::*;
