@@ -589,10 +589,8 @@ unsafe fn walk_row_pair<S: Simd, const NV: usize>(
             } else {
                 ([S::zero(); NV], [S::zero(); NV])
             };
-            let xa: [S::V; NV] =
-                array_in_line!(S::zero(); NV, |j| load_upto::<S>(src.add(at(col, j)), filled[j]));
-            let xb: [S::V; NV] =
-                array_in_line!(S::zero(); NV, |j| load_upto::<S>(src2.add(at(col, j)), filled[j]));
+            let xa = load_vectors::<S, NV>(src, at(col, 0), lg.width, &filled);
+            let xb = load_vectors::<S, NV>(src2, at(col, 0), lg.width, &filled);
             products(
                 &xa,
                 &xb,
@@ -721,8 +719,7 @@ unsafe fn walk_row<S: Simd, const NV: usize, const STRIDE: usize>(
             } else {
                 [S::zero(); NV]
             };
-            let x: [S::V; NV] =
-                array_in_line!(S::zero(); NV, |j| load_upto::<S>(src.add(at(col, j)), filled[j]));
+            let x = load_vectors::<S, NV>(src, at(col, 0), lg.width, &filled);
             products(&x, [Some(&mut fresh), Some(&mut mid), Some(&mut last)]);
             if step > 0 {
                 store::<S, NV>(out, at(column(step - 1), 0), lg.width, &filled, &last);
@@ -765,9 +762,7 @@ impl<'a, S: Simd, const NV: usize> Columns<'a, S, NV> {
     unsafe fn load(&self, col: usize) -> [S::V; NV] {
         // SAFETY: the caller's promise; each vector cut to its filled lanes.
         unsafe {
-            array_in_line!(S::zero(); NV, |j| {
-                load_upto::<S>(self.taps.src.add(self.at(col, j)), self.filled[j])
-            })
+            load_vectors::<S, NV>(self.taps.src, self.at(col, 0), self.taps.lg.width, &self.filled)
         }
     }
 
@@ -928,6 +923,22 @@ unsafe fn start<S: Simd, const NV: usize>(
         // SAFETY: the CPU runs `S`.
         return [unsafe { S::zero() }; NV];
     }
+    // SAFETY: the caller's promise.
+    unsafe { load_vectors::<S, NV>(row, offset, width, filled) }
+}
+
+/// The NV vectors at `row + offset`, vector j at `offset + j * width`, cut to `filled[j]`
+/// lanes: a pixel's vectors of a row pass, whether source values or sums so far.
+///
+/// # Safety
+/// The vectors lie within `row`'s values; the CPU runs `S`.
+#[inline(always)]
+unsafe fn load_vectors<S: Simd, const NV: usize>(
+    row: *const S::E,
+    offset: usize,
+    width: usize,
+    filled: &[usize; NV],
+) -> [S::V; NV] {
     // SAFETY: the caller's promise.
     unsafe {
         array_in_line!(S::zero(); NV, |j| load_upto::<S>(row.add(offset + j * width), filled[j]))
