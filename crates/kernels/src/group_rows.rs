@@ -762,7 +762,12 @@ impl<'a, S: Simd, const NV: usize> Columns<'a, S, NV> {
     unsafe fn load(&self, col: usize) -> [S::V; NV] {
         // SAFETY: the caller's promise; each vector cut to its filled lanes.
         unsafe {
-            load_vectors::<S, NV>(self.taps.src, self.at(col, 0), self.taps.lg.width, &self.filled)
+            load_vectors::<S, NV>(
+                self.taps.src,
+                self.at(col, 0),
+                self.taps.lg.width,
+                &self.filled,
+            )
         }
     }
 
