@@ -6,6 +6,7 @@
 //! - [`norm`]: batch norm in training and evaluation mode, with an optional folded ReLU;
 //! - [`add_relu`]: the residual block's max(a + b, 0);
 //! - [`pool`]: the ImageNet stem's 3x3 stride-2 max-pool and the global average pool;
+//! - [`sgd`]: SGD's update of a parameter and its momentum buffer, in place;
 //! - [`isa`]: which instruction-set path the kernels take (detected, or `CARDINAL_ISA`);
 //! - [`memory`]: the allocator setting the ops rely on; [`profile`]: per-op times.
 //!
@@ -26,6 +27,7 @@ pub mod memory;
 pub mod norm;
 pub mod pool;
 pub mod profile;
+pub mod sgd;
 mod simd;
 
 #[cfg(test)]
