@@ -92,6 +92,7 @@ pub fn sgd_step(
     if !applies {
         return Ok(None);
     }
+    let _span = crate::profile::Span::new("sgd step");
     if rule.momentum == 0.0 {
         w.inplace_op3(grad, grad, &WeightStep { rule: *rule })?;
         return Ok(Some(None));
