@@ -22,7 +22,10 @@ use crate::simd::{has_half, prefetch, prefetch_run, Simd};
 
 /// Calls `$tiles!(MR, NV)` with the sub-tile shape of path `$s` for `$nv` vectors: rows
 /// and vectors whose accumulators, one broadcast (or loaded vector) per row and the
-/// vectors of one step fit the registers (see `igemm_panel`).
+/// vectors of one step fit the registers (see `igemm_panel`). AVX2's two-vector tiles take
+/// 6 rows, whose broadcasts the compiler reuses a register or two for: 12 independent sums
+/// rather than 4 rows' 8, which only just cover two FMA units' latency, so that a late
+/// load no longer stalls every unit.
 macro_rules! by_shape {
     ($s:ty, $nv:expr, $tiles:ident) => {
         if <$s>::LANES == 1 {
@@ -35,7 +38,7 @@ macro_rules! by_shape {
         } else if <$s>::NV_MAX == 2 {
             match $nv {
                 1 => $tiles!(6, 1),
-                _ => $tiles!(4, 2),
+                _ => $tiles!(6, 2),
             }
         } else {
             match $nv {
@@ -570,10 +573,10 @@ unsafe fn wgrad_sums<
 ///
 /// Every tile passes over all the pixels, loading each pixel's `dy` row once, so the rows
 /// are cut into as few tiles as the registers allow, of near-equal sizes. A tile holds its
-/// accumulators, the pixel's `dy` vectors and one broadcast per row (the compiler loads a
-/// step's broadcasts before its FMAs): 7 rows of one vector or 4 of two fit AVX2's 16
-/// registers, 13, 9, 7 and 5 rows of one to four vectors AVX-512's 32. Each output keeps
-/// its order of summation over the pixels, whatever the cut.
+/// accumulators, the pixel's `dy` vectors and the rows' broadcasts: 7 rows of one vector
+/// or 6 of two on AVX2's 16 registers (6 rows' broadcasts through a register or two, as
+/// in `by_shape`), 13, 9, 7 and 5 rows of one to four vectors on AVX-512's 32. Each output
+/// keeps its order of summation over the pixels, whatever the cut.
 ///
 /// # Safety
 /// As [`wgrad_tile`], for rows `skip..skip + rows` of the x rows and output rows
@@ -629,7 +632,7 @@ pub(crate) unsafe fn wgrad_rows<S: Simd>(
     } else if S::NV_MAX == 2 {
         match nv {
             1 => tiles!(1; 1 2 3 4 5 6 7),
-            _ => tiles!(2; 1 2 3 4),
+            _ => tiles!(2; 1 2 3 4 5 6),
         }
     } else {
         match nv {
