@@ -89,27 +89,30 @@ impl Sgd {
     /// passes; elsewhere by candle's ops ([`Sgd::step_with_candle_ops`]). Both give the same
     /// bits.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
-        for p in &mut self.params {
-            let Some(grad) = grads.get(p.var.as_tensor()) else {
-                continue;
-            };
-            let rule = SgdRule {
-                lr,
-                momentum: self.momentum,
-                nesterov: self.nesterov,
-                weight_decay: (p.decay && self.weight_decay != 0.0).then_some(self.weight_decay),
-            };
-            match sgd_step(p.var.as_tensor(), grad, p.buffer.as_ref(), &rule)? {
+        self.each_param(grads, lr, |p, grad, rule| {
+            match sgd_step(p.var.as_tensor(), grad, p.buffer.as_ref(), rule)? {
                 Some(buffer) => p.buffer = buffer,
-                None => p.step_with_candle_ops(grad, &rule)?,
+                None => p.step_with_candle_ops(grad, rule)?,
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// [`Sgd::step`] with candle's ops for every parameter: the reference of the in-place
     /// passes, and the path of other devices and dtypes.
     pub fn step_with_candle_ops(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.each_param(grads, lr, |p, grad, rule| {
+            p.step_with_candle_ops(grad, rule)
+        })
+    }
+
+    /// Calls `step` with every parameter that has a gradient, its gradient and its rule.
+    fn each_param(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        mut step: impl FnMut(&mut Param, &Tensor, &SgdRule) -> Result<()>,
+    ) -> Result<()> {
         for p in &mut self.params {
             let Some(grad) = grads.get(p.var.as_tensor()) else {
                 continue;
@@ -120,7 +123,7 @@ impl Sgd {
                 nesterov: self.nesterov,
                 weight_decay: (p.decay && self.weight_decay != 0.0).then_some(self.weight_decay),
             };
-            p.step_with_candle_ops(grad, &rule)?;
+            step(p, grad, &rule)?;
         }
         Ok(())
     }
