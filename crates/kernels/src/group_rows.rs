@@ -316,6 +316,19 @@ unsafe fn walk_rows<S: Simd, const STRIDE: usize>(
         }
         let (image, y) = image_row(row_at(i));
         let r = image * out_h + y;
+        // Walking back at stride 2, an output row (four times the source's pixels) lies in
+        // lines the cache has mostly lost since the output was last written, and each
+        // first store to one waits for it to be read: the next row's lines are asked for,
+        // to be written, while this row is walked. (The other walks store each output row
+        // after three passes of sums, and the requests cost them more than they save.)
+        if walk == Walk::InputGrad && STRIDE == 2 && i + 1 < rows.len() {
+            let (image, y) = image_row(row_at(i + 1));
+            let next = out.wrapping_add((image * out_h + y) * out_w * lg.channels);
+            for col in 0..out_w {
+                let pixel = next.wrapping_add(col * lg.channels + task_cols.start);
+                crate::simd::prefetch_write_run(pixel, task_cols.len());
+            }
+        }
         let mut first = true;
         for (ky, s_row) in now.into_iter().enumerate() {
             let Some(s_row) = s_row else {

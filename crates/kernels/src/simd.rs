@@ -33,12 +33,32 @@ pub(crate) fn prefetch_l2<T>(p: *const T) {
 /// `p`.
 #[inline(always)]
 pub(crate) fn prefetch_run<E>(p: *const E, len: usize) {
+    for line in lines_of(p, len) {
+        prefetch_l2(line as *const u8);
+    }
+}
+
+/// The addresses of the cache lines that hold the `len` values from `p`.
+#[inline(always)]
+fn lines_of<E>(p: *const E, len: usize) -> impl Iterator<Item = usize> {
     let start = p as usize;
     let end = start + len * std::mem::size_of::<E>();
-    let mut line = start & !63;
-    while line < end {
-        prefetch_l2(line as *const u8);
-        line += 64;
+    (start & !63..end).step_by(64)
+}
+
+/// Asks for every line of the `len` values from `p` to be brought into the cache to be
+/// written (PREFETCHW), so that stores to them later find them there, owned.
+#[inline(always)]
+pub(crate) fn prefetch_write_run<E>(p: *const E, len: usize) {
+    for line in lines_of(p, len) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: PREFETCHW reads and writes nothing architecturally and cannot fault, on
+        // any address; x86-64 CPUs without it (Intel's before Broadwell) run it as a no-op.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_ET0>(line as *const i8)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = line;
     }
 }
 
