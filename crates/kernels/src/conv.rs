@@ -798,9 +798,10 @@ unsafe fn wgrad_entry<S: Simd, const MR: usize>(
     readable: usize,
     out: *mut S::E,
     ldo: usize,
+    ahead: gemm::Lookahead,
 ) {
     // SAFETY: passed on.
-    unsafe { gemm::wgrad_rows::<S>(rows, nv, x, skip, dy, ldy, width, readable, out, ldo) }
+    unsafe { gemm::wgrad_rows::<S>(rows, nv, x, skip, dy, ldy, width, readable, out, ldo, ahead) }
 }
 
 /// The group-lanes weight gradient of the channel vectors `vectors` for every tap, taps
@@ -1397,7 +1398,21 @@ pub(crate) fn weight_grad_with<T: Element>(
     // Likewise the input rows of a dense 1x1 convolution (one tap, so one copy serves the
     // product): each run of `mr` channels of the chunk's rows, as rows `mr` values apart.
     let pack_x = taps == 1 && geo.groups == 1 && geo.c * std::mem::size_of::<T>() >= 1024;
+    // A dense convolution at stride 1 with the output's size (1x1, or 3x3 padded by 1)
+    // reads each chunk's pixels as two runs of memory, its input rows and its gradient
+    // rows; where those come from memory (in training, as a rule) each chunk's first tiles
+    // would wait for them. The tiles of each chunk ask for the next chunk's rows instead
+    // (see `gemm::Lookahead`). A 3x3 window reaches an image row and a pixel beyond each
+    // end of the chunk's pixels (its `halo`); where that crosses into the next image the
+    // run takes that image's rows too, cut to the batch's pixels.
+    let look_ahead = geo.stride == 1
+        && geo.groups == 1
+        && (geo.k == 1 && geo.pad == 0 || geo.k == 3 && geo.pad == 1);
+    let halo = geo.pad * (geo.w + 1);
+    let all_pixels = geo.n * geo.h * geo.w;
     tasks.par_iter().for_each(|(groups, block, s)| {
+        // The tiles' calls per chunk, which share the next chunk's lines.
+        let calls = groups.len() * panels.len() * taps * block.len().div_ceil(mr);
         let span = ranges(pixels, pixels.div_ceil(splits))
             .nth(*s)
             .unwrap_or(0..0);
@@ -1414,6 +1429,29 @@ pub(crate) fn weight_grad_with<T: Element>(
                     table[t * CHUNK + i] = p
                 });
             }
+            // The input rows are one run where the task reads all their channels; else
+            // only the gradient rows are asked for.
+            let next = chunk.end..(chunk.end + CHUNK).min(span.end);
+            let x_span = next.start.saturating_sub(halo)..(next.end + halo).min(all_pixels);
+            let x_run = if block.len() == geo.c {
+                x_span.len() * geo.c
+            } else {
+                0
+            };
+            let ahead = match look_ahead {
+                true => gemm::Lookahead::of([
+                    (
+                        xp.get().wrapping_add(x_span.start * geo.c) as *const T,
+                        x_run,
+                    ),
+                    (
+                        dyp.get().wrapping_add(next.start * geo.c_out) as *const T,
+                        next.len() * geo.c_out,
+                    ),
+                ]),
+                false => gemm::Lookahead::default(),
+            };
+            let mut call = 0;
             if pack_x {
                 for (run, channels) in ranges(block.len(), mr).enumerate() {
                     let from = block.start + channels.start;
@@ -1487,8 +1525,10 @@ pub(crate) fn weight_grad_with<T: Element>(
                                     readable,
                                     out.add(ci * cgo + panel.col),
                                     cgo,
+                                    ahead.share(call, calls),
                                 )
                             );
+                            call += 1;
                             ci += rows;
                         }
                     }

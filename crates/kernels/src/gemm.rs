@@ -18,7 +18,7 @@
 //! Accumulation order is fixed by the loops, so results do not depend on scheduling.
 
 use crate::bf16::Lines;
-use crate::simd::{has_half, prefetch, prefetch_run, Simd};
+use crate::simd::{has_half, prefetch, prefetch_l2, prefetch_run, Simd};
 
 /// Calls `$tiles!(MR, NV)` with the sub-tile shape of path `$s` for `$nv` vectors: rows
 /// and vectors whose accumulators, one broadcast (or loaded vector) per row and the
@@ -440,6 +440,7 @@ pub(crate) unsafe fn wgrad_tile<S: Simd, const R: usize, const NV: usize>(
     readable: usize,
     out: *mut S::E,
     ldo: usize,
+    ahead: Lookahead,
 ) {
     type H<S> = <S as Simd>::Half;
     let tail = width - (NV - 1) * S::LANES;
@@ -455,9 +456,9 @@ pub(crate) unsafe fn wgrad_tile<S: Simd, const R: usize, const NV: usize>(
         // the loop body holds nothing but loads and FMAs.
         let (acc, acc_half) = with_half!(half, HALF, {
             if partial_load {
-                wgrad_sums::<S, R, NV, true, HALF>(x, skip, dy, ldy, tail)
+                wgrad_sums::<S, R, NV, true, HALF>(x, skip, dy, ldy, tail, ahead)
             } else {
-                wgrad_sums::<S, R, NV, false, HALF>(x, skip, dy, ldy, tail)
+                wgrad_sums::<S, R, NV, false, HALF>(x, skip, dy, ldy, tail, ahead)
             }
         });
         // Every row's earlier sums are read and added before any row is stored: rows of
@@ -523,6 +524,7 @@ unsafe fn wgrad_sums<
     dy: *const S::E,
     ldy: usize,
     tail: usize,
+    ahead: Lookahead,
 ) -> ([[S::V; NV]; R], [<S::Half as Simd>::V; R]) {
     type H<S> = <S as Simd>::Half;
     // The whole vectors; with HALF, the last is `acc_half`'s.
@@ -532,11 +534,20 @@ unsafe fn wgrad_sums<
         let mut acc = [[S::zero(); NV]; R];
         let mut acc_half = [H::<S>::zero(); R];
         let mut row = dy;
+        // `ahead`'s lines, spread evenly over the pixels: `due` counts in steps of 1 / len.
+        let (lines, len) = (ahead.lines(), x.len());
+        let (mut due, mut asked) = (0, 0);
         for (p, &xp) in x.iter().enumerate() {
             // Rows through a table of pointers, which the prefetchers do not follow (see
             // `group_lanes_wgrad_sums`).
-            if let Some(&ahead) = x.get(p + WGRAD_AHEAD) {
-                prefetch(ahead.wrapping_add(skip));
+            if let Some(&next) = x.get(p + WGRAD_AHEAD) {
+                prefetch(next.wrapping_add(skip));
+            }
+            due += lines;
+            while due >= len {
+                due -= len;
+                prefetch_l2(ahead.line(asked) as *const u8);
+                asked += 1;
             }
             let bv: [S::V; NV] = std::array::from_fn(|j| {
                 if j >= full {
@@ -569,6 +580,60 @@ unsafe fn wgrad_sums<
     }
 }
 
+/// Cache lines that a weight-gradient tile asks the second-level cache for while it sums,
+/// spread evenly over its pixels: the rows its caller reads next. A product's next rows,
+/// where they lie in memory rather than a cache, would otherwise arrive only as its tiles
+/// reach them, each tile waiting for them in turn.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Lookahead {
+    /// Runs of lines: the address of a run's first line, and how many it has.
+    runs: [(usize, usize); 2],
+}
+
+impl Lookahead {
+    /// The lines of two runs of values, `len` from `p` each.
+    pub(crate) fn of<E>(runs: [(*const E, usize); 2]) -> Lookahead {
+        Lookahead {
+            runs: runs.map(|(p, len)| {
+                if len == 0 {
+                    return (0, 0);
+                }
+                let first = p as usize & !63;
+                let end = p as usize + len * std::mem::size_of::<E>();
+                (first, (end - first).div_ceil(64))
+            }),
+        }
+    }
+
+    /// How many lines it asks for.
+    fn lines(&self) -> usize {
+        self.runs[0].1 + self.runs[1].1
+    }
+
+    /// The address of line `j` (below `lines()`).
+    #[inline(always)]
+    fn line(&self, j: usize) -> usize {
+        let [(a, n), (b, _)] = self.runs;
+        if j < n {
+            a + 64 * j
+        } else {
+            b + 64 * (j - n)
+        }
+    }
+
+    /// Share k of `count` near-equal shares of the lines, in order.
+    pub(crate) fn share(&self, k: usize, count: usize) -> Lookahead {
+        let lines = self.lines();
+        let (from, to) = (k * lines / count, (k + 1) * lines / count);
+        let [(a, n), (b, _)] = self.runs;
+        let (from0, to0) = (from.min(n), to.min(n));
+        let (from1, to1) = (from.max(n) - n, to.max(n) - n);
+        Lookahead {
+            runs: [(a + 64 * from0, to0 - from0), (b + 64 * from1, to1 - from1)],
+        }
+    }
+}
+
 /// [`wgrad_tile`] for `rows` rows (any number) and a panel of `nv` vectors.
 ///
 /// Every tile passes over all the pixels, loading each pixel's `dy` row once, so the rows
@@ -594,6 +659,7 @@ pub(crate) unsafe fn wgrad_rows<S: Simd>(
     readable: usize,
     out: *mut S::E,
     ldo: usize,
+    ahead: Lookahead,
 ) {
     macro_rules! tiles {
         ($nv:literal; $($r:literal)+) => {{
@@ -614,6 +680,7 @@ pub(crate) unsafe fn wgrad_rows<S: Simd>(
                             readable,
                             out.add(off * ldo),
                             ldo,
+                            ahead.share(k, count),
                         ),)+
                         _ => unreachable!("a weight-gradient tile of {r} rows"),
                     }
@@ -1108,6 +1175,30 @@ mod tests {
         }
     }
 
+    /// A weight-gradient tile's lookahead asks for every line of its two runs, once, in
+    /// order, however it is shared out.
+    #[test]
+    fn lookahead_shares_ask_for_each_line_once_in_order() {
+        let (a, b) = (vec![0f32; 1000], vec![0f32; 300]);
+        let ahead = Lookahead::of([(a[3..].as_ptr(), 500), (b[7..].as_ptr(), 100)]);
+        let lines_of = |p: *const f32, len: usize| {
+            let (start, end) = (p as usize, p as usize + 4 * len);
+            (start / 64..end.div_ceil(64)).map(|l| l * 64)
+        };
+        let expected: Vec<usize> = lines_of(a[3..].as_ptr(), 500)
+            .chain(lines_of(b[7..].as_ptr(), 100))
+            .collect();
+        let asked = |l: Lookahead| (0..l.lines()).map(move |j| l.line(j));
+        assert_eq!(asked(ahead).collect::<Vec<_>>(), expected);
+        for count in [1, 2, 3, 7, 40, 1000] {
+            let shared: Vec<usize> = (0..count)
+                .flat_map(|k| asked(ahead.share(k, count)))
+                .collect();
+            assert_eq!(shared, expected, "{count} shares");
+        }
+        assert_eq!(Lookahead::of([(a.as_ptr(), 0), (b.as_ptr(), 0)]).lines(), 0);
+    }
+
     fn values(n: usize, seed: u64) -> Vec<f64> {
         // A small deterministic stream (xorshift) in [-1, 1).
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -1255,6 +1346,7 @@ mod tests {
                 if whole_rows { 24 } else { width },
                 out.as_mut_ptr(),
                 24,
+                Lookahead::default(),
             )
         };
         (rows, width)
@@ -1354,8 +1446,14 @@ mod tests {
             let mut lanes = vec![S::E::from_f64(0.0); 3 * S::LANES];
             let ldy = 3 * S::LANES;
             if half {
-                let (acc, acc_half) =
-                    wgrad_sums::<S, 3, 3, false, true>(&xp, 0, dy.as_ptr(), ldy, tail);
+                let (acc, acc_half) = wgrad_sums::<S, 3, 3, false, true>(
+                    &xp,
+                    0,
+                    dy.as_ptr(),
+                    ldy,
+                    tail,
+                    Lookahead::default(),
+                );
                 for (row, last) in acc.iter().zip(acc_half) {
                     S::store(lanes.as_mut_ptr(), row[0]);
                     S::store(lanes.as_mut_ptr().add(S::LANES), row[1]);
@@ -1363,7 +1461,14 @@ mod tests {
                     bits.extend(lanes[..width].iter().map(|v| v.to_f64().to_bits()));
                 }
             } else {
-                let (acc, _) = wgrad_sums::<S, 3, 3, false, false>(&xp, 0, dy.as_ptr(), ldy, tail);
+                let (acc, _) = wgrad_sums::<S, 3, 3, false, false>(
+                    &xp,
+                    0,
+                    dy.as_ptr(),
+                    ldy,
+                    tail,
+                    Lookahead::default(),
+                );
                 for row in acc {
                     for (j, &v) in row.iter().enumerate() {
                         S::store(lanes.as_mut_ptr().add(j * S::LANES), v);
