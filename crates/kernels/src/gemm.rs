@@ -640,8 +640,10 @@ impl Lookahead {
 /// are cut into as few tiles as the registers allow, of near-equal sizes. A tile holds its
 /// accumulators, the pixel's `dy` vectors and the rows' broadcasts: 7 rows of one vector
 /// or 6 of two on AVX2's 16 registers (6 rows' broadcasts through a register or two, as
-/// in `by_shape`), 13, 9, 7 and 5 rows of one to four vectors on AVX-512's 32. Each output
-/// keeps its order of summation over the pixels, whatever the cut.
+/// in `by_shape`), 13, 12, 8 and 6 rows of one to four vectors on AVX-512's 32 (24 sums
+/// from two vectors on, which leaves room for the `dy` vectors and a broadcast, and cuts
+/// `MR_AVX512` rows into whole tiles). Each output keeps its order of summation over the
+/// pixels, whatever the cut.
 ///
 /// # Safety
 /// As [`wgrad_tile`], for rows `skip..skip + rows` of the x rows and output rows
@@ -704,9 +706,9 @@ pub(crate) unsafe fn wgrad_rows<S: Simd>(
     } else {
         match nv {
             1 => tiles!(1; 1 2 3 4 5 6 7 8 9 10 11 12 13),
-            2 => tiles!(2; 1 2 3 4 5 6 7 8 9),
-            3 => tiles!(3; 1 2 3 4 5 6 7),
-            _ => tiles!(4; 1 2 3 4 5),
+            2 => tiles!(2; 1 2 3 4 5 6 7 8 9 10 11 12),
+            3 => tiles!(3; 1 2 3 4 5 6 7 8),
+            _ => tiles!(4; 1 2 3 4 5 6),
         }
     }
 }
