@@ -1429,17 +1429,17 @@ pub(crate) fn weight_grad_with<T: Element>(
                     table[t * CHUNK + i] = p
                 });
             }
-            // The input rows are one run where the task reads all their channels; else
-            // only the gradient rows are asked for.
-            let next = chunk.end..(chunk.end + CHUNK).min(span.end);
-            let x_span = next.start.saturating_sub(halo)..(next.end + halo).min(all_pixels);
-            let x_run = if block.len() == geo.c {
-                x_span.len() * geo.c
-            } else {
-                0
-            };
-            let ahead = match look_ahead {
-                true => gemm::Lookahead::of([
+            let ahead = if look_ahead {
+                // The input rows are one run where the task reads all their channels;
+                // else only the gradient rows are asked for.
+                let next = chunk.end..(chunk.end + CHUNK).min(span.end);
+                let x_span = next.start.saturating_sub(halo)..(next.end + halo).min(all_pixels);
+                let x_run = if block.len() == geo.c {
+                    x_span.len() * geo.c
+                } else {
+                    0
+                };
+                gemm::Lookahead::of([
                     (
                         xp.get().wrapping_add(x_span.start * geo.c) as *const T,
                         x_run,
@@ -1448,8 +1448,9 @@ pub(crate) fn weight_grad_with<T: Element>(
                         dyp.get().wrapping_add(next.start * geo.c_out) as *const T,
                         next.len() * geo.c_out,
                     ),
-                ]),
-                false => gemm::Lookahead::default(),
+                ])
+            } else {
+                gemm::Lookahead::default()
             };
             let mut call = 0;
             if pack_x {

@@ -18,7 +18,7 @@
 //! Accumulation order is fixed by the loops, so results do not depend on scheduling.
 
 use crate::bf16::Lines;
-use crate::simd::{has_half, prefetch, prefetch_l2, prefetch_run, Simd};
+use crate::simd::{has_half, line_run, prefetch, prefetch_l2, prefetch_run, Simd};
 
 /// Calls `$tiles!(MR, NV)` with the sub-tile shape of path `$s` for `$nv` vectors: rows
 /// and vectors whose accumulators, one broadcast (or loaded vector) per row and the
@@ -594,13 +594,9 @@ impl Lookahead {
     /// The lines of two runs of values, `len` from `p` each.
     pub(crate) fn of<E>(runs: [(*const E, usize); 2]) -> Lookahead {
         Lookahead {
-            runs: runs.map(|(p, len)| {
-                if len == 0 {
-                    return (0, 0);
-                }
-                let first = p as usize & !63;
-                let end = p as usize + len * std::mem::size_of::<E>();
-                (first, (end - first).div_ceil(64))
+            runs: runs.map(|(p, len)| match len {
+                0 => (0, 0),
+                _ => line_run(p, len),
             }),
         }
     }

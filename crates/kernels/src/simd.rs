@@ -38,12 +38,20 @@ pub(crate) fn prefetch_run<E>(p: *const E, len: usize) {
     }
 }
 
+/// The cache lines that hold the `len` values from `p`: the first line's address and how
+/// many lines (one where `len` is 0 and `p` is not at a line's start).
+#[inline(always)]
+pub(crate) fn line_run<E>(p: *const E, len: usize) -> (usize, usize) {
+    let first = p as usize & !63;
+    let end = p as usize + len * std::mem::size_of::<E>();
+    (first, (end - first).div_ceil(64))
+}
+
 /// The addresses of the cache lines that hold the `len` values from `p`.
 #[inline(always)]
 fn lines_of<E>(p: *const E, len: usize) -> impl Iterator<Item = usize> {
-    let start = p as usize;
-    let end = start + len * std::mem::size_of::<E>();
-    (start & !63..end).step_by(64)
+    let (first, lines) = line_run(p, len);
+    (0..lines).map(move |i| first + 64 * i)
 }
 
 /// Asks for every line of the `len` values from `p` to be brought into the cache to be
