@@ -25,7 +25,10 @@ use crate::simd::{has_half, line_run, prefetch, prefetch_l2, prefetch_run, Simd}
 /// vectors of one step fit the registers (see `igemm_panel`). AVX2's two-vector tiles take
 /// 6 rows, whose broadcasts the compiler reuses a register or two for: 12 independent sums
 /// rather than 4 rows' 8, which only just cover two FMA units' latency, so that a late
-/// load no longer stalls every unit.
+/// load no longer stalls every unit. AVX-512's four-vector tiles take 6 rows for the same
+/// reason: 24 sums, with the four panel vectors and a broadcast register or two, fill its
+/// 32 registers, and each step loads 10 values for 24 multiply-adds where 4 rows loaded 8
+/// for 16.
 macro_rules! by_shape {
     ($s:ty, $nv:expr, $tiles:ident) => {
         if <$s>::LANES == 1 {
@@ -45,7 +48,7 @@ macro_rules! by_shape {
                 1 => $tiles!(12, 1),
                 2 => $tiles!(8, 2),
                 3 => $tiles!(6, 3),
-                _ => $tiles!(4, 4),
+                _ => $tiles!(6, 4),
             }
         }
     };
@@ -353,10 +356,9 @@ pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize, const
 }
 
 /// The rows of one tile of `MT` rows (the first `valid` real) times one panel, in sub-tiles
-/// whose accumulators, with one broadcast per row and the panel's vectors, fit the path's
-/// registers (the compiler loads all of a step's broadcasts before its FMAs): 12 rows of
-/// one vector, 8 of two, 6 of three, 4 of four on AVX-512 (32 registers); 6 of one or 4 of
-/// two on AVX2 (16); 4 in plain Rust.
+/// whose accumulators, with the panel's vectors and the rows' broadcasts, fit the path's
+/// registers (see `by_shape`): 12 rows of one vector, 8 of two, 6 of three, 6 of four on
+/// AVX-512 (32 registers); 6 of one or two on AVX2 (16); 4 in plain Rust.
 ///
 /// # Safety
 /// As [`igemm_tile`] with stride `MT`, `b` the start of the panel `panel` of a packed
