@@ -968,18 +968,17 @@ pub(crate) fn forward_with<T: Element>(
     let depth = taps * cgi;
     let packed: Vec<Packed<T>> = (0..geo.groups)
         .map(|g| {
-            Packed::from_columns(cgo, depth, lanes, nv_max, |col, rows, out| {
-                let weights = &w[(g * cgo + col) * cgi * taps..][..cgi * taps];
-                // Row (t, ci) of B is the weight of input channel ci at tap t.
-                let (mut t, mut ci) = (rows.start / cgi, rows.start % cgi);
-                for value in out.iter_mut() {
-                    *value = weights[ci * taps + t];
-                    ci += 1;
-                    if ci == cgi {
-                        (t, ci) = (t + 1, 0);
-                    }
-                }
-            })
+            // Row (t, ci) of B is the weight of input channel ci at tap t; column o that of
+            // output channel o, whose weights lie together.
+            Packed::from_columns(
+                cgo,
+                depth,
+                lanes,
+                nv_max,
+                &w[g * cgo * cgi * taps..],
+                cgi * taps,
+                |row| (row % cgi) * taps + row / cgi,
+            )
         })
         .collect();
     let blocks = group_blocks(&packed, depth, lanes);
@@ -1078,14 +1077,30 @@ pub(crate) fn input_grad_with<T: Element>(
                 return Weights::GroupLanes(lg, wt);
             }
             let depth = ct * cgo;
+            let class_taps: Vec<usize> =
+                class.taps.iter().map(|&(ky, kx)| ky * geo.k + kx).collect();
             Weights::Products(
                 (0..geo.groups)
                     .map(|g| {
-                        Packed::new(cgi, depth, lanes, nv_max, |row, ci| {
-                            let (ti, o) = (row / cgo, row % cgo);
-                            let (ky, kx) = class.taps[ti];
-                            w[((g * cgo + o) * cgi + ci) * taps + ky * geo.k + kx]
-                        })
+                        // Row (ti, o) of B, column ci, is the weight of output channel o
+                        // and input channel ci at the class's tap ti: each output channel's
+                        // weights, one run, give its rows at every tap of the class.
+                        // SAFETY: source o puts rows ti * cgo + o, each once, of cgi values.
+                        unsafe {
+                            Packed::from_rows(cgi, depth, lanes, nv_max, cgo, |o, put| {
+                                let weights = &w[(g * cgo + o) * cgi * taps..][..cgi * taps];
+                                // The run read once, in order, into a row per tap.
+                                let mut by_tap = vec![T::zero(); taps * cgi];
+                                for (ci, tap_weights) in weights.chunks_exact(taps).enumerate() {
+                                    for (t, &value) in tap_weights.iter().enumerate() {
+                                        by_tap[t * cgi + ci] = value;
+                                    }
+                                }
+                                for (ti, &tap) in class_taps.iter().enumerate() {
+                                    put(ti * cgo + o, &by_tap[tap * cgi..][..cgi]);
+                                }
+                            })
+                        }
                     })
                     .collect(),
             )

@@ -141,6 +141,7 @@ pub(crate) fn panels(n: usize, depth: usize, lanes: usize, nv_max: usize) -> Vec
 impl<E: crate::simd::Element> Packed<E> {
     /// Packs `value(row, col)` for rows `0..depth` and columns `0..n` (see [`panels`]),
     /// panels in parallel.
+    #[cfg(test)]
     pub fn new(
         n: usize,
         depth: usize,
@@ -157,37 +158,84 @@ impl<E: crate::simd::Element> Packed<E> {
         })
     }
 
-    /// As [`Packed::new`], filled column by column: `column(col, rows, out)` writes rows
-    /// `rows` of column `col` into `out`. Where each column lies together in memory (a
-    /// convolution's output channel, whose weights are contiguous), this reads every line
-    /// once instead of once per row, which the row order does when the columns lie far
-    /// apart. Same values, same layout.
+    /// As [`Packed::new`], for values that lie in `source` column by column: the value of
+    /// row `r` and column `c` is `source[c * column_stride + row_offset(r)]` (a
+    /// convolution's output channel, whose weights lie together). The columns are taken
+    /// `COLUMN_BLOCK` at a time and walked down their rows together: each of those columns
+    /// is then one stream through memory, read in the cache lines that the rows before
+    /// brought in, and each line of the panel is written whole. Same values, same layout.
     pub fn from_columns(
         n: usize,
         depth: usize,
         lanes: usize,
         nv_max: usize,
-        column: impl Fn(usize, std::ops::Range<usize>, &mut [E]) + Sync,
+        source: &[E],
+        column_stride: usize,
+        row_offset: impl Fn(usize) -> usize + Sync,
     ) -> Packed<E> {
         Self::by_panels(n, depth, lanes, nv_max, |panel, part| {
             let stride = panel.nv * lanes;
-            let mut values = vec![E::zero(); COLUMN_ROWS.min(depth)];
-            for rows in crate::conv::ranges(depth, COLUMN_ROWS) {
-                let first = rows.start;
-                for j in 0..panel.width {
-                    let values = &mut values[..rows.len()];
-                    column(panel.col + j, rows.clone(), values);
-                    for (i, &value) in values.iter().enumerate() {
-                        part[(first + i) * stride + j] = value;
+            for first_col in (0..panel.width).step_by(COLUMN_BLOCK) {
+                let cols = (panel.width - first_col).min(COLUMN_BLOCK);
+                let starts: [usize; COLUMN_BLOCK] =
+                    std::array::from_fn(|j| (panel.col + first_col + j) * column_stride);
+                for row in 0..depth {
+                    let offset = row_offset(row);
+                    let to = &mut part[row * stride + first_col..][..cols];
+                    for (to, &start) in to.iter_mut().zip(&starts) {
+                        *to = source[start + offset];
                     }
                 }
             }
         })
     }
 
+    /// As [`Packed::new`], filled a row at a time: for each source `s < sources`,
+    /// `rows(s, put)` calls `put(r, values)` with the `n` values of row `r`, which are cut
+    /// into the row's panels. Sources run in parallel. Where a source's rows read one run
+    /// of memory (a convolution's output channel: all its weights, whatever the tap), the
+    /// sources stream through their operand, which a panel at a time would read in short
+    /// pieces far apart.
+    ///
+    /// # Safety
+    /// Across all sources, `put` is called at most once per row `r < depth`, with `n`
+    /// values (rows not put stay zero).
+    pub(crate) unsafe fn from_rows(
+        n: usize,
+        depth: usize,
+        lanes: usize,
+        nv_max: usize,
+        sources: usize,
+        rows: impl Fn(usize, &mut dyn FnMut(usize, &[E])) + Sync,
+    ) -> Packed<E> {
+        use rayon::prelude::*;
+        let mut packed = Self::by_panels(n, depth, lanes, nv_max, |_, _| {});
+        let data = crate::cpu::SendPtr(packed.data.as_mut_ptr());
+        let panels = &packed.panels;
+        (0..sources).into_par_iter().for_each(|s| {
+            rows(s, &mut |r, values| {
+                assert!(r < depth && values.len() == n, "a packed row out of bounds");
+                for panel in panels {
+                    let stride = panel.nv * lanes;
+                    // SAFETY: row r of the panel lies within the packed data (r < depth),
+                    // and no other call writes it (the caller's promise).
+                    unsafe {
+                        let to = data.get().add(panel.offset + r * stride);
+                        std::ptr::copy_nonoverlapping(
+                            values.as_ptr().add(panel.col),
+                            to,
+                            panel.width,
+                        );
+                    }
+                }
+            })
+        });
+        packed
+    }
+
     /// The packed operand, zeros but where `fill(panel, part)` writes each panel's part
     /// (`depth` rows of `panel.nv * lanes` values), panels in parallel.
-    fn by_panels(
+    pub(crate) fn by_panels(
         n: usize,
         depth: usize,
         lanes: usize,
@@ -212,9 +260,8 @@ impl<E: crate::simd::Element> Packed<E> {
     }
 }
 
-/// Rows of a panel that [`Packed::from_columns`] fills per pass over its columns: the
-/// pass's part of the panel stays in the second-level cache while every column writes it.
-pub(crate) const COLUMN_ROWS: usize = 512;
+/// Columns that [`Packed::from_columns`] walks down together.
+const COLUMN_BLOCK: usize = 16;
 
 /// Stores `MR` rows of accumulators (the first `valid`), `width` columns of each, from
 /// column `col` of each row.
@@ -1153,25 +1200,34 @@ mod tests {
     use crate::simd::{simd_call, tile_shape, Element};
     use candle_core::WithDType;
 
-    /// Packing column by column lays out the same values as packing row by row, in every
-    /// panel shape (a narrow last panel, depths across a pass boundary).
+    /// Packing by columns of a strided source, and by rows put in any order, lays out the
+    /// same values as packing value by value, in every panel shape (a narrow last panel,
+    /// partial column blocks, long depths).
     #[test]
-    fn packing_by_columns_matches_packing_by_rows() {
+    fn packing_by_columns_and_by_rows_matches_packing_by_values() {
         for (n, depth, lanes, nv_max) in [(37, 5, 16, 4), (64, 1030, 16, 2), (9, 513, 8, 3)] {
             let b = values(n * depth, 7);
-            let by_rows = Packed::new(n, depth, lanes, nv_max, |row, col| b[row * n + col]);
-            let by_columns = Packed::from_columns(n, depth, lanes, nv_max, |col, rows, out| {
-                for (value, row) in out.iter_mut().zip(rows) {
-                    *value = b[row * n + col];
-                }
-            });
-            assert_eq!(
-                by_rows.data[..],
-                by_columns.data[..],
-                "n {n}, depth {depth}"
-            );
-            assert_eq!(by_rows.panels.len(), by_columns.panels.len());
-            assert!(by_rows.data.iter().any(|&v| v != 0.0));
+            let by_values = Packed::new(n, depth, lanes, nv_max, |row, col| b[row * n + col]);
+            // Row r at offset r * n, columns one apart: the transposed layout of a weight.
+            let by_columns = Packed::from_columns(n, depth, lanes, nv_max, &b, 1, |r| r * n);
+            // Two sources, each putting every other row, last first.
+            // SAFETY: source s puts rows r with r % 2 == s, each once, of n values.
+            let by_rows = unsafe {
+                Packed::from_rows(n, depth, lanes, nv_max, 2, |s, put| {
+                    for r in (s..depth).step_by(2).rev() {
+                        put(r, &b[r * n..][..n]);
+                    }
+                })
+            };
+            for (packed, how) in [(&by_columns, "by columns"), (&by_rows, "by rows")] {
+                assert_eq!(
+                    by_values.data[..],
+                    packed.data[..],
+                    "{how}: n {n}, depth {depth}"
+                );
+                assert_eq!(by_values.panels.len(), packed.panels.len());
+            }
+            assert!(by_values.data.iter().any(|&v| v != 0.0));
         }
     }
 
