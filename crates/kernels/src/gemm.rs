@@ -28,9 +28,11 @@ use crate::simd::{has_half, line_run, prefetch, prefetch_l2, prefetch_run, Simd}
 /// load no longer stalls every unit. AVX-512's four-vector tiles take 6 rows for the same
 /// reason: 24 sums, with the four panel vectors and a broadcast register or two, fill its
 /// 32 registers, and each step loads 10 values for 24 multiply-adds where 4 rows loaded 8
-/// for 16.
+/// for 16. Where the last of the four is a half vector (`$half`), each row takes a
+/// broadcast of each width, and 6 such rows run slower than 4 (docs/speed.md), so those
+/// tiles keep 4.
 macro_rules! by_shape {
-    ($s:ty, $nv:expr, $tiles:ident) => {
+    ($s:ty, $nv:expr, $half:expr, $tiles:ident) => {
         if <$s>::LANES == 1 {
             match $nv {
                 1 => $tiles!(4, 1),
@@ -48,6 +50,7 @@ macro_rules! by_shape {
                 1 => $tiles!(12, 1),
                 2 => $tiles!(8, 2),
                 3 => $tiles!(6, 3),
+                _ if $half => $tiles!(4, 4),
                 _ => $tiles!(6, 4),
             }
         }
@@ -404,8 +407,9 @@ pub(crate) unsafe fn igemm_tile<S: Simd, const MR: usize, const NV: usize, const
 
 /// The rows of one tile of `MT` rows (the first `valid` real) times one panel, in sub-tiles
 /// whose accumulators, with the panel's vectors and the rows' broadcasts, fit the path's
-/// registers (see `by_shape`): 12 rows of one vector, 8 of two, 6 of three, 6 of four on
-/// AVX-512 (32 registers); 6 of one or two on AVX2 (16); 4 in plain Rust.
+/// registers (see `by_shape`): 12 rows of one vector, 8 of two, 6 of three, 6 of four (4
+/// where the last is a half vector) on AVX-512 (32 registers); 6 of one or two on AVX2
+/// (16); 4 in plain Rust.
 ///
 /// # Safety
 /// As [`igemm_tile`] with stride `MT`, `b` the start of the panel `panel` of a packed
@@ -463,7 +467,7 @@ pub(crate) unsafe fn igemm_panel<S: Simd, const MT: usize>(
         };
     }
     debug_assert!(MT % 24 == 0 || S::LANES == 1);
-    by_shape!(S, panel.nv, tiles)
+    by_shape!(S, panel.nv, last_half, tiles)
 }
 
 /// out[i][0..width] += sum over pixels p of x[p][skip + i] * dy[p * ldy + ..width], for R
