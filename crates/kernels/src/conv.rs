@@ -1089,13 +1089,22 @@ pub(crate) fn input_grad_with<T: Element>(
                         unsafe {
                             Packed::from_rows(cgi, depth, lanes, nv_max, cgo, |o, put| {
                                 let weights = &w[(g * cgo + o) * cgi * taps..][..cgi * taps];
-                                // The run read once, in order, into a row per tap.
-                                let mut by_tap = vec![T::zero(); taps * cgi];
-                                for (ci, tap_weights) in weights.chunks_exact(taps).enumerate() {
-                                    for (t, &value) in tap_weights.iter().enumerate() {
-                                        by_tap[t * cgi + ci] = value;
+                                // The run read once, in order, into a row per tap (a 1x1's
+                                // run is its one row already).
+                                let transposed: Vec<T>;
+                                let by_tap = if taps == 1 {
+                                    weights
+                                } else {
+                                    let mut rows = vec![T::zero(); taps * cgi];
+                                    for (ci, tap_weights) in weights.chunks_exact(taps).enumerate()
+                                    {
+                                        for (t, &value) in tap_weights.iter().enumerate() {
+                                            rows[t * cgi + ci] = value;
+                                        }
                                     }
-                                }
+                                    transposed = rows;
+                                    &transposed
+                                };
                                 for (ti, &tap) in class_taps.iter().enumerate() {
                                     put(ti * cgo + o, &by_tap[tap * cgi..][..cgi]);
                                 }

@@ -238,7 +238,7 @@ impl<E: crate::simd::Element> Packed<E> {
 
     /// The packed operand, zeros but where `fill(panel, part)` writes each panel's part
     /// (`depth` rows of `panel.nv * lanes` values), panels in parallel.
-    pub(crate) fn by_panels(
+    fn by_panels(
         n: usize,
         depth: usize,
         lanes: usize,
